@@ -1,0 +1,51 @@
+"""Atomic writes: write beside the target, then rename, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success move it onto ``target``.
+
+    Works for files and for folders (e.g. a zarr store). On error the temporary
+    path is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp_item = tmp / target.name
+    try:
+        yield tmp_item
+        if not tmp_item.exists():
+            raise FileNotFoundError(f"{target}: nothing was written")
+        if target.is_dir() and not target.is_symlink():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp_item, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically and return the path."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically and return the path."""
+    return atomic_write_bytes(target, text.encode("utf-8"))

@@ -1,0 +1,130 @@
+"""Command line: ``protorefine convert | refine | evaluate | demo``.
+
+Each subcommand parses its arguments here and calls the library; user errors
+(:class:`ProtorefineError`) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from protorefine.errors import CancelledError, ProtorefineError
+
+
+def tqdm_progress(desc: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    """A progress callback that draws a tqdm bar on stderr, and a function to close it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = done
+        if message:
+            bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from protorefine.slides import convert_to_ome_zarr, open_slide
+
+    out = Path(args.out)
+    for path in args.slides:
+        slide = open_slide(path)
+        progress, close = tqdm_progress(f"convert {slide.name}")
+        try:
+            target = convert_to_ome_zarr(
+                slide, out / f"{slide.name}.zarr", tile=args.tile, progress=progress
+            )
+        finally:
+            close()
+        print(target)
+    return 0
+
+
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from protorefine.refine.run import refine_command
+
+    return refine_command(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from protorefine.metrics import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from protorefine.demo import demo_command
+
+    return demo_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="protorefine",
+        description="Refine coarse tumour outlines on whole-slide images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert slides to OME-Zarr pyramids")
+    p.add_argument("slides", nargs="+", help="slide files (SVS, TIFF, OME-TIFF, PNG, JPEG, OME-Zarr)")
+    p.add_argument("--out", required=True, help="output folder; writes OUT/<stem>.zarr")
+    p.add_argument("--tile", type=int, default=1024, help="chunk size in pixels (default 1024)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("refine", help="refine coarse annotations")
+    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("--coarse", nargs="+", required=True, help="coarse annotations (GeoJSON, ASAP XML or mask), paired by stem")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--patch-size", type=int, default=None, help="patch size in pixels at the chosen level")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
+    g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")
+    p.add_argument("--encoder", default=None, help="feature encoder name or TorchScript file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--project", default=None, help="project folder (default OUT/project); reused to resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_refine)
+
+    p = sub.add_parser("evaluate", help="Dice/IoU/precision/recall of predictions against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predictions (GeoJSON or mask PNG), by stem")
+    p.add_argument("--gt", required=True, help="folder of ground truth (GeoJSON, ASAP XML or mask), by stem")
+    p.add_argument("--coarse", default=None, help="folder of coarse annotations to report beside")
+    p.add_argument("--slides", default=None, help="folder of slides (for tissue masks and sizes)")
+    p.add_argument("--json", default=None, help="also write the table as JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="open napari with a sample cohort (headless: convert + overlay PNG)")
+    p.add_argument("--screenshot", default=None, help="run the whole flow unattended and save a screenshot here")
+    p.add_argument("--headless", action="store_true", help="do not open a window: convert the sample and write an overlay PNG")
+    p.add_argument("--out", default=None, help="folder for the demo project (default: a new temporary folder)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``protorefine`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CancelledError as exc:
+        print(f"protorefine: cancelled: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("protorefine: interrupted; finished stages are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    except ProtorefineError as exc:
+        print(f"protorefine: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
