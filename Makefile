@@ -1,0 +1,23 @@
+# protorefine: `make run` opens napari with a sample cohort; `make test` runs the suite.
+.PHONY: run test setup lint bench clean
+
+run:
+	scripts/run.sh
+
+test:
+	scripts/test.sh
+
+setup:
+	scripts/setup.sh
+
+lint: setup
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+
+bench: setup
+	.venv/bin/python benchmarks/quality.py
+	.venv/bin/python benchmarks/features_bench.py
+	.venv/bin/python benchmarks/stages_bench.py
+
+clean:
+	rm -rf .venv out .pytest_cache .ruff_cache

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: set up, then open napari with the plugin docked and a sample cohort
+# loaded. With no display it says so and runs the headless demo instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ] && [ "$(uname)" = Linux ]; then
+  echo "protorefine: no display found: running the headless demo (convert the sample, write an overlay PNG)"
+  exec .venv/bin/protorefine demo --headless --out "${DEMO_OUT:-out/demo}" "$@"
+fi
+exec .venv/bin/protorefine demo "$@"
