@@ -1,0 +1,281 @@
+"""Build napari layers from library objects (slides, annotations, patch-grid results).
+
+World unit: micrometres when the slide's mpp is known, else level-0 pixels.
+``pixel_scale(mpp)`` is the world size of one level-0 pixel. Layers keep their
+data in their own pixels and carry ``scale``/``translate``:
+
+- slide image: multiscale levels, ``scale = (s, s)`` with ``s = pixel_scale``;
+- Shapes: vertices in level-0 pixels ``(y, x)``, ``scale = (s, s)``;
+- grid layers: one pixel per patch-grid cell, ``scale = step * s`` where ``step``
+  is the grid stride in level-0 pixels, translated so each cell covers its patch.
+
+Grid label values: prototype layers show ``id + 1`` (0 = off tissue);
+class layers (pseudo-labels, refined, corrections) use :data:`NORMAL_LABEL` and
+:data:`TUMOUR_LABEL` (0 = none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from protorefine.errors import ProtorefineError
+from protorefine.napari.state import (
+    COARSE,
+    CONFIDENCE,
+    CORRECTIONS,
+    GLOBAL_PROTOTYPES,
+    LOCAL_PROTOTYPES,
+    PSEUDO_LABELS,
+    REFINED,
+)
+
+if TYPE_CHECKING:
+    from napari.layers import Layer, Shapes
+
+    from protorefine.annotations.model import AnnotationSet
+    from protorefine.features.grid import PatchGrid
+    from protorefine.project import Project
+    from protorefine.slides.base import Slide
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+NORMAL_LABEL = 1
+TUMOUR_LABEL = 2
+CLASS_COLORS = {
+    None: "transparent",
+    0: "transparent",
+    NORMAL_LABEL: "#3b82f6",
+    TUMOUR_LABEL: "#ef4444",
+}
+CLASS_EDGE_COLORS = {"Tumor": "#ffd400", "Normal": "#22c55e", "Exclusion": "#a855f7"}
+
+#: Grid layer name -> key of ``Project.result_grid`` (corrections come from ``Project.corrections``).
+RESULT_KEYS = {
+    LOCAL_PROTOTYPES: "local_proto",
+    GLOBAL_PROTOTYPES: "global_proto",
+    PSEUDO_LABELS: "pseudo",
+    REFINED: "refined",
+    CONFIDENCE: "confidence",
+}
+CLASS_LAYERS = (PSEUDO_LABELS, REFINED, CORRECTIONS)
+PROTOTYPE_LAYERS = (LOCAL_PROTOTYPES, GLOBAL_PROTOTYPES)
+
+META_PATH = "protorefine_path"
+META_MPP = "protorefine_mpp"
+META_PIXEL_SCALE = "protorefine_pixel_scale"
+
+
+def pixel_scale(mpp: float | None) -> float:
+    """World units per level-0 pixel: the mpp when known (micrometres), else 1 (pixels)."""
+    return float(mpp) if mpp else 1.0
+
+
+def _units(mpp: float | None) -> tuple[str, str]:
+    return ("micrometer", "micrometer") if mpp else ("pixel", "pixel")
+
+
+def image_layer_data(slide: Slide) -> LayerData:
+    """The slide as one lazy multiscale RGB image layer (levels from ``open_slide``)."""
+    s = pixel_scale(slide.mpp)
+    levels = list(slide.levels)
+    meta = {
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "scale": (s, s),
+        "units": _units(slide.mpp),
+        "name": slide.name,
+        "contrast_limits": (0, 255),
+        "metadata": {META_PATH: str(slide.path), META_MPP: slide.mpp, META_PIXEL_SCALE: s},
+    }
+    return (levels if len(levels) > 1 else levels[0], meta, "image")
+
+
+def image_layer(slide: Slide) -> Layer:
+    """A napari Image layer for ``slide``."""
+    from napari.layers import Layer
+
+    return Layer.create(*image_layer_data(slide))
+
+
+def shapes_layer_data(
+    annset: AnnotationSet | None, s: float, *, name: str = COARSE, mpp: float | None = None
+) -> LayerData:
+    """Annotations as Shapes layer data: level-0 ``(y, x)`` vertices, ``scale = (s, s)``."""
+    data: list[np.ndarray] = []
+    types: list[str] = []
+    classes: list[str] = []
+    if annset is not None and len(annset):
+        from protorefine.annotations import annotations_to_shapes
+
+        data, types, classes = annotations_to_shapes(annset, 1.0)
+        data = [np.asarray(d, dtype=float) for d in data]
+    edge = [CLASS_EDGE_COLORS.get(c, "#ffd400") for c in classes]
+    meta: dict[str, Any] = {
+        "name": name,
+        "scale": (s, s),
+        "units": _units(mpp),
+        "shape_type": list(types) if types else "polygon",
+        "features": {"classification": list(classes)},
+        "feature_defaults": {"classification": "Tumor"},
+        "edge_color": edge if edge else "#ffd400",
+        "face_color": "transparent",
+        "edge_width": 3,
+        "edge_width_is_relative": False,
+        "metadata": {META_MPP: mpp, META_PIXEL_SCALE: s},
+    }
+    meta["current_edge_color"] = "#ffd400"
+    meta["current_face_color"] = "transparent"
+    return (data, meta, "shapes")
+
+
+def coarse_shapes_layer(
+    annset: AnnotationSet | None, slide: Slide, *, name: str = COARSE
+) -> Shapes:
+    """The editable coarse-outline Shapes layer of ``slide``, ready to draw polygons."""
+    from napari.layers import Shapes
+
+    data, meta, _ = shapes_layer_data(annset, pixel_scale(slide.mpp), name=name, mpp=slide.mpp)
+    edge_width = max(2.0, max(slide.shape) / 1500)
+    layer = Shapes(data, ndim=2, **{k: v for k, v in meta.items() if k != "edge_width"})
+    layer.current_edge_width = edge_width
+    if len(layer.data):
+        layer.edge_width = [edge_width] * len(layer.data)
+    return layer
+
+
+def layer_annotations(layer: Shapes, s: float | None = None) -> AnnotationSet:
+    """A Shapes layer's shapes as an AnnotationSet in level-0 pixels.
+
+    ``s`` is world units per level-0 pixel of the slide under the layer; by default
+    the layer's own ``protorefine_pixel_scale`` metadata, else its ``scale``
+    (a Shapes layer napari creates over a slide takes the slide's scale).
+    """
+    from protorefine.annotations import shapes_to_annotations
+
+    scale = np.asarray(layer.scale[-2:], dtype=float)
+    translate = np.asarray(layer.translate[-2:], dtype=float)
+    return shapes_from_world(
+        list(layer.data),
+        list(layer.shape_type),
+        scale,
+        translate,
+        s,
+        layer.metadata,
+        _layer_classes(layer),
+        shapes_to_annotations,
+    )
+
+
+def _layer_classes(layer: Shapes) -> list[str] | None:
+    feats = getattr(layer, "features", None)
+    if feats is not None and "classification" in feats and len(feats) == len(layer.data):
+        return [str(c) for c in feats["classification"]]
+    return None
+
+
+def shapes_from_world(
+    data: Sequence[np.ndarray],
+    shape_types: Sequence[str],
+    scale: np.ndarray,
+    translate: np.ndarray,
+    s: float | None,
+    metadata: dict | None,
+    classes: Sequence[str] | None,
+    convert: Any = None,
+) -> AnnotationSet:
+    """Shapes data of a layer with ``scale``/``translate`` to level-0 annotations."""
+    if convert is None:
+        from protorefine.annotations import shapes_to_annotations as convert
+    if s is None:
+        s = (metadata or {}).get(META_PIXEL_SCALE) or None
+    s_arr = np.asarray([s, s], dtype=float) if s else np.asarray(scale, dtype=float)
+    level0 = [(np.asarray(d, dtype=float)[:, -2:] * scale + translate) / s_arr for d in data]
+    annset = convert(level0, list(shape_types), 1.0)
+    if classes is not None and len(classes) == len(annset.annotations):
+        for ann, cls in zip(annset.annotations, classes, strict=True):
+            ann.classification = cls
+    return annset
+
+
+def grid_transform(grid: PatchGrid, s: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, translate)`` that lay one grid cell over its patch on the slide."""
+    step = float(grid.stride) * float(grid.downsample)
+    origin = np.zeros(2)
+    yx = np.asarray(grid.yx, dtype=float)
+    rc = np.asarray(grid.rc, dtype=float)
+    if len(yx):
+        origin = yx[0] - rc[0] * step
+    # image pixel y covers world [(y - 0.5) s, (y + 0.5) s]; cell r must cover
+    # level-0 pixels [origin + r step, origin + (r + 1) step).
+    translate = s * (origin + (step - 1.0) / 2.0)
+    return (step * s, step * s), (float(translate[0]), float(translate[1]))
+
+
+def to_label_values(name: str, values: np.ndarray) -> np.ndarray:
+    """Project grid values to the label values layer ``name`` shows (see module doc)."""
+    v = np.asarray(values)
+    if name in PROTOTYPE_LAYERS:
+        return np.where(v >= 0, v.astype(np.int64) + 1, 0).astype(np.int32)
+    if name == REFINED:
+        return np.where(v.astype(bool), TUMOUR_LABEL, 0).astype(np.uint8)
+    if name in (PSEUDO_LABELS, CORRECTIONS):
+        vi = np.where(np.isnan(v), -1, v) if v.dtype.kind == "f" else v
+        out = np.zeros(v.shape, np.uint8)
+        out[vi == 0] = NORMAL_LABEL
+        out[vi >= 1] = TUMOUR_LABEL
+        if v.dtype.kind == "f" and name == PSEUDO_LABELS:
+            out[(vi > 0) & (vi < 1)] = np.where(
+                vi[(vi > 0) & (vi < 1)] >= 0.5, TUMOUR_LABEL, NORMAL_LABEL
+            )
+        return out
+    return v
+
+
+def corrections_from_labels(labels: np.ndarray) -> np.ndarray:
+    """A painted corrections layer back to the project's int8 grid (-1 none, 0 normal, 1 tumour)."""
+    lab = np.asarray(labels)
+    out = np.full(lab.shape, -1, np.int8)
+    out[lab == NORMAL_LABEL] = 0
+    out[lab == TUMOUR_LABEL] = 1
+    return out
+
+
+def grid_layer(name: str, values: np.ndarray, grid: PatchGrid, s: float, **kwargs: Any) -> Layer:
+    """A grid layer over the slide: Image for "confidence", Labels otherwise."""
+    from napari.layers import Image, Labels
+    from napari.utils.colormaps import DirectLabelColormap
+
+    scale, translate = grid_transform(grid, s)
+    units = ("micrometer", "micrometer") if s != 1.0 else ("pixel", "pixel")
+    common = {"name": name, "scale": scale, "translate": translate, "units": units}
+    if name == CONFIDENCE:
+        opts = {
+            "colormap": "viridis",
+            "contrast_limits": (0.0, 1.0),
+            "opacity": 0.5,
+            "blending": "translucent",
+        }
+        opts.update(kwargs)
+        return Image(np.asarray(values, dtype=np.float32), **common, **opts)
+    labels = to_label_values(name, values)
+    opts: dict[str, Any] = {"opacity": 0.5}
+    if name in CLASS_LAYERS:
+        opts["colormap"] = DirectLabelColormap(color_dict=CLASS_COLORS)
+    opts.update(kwargs)
+    return Labels(labels, **common, **opts)
+
+
+def stored_grid_values(project: Project, slide_id: str, name: str) -> np.ndarray | None:
+    """The stored result behind grid layer ``name`` for ``slide_id``, or None if not computed."""
+    try:
+        if name == CORRECTIONS:
+            return project.corrections(slide_id)
+        key = RESULT_KEYS.get(name)
+        if key is None:
+            return None
+        return np.asarray(project.result_grid(slide_id, key))
+    except (ProtorefineError, KeyError, FileNotFoundError):
+        return None
