@@ -1,0 +1,250 @@
+"""``protorefine demo``: a sample cohort in a fresh project, opened in napari (or headless).
+
+With a display it opens napari with the five dock widgets and the first slide.
+Without one (or with ``--headless``) it says so in one line, converts the sample
+slide to OME-Zarr and writes an overlay PNG. ``--screenshot PNG`` runs the whole
+flow through the widgets unattended and saves a screenshot of the window.
+Nothing here imports Qt or napari at module level: the GUI parts import
+``protorefine.napari`` only when a window is wanted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protorefine._atomic import atomic_path
+from protorefine.errors import ProtorefineError
+
+#: The dock widgets of the manifest, in docking order.
+WIDGETS = (
+    "Project and slides",
+    "Coarse annotation",
+    "Prototypes",
+    "Refine and train",
+    "Review and export",
+)
+#: Sizes (height, width) of the demo cohort's synthetic slides, in level-0 pixels.
+COHORT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (3584, 4096), (4096, 3584))
+
+
+@dataclass
+class SampleCohort:
+    """A demo project and where its sample files lie."""
+
+    project_folder: Path
+    slide_paths: list[Path]
+    truth_paths: list[Path]
+
+
+def has_display() -> bool:
+    """True when a window can be shown (always on macOS/Windows; DISPLAY/WAYLAND on Linux)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def make_sample_cohort(
+    folder: str | os.PathLike[str],
+    shapes: tuple[tuple[int, int], ...] = COHORT_SHAPES,
+    *,
+    strength: float = 1.0,
+    progress=None,
+):
+    """Write synthetic slides (OME-Zarr), their true outlines, and a project with coarse outlines.
+
+    Returns ``(project, cohort)``. Slides go to ``folder/slides/<id>.zarr``, ground
+    truth to ``folder/truth/<id>.geojson``, the project to ``folder/project``.
+    """
+    from protorefine.annotations import vectorize, write_geojson
+    from protorefine.project import Project
+    from protorefine.slides import convert_to_ome_zarr
+    from protorefine.synthetic import simulate_coarse, synthetic_slide
+
+    folder = Path(folder)
+    project_folder = folder / "project"
+    if project_folder.exists():
+        project = Project.open(project_folder)
+        truth = project.ui_state.get("truth", {})
+        return project, SampleCohort(
+            project_folder,
+            [Path(s.path) for s in project.slides],
+            [Path(truth[s.id]) for s in project.slides if s.id in truth],
+        )
+    slide_paths: list[Path] = []
+    truth_paths: list[Path] = []
+    coarse_sets = []
+    for i, shape in enumerate(shapes):
+        name = f"synthetic_{i + 1:02d}"
+        slide, truth, truth_ds = synthetic_slide(shape, seed=i)
+        slide.name = name
+        path = convert_to_ome_zarr(slide, folder / "slides" / f"{name}.zarr", progress=progress)
+        slide_paths.append(Path(path))
+        truth_path = folder / "truth" / f"{name}.geojson"
+        truth_path.parent.mkdir(parents=True, exist_ok=True)
+        write_geojson(vectorize(truth, truth_ds), truth_path)
+        truth_paths.append(truth_path)
+        coarse_sets.append(simulate_coarse(truth, truth_ds, strength=strength, seed=i))
+    project = Project.create(project_folder)
+    for path, coarse in zip(slide_paths, coarse_sets, strict=True):
+        entry = project.add_slide(path)
+        project.set_coarse(entry.id, coarse)
+    project.ui_state["truth"] = {
+        Path(p).stem: str(t) for p, t in zip(slide_paths, truth_paths, strict=True)
+    }
+    project.ui_state["current_slide"] = project.slides[0].id
+    project.save_ui_state()
+    return project, SampleCohort(project_folder, slide_paths, truth_paths)
+
+
+def overlay_png(
+    project, slide_id: str, path: str | os.PathLike[str], *, max_size: int = 1024
+) -> Path:
+    """Write a PNG of the slide thumbnail with its coarse outline (yellow) and refined outline (red)."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+    from skimage.transform import resize
+
+    from protorefine.annotations import rasterize
+
+    slide = project.open_slide(slide_id)
+    h0, w0 = slide.shape
+    level = len(slide.levels) - 1
+    for i, lvl in enumerate(slide.levels):
+        if max(lvl.shape[:2]) <= max_size:
+            level = i
+            break
+    thumb = np.asarray(slide.levels[level][..., :3]).astype(np.uint8)
+    if max(thumb.shape[:2]) > max_size:
+        f = max_size / max(thumb.shape[:2])
+        size = (round(thumb.shape[0] * f), round(thumb.shape[1] * f))
+        thumb = (resize(thumb, size, anti_aliasing=True, preserve_range=True)).astype(np.uint8)
+    ds = w0 / thumb.shape[1]
+    out = thumb.copy()
+    outlines = [(project.coarse(slide_id), (255, 212, 0))]
+    if project.stage_done("output"):
+        outlines.append((project.refined_annotations(slide_id), (230, 30, 30)))
+    width = max(1, round(max(thumb.shape[:2]) / 400))
+    for annset, colour in outlines:
+        if annset is None or not len(annset):
+            continue
+        mask = rasterize(annset, (h0, w0), ds)
+        mask = mask[: out.shape[0], : out.shape[1]]
+        edge = find_boundaries(mask, mode="inner")
+        if width > 1:
+            from scipy.ndimage import binary_dilation
+
+            edge = binary_dilation(edge, iterations=width - 1)
+        pad = np.zeros(out.shape[:2], bool)
+        pad[: edge.shape[0], : edge.shape[1]] = edge
+        out[pad] = colour
+    with atomic_path(path) as tmp:
+        imsave(tmp, out, check_contrast=False)
+    return Path(path)
+
+
+def headless_demo(out: Path) -> int:
+    """Build the sample cohort (slides converted to OME-Zarr) and write an overlay PNG."""
+    project, cohort = make_sample_cohort(out, COHORT_SHAPES[:1])
+    sid = project.slides[0].id
+    png = overlay_png(project, sid, out / f"{sid}_overlay.png")
+    print(f"OME-Zarr: {cohort.slide_paths[0]}")
+    print(f"overlay:  {png}")
+    return 0
+
+
+def open_demo_viewer(out: Path, *, show: bool = True):
+    """A napari viewer with the sample cohort's project open and all dock widgets docked."""
+    import napari
+
+    from protorefine.napari.state import get_state
+
+    project, _ = make_sample_cohort(out)
+    viewer = napari.Viewer(title="protorefine demo", show=show)
+    docked = dock_widgets(viewer)
+    state = get_state(viewer)
+    state.set_project(project)
+    state.show_slide(project.ui_state.get("current_slide") or project.slides[0].id)
+    return viewer, state, docked
+
+
+def dock_widgets(viewer) -> dict:
+    """Dock every protorefine widget that imports; returns {name: widget}."""
+    docked = {}
+    for name in WIDGETS:
+        try:
+            _, widget = viewer.window.add_plugin_dock_widget("protorefine", name, tabify=False)
+        except (ImportError, AttributeError, KeyError) as exc:
+            print(f"protorefine: widget {name!r} is not available: {exc}", file=sys.stderr)
+            continue
+        docked[name] = widget
+    return docked
+
+
+def screenshot_demo(out: Path, screenshot: Path) -> int:
+    """Run the whole flow through the widgets unattended and save a window screenshot."""
+    import napari
+
+    from protorefine.napari.widgets.review import run_unattended
+
+    viewer, state, _ = open_demo_viewer(out, show=True)
+    try:
+        run_unattended(viewer, state, screenshot)
+    finally:
+        viewer.close()
+        napari.Viewer.close_all()
+    print(f"screenshot: {screenshot}")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Entry point of ``protorefine demo`` (see module docstring)."""
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="protorefine-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.screenshot:
+        if not has_display():
+            return _rerun_under_xvfb(args)
+        return screenshot_demo(out, Path(args.screenshot))
+    if args.headless or not has_display():
+        reason = "--headless" if args.headless else "no display (DISPLAY/WAYLAND_DISPLAY unset)"
+        print(
+            f"protorefine demo: {reason}: converting the sample slide and writing an overlay PNG instead of opening napari"
+        )
+        return headless_demo(out)
+    import napari
+
+    open_demo_viewer(out)
+    print(f"protorefine demo: project in {out / 'project'}")
+    napari.run()
+    return 0
+
+
+def _rerun_under_xvfb(args: argparse.Namespace) -> int:
+    """Run ``demo --screenshot`` again inside ``xvfb-run`` when there is no display."""
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        raise ProtorefineError(
+            "--screenshot needs a display: none is set and xvfb-run is not installed"
+        )
+    print("protorefine demo: no display; running the screenshot flow under xvfb-run")
+    cmd = [
+        xvfb,
+        "-a",
+        sys.executable,
+        "-m",
+        "protorefine.cli",
+        "demo",
+        "--screenshot",
+        str(args.screenshot),
+    ]
+    if args.out:
+        cmd += ["--out", str(args.out)]
+    return subprocess.call(cmd)
