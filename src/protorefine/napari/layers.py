@@ -101,7 +101,12 @@ def image_layer(slide: Slide) -> Layer:
 
 
 def shapes_layer_data(
-    annset: AnnotationSet | None, s: float, *, name: str = COARSE, mpp: float | None = None
+    annset: AnnotationSet | None,
+    s: float,
+    *,
+    name: str = COARSE,
+    mpp: float | None = None,
+    edge_width: float = 8.0,
 ) -> LayerData:
     """Annotations as Shapes layer data: level-0 ``(y, x)`` vertices, ``scale = (s, s)``."""
     data: list[np.ndarray] = []
@@ -122,12 +127,10 @@ def shapes_layer_data(
         "feature_defaults": {"classification": "Tumor"},
         "edge_color": edge if edge else "#ffd400",
         "face_color": "transparent",
-        "edge_width": 3,
-        "edge_width_is_relative": False,
+        "edge_width": edge_width,
+        "opacity": 1.0,
         "metadata": {META_MPP: mpp, META_PIXEL_SCALE: s},
     }
-    meta["current_edge_color"] = "#ffd400"
-    meta["current_face_color"] = "transparent"
     return (data, meta, "shapes")
 
 
@@ -137,13 +140,20 @@ def coarse_shapes_layer(
     """The editable coarse-outline Shapes layer of ``slide``, ready to draw polygons."""
     from napari.layers import Shapes
 
-    data, meta, _ = shapes_layer_data(annset, pixel_scale(slide.mpp), name=name, mpp=slide.mpp)
-    edge_width = max(2.0, max(slide.shape) / 1500)
-    layer = Shapes(data, ndim=2, **{k: v for k, v in meta.items() if k != "edge_width"})
-    layer.current_edge_width = edge_width
-    if len(layer.data):
-        layer.edge_width = [edge_width] * len(layer.data)
+    width = edge_width_for(slide.shape)
+    data, meta, _ = shapes_layer_data(
+        annset, pixel_scale(slide.mpp), name=name, mpp=slide.mpp, edge_width=width
+    )
+    layer = Shapes(data, ndim=2, **meta)
+    layer.current_edge_width = width
+    layer.current_edge_color = "#ffd400"
+    layer.current_face_color = "transparent"
     return layer
+
+
+def edge_width_for(shape: tuple[int, int]) -> float:
+    """An outline width in level-0 pixels that stays visible when the whole slide is on screen."""
+    return max(2.0, max(shape) / 600)
 
 
 def layer_annotations(layer: Shapes, s: float | None = None) -> AnnotationSet:

@@ -1,0 +1,161 @@
+"""napari reader: slides open as one lazy multiscale RGB layer, annotations as a Shapes layer.
+
+Thin: the library opens the file (``protorefine.slides.open_slide``,
+``protorefine.annotations.read_annotations``); this module only turns the result
+into napari layer data. Paths it cannot read give ``None`` so napari tries
+another reader; a file it claims but cannot open raises ``ProtorefineError``
+with one line naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from protorefine.napari.layers import (
+    META_MPP,
+    META_PIXEL_SCALE,
+    LayerData,
+    edge_width_for,
+    image_layer_data,
+    pixel_scale,
+    shapes_layer_data,
+)
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
+_SNIFF_BYTES = 4096
+
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+
+def get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Return a reader for ``path`` (one path or a list of them), or None if it is not ours."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or any(_kind(Path(p)) is None for p in paths):
+        return None
+    return read_paths
+
+
+def read_paths(path: str | list[str]) -> list[LayerData]:
+    """Read slides and annotation files into napari layer data."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    out: list[LayerData] = []
+    for p in paths:
+        p = Path(p)
+        if _kind(p) == "slide":
+            out.append(read_slide(p))
+        else:
+            out.append(read_annotation_layer(p))
+    return out
+
+
+def read_slide(path: str | Path) -> LayerData:
+    """One multiscale RGB image layer for a slide file or OME-Zarr folder, lazily."""
+    from protorefine.slides import open_slide
+
+    return image_layer_data(open_slide(path))
+
+
+def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData:
+    """A Shapes layer for a GeoJSON / ASAP XML file, placed over the matching slide.
+
+    The slide's pixel scale comes from ``s``, else from an open protorefine image
+    layer in the current viewer (same name as the file's stem, else the active
+    or last one), else from a slide file with the same stem beside it, else 1.
+    """
+    from protorefine.annotations import read_annotations
+
+    path = Path(path)
+    s_ctx, mpp, shape = _slide_context(path)
+    if s is None:
+        s = s_ctx
+    annset = read_annotations(path, slide_shape=shape)
+    for warning in getattr(annset, "warnings", []):
+        _warn(f"{path.name}: {warning}")
+    width = edge_width_for(shape) if shape else 8.0
+    return shapes_layer_data(annset, s, name=_stem(path), mpp=mpp, edge_width=width)
+
+
+def _kind(path: Path) -> str | None:
+    """ "slide", "annotation" or None for a path this reader does not handle."""
+    name = path.name.lower()
+    if name.endswith(".zarr"):
+        return "slide" if path.is_dir() or not path.exists() else None
+    if name.endswith(SLIDE_SUFFIXES):
+        return "slide" if not path.is_dir() else None
+    if name.endswith(ANNOTATION_SUFFIXES):
+        if not path.is_file():
+            return None
+        head = _head(path)
+        if name.endswith(".xml"):
+            return "annotation" if "ASAP_Annotation" in head or "<Annotation" in head else None
+        return "annotation" if '"type"' in head or '"geometry"' in head else None
+    return None
+
+
+def _head(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(_SNIFF_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".geojson", ".json", ".xml"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _slide_context(path: Path) -> tuple[float, float | None, tuple[int, int] | None]:
+    """(pixel scale, mpp, level-0 shape) of the slide an annotation file belongs to."""
+    stem = _stem(path)
+    layer = _viewer_slide_layer(stem)
+    if layer is not None:
+        md = layer.metadata
+        data = layer.data[0] if layer.multiscale else layer.data
+        shape = (int(data.shape[0]), int(data.shape[1]))
+        return float(md.get(META_PIXEL_SCALE) or 1.0), md.get(META_MPP), shape
+    for sibling in sorted(path.parent.glob(f"{stem}.*")):
+        if sibling != path and _kind(sibling) == "slide":
+            try:
+                from protorefine.slides import open_slide
+
+                slide = open_slide(sibling)
+            except Exception:  # a broken sibling just means no context
+                continue
+            return pixel_scale(slide.mpp), slide.mpp, slide.shape
+    return 1.0, None, None
+
+
+def _viewer_slide_layer(stem: str) -> Any:
+    try:
+        import napari
+        from napari.layers import Image
+    except ImportError:
+        return None
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return None
+    slides = [
+        lay for lay in viewer.layers if isinstance(lay, Image) and META_PIXEL_SCALE in lay.metadata
+    ]
+    if not slides:
+        return None
+    for lay in slides:
+        if lay.name == stem or Path(str(lay.metadata.get("protorefine_path", ""))).stem == stem:
+            return lay
+    active = viewer.layers.selection.active
+    return active if active in slides else slides[-1]
+
+
+def _warn(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:
+        return
+    show_warning(message)
