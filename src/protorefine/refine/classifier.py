@@ -1,0 +1,212 @@
+"""Patch classifier: an MLP head on frozen features, dynamic sampling, rounds of re-finetuning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.refine.config import RefineConfig
+
+Progress = Callable[[int, int, str], None] | None
+Cancel = Callable[[], bool] | None
+OnRound = Callable[[dict], None] | None
+
+
+class PatchHead(nn.Module):
+    """Standardise features, then Linear-ReLU-Dropout-Linear to one tumour logit."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tumour logit per row of ``x``."""
+        return self.net((x - self.mean) / self.scale).squeeze(1)
+
+
+@dataclass
+class ClassifierResult:
+    """The trained head, its tumour probability per patch, the final pseudo-labels and history."""
+
+    model: PatchHead
+    prob: np.ndarray
+    pseudo: np.ndarray
+    confidence: np.ndarray
+    history: list[dict] = field(default_factory=list)
+
+
+def predict(model: PatchHead, x: torch.Tensor, batch: int = 65536) -> np.ndarray:
+    """Tumour probability per row of ``x`` (eval mode, no gradients)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for a in range(0, x.shape[0], batch):
+            out.append(torch.sigmoid(model(x[a : a + batch])).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def sampling_weights(
+    pseudo: np.ndarray, confidence: np.ndarray, corrected: np.ndarray, config: RefineConfig
+) -> np.ndarray:
+    """Per-patch sampling weight: confidence x class balance, corrections x ``correction_weight``."""
+    w = confidence.astype(np.float64).copy()
+    if config.dynamic_sampling:
+        for c in (0, 1):
+            m = pseudo == c
+            tot = w[m].sum()
+            if tot > 0:
+                w[m] /= tot
+        w[corrected] = w[corrected].clip(min=w[w > 0].mean() if (w > 0).any() else 1.0)
+        w[corrected] *= config.correction_weight
+    else:
+        w = (confidence > 0).astype(np.float64)
+    return w
+
+
+def _train_epochs(
+    model: PatchHead,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: np.ndarray,
+    epochs: int,
+    lr: float,
+    config: RefineConfig,
+    generator: torch.Generator,
+    cancel: Cancel,
+) -> float:
+    """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    p = torch.from_numpy(weights / weights.sum()).float()
+    m = int(min(config.samples_per_epoch, max(config.train_batch, 2 * int((weights > 0).sum()))))
+    loss_fn = nn.BCEWithLogitsLoss()
+    last = 0.0
+    model.train()
+    for _ in range(epochs):
+        if cancel is not None and cancel():
+            raise CancelledError("classifier stage cancelled")
+        idx = torch.multinomial(p, m, replacement=True, generator=generator).to(x.device)
+        total, count = 0.0, 0
+        for a in range(0, m, config.train_batch):
+            b = idx[a : a + config.train_batch]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[b]), y[b])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+            count += len(b)
+        last = total / max(count, 1)
+    return last
+
+
+def train_classifier(
+    features: torch.Tensor,
+    pseudo: np.ndarray,
+    confidence: np.ndarray,
+    proto_score: np.ndarray,
+    *,
+    corrections: np.ndarray | None = None,
+    config: RefineConfig,
+    progress: Progress = None,
+    cancel: Cancel = None,
+    on_round: OnRound = None,
+) -> ClassifierResult:
+    """Train the head on pseudo-labels for ``config.rounds`` rounds.
+
+    After each round but the last, a patch's pseudo-label takes the classifier's
+    label where the classifier is confident (``|2p-1| >= update_confidence``) and
+    the prototype evidence agrees with it; the head is then finetuned at half the
+    learning rate. Corrections never change. ``history`` holds loss, agreement with
+    the current pseudo-labels and number of changed labels per round.
+    """
+    pseudo = np.asarray(pseudo, dtype=np.int8).copy()
+    confidence = np.asarray(confidence, dtype=np.float32).copy()
+    n = len(pseudo)
+    corrected = np.zeros(n, dtype=bool) if corrections is None else np.asarray(corrections) >= 0
+    if corrections is not None:
+        pseudo[corrected] = np.asarray(corrections)[corrected]
+        confidence[corrected] = 1.0
+    history: list[dict] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        gen = torch.Generator().manual_seed(config.seed + 1)
+        dim = features.shape[1]
+        model = PatchHead(dim, config.hidden).to(features.device)
+        model.mean.copy_(features.mean(0))
+        model.scale.copy_(features.std(0).clamp_min(1e-4))
+        for r in range(config.rounds):
+            y = torch.from_numpy(pseudo.astype(np.float32)).to(features.device)
+            w = sampling_weights(pseudo, confidence, corrected, config)
+            if w.sum() <= 0 or len(np.unique(pseudo[w > 0])) < 2:
+                raise ProtorefineError(
+                    "pseudo-labels hold only one class: the coarse annotation must leave "
+                    "some tissue outside and some inside"
+                )
+            epochs = config.epochs if r == 0 else config.finetune_epochs
+            lr = config.lr if r == 0 else config.lr * 0.5
+            loss = _train_epochs(model, features, y, w, epochs, lr, config, gen, cancel)
+            prob = predict(model, features)
+            lab = (prob >= 0.5).astype(np.int8)
+            used = confidence > 0
+            agreement = float((lab[used] == pseudo[used]).mean()) if used.any() else 0.0
+            changed = 0
+            if r < config.rounds - 1:
+                sure = np.abs(2 * prob - 1) >= config.update_confidence
+                agree = (proto_score >= 0.5).astype(np.int8) == lab
+                upd = sure & agree & ~corrected
+                changed = int((pseudo[upd] != lab[upd]).sum())
+                pseudo[upd] = lab[upd]
+                confidence[upd] = np.maximum(confidence[upd], np.abs(2 * prob[upd] - 1))
+            rec = {"round": r + 1, "loss": loss, "agreement": agreement, "changed": changed}
+            history.append(rec)
+            if on_round is not None:
+                on_round(dict(rec))
+            if progress is not None:
+                progress(
+                    r + 1, config.rounds, f"round {r + 1}: loss {loss:.3f}, agree {agreement:.3f}"
+                )
+    if corrected.any():
+        prob = prob.copy()
+        prob[corrected] = np.asarray(corrections)[corrected].astype(np.float32)
+    return ClassifierResult(
+        model=model,
+        prob=prob.astype(np.float32),
+        pseudo=pseudo,
+        confidence=confidence,
+        history=history,
+    )
+
+
+def save_checkpoint(model: PatchHead, path: str | Path) -> None:
+    """Save the head's state dict (with its dimensions) atomically."""
+    from protorefine._atomic import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> PatchHead:
+    """Load a head saved by ``save_checkpoint`` (``weights_only=True``); one-line error if it fails."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        dim = int(state["mean"].shape[0])
+        hidden = int(state["net.0.weight"].shape[0])
+        model = PatchHead(dim, hidden)
+        model.load_state_dict(state)
+    except FileNotFoundError as exc:
+        raise ProtorefineError(f"{path}: checkpoint not found") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProtorefineError(f"{path}: checkpoint does not load ({msg[:160]})") from exc
+    return model.to(device)

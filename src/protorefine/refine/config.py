@@ -1,0 +1,180 @@
+"""One typed configuration object for every refinement stage, saved as JSON with a project."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from protorefine.errors import ProtorefineError
+
+# Which stage each field belongs to: changing a field invalidates that stage and
+# every stage after it (see ``first_changed_stage``).
+_STAGE_OF: dict[str, str] = {
+    "patch_size": "grid",
+    "level": "grid",
+    "mpp": "grid",
+    "stride": "grid",
+    "tissue_threshold": "grid",
+    "encoder": "features",
+    "batch_size": "features",
+    "local_k_max": "prototypes",
+    "local_k_div": "prototypes",
+    "merge_threshold": "prototypes",
+    "kmeans_iters": "prototypes",
+    "global_k_max": "prototypes",
+    "global_prior": "prototypes",
+    "boundary_width": "prototypes",
+    "use_local": "pseudo_labels",
+    "use_global": "pseudo_labels",
+    "temperature": "pseudo_labels",
+    "coarse_trust": "pseudo_labels",
+    "pseudo_smooth": "pseudo_labels",
+    "hidden": "classifier",
+    "epochs": "classifier",
+    "finetune_epochs": "classifier",
+    "lr": "classifier",
+    "weight_decay": "classifier",
+    "samples_per_epoch": "classifier",
+    "train_batch": "classifier",
+    "dynamic_sampling": "classifier",
+    "rounds": "classifier",
+    "update_confidence": "classifier",
+    "correction_weight": "classifier",
+    "seed": "prototypes",
+    "smooth_sigma": "output",
+    "threshold": "output",
+    "min_area": "output",
+    "max_hole": "output",
+    "device": "",
+}
+
+STAGE_ORDER = ("grid", "features", "prototypes", "pseudo_labels", "classifier", "output")
+
+
+@dataclass
+class RefineConfig:
+    """Defaults for every stage, from the patch grid to the output polygons.
+
+    Distances and areas are in patches of the grid. See ``docs/method.md`` for the
+    role of each value.
+    """
+
+    # grid
+    patch_size: int = 224
+    level: int | None = None
+    mpp: float | None = None
+    stride: int | None = None
+    tissue_threshold: float = 0.5
+    # features
+    encoder: str = "efficientnet-lite0"
+    batch_size: int = 64
+    # local prototypes (per slide)
+    local_k_max: int = 16
+    local_k_div: float = 8.0
+    merge_threshold: float = 0.95
+    kmeans_iters: int = 30
+    # global prototypes (across slides)
+    global_k_max: int = 48
+    global_prior: float = 1.0
+    boundary_width: float = 2.0
+    # pseudo-labels
+    use_local: bool = True
+    use_global: bool = True
+    temperature: float = 0.05
+    coarse_trust: float = 0.5
+    pseudo_smooth: float = 1.0
+    # classifier
+    hidden: int = 128
+    epochs: int = 12
+    finetune_epochs: int = 6
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    samples_per_epoch: int = 4096
+    train_batch: int = 256
+    dynamic_sampling: bool = True
+    rounds: int = 3
+    update_confidence: float = 0.8
+    correction_weight: float = 4.0
+    # output
+    smooth_sigma: float = 0.7
+    threshold: float = 0.5
+    min_area: int = 2
+    max_hole: int = 2
+    # run
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ProtorefineError naming the first value that is out of range."""
+        positive = ("patch_size", "batch_size", "local_k_max", "kmeans_iters", "global_k_max")
+        positive += ("hidden", "train_batch", "rounds", "samples_per_epoch")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 1")
+        for name in ("temperature", "local_k_div", "boundary_width", "lr"):
+            if float(getattr(self, name)) <= 0:
+                raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
+        for name in ("merge_threshold", "coarse_trust", "threshold", "update_confidence"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise ProtorefineError(f"config {name}={v!r}: must be between 0 and 1")
+        if self.level is not None and self.mpp is not None:
+            raise ProtorefineError("config: give level or mpp, not both")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
+            "cuda:"
+        ):
+            raise ProtorefineError(f"config device={self.device!r}: must be auto, cpu, cuda or mps")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RefineConfig:
+        """Build from a dict; unknown keys are an error so typos are not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ProtorefineError(f"config: unknown setting(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ProtorefineError(f"config: {exc}") from exc
+
+    def to_json(self) -> str:
+        """JSON text of the config."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RefineConfig:
+        """Parse the JSON written by ``to_json``."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtorefineError(f"config: not valid JSON ({exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise ProtorefineError("config: expected a JSON object")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> RefineConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def stage_of(field_name: str) -> str:
+    """The first stage that depends on ``field_name`` ('' when none)."""
+    return _STAGE_OF.get(field_name, "grid")
+
+
+def first_changed_stage(old: RefineConfig, new: RefineConfig) -> str | None:
+    """The earliest stage whose inputs differ between two configs (None when equal)."""
+    changed = [f.name for f in fields(RefineConfig) if getattr(old, f.name) != getattr(new, f.name)]
+    stages = [stage_of(n) for n in changed if stage_of(n)]
+    if not stages:
+        return None
+    return min(stages, key=STAGE_ORDER.index)

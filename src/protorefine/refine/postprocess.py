@@ -1,0 +1,101 @@
+"""From per-patch probability to a clean refined mask on the patch grid."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from protorefine.refine.config import RefineConfig
+
+
+def scatter_grid(
+    values: np.ndarray, rc: np.ndarray, shape: tuple[int, int] | None = None, fill: float = 0.0
+) -> np.ndarray:
+    """Place per-patch ``values`` at grid positions ``rc`` in a ``(rows, cols)`` image."""
+    rc = np.asarray(rc, dtype=np.int64)
+    if shape is None:
+        shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(rc) else (0, 0)
+    out = np.full(shape, fill, dtype=np.asarray(values).dtype)
+    out[rc[:, 0], rc[:, 1]] = values
+    return out
+
+
+def smooth_on_grid(
+    values: np.ndarray, slide_index: np.ndarray, rc: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Gaussian smoothing of per-patch values over grid neighbours of the same slide.
+
+    Normalised convolution: only patches that exist (tissue) contribute, so the
+    tissue border does not pull values towards zero.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if sigma <= 0 or len(values) == 0:
+        return values.copy()
+    out = np.empty_like(values)
+    rc = np.asarray(rc, dtype=np.int64)
+    for s in np.unique(slide_index):
+        idx = np.flatnonzero(slide_index == s)
+        r, c = rc[idx, 0], rc[idx, 1]
+        shape = (int(r.max()) + 1, int(c.max()) + 1)
+        img = np.zeros(shape, dtype=np.float32)
+        msk = np.zeros(shape, dtype=np.float32)
+        img[r, c] = values[idx]
+        msk[r, c] = 1.0
+        num = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=3.0)
+        den = ndimage.gaussian_filter(msk, sigma, mode="constant", truncate=3.0)
+        out[idx] = num[r, c] / np.maximum(den[r, c], 1e-6)
+    return out
+
+
+def prob_to_mask(
+    prob_grid: np.ndarray, *, tissue: np.ndarray | None = None, config: RefineConfig | None = None
+) -> np.ndarray:
+    """Smooth a ``(rows, cols)`` probability grid, threshold it, drop tiny parts, fill small holes.
+
+    ``tissue`` (bool grid) limits the mask and the smoothing to tissue patches.
+    ``min_area`` and ``max_hole`` are in patches (8-connected parts, 4-connected holes).
+    """
+    config = config or RefineConfig()
+    prob = np.asarray(prob_grid, dtype=np.float32)
+    valid = np.ones(prob.shape, dtype=bool) if tissue is None else np.asarray(tissue, dtype=bool)
+    if config.smooth_sigma > 0:
+        num = ndimage.gaussian_filter(np.where(valid, prob, 0), config.smooth_sigma, truncate=3.0)
+        den = ndimage.gaussian_filter(valid.astype(np.float32), config.smooth_sigma, truncate=3.0)
+        prob = np.where(valid, num / np.maximum(den, 1e-6), 0)
+    mask = (prob >= config.threshold) & valid
+    eight = np.ones((3, 3), dtype=bool)
+    if config.min_area > 0 and mask.any():
+        lab, n = ndimage.label(mask, structure=eight)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        small = sizes < config.min_area
+        small[0] = False
+        mask[small[lab]] = False
+    if config.max_hole > 0 and (~mask).any():
+        lab, n = ndimage.label(~mask)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        fill = sizes <= config.max_hole
+        fill[0] = False
+        fill[border] = False
+        mask[fill[lab]] = True
+        mask &= valid
+    return mask
+
+
+def masks_per_slide(
+    prob: np.ndarray,
+    slide_index: np.ndarray,
+    rc: np.ndarray,
+    config: RefineConfig | None = None,
+) -> np.ndarray:
+    """Run ``prob_to_mask`` on every slide's grid and return the per-patch refined labels."""
+    config = config or RefineConfig()
+    out = np.zeros(len(prob), dtype=bool)
+    rc = np.asarray(rc, dtype=np.int64)
+    for s in np.unique(slide_index):
+        idx = np.flatnonzero(slide_index == s)
+        grid = scatter_grid(np.asarray(prob, dtype=np.float32)[idx], rc[idx])
+        tissue = scatter_grid(np.ones(len(idx), dtype=bool), rc[idx], grid.shape, fill=False)
+        mask = prob_to_mask(grid, tissue=tissue, config=config)
+        out[idx] = mask[rc[idx, 0], rc[idx, 1]]
+    return out

@@ -1,0 +1,263 @@
+"""Local (per slide) and global (across slides) prototypes by spherical k-means in torch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from protorefine.errors import CancelledError
+from protorefine.refine.config import RefineConfig
+
+Progress = Callable[[int, int, str], None] | None
+Cancel = Callable[[], bool] | None
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def spherical_kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    weights: torch.Tensor | None = None,
+    iters: int = 30,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted k-means on cosine similarity; returns unit centroids ``(k', D)`` and labels.
+
+    ``x`` must be unit rows. Seeding is k-means++ on ``1 - cos`` from ``generator``,
+    so equal seeds give equal results. Clusters that end up empty are dropped.
+    """
+    n = x.shape[0]
+    k = max(1, min(int(k), n))
+    w = torch.ones(n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x)
+    # k-means++ seeding on cosine distance
+    first = int(torch.multinomial(w / w.sum(), 1, generator=generator).item())
+    centers = [x[first]]
+    dist = (1.0 - x @ x[first]).clamp_min(0)
+    for _ in range(1, k):
+        p = dist * w
+        if float(p.sum()) <= 1e-12:
+            break
+        idx = int(torch.multinomial(p / p.sum(), 1, generator=generator).item())
+        centers.append(x[idx])
+        dist = torch.minimum(dist, (1.0 - x @ x[idx]).clamp_min(0))
+    c = torch.stack(centers)
+    labels = torch.zeros(n, dtype=torch.long, device=x.device)
+    for it in range(iters):
+        new_labels = (x @ c.T).argmax(dim=1)
+        if it > 0 and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        sums = torch.zeros_like(c).index_add_(0, labels, x * w[:, None])
+        c = normalize(sums)
+    # drop empty clusters and relabel densely
+    used = torch.unique(labels)
+    c = c[used]
+    labels = (x @ c.T).argmax(dim=1)
+    return c, labels
+
+
+def choose_k(n: int, k_div: float, k_max: int) -> int:
+    """Number of clusters for ``n`` items: about ``sqrt(n / k_div)``, between 1 and ``k_max``."""
+    if n <= 0:
+        return 0
+    return int(max(1, min(k_max, round(math.sqrt(n / k_div)))))
+
+
+def merge_prototypes(
+    centers: torch.Tensor, counts: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedily merge prototypes whose cosine exceeds ``threshold``, largest first.
+
+    Returns the merged unit centres, their summed counts and, for each input
+    prototype, the index of the merged prototype it went into.
+    """
+    order = torch.argsort(counts, descending=True, stable=True)
+    kept: list[int] = []
+    target = torch.full((centers.shape[0],), -1, dtype=torch.long)
+    sums: list[torch.Tensor] = []
+    cnts: list[float] = []
+    for j in order.tolist():
+        if kept:
+            kc = normalize(torch.stack(sums))
+            sims = kc @ centers[j]
+            best = int(sims.argmax())
+            if float(sims[best]) > threshold:
+                sums[best] = sums[best] + centers[j] * counts[j]
+                cnts[best] += float(counts[j])
+                target[j] = best
+                continue
+        kept.append(j)
+        sums.append(centers[j] * counts[j])
+        cnts.append(float(counts[j]))
+        target[j] = len(kept) - 1
+    merged = normalize(torch.stack(sums))
+    return merged, torch.tensor(cnts, dtype=centers.dtype), target
+
+
+@dataclass
+class Prototypes:
+    """Both prototype levels for a cohort, plus each patch's assignment.
+
+    ``local_centers (L, D)`` unit vectors, ``local_slide (L,)`` the slide of each,
+    ``local_class (L,)`` the coarse class it was clustered from, ``local_counts (L,)``
+    member patches, ``local_scores (L,)`` reliability-weighted tumour share of its
+    members; ``global_centers (K, D)``, ``global_scores (K,)``, ``global_counts (K,)``,
+    ``local_to_global (L,)``; per patch ``local_proto (N,)`` and ``global_proto (N,)``.
+    """
+
+    local_centers: np.ndarray
+    local_slide: np.ndarray
+    local_class: np.ndarray
+    local_counts: np.ndarray
+    local_scores: np.ndarray
+    global_centers: np.ndarray
+    global_scores: np.ndarray
+    global_counts: np.ndarray
+    local_to_global: np.ndarray
+    local_proto: np.ndarray
+    global_proto: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """All fields as a dict of arrays (for ``np.savez``)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_arrays(cls, data) -> Prototypes:
+        """Inverse of ``to_arrays`` (accepts an ``np.load`` result)."""
+        return cls(**{k: np.asarray(data[k]) for k in cls.__dataclass_fields__})
+
+
+def reliability(distance: np.ndarray | None, n: int, width: float) -> np.ndarray:
+    """How much a patch's coarse label can be trusted: ~0 on the outline, -> 1 far from it."""
+    if distance is None:
+        return np.ones(n, dtype=np.float32)
+    d = np.abs(np.asarray(distance, dtype=np.float32))
+    d = np.where(np.isfinite(d), d, 1e3)
+    return (1.0 - np.exp(-d / width)).astype(np.float32)
+
+
+def build_prototypes(
+    features: torch.Tensor,
+    coarse: np.ndarray,
+    slide_index: np.ndarray,
+    *,
+    distance: np.ndarray | None = None,
+    config: RefineConfig,
+    generator: torch.Generator,
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> Prototypes:
+    """Local prototypes per slide and coarse class, then global prototypes across slides.
+
+    ``features`` are unit rows on the compute device. A local prototype's score is
+    the share of its member patches (all patches of its slide nearest to it) that
+    lie inside the coarse outline, each weighted by its distance from the outline,
+    with a one-patch prior at 0.5. A global prototype's score averages its members'
+    scores with one vote per slide plus ``global_prior`` votes at 0.5, so a pattern
+    seen on a single slide is not over-trusted.
+    """
+    device = features.device
+    n = features.shape[0]
+    coarse_f = np.asarray(coarse, dtype=np.float32)
+    rel = torch.from_numpy(reliability(distance, n, config.boundary_width) + 1e-3).to(device)
+    cls_t = torch.from_numpy(coarse_f).to(device)
+    slides = np.unique(slide_index)
+    total = len(slides) + 1
+    lc, ls, lk, ln, lsc = [], [], [], [], []
+    local_proto = np.zeros(n, dtype=np.int64)
+    for si, s in enumerate(slides):
+        if cancel is not None and cancel():
+            raise CancelledError("prototypes stage cancelled")
+        idx = np.flatnonzero(slide_index == s)
+        idx_t = torch.from_numpy(idx).to(device)
+        xs = features[idx_t]
+        centers, klass = [], []
+        for c in (0, 1):
+            sel = torch.from_numpy(np.flatnonzero((coarse_f[idx] >= 0.5) == bool(c))).to(device)
+            k = choose_k(int(sel.numel()), config.local_k_div, config.local_k_max)
+            if k == 0:
+                continue
+            cc, _ = spherical_kmeans(xs[sel], k, iters=config.kmeans_iters, generator=generator)
+            centers.append(cc)
+            klass += [c] * cc.shape[0]
+        cen = torch.cat(centers)
+        klass_t = torch.tensor(klass, dtype=torch.float32)
+        assign = (xs @ cen.T).argmax(dim=1)
+        counts = torch.bincount(assign, minlength=cen.shape[0]).float().cpu()
+        merged, mcounts, target = merge_prototypes(cen.cpu(), counts, config.merge_threshold)
+        merged = merged.to(device)
+        # class of a merged prototype: count-weighted majority of what went into it
+        mclass = torch.zeros(merged.shape[0]).index_add_(0, target, klass_t * counts)
+        mclass = (mclass / mcounts.clamp_min(1e-9) >= 0.5).float()
+        assign = (xs @ merged.T).argmax(dim=1)
+        m = merged.shape[0]
+        cnt = torch.bincount(assign, minlength=m).float()
+        w = rel[idx_t]
+        num = torch.zeros(m, device=device).index_add_(0, assign, w * cls_t[idx_t])
+        den = torch.zeros(m, device=device).index_add_(0, assign, w)
+        score = (num + 0.5) / (den + 1.0)
+        base = sum(len(a) for a in lc)
+        local_proto[idx] = assign.cpu().numpy() + base
+        lc.append(merged.cpu().numpy())
+        ls.append(np.full(m, s, dtype=np.int64))
+        lk.append(mclass.numpy().astype(np.int8))
+        ln.append(cnt.cpu().numpy())
+        lsc.append(score.cpu().numpy())
+        if progress is not None:
+            progress(si + 1, total, f"local prototypes of slide {si + 1}/{len(slides)}")
+    local_centers = np.concatenate(lc).astype(np.float32)
+    local_slide = np.concatenate(ls)
+    local_counts = np.concatenate(ln).astype(np.float32)
+    local_scores = np.concatenate(lsc).astype(np.float32)
+    # global prototypes: count-weighted spherical k-means of all local prototypes
+    L = local_centers.shape[0]
+    kg = choose_k(L, 1.0, config.global_k_max)
+    kg = max(1, min(kg, L))
+    lct = torch.from_numpy(local_centers).to(device)
+    gcen, l2g = spherical_kmeans(
+        lct,
+        kg,
+        weights=torch.from_numpy(local_counts).to(device),
+        iters=config.kmeans_iters,
+        generator=generator,
+    )
+    l2g_np = l2g.cpu().numpy()
+    K = gcen.shape[0]
+    gscore = np.zeros(K, dtype=np.float32)
+    gcount = np.zeros(K, dtype=np.float32)
+    for g in range(K):
+        members = np.flatnonzero(l2g_np == g)
+        votes = []
+        for s in np.unique(local_slide[members]):
+            ms = members[local_slide[members] == s]
+            wts = local_counts[ms]
+            votes.append(float((local_scores[ms] * wts).sum() / max(wts.sum(), 1e-9)))
+        gscore[g] = (sum(votes) + 0.5 * config.global_prior) / (len(votes) + config.global_prior)
+        gcount[g] = local_counts[members].sum()
+    global_proto = np.zeros(n, dtype=np.int64)
+    step = 65536
+    for a in range(0, n, step):
+        global_proto[a : a + step] = (features[a : a + step] @ gcen.T).argmax(dim=1).cpu().numpy()
+    if progress is not None:
+        progress(total, total, f"{L} local, {K} global prototypes")
+    return Prototypes(
+        local_centers=local_centers,
+        local_slide=local_slide,
+        local_class=np.concatenate(lk),
+        local_counts=local_counts,
+        local_scores=local_scores,
+        global_centers=gcen.cpu().numpy().astype(np.float32),
+        global_scores=gscore,
+        global_counts=gcount,
+        local_to_global=l2g_np.astype(np.int64),
+        local_proto=local_proto,
+        global_proto=global_proto,
+    )

@@ -1,0 +1,83 @@
+"""Synthetic feature clouds with a known tumour map and a corrupted coarse annotation."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def blob_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random tumour map with a normal island inside and a small satellite outside."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    r = min(h, w) * rng.uniform(0.25, 0.3)
+    ang = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + 0.15 * np.sin(3 * ang + rng.uniform(0, 6))
+    truth = np.hypot(yy - cy, xx - cx) < r * wobble
+    # a normal island inside the tumour
+    iy, ix = int(cy + r * 0.3), int(cx - r * 0.2)
+    truth[iy - 3 : iy + 3, ix - 3 : ix + 3] = False
+    # a tumour satellite outside
+    truth[2:5, 2:5] = True
+    return truth
+
+
+def coarse_from_truth(truth: np.ndarray) -> np.ndarray:
+    """Coarse outline: dilate, fill holes, drop tiny parts (what a hurried pathologist draws)."""
+    c = ndimage.binary_closing(truth, iterations=2)
+    c = ndimage.binary_dilation(c, iterations=2)
+    c = ndimage.binary_fill_holes(c)
+    lab, n = ndimage.label(c)
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= 30
+    keep[0] = False
+    return keep[lab]
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the mask's outline in pixels: positive inside, negative outside."""
+    return np.where(
+        mask, ndimage.distance_transform_edt(mask), -ndimage.distance_transform_edt(~mask)
+    ).astype(np.float32)
+
+
+def make_cohort(n_slides: int = 4, shape: tuple[int, int] = (32, 32), dim: int = 32, seed: int = 0):
+    """Features (N, dim), coarse (N,), truth (N,), slide_index, rc, distance for a small cohort.
+
+    Tumour patches come from two tumour patterns; normal ones from three normal
+    patterns (one of which, the island pattern, also appears outside). Each slide
+    shifts all patterns a little (stain variation).
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(5, dim)).astype(np.float32)
+    feats, coarse, truth_all, sidx, rcs, dist = [], [], [], [], [], []
+    for s in range(n_slides):
+        truth = blob_map(shape, rng)
+        c = coarse_from_truth(truth)
+        shift = rng.normal(scale=0.3, size=dim).astype(np.float32)
+        rr, cc = np.mgrid[: shape[0], : shape[1]]
+        t = truth.ravel()
+        kind = np.where(t, rng.integers(0, 2, t.size), rng.integers(2, 5, t.size))
+        f = centers[kind] + shift + rng.normal(scale=0.6, size=(t.size, dim)).astype(np.float32)
+        feats.append(f)
+        coarse.append(c.ravel().astype(np.float32))
+        truth_all.append(t)
+        sidx.append(np.full(t.size, s))
+        rcs.append(np.stack([rr.ravel(), cc.ravel()], 1))
+        dist.append(signed_distance(c).ravel())
+    return (
+        np.concatenate(feats).astype(np.float32),
+        np.concatenate(coarse),
+        np.concatenate(truth_all),
+        np.concatenate(sidx),
+        np.concatenate(rcs),
+        np.concatenate(dist),
+    )
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
