@@ -1,7 +1,7 @@
 """Baselines the refinement is measured against, on the same patch features.
 
-- :func:`coarse_classifier`: an MLP head trained directly on the coarse labels
-  (what a user gets by trusting the outline and training a patch classifier).
+- :func:`coarse_classifier`: the engine's MLP head trained directly on the coarse
+  labels (what a user gets by trusting the outline and training a patch classifier).
 - :func:`dknn`: Deep k-NN relabelling, each patch takes the majority coarse label
   of its ``k`` nearest neighbours in feature space (cosine, itself excluded), as
   in the comparison of the LC-MIL paper.
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from protorefine.errors import ProtorefineError
+from protorefine.refine.classifier import train_classifier
+from protorefine.refine.config import RefineConfig
 
 
 def _check(features: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,56 +54,30 @@ def coarse_classifier(
     features: np.ndarray,
     coarse: np.ndarray,
     *,
-    hidden: int = 128,
-    epochs: int = 30,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    batch: int = 256,
     seed: int = 0,
     device: str = "cpu",
+    config: RefineConfig | None = None,
 ) -> np.ndarray:
-    """Tumour probability per patch from an MLP trained on the coarse labels themselves.
+    """Tumour probability per patch from the engine's patch classifier trained on the coarse labels.
 
-    Same head as the engine's classifier (standardised L2-normalised features,
-    one hidden ReLU layer, dropout), class-balanced mini-batches, Adam; predicts
-    on every patch it was trained on, as the refinement does.
+    The same head, epochs and class-balanced sampling as the refinement's first
+    round (``config``, default :class:`RefineConfig`), but every patch is trained
+    with its coarse label at full confidence and there is no re-finetuning: the
+    refinement without prototypes. Predicts on every patch, as the refinement does.
     """
     f, c = _check(features, coarse)
     if c.min() == c.max():
         return np.full(len(c), float(c[0]), dtype=np.float32)
-    dev = _device(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))
-    x = _normalise(torch.from_numpy(f))
-    mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
-    x = ((x - mean) / std).to(dev)
-    y = torch.from_numpy(c).float().to(dev)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(x.shape[1], hidden),
-        torch.nn.ReLU(),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(hidden, 1),
-    ).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    pos = float(c.mean())
-    weights = torch.from_numpy(np.where(c == 1, 0.5 / pos, 0.5 / (1.0 - pos))).double()
-    n = len(c)
-    steps = max(1, int(np.ceil(n / batch)))
-    model.train()
-    for _ in range(epochs):
-        idx = torch.multinomial(weights, steps * batch, replacement=True, generator=gen).to(dev)
-        for s in range(steps):
-            b = idx[s * batch : (s + 1) * batch]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(x[b]).squeeze(1), y[b]
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        prob = torch.sigmoid(model(x).squeeze(1))
-    return prob.cpu().numpy().astype(np.float32)
+    cfg = (config or RefineConfig()).replace(seed=int(seed), device=device, rounds=1)
+    x = torch.from_numpy(f).to(_device(device))
+    res = train_classifier(
+        x,
+        c.astype(np.int8),
+        np.ones(len(c), dtype=np.float32),
+        c.astype(np.float32),
+        config=cfg,
+    )
+    return np.asarray(res.prob, dtype=np.float32)
 
 
 def dknn(
