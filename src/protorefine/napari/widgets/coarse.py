@@ -1,0 +1,269 @@
+"""Dock widget "Coarse annotation": draw, import and export the slide's rough tumour outline.
+
+The current slide's coarse outline is one Shapes layer ("coarse", built by
+:class:`~protorefine.napari.state.ProtorefineState`). Every finished edit is saved
+into the project at once (``Project.set_coarse``), so a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from protorefine.errors import ProtorefineError
+from protorefine.napari.layers import edge_width_for, shapes_layer_data
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Shapes
+
+    from protorefine.annotations.model import AnnotationSet
+
+ANNOTATION_FILTER = (
+    "Annotations (*.geojson *.json *.xml);;GeoJSON (*.geojson *.json);;ASAP XML (*.xml)"
+)
+#: Edit actions of ``Shapes.events.data`` that end an edit (the others are in-progress).
+FINISHED_ACTIONS = {"added", "removed", "changed"}
+#: An imported annotation is refused when less than this share of its area lies on the slide.
+MIN_INSIDE_FRACTION = 0.5
+
+
+class CoarseWidget(QWidget):
+    """Tools for the coarse outline of the current slide, with import, export and autosave."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        from protorefine.napari.state import get_state
+
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self._layer: Shapes | None = None
+        self._muted = False
+        self.last_saved: float | None = None
+
+        self.slide_label = QLabel("No slide")
+        self.slide_label.setWordWrap(True)
+        self.polygon_button = QPushButton("Polygon")
+        self.polygon_button.setToolTip("Click vertices; double-click to close the outline (P)")
+        self.lasso_button = QPushButton("Lasso")
+        self.lasso_button.setToolTip("Press and drag to draw a free-hand outline")
+        self.edit_button = QPushButton("Select / edit")
+        self.edit_button.setToolTip("Select outlines to move, delete or edit their vertices")
+        self.pan_button = QPushButton("Pan / zoom")
+        self.import_button = QPushButton("Import…")
+        self.import_button.setToolTip("Replace the outline with a GeoJSON or ASAP XML file")
+        self.export_geojson_button = QPushButton("Export GeoJSON…")
+        self.export_xml_button = QPushButton("Export ASAP XML…")
+        self.delete_button = QPushButton("Delete selected")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        grid = QGridLayout()
+        grid.addWidget(self.polygon_button, 0, 0)
+        grid.addWidget(self.lasso_button, 0, 1)
+        grid.addWidget(self.edit_button, 1, 0)
+        grid.addWidget(self.pan_button, 1, 1)
+        grid.addWidget(self.delete_button, 2, 0, 1, 2)
+        grid.addWidget(self.import_button, 3, 0, 1, 2)
+        grid.addWidget(self.export_geojson_button, 4, 0)
+        grid.addWidget(self.export_xml_button, 4, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.slide_label)
+        layout.addLayout(grid)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.polygon_button.clicked.connect(lambda: self.set_mode("add_polygon"))
+        self.lasso_button.clicked.connect(lambda: self.set_mode("add_polygon_lasso"))
+        self.edit_button.clicked.connect(lambda: self.set_mode("select"))
+        self.pan_button.clicked.connect(lambda: self.set_mode("pan_zoom"))
+        self.delete_button.clicked.connect(self._on_delete)
+        self.import_button.clicked.connect(self._on_import)
+        self.export_geojson_button.clicked.connect(lambda: self._on_export("geojson"))
+        self.export_xml_button.clicked.connect(lambda: self._on_export("xml"))
+
+        self.state.slide_changed.connect(self._on_slide_changed)
+        self._on_slide_changed(self.state.slide_id)
+
+    # ---- actions -------------------------------------------------------------------
+
+    @property
+    def layer(self) -> Shapes | None:
+        """The coarse Shapes layer of the current slide (None when no slide is shown)."""
+        return self._layer
+
+    def set_mode(self, mode: str) -> None:
+        """Put the coarse layer in ``mode`` (add_polygon, add_polygon_lasso, select, pan_zoom)."""
+        if self._layer is None:
+            show_warning("no slide is shown: pick one in 'Project and slides' first")
+            return
+        self.viewer.layers.selection.active = self._layer
+        self._layer.mode = mode
+
+    def save(self) -> bool:
+        """Save the layer's outlines into the project now; returns True when saved."""
+        if self._layer is None or self.state.project is None or self.state.slide_id is None:
+            return False
+        try:
+            annset = self.state.coarse_annotations()
+            self.state.project.set_coarse(self.state.slide_id, annset)
+        except ProtorefineError as exc:
+            show_error(f"coarse outline not saved: {exc}")
+            self.status.setText(f"Not saved: {exc}")
+            return False
+        self.last_saved = time.time()
+        n = len(annset)
+        self.status.setText(
+            f"{n} outline(s), saved {time.strftime('%H:%M:%S', time.localtime(self.last_saved))}"
+        )
+        return True
+
+    def import_file(self, path: str | Path) -> bool:
+        """Replace the outline with the polygons of a GeoJSON / ASAP XML file; False if refused."""
+        from protorefine.annotations import read_annotations
+
+        if self._layer is None or self.state.slide is None:
+            show_error("no slide is shown: pick one in 'Project and slides' before importing")
+            return False
+        path = Path(path)
+        slide = self.state.slide
+        try:
+            raw = read_annotations(path)
+            _check_fits(raw, slide.shape, path, self.state.slide_id)
+            annset = read_annotations(path, slide_shape=slide.shape)
+        except ProtorefineError as exc:
+            show_error(str(exc))
+            return False
+        if not len(annset):
+            show_error(f"{path.name}: has no polygons; the outline is unchanged")
+            return False
+        for warning in annset.warnings:
+            show_warning(f"{path.name}: {warning}")
+        self._replace_shapes(annset)
+        if self.save():
+            show_info(f"imported {len(annset)} outline(s) from {path.name}")
+        return True
+
+    def export_file(self, path: str | Path, fmt: str | None = None) -> Path | None:
+        """Write the outline as GeoJSON (default) or ASAP XML (``fmt="xml"`` or a .xml path)."""
+        from protorefine.annotations import write_asap_xml, write_geojson
+
+        if self._layer is None:
+            show_error("no slide is shown: nothing to export")
+            return None
+        path = Path(path)
+        fmt = fmt or ("xml" if path.suffix.lower() == ".xml" else "geojson")
+        try:
+            annset = self.state.coarse_annotations()
+            if not len(annset):
+                raise ProtorefineError(f"{path.name}: the coarse outline is empty; draw one first")
+            (write_asap_xml if fmt == "xml" else write_geojson)(annset, path)
+        except ProtorefineError as exc:
+            show_error(str(exc))
+            return None
+        show_info(f"saved {len(annset)} outline(s) to {path}")
+        return path
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _replace_shapes(self, annset: AnnotationSet) -> None:
+        layer = self._layer
+        assert layer is not None and self.state.slide is not None
+        width = edge_width_for(self.state.slide.shape)
+        data, meta, _ = shapes_layer_data(annset, self.state.pixel_scale, edge_width=width)
+        self._muted = True
+        try:
+            layer.selected_data = set(range(len(layer.data)))
+            layer.remove_selected()
+            if data:
+                layer.add(
+                    data,
+                    shape_type=meta["shape_type"],
+                    edge_width=width,
+                    edge_color=meta["edge_color"],
+                    face_color="transparent",
+                )
+                layer.features = {"classification": meta["features"]["classification"]}
+        finally:
+            self._muted = False
+
+    def _on_slide_changed(self, slide_id: str | None) -> None:
+        if self._layer is not None:
+            self._layer.events.data.disconnect(self._on_data)
+        self._layer = self.state.coarse_layer if slide_id is not None else None
+        if self._layer is not None:
+            self._layer.events.data.connect(self._on_data)
+            n = len(self._layer.data)
+            self.slide_label.setText(f"Slide {slide_id}: {n} outline(s)")
+            self.status.setText("Draw with Polygon or Lasso; every edit is saved to the project.")
+        else:
+            self.slide_label.setText("No slide: pick one in 'Project and slides'")
+            self.status.setText("")
+        for button in (
+            self.polygon_button,
+            self.lasso_button,
+            self.edit_button,
+            self.pan_button,
+            self.delete_button,
+            self.import_button,
+            self.export_geojson_button,
+            self.export_xml_button,
+        ):
+            button.setEnabled(self._layer is not None)
+
+    def _on_data(self, event: Any) -> None:
+        if self._muted or getattr(event, "action", "changed") not in FINISHED_ACTIONS:
+            return
+        self.save()
+        if self._layer is not None:
+            self.slide_label.setText(
+                f"Slide {self.state.slide_id}: {len(self._layer.data)} outline(s)"
+            )
+
+    def _on_delete(self) -> None:
+        if self._layer is not None and self._layer.selected_data:
+            self._layer.remove_selected()
+        elif self._layer is not None:
+            show_warning("select outlines first (Select / edit), then delete them")
+
+    def _on_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import coarse outline", "", ANNOTATION_FILTER)
+        if path:
+            self.import_file(path)
+
+    def _on_export(self, fmt: str) -> None:
+        filt = "ASAP XML (*.xml)" if fmt == "xml" else "GeoJSON (*.geojson)"
+        default = f"{self.state.slide_id or 'coarse'}.{'xml' if fmt == 'xml' else 'geojson'}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export coarse outline", default, filt)
+        if path:
+            self.export_file(path, fmt)
+
+
+def _check_fits(
+    raw: AnnotationSet, shape: tuple[int, int], path: Path, slide_id: str | None
+) -> None:
+    """Refuse an annotation that lies mostly outside the slide (made for another slide)."""
+    from shapely.geometry import box
+
+    geom = raw.union()
+    if geom.is_empty or geom.area <= 0:
+        return
+    h, w = shape
+    inside = geom.intersection(box(0, 0, w, h)).area / geom.area
+    if inside < MIN_INSIDE_FRACTION:
+        x0, y0, x1, y1 = (round(v) for v in geom.bounds)
+        raise ProtorefineError(
+            f"{path.name}: outlines span x {x0}..{x1}, y {y0}..{y1} but slide {slide_id!r} is "
+            f"{w} × {h} px; it looks made for another slide, so nothing was imported"
+        )

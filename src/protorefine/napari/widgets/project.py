@@ -1,0 +1,343 @@
+"""Dock widget "Project and slides": create/open a project, add slides, switch between them.
+
+The project (``protorefine.project.Project``) holds everything; this widget only
+calls it and shows the result. What the user looked at (current slide, camera per
+slide, which grid layers are visible) is saved in ``Project.ui_state`` and
+restored when the project is opened again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from protorefine.errors import ProtorefineError
+from protorefine.napari.layers import META_PATH
+from protorefine.napari.state import get_state
+
+if TYPE_CHECKING:
+    import napari
+
+    from protorefine.project import Project
+
+SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
+COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
+#: Seconds of camera stillness before the view is saved into the project.
+CAMERA_SAVE_DELAY_MS = 1500
+
+
+class ProjectWidget(QWidget):
+    """Create or open a project folder, add slides, list them and switch the slide on screen."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+
+        self.folder_label = QLabel("No project open")
+        self.folder_label.setWordWrap(True)
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.new_button = QPushButton("New project…")
+        self.open_button = QPushButton("Open project…")
+        self.add_button = QPushButton("Add slides…")
+        self.add_layers_button = QPushButton("Add open image layers")
+        self.add_layers_button.setToolTip(
+            "Add slides you opened or dropped on the viewer (protorefine reader) to the project"
+        )
+        self.remove_button = QPushButton("Remove slide")
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for col in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        row1 = QHBoxLayout()
+        row1.addWidget(self.new_button)
+        row1.addWidget(self.open_button)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.add_button)
+        row2.addWidget(self.add_layers_button)
+        row2.addWidget(self.remove_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.folder_label)
+        layout.addLayout(row1)
+        layout.addLayout(row2)
+        layout.addWidget(self.table)
+        layout.addWidget(self.status)
+
+        self.new_button.clicked.connect(self._on_new)
+        self.open_button.clicked.connect(self._on_open)
+        self.add_button.clicked.connect(self._on_add)
+        self.add_layers_button.clicked.connect(self.add_open_layers)
+        self.remove_button.clicked.connect(self._on_remove)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+
+        self._camera_timer = QTimer(self)
+        self._camera_timer.setSingleShot(True)
+        self._camera_timer.setInterval(CAMERA_SAVE_DELAY_MS)
+        self._camera_timer.timeout.connect(self.save_view)
+        self.viewer.camera.events.center.connect(self._camera_moved)
+        self.viewer.camera.events.zoom.connect(self._camera_moved)
+
+        self._filling = False
+        self.state.project_changed.connect(self._on_project_changed)
+        self.state.slide_changed.connect(self._on_slide_changed)
+        self._update_enabled()
+        if self.state.project is not None:
+            self._on_project_changed(self.state.project)
+
+    # ---- actions (also the API tests and the demo drive) -------------------------------
+
+    def create_project(self, folder: str | Path) -> Project | None:
+        """Create a new project in ``folder`` and make it the open one."""
+        from protorefine.project import Project
+
+        project = _guard(lambda: Project.create(folder))
+        if project is not None:
+            self._set_project(project)
+        return project
+
+    def open_project(self, folder: str | Path) -> Project | None:
+        """Open the project in ``folder``, restoring the slide and view saved in it."""
+        from protorefine.project import Project
+
+        project = _guard(lambda: Project.open(folder))
+        if project is not None:
+            self._set_project(project)
+        return project
+
+    def add_slides(self, paths: list[str | Path]) -> list[str]:
+        """Add slide files to the project; a file that is not a slide is reported and skipped."""
+        project = self._project_or_error()
+        if project is None:
+            return []
+        added: list[str] = []
+        for path in paths:
+            entry = _guard(lambda p=path: project.add_slide(p))
+            if entry is not None:
+                added.append(entry.id)
+        if added:
+            self.refresh()
+            show_info(f"added {len(added)} slide(s): {', '.join(added)}")
+            if self.state.slide_id is None:
+                self.select_slide(added[0])
+        return added
+
+    def add_open_layers(self) -> list[str]:
+        """Add the slides open as image layers (dropped on the viewer) to the project."""
+        project = self._project_or_error()
+        if project is None:
+            return []
+        ours = {id(self.state.image_layer)}
+        layers = [
+            lay for lay in self.viewer.layers if isinstance(lay, Image) and id(lay) not in ours
+        ]
+        paths = [p for lay in layers if (p := _layer_path(lay)) is not None]
+        if not paths:
+            show_warning(
+                "no open image layer comes from a slide file: open or drop slides on the viewer first"
+            )
+            return []
+        known = {str(Path(s.path).resolve()) for s in project.slides}
+        added = self.add_slides([p for p in paths if str(Path(p).resolve()) not in known])
+        for lay in layers:
+            if _layer_path(lay) is not None and lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        if added:
+            self.select_slide(added[0])
+        return added
+
+    def remove_slide(self, slide_id: str) -> None:
+        """Remove ``slide_id`` from the project (its files on disk are kept)."""
+        project = self._project_or_error()
+        if project is None:
+            return
+        if self.state.slide_id == slide_id:
+            self.state.show_slide(None)
+        if _guard(lambda: project.remove_slide(slide_id), ok=True):
+            self.refresh()
+
+    def select_slide(self, slide_id: str | None) -> None:
+        """Show ``slide_id``: swap the layers and remember it as the current slide."""
+        if self.state.project is None or slide_id == self.state.slide_id:
+            self._select_row(slide_id)
+            return
+        self.save_view()
+        if _guard(lambda: self.state.show_slide(slide_id), ok=True):
+            self._restore_view(slide_id)
+            self.save_view()
+
+    def refresh(self) -> None:
+        """Refill the slide table from the project."""
+        project = self.state.project
+        self._filling = True
+        try:
+            self.table.setRowCount(0)
+            if project is None:
+                return
+            for entry in project.slides:
+                row = self.table.rowCount()
+                self.table.insertRow(row)
+                h, w = entry.shape[:2]
+                mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
+                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp)
+                for col, text in enumerate(values):
+                    item = QTableWidgetItem(text)
+                    item.setToolTip(str(entry.path))
+                    self.table.setItem(row, col, item)
+            self._select_row(self.state.slide_id)
+        finally:
+            self._filling = False
+            self._update_enabled()
+
+    def save_view(self) -> None:
+        """Save the current slide, its camera and the visible grid layers into the project."""
+        project, sid = self.state.project, self.state.slide_id
+        if project is None:
+            return
+        ui = project.ui_state
+        ui["current_slide"] = sid
+        if sid is not None:
+            cam = self.viewer.camera
+            ui.setdefault("camera", {})[sid] = {
+                "center": [float(c) for c in cam.center[-2:]],
+                "zoom": float(cam.zoom),
+            }
+            ui["visible"] = {
+                name: bool(lay.visible) for name, lay in self.state.grid_layers().items()
+            }
+        _guard(project.save_ui_state, ok=True)
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _set_project(self, project: Project) -> None:
+        self.save_view()
+        self.state.set_project(project)
+        saved = project.ui_state.get("current_slide")
+        ids = [s.id for s in project.slides]
+        target = saved if saved in ids else (ids[0] if ids else None)
+        if target is not None:
+            self.select_slide(target)
+
+    def _on_project_changed(self, project: Project | None) -> None:
+        self.folder_label.setText(f"Project: {project.folder}" if project else "No project open")
+        self.refresh()
+
+    def _on_slide_changed(self, slide_id: str | None) -> None:
+        self._select_row(slide_id)
+        visible = self.state.project.ui_state.get("visible", {}) if self.state.project else {}
+        for name, lay in self.state.grid_layers().items():
+            if name in visible:
+                lay.visible = bool(visible[name])
+        self._update_enabled()
+        if slide_id is not None and self.state.slide is not None:
+            s = self.state.slide
+            self.status.setText(
+                f"Showing {slide_id}: {s.shape[1]} × {s.shape[0]} px, {len(s.levels)} level(s)"
+            )
+        else:
+            self.status.setText("")
+
+    def _restore_view(self, slide_id: str) -> None:
+        project = self.state.project
+        cam = (project.ui_state.get("camera", {}) if project else {}).get(slide_id)
+        if cam:
+            self.viewer.camera.center = tuple(cam["center"])
+            self.viewer.camera.zoom = float(cam["zoom"])
+
+    def _camera_moved(self, _event: Any = None) -> None:
+        if self.state.project is not None and self.state.slide_id is not None:
+            self._camera_timer.start()
+
+    def _select_row(self, slide_id: str | None) -> None:
+        was = self._filling
+        self._filling = True
+        try:
+            self.table.clearSelection()
+            for row in range(self.table.rowCount()):
+                item = self.table.item(row, 0)
+                if item is not None and item.text() == slide_id:
+                    self.table.selectRow(row)
+                    break
+        finally:
+            self._filling = was
+
+    def _on_selection(self) -> None:
+        if self._filling:
+            return
+        rows = {i.row() for i in self.table.selectedItems()}
+        if rows:
+            item = self.table.item(min(rows), 0)
+            if item is not None:
+                self.select_slide(item.text())
+
+    def _update_enabled(self) -> None:
+        has_project = self.state.project is not None
+        for button in (self.add_button, self.add_layers_button):
+            button.setEnabled(has_project)
+        self.remove_button.setEnabled(has_project and self.state.slide_id is not None)
+
+    def _project_or_error(self) -> Project | None:
+        if self.state.project is None:
+            show_error("no project is open: click 'New project…' or 'Open project…' first")
+        return self.state.project
+
+    def _on_new(self) -> None:
+        folder = QFileDialog.getSaveFileName(self, "New project folder", "", "Project folder (*)")[
+            0
+        ]
+        if folder:
+            self.create_project(folder)
+
+    def _on_open(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open project folder")
+        if folder:
+            self.open_project(folder)
+
+    def _on_add(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Add slides", "", SLIDE_FILTER)
+        if paths:
+            self.add_slides(paths)
+
+    def _on_remove(self) -> None:
+        if self.state.slide_id is not None:
+            self.remove_slide(self.state.slide_id)
+
+
+def _layer_path(layer: Image) -> str | None:
+    """The slide file behind an image layer (protorefine reader metadata, else napari's source)."""
+    path = layer.metadata.get(META_PATH) or getattr(layer.source, "path", None)
+    return str(path) if path else None
+
+
+def _guard(func: Any, *, ok: bool = False) -> Any:
+    """Run ``func``; a ProtorefineError becomes an error notification and returns None/False."""
+    try:
+        result = func()
+    except ProtorefineError as exc:
+        show_error(str(exc))
+        return False if ok else None
+    return True if ok else result
