@@ -1,0 +1,108 @@
+"""OME-Zarr backend: an NGFF multiscale image folder (0.4 or 0.5) opened lazily with zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import zarr
+
+from protorefine.errors import ProtorefineError
+from protorefine.slides._rgb import to_rgb
+from protorefine.slides.base import Slide
+
+_UNIT_TO_UM = {
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "nanometer": 1e-3,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
+
+
+def ngff_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The OME attributes of a group: top level in NGFF 0.4, under ``ome`` in 0.5."""
+    attrs = dict(group.attrs)
+    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
+
+
+def is_ome_zarr(path: Path) -> bool:
+    """True when ``path`` is a zarr group with NGFF ``multiscales`` metadata."""
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:
+        return False
+    attrs = ngff_attrs(group)
+    if "multiscales" in attrs:
+        return True
+    return (
+        "bioformats2raw.layout" in attrs
+        and "0" in group
+        and "multiscales" in ngff_attrs(group["0"])
+    )
+
+
+def _axes(multiscale: dict[str, Any], ndim: int) -> tuple[str, str | None]:
+    axes = multiscale.get("axes")
+    if not axes:
+        return "TCZYX"[-ndim:], None
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+    unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("name") == "x"), None)
+    letters = "".join(
+        n.upper()[:1] if n.lower() in ("t", "c", "z", "y", "x") else "S" for n in names
+    )
+    return letters, unit
+
+
+def _scale_x(dataset: dict[str, Any], axes: str) -> float | None:
+    for tf in dataset.get("coordinateTransformations", []):
+        if tf.get("type") == "scale" and "X" in axes:
+            return float(tf["scale"][axes.index("X")])
+    return None
+
+
+def _mpp(scale: float | None, unit: str | None) -> float | None:
+    """Micrometres per pixel from an NGFF scale; a scale of 1 with no unit means uncalibrated."""
+    if scale is None or scale <= 0:
+        return None
+    if unit is None:
+        return None if scale == 1.0 else scale
+    factor = _UNIT_TO_UM.get(unit)
+    return None if factor is None else scale * factor
+
+
+def open_ome_zarr(path: Path, name: str) -> Slide:
+    """Open an OME-Zarr folder's first multiscale image as a lazy RGB pyramid."""
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as exc:
+        raise ProtorefineError(f"{path}: not a zarr folder ({' '.join(str(exc).split())})") from exc
+    attrs = ngff_attrs(group)
+    if "multiscales" not in attrs and "bioformats2raw.layout" in attrs and "0" in group:
+        group = group["0"]
+        attrs = ngff_attrs(group)
+    if not attrs.get("multiscales"):
+        raise ProtorefineError(f"{path}: zarr folder has no OME-Zarr 'multiscales' image metadata")
+    multiscale = attrs["multiscales"][0]
+    datasets = multiscale.get("datasets") or []
+    if not datasets:
+        raise ProtorefineError(f"{path}: OME-Zarr multiscales lists no datasets")
+    levels = []
+    mpp = None
+    try:
+        for i, ds in enumerate(datasets):
+            arr = group[ds["path"]]
+            axes, unit = _axes(multiscale, arr.ndim)
+            if i == 0:
+                mpp = _mpp(_scale_x(ds, axes), unit)
+            lazy = da.from_zarr(arr)
+            levels.append(to_rgb(lazy, axes, path))
+    except ProtorefineError:
+        raise
+    except Exception as exc:
+        raise ProtorefineError(
+            f"{path}: cannot read OME-Zarr level ({' '.join(str(exc).split())})"
+        ) from exc
+    return Slide(path=path, name=name, levels=levels, mpp=mpp, backend="ome-zarr")
