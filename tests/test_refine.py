@@ -1,0 +1,198 @@
+"""The array-level refinement core on synthetic feature clouds with corrupted coarse labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.refine import RefineConfig, prob_to_mask, refine_patches
+from protorefine.refine.classifier import load_checkpoint, save_checkpoint, train_classifier
+from protorefine.refine.config import first_changed_stage
+from refine_synth import dice, make_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_cohort(n_slides=3, shape=(28, 28), dim=24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def result(cohort):
+    f, c, t, s, rc, d = cohort
+    return refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
+
+
+def test_refined_beats_coarse(cohort, result):
+    f, c, t, s, rc, d = cohort
+    coarse_dice = dice(c >= 0.5, t)
+    assert coarse_dice < 0.85
+    assert dice(result.refined, t) > coarse_dice + 0.1
+    assert dice(result.prob >= 0.5, t) > coarse_dice + 0.1
+    # the coarse errors (dilated rim, filled island) are mostly fixed
+    wrong = (c >= 0.5) != t
+    assert (result.refined[wrong] == t[wrong]).mean() > 0.7
+
+
+def test_result_shapes_and_ranges(cohort, result):
+    f, c, t, s, rc, d = cohort
+    n = len(c)
+    assert result.local_proto.shape == (n,) and result.global_proto.shape == (n,)
+    k = len(result.global_scores)
+    assert result.global_proto.max() < k
+    assert ((result.global_scores >= 0) & (result.global_scores <= 1)).all()
+    # local prototype ids are unique per slide
+    for lp in np.unique(result.local_proto):
+        assert len(np.unique(s[result.local_proto == lp])) == 1
+    assert ((result.prob >= 0) & (result.prob <= 1)).all()
+    assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert all(0 <= h["agreement"] <= 1 and h["loss"] > 0 for h in result.history)
+
+
+def test_global_scores_separate_tumour_from_normal_patterns(cohort, result):
+    f, c, t, s, rc, d = cohort
+    score_of_patch = result.global_scores[result.global_proto]
+    assert score_of_patch[t].mean() > score_of_patch[~t].mean() + 0.3
+
+
+def test_deterministic(cohort, result):
+    f, c, t, s, rc, d = cohort
+    again = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
+    np.testing.assert_array_equal(again.local_proto, result.local_proto)
+    np.testing.assert_array_equal(again.global_proto, result.global_proto)
+    np.testing.assert_allclose(again.prob, result.prob, atol=1e-6)
+    other = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, seed=5))
+    assert not np.allclose(other.prob, result.prob)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"use_local": False},
+        {"use_global": False},
+        {"dynamic_sampling": False},
+        {"rounds": 1},
+    ],
+)
+def test_ablation_switches_change_behaviour(cohort, result, change):
+    f, c, t, s, rc, d = cohort
+    r = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, **change))
+    if "rounds" in change:
+        assert len(r.history) == 1
+        np.testing.assert_array_equal(r.pseudo, r.initial.pseudo)
+    else:
+        assert not np.allclose(r.prob, result.prob)
+    if "use_local" in change or "use_global" in change:
+        assert not np.allclose(r.initial.proto_score, result.initial.proto_score)
+
+
+def test_no_prototypes_falls_back_to_coarse_labels(cohort):
+    f, c, t, s, rc, d = cohort
+    r = refine_patches(
+        f, c, s, rc, distance=d, config=RefineConfig(use_local=False, use_global=False, rounds=1)
+    )
+    np.testing.assert_array_equal(r.initial.proto_score, c)
+
+
+def test_corrections_are_hard_labels(cohort):
+    f, c, t, s, rc, d = cohort
+    corr = np.full(len(c), -1, dtype=np.int8)
+    corr[:50] = 1 - t[:50].astype(np.int8)  # deliberately the opposite of the truth
+    r = refine_patches(f, c, s, rc, distance=d, corrections=corr, config=RefineConfig(epochs=4))
+    np.testing.assert_array_equal(r.pseudo[:50], corr[:50])
+    np.testing.assert_array_equal(r.prob[:50], corr[:50].astype(np.float32))
+    assert (r.confidence[:50] == 1).all()
+
+
+def test_prototype_relabels(cohort, result):
+    f, c, t, s, rc, d = cohort
+    g = int(np.argmax(result.global_scores))
+    r = refine_patches(
+        f, c, s, rc, distance=d, prototype_labels={g: "normal"}, config=RefineConfig(epochs=4)
+    )
+    assert (r.initial.pseudo[r.global_proto == g] == 0).all()
+    r2 = refine_patches(
+        f, c, s, rc, distance=d, prototype_labels={g: "ignore"}, config=RefineConfig(epochs=4)
+    )
+    assert (r2.initial.confidence[r2.global_proto == g] == 0).all()
+    with pytest.raises(ProtorefineError, match="prototype label 'maybe'"):
+        refine_patches(f, c, s, rc, prototype_labels={g: "maybe"}, config=RefineConfig(epochs=1))
+
+
+def test_on_round_and_cancel(cohort):
+    f, c, t, s, rc, d = cohort
+    seen = []
+    refine_patches(f, c, s, rc, config=RefineConfig(epochs=2, rounds=2), on_round=seen.append)
+    assert [x["round"] for x in seen] == [1, 2]
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(CancelledError):
+        refine_patches(f, c, s, rc, config=RefineConfig(epochs=2), cancel=cancel)
+
+
+def test_bad_inputs(cohort):
+    f, c, t, s, rc, d = cohort
+    with pytest.raises(ProtorefineError, match="covers all tissue"):
+        refine_patches(f, np.ones_like(c), s, rc)
+    with pytest.raises(ProtorefineError, match="no patch lies inside"):
+        refine_patches(f, np.zeros_like(c), s, rc)
+    with pytest.raises(ProtorefineError, match="rc: expected shape"):
+        refine_patches(f, c, s, rc[:10])
+    with pytest.raises(ProtorefineError, match="temperature"):
+        RefineConfig(temperature=0)
+    with pytest.raises(ProtorefineError, match="unknown setting"):
+        RefineConfig.from_dict({"bogus": 1})
+
+
+def test_config_roundtrip_and_invalidation():
+    cfg = RefineConfig(patch_size=128, rounds=2)
+    assert RefineConfig.from_json(cfg.to_json()) == cfg
+    assert first_changed_stage(cfg, cfg) is None
+    assert first_changed_stage(cfg, cfg.replace(threshold=0.4)) == "output"
+    assert first_changed_stage(cfg, cfg.replace(rounds=1)) == "classifier"
+    assert first_changed_stage(cfg, cfg.replace(encoder="colour-texture")) == "features"
+    assert first_changed_stage(cfg, cfg.replace(patch_size=64, rounds=1)) == "grid"
+    assert first_changed_stage(cfg, cfg.replace(device="cpu")) is None
+
+
+def test_prob_to_mask_cleans_up():
+    prob = np.zeros((12, 12), dtype=np.float32)
+    prob[2:9, 2:9] = 0.9
+    prob[5, 5] = 0.0  # one-patch hole: filled
+    prob[11, 11] = 0.95  # one-patch speck: removed
+    cfg = RefineConfig(smooth_sigma=0, min_area=2, max_hole=2)
+    m = prob_to_mask(prob, config=cfg)
+    assert m[5, 5] and not m[11, 11] and m[2:9, 2:9].all() and m.sum() == 49
+    tissue = np.ones_like(m)
+    tissue[2, 2] = False
+    assert not prob_to_mask(prob, tissue=tissue, config=cfg)[2, 2]
+
+
+def test_checkpoint_roundtrip_and_bad_file(cohort, tmp_path):
+    f, c, t, s, rc, d = cohort
+    import torch
+
+    x = torch.from_numpy(f)
+    cr = train_classifier(
+        x,
+        (c >= 0.5).astype(np.int8),
+        np.ones(len(c), np.float32),
+        c,
+        config=RefineConfig(rounds=1, epochs=1),
+    )
+    path = tmp_path / "head.pt"
+    save_checkpoint(cr.model, path)
+    model = load_checkpoint(path)
+    model.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(model(x)).numpy()
+    np.testing.assert_allclose(p, cr.prob, atol=1e-5)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ProtorefineError, match="bad.pt: checkpoint does not load"):
+        load_checkpoint(bad)
