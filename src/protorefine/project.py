@@ -1,0 +1,450 @@
+"""The on-disk project store: a folder holding slides, annotations, config and stage outputs.
+
+Layout::
+
+    config.json              RefineConfig + encoder name and weight hash
+    slides.json              the slides (id, path, shape, levels, mpp)
+    coarse/<id>.geojson      coarse annotations
+    corrections/<id>.npy     painted corrections, (rows, cols) int8
+    prototype_labels.json    pathologist's relabels of global prototypes
+    ui_state.json            free-form widget state
+    features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid
+    stages/<stage>/          each stage's output, moved in atomically with done.json
+
+A stage counts as done when its folder holds ``done.json`` whose fingerprint
+matches the current inputs (config fields of that stage and the ones before,
+slides, annotations, corrections), so changed inputs invalidate it by themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from protorefine.annotations.model import AnnotationSet
+from protorefine.errors import ProtorefineError
+from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
+
+FORMAT = "protorefine-project"
+RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
+PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
+
+
+@dataclass
+class SlideEntry:
+    """One slide of a project: unique ``id`` (file stem), ``path``, level-0 ``shape``, level count, mpp."""
+
+    id: str
+    path: str
+    shape: tuple[int, int]
+    levels: int
+    mpp: float | None = None
+
+
+def _hash(obj: Any) -> str:
+    """Short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str | None:
+    """Hash of a file's bytes (None when it does not exist)."""
+    if not path.exists():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class Project:
+    """A refinement project stored in a folder; every write is atomic."""
+
+    def __init__(self, folder: str | Path, config: RefineConfig, slides: list[SlideEntry]) -> None:
+        self.folder = Path(folder)
+        self.config = config
+        self.slides = slides
+        self.encoder_info: dict[str, str] = {}
+        ui = self.folder / "ui_state.json"
+        self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
+        self._grids: dict[tuple[str, str], Any] = {}
+
+    # ---- create / open -------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: str | Path, config: RefineConfig | None = None) -> Project:
+        """Make a new project folder (it must be empty or absent)."""
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            if (folder / "config.json").exists():
+                raise ProtorefineError(f"{folder}: a project already exists here; open it instead")
+            raise ProtorefineError(
+                f"{folder}: folder is not empty; pick a new folder for the project"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        project = cls(folder, config or RefineConfig(), [])
+        project._save_config()
+        project._save_slides()
+        return project
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Project:
+        """Open an existing project folder; ProtorefineError if it is not one."""
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise ProtorefineError(f"{folder}: not a protorefine project (no config.json)")
+        try:
+            data = json.loads(cfg_path.read_text())
+            if data.get("format") != FORMAT:
+                raise ProtorefineError(f"{cfg_path}: not a protorefine project config")
+            config = RefineConfig.from_dict(data["refine"])
+            slides = [
+                SlideEntry(
+                    id=s["id"],
+                    path=s["path"],
+                    shape=tuple(s["shape"]),
+                    levels=int(s["levels"]),
+                    mpp=s.get("mpp"),
+                )
+                for s in json.loads((folder / "slides.json").read_text())
+            ]
+        except (json.JSONDecodeError, KeyError, TypeError, FileNotFoundError) as exc:
+            raise ProtorefineError(f"{folder}: damaged project files ({exc})") from exc
+        project = cls(folder, config, slides)
+        project.encoder_info = dict(data.get("encoder") or {})
+        return project
+
+    @classmethod
+    def open_or_create(cls, folder: str | Path, config: RefineConfig | None = None) -> Project:
+        """Open the project in ``folder`` if there is one (applying ``config``), else create it."""
+        folder = Path(folder)
+        if (folder / "config.json").exists():
+            project = cls.open(folder)
+            if config is not None:
+                project.set_config(config)
+            return project
+        return cls.create(folder, config)
+
+    def _save_config(self) -> None:
+        data = {"format": FORMAT, "version": 1, "refine": self.config.to_dict()}
+        data["encoder"] = self.encoder_info
+        atomic_write_text(self.folder / "config.json", json.dumps(data, indent=2, sort_keys=True))
+
+    def _save_slides(self) -> None:
+        data = [asdict(s) for s in self.slides]
+        atomic_write_text(self.folder / "slides.json", json.dumps(data, indent=2))
+
+    def set_config(self, config: RefineConfig) -> None:
+        """Replace the config; stages whose inputs changed are no longer done."""
+        config.validate()
+        self.config = config
+        self._grids.clear()
+        self._save_config()
+
+    def set_encoder_info(self, name: str, weight_hash: str) -> None:
+        """Record the encoder that made the features (name and weight hash)."""
+        self.encoder_info = {"name": name, "weight_hash": weight_hash}
+        self._save_config()
+
+    def save_ui_state(self) -> None:
+        """Write ``ui_state`` (the widgets' free-form state)."""
+        atomic_write_text(
+            self.folder / "ui_state.json", json.dumps(self.ui_state, indent=2, default=str)
+        )
+
+    # ---- slides ---------------------------------------------------------------------
+    def slide(self, slide_id: str) -> SlideEntry:
+        """The entry of ``slide_id``; ProtorefineError naming the known ids if absent."""
+        for s in self.slides:
+            if s.id == slide_id:
+                return s
+        known = ", ".join(s.id for s in self.slides) or "none"
+        raise ProtorefineError(f"slide {slide_id!r} is not in the project (slides: {known})")
+
+    def add_slide(self, path: str | Path) -> SlideEntry:
+        """Add a slide file (validated by opening it); its id is its unique file stem."""
+        from protorefine.slides import open_slide
+
+        path = Path(path).resolve()
+        slide = open_slide(path)
+        for s in self.slides:
+            if Path(s.path) == path:
+                return s
+        base = _stem(path)
+        sid, i = base, 2
+        ids = {s.id for s in self.slides}
+        while sid in ids:
+            sid, i = f"{base}-{i}", i + 1
+        entry = SlideEntry(
+            id=sid, path=str(path), shape=slide.shape, levels=len(slide.levels), mpp=slide.mpp
+        )
+        self.slides.append(entry)
+        self._save_slides()
+        return entry
+
+    def remove_slide(self, slide_id: str) -> None:
+        """Drop a slide from the project (its coarse annotation and corrections are kept on disk)."""
+        entry = self.slide(slide_id)
+        self.slides.remove(entry)
+        self._save_slides()
+
+    def open_slide(self, slide_id: str):
+        """Open the slide file of ``slide_id``."""
+        from protorefine.slides import open_slide
+
+        entry = self.slide(slide_id)
+        if not Path(entry.path).exists():
+            raise ProtorefineError(f"{entry.path}: slide file of {slide_id!r} is missing")
+        return open_slide(entry.path)
+
+    # ---- annotations and corrections -----------------------------------------------
+    def set_coarse(self, slide_id: str, annset: AnnotationSet) -> None:
+        """Save the coarse annotation of a slide as ``coarse/<id>.geojson``."""
+        from protorefine.annotations import write_geojson
+
+        self.slide(slide_id)
+        target = self.folder / "coarse" / f"{slide_id}.geojson"
+        target.parent.mkdir(exist_ok=True)
+        write_geojson(annset, target)
+
+    def coarse(self, slide_id: str) -> AnnotationSet | None:
+        """The coarse annotation of a slide, or None when it has none."""
+        from protorefine.annotations import read_geojson
+
+        path = self.folder / "coarse" / f"{slide_id}.geojson"
+        return read_geojson(path) if path.exists() else None
+
+    def coarse_path(self, slide_id: str) -> Path:
+        """Where the coarse annotation of a slide is stored."""
+        return self.folder / "coarse" / f"{slide_id}.geojson"
+
+    def set_corrections(self, slide_id: str, labels: np.ndarray | None) -> None:
+        """Save painted corrections, a (rows, cols) int8 grid: -1 none, 0 normal, 1 tumour."""
+        self.slide(slide_id)
+        path = self.folder / "corrections" / f"{slide_id}.npy"
+        if labels is None:
+            path.unlink(missing_ok=True)
+            return
+        arr = np.asarray(labels)
+        if arr.ndim != 2:
+            raise ProtorefineError(f"corrections of {slide_id!r}: expected a (rows, cols) grid")
+        if not np.isin(arr, (-1, 0, 1)).all():
+            raise ProtorefineError(f"corrections of {slide_id!r}: values must be -1, 0 or 1")
+        grid = self.grid(slide_id)
+        if arr.shape != (grid.rows, grid.cols):
+            raise ProtorefineError(
+                f"corrections of {slide_id!r}: shape {arr.shape}, grid is ({grid.rows}, {grid.cols})"
+            )
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr.astype(np.int8))
+
+    def corrections(self, slide_id: str) -> np.ndarray | None:
+        """The painted corrections grid of a slide, or None."""
+        path = self.folder / "corrections" / f"{slide_id}.npy"
+        return np.load(path) if path.exists() else None
+
+    def set_prototype_label(self, global_id: int, label: str | None) -> None:
+        """Relabel a global prototype: "tumour", "normal", "ignore", or None to clear."""
+        labels = self.prototype_labels()
+        if label is None:
+            labels.pop(int(global_id), None)
+        elif label not in PROTOTYPE_LABELS:
+            raise ProtorefineError(
+                f"prototype label {label!r}: must be one of {', '.join(PROTOTYPE_LABELS)}"
+            )
+        else:
+            labels[int(global_id)] = label
+        data = {str(k): v for k, v in sorted(labels.items())}
+        atomic_write_text(self.folder / "prototype_labels.json", json.dumps(data, indent=2))
+
+    def prototype_labels(self) -> dict[int, str]:
+        """The pathologist's relabels of global prototypes, {global id: label}."""
+        path = self.folder / "prototype_labels.json"
+        if not path.exists():
+            return {}
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+
+    # ---- stages ---------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        """Folder of a stage's outputs."""
+        return self.folder / "stages" / name
+
+    def fingerprint(self, name: str) -> str:
+        """Hash of everything a stage's output depends on (chained through earlier stages)."""
+        fp = ""
+        for stage in STAGE_ORDER:
+            own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
+            extra: Any = None
+            if stage == "grid":
+                extra = [(s.id, s.path, list(s.shape)) for s in self.slides]
+            elif stage == "prototypes":
+                extra = [_file_hash(self.coarse_path(s.id)) for s in self.slides]
+            elif stage == "pseudo_labels":
+                extra = [
+                    _file_hash(self.folder / "corrections" / f"{s.id}.npy") for s in self.slides
+                ]
+                extra.append(_file_hash(self.folder / "prototype_labels.json"))
+            fp = _hash([fp, stage, own, extra])
+            if stage == name:
+                return fp
+        raise ProtorefineError(f"unknown stage {name!r}: stages are {', '.join(STAGE_ORDER)}")
+
+    def stage_done(self, name: str) -> bool:
+        """True when the stage's output is stored and matches the current inputs."""
+        marker = self.stage_dir(name) / "done.json"
+        if not marker.exists():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("fingerprint") == self.fingerprint(name)
+        except json.JSONDecodeError:
+            return False
+
+    def stage_info(self, name: str) -> dict:
+        """The stage's ``done.json`` record (fingerprint, seconds, counts), {} when absent."""
+        marker = self.stage_dir(name) / "done.json"
+        return json.loads(marker.read_text()) if marker.exists() else {}
+
+    def clear_stage(self, name: str) -> None:
+        """Delete a stage's stored output."""
+        shutil.rmtree(self.stage_dir(name), ignore_errors=True)
+
+    def _require(self, name: str) -> Path:
+        if not self.stage_done(name):
+            raise ProtorefineError(
+                f"stage {name!r} has not run (or its inputs changed) in project {self.folder}"
+            )
+        return self.stage_dir(name)
+
+    # ---- grids and results -------------------------------------------------------
+    def grid(self, slide_id: str):
+        """The patch grid of a slide (stored by the grid stage, computed on demand before that)."""
+        from protorefine.features.grid import PatchGrid
+
+        fp = self.fingerprint("grid")
+        key = (slide_id, fp)
+        if key in self._grids:
+            return self._grids[key]
+        path = self.stage_dir("grid") / f"{slide_id}.npz"
+        if self.stage_done("grid") and path.exists():
+            with np.load(path) as data:
+                grid = PatchGrid.from_dict(dict(data))
+        else:
+            grid = self.compute_grid(slide_id)
+        self._grids[key] = grid
+        return grid
+
+    def compute_grid(self, slide_id: str):
+        """Lay the patch grid of a slide from the config (no caching)."""
+        from protorefine.features import make_grid
+
+        cfg = self.config
+        slide = self.open_slide(slide_id)
+        return make_grid(
+            slide,
+            patch_size=cfg.patch_size,
+            level=cfg.level,
+            mpp=cfg.mpp,
+            stride=cfg.stride,
+            min_tissue=cfg.tissue_threshold,
+        )
+
+    def coarse_patch_labels(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per patch (all N): inside fraction and signed distance (patches) of the coarse outline."""
+        from protorefine.features import coarse_labels
+
+        ann = self.coarse(slide_id)
+        if ann is None:
+            raise ProtorefineError(f"slide {slide_id!r} has no coarse annotation")
+        return coarse_labels(self.grid(slide_id), ann)
+
+    def _slide_slice(self, slide_id: str) -> slice:
+        """Rows of the cohort arrays (tissue patches, slides in order) that belong to a slide."""
+        index = json.loads((self._require("prototypes") / "index.json").read_text())
+        if slide_id not in index:
+            raise ProtorefineError(f"slide {slide_id!r} was not part of the last run")
+        a, b = index[slide_id]
+        return slice(a, b)
+
+    def result_grid(self, slide_id: str, key: str) -> np.ndarray:
+        """A (rows, cols) grid of one result: local_proto, global_proto (-1 off tissue), pseudo,
+        confidence, prob (float), refined (bool), coarse (inside fraction)."""
+        if key not in RESULT_KEYS:
+            raise ProtorefineError(f"result {key!r}: known are {', '.join(RESULT_KEYS)}")
+        grid = self.grid(slide_id)
+        if key == "coarse":
+            frac, _ = self.coarse_patch_labels(slide_id)
+            return grid.to_image(np.where(grid.tissue, frac, 0).astype(np.float32), fill=0.0)
+        if key == "refined":
+            path = self._require("output") / f"{slide_id}_refined.npy"
+            return np.load(path)
+        sl = self._slide_slice(slide_id)
+        if key in ("local_proto", "global_proto"):
+            with np.load(self._require("prototypes") / "prototypes.npz") as d:
+                values = np.asarray(d[key])[sl]
+            return grid.to_image(values.astype(np.int64), fill=-1)
+        if key in ("pseudo", "confidence"):
+            stage = "classifier" if self.stage_done("classifier") else "pseudo_labels"
+            with np.load(self._require(stage) / "pseudo.npz") as d:
+                values = np.asarray(d[key])[sl]
+            if key == "pseudo":
+                return grid.to_image(values.astype(np.int8), fill=-1)
+            return grid.to_image(values.astype(np.float32), fill=0.0)
+        with np.load(self._require("classifier") / "prob.npz") as d:
+            values = np.asarray(d["prob"])[sl]
+        return grid.to_image(values.astype(np.float32), fill=0.0)
+
+    def global_scores(self) -> np.ndarray:
+        """Tumour score of each global prototype (before the pathologist's relabels)."""
+        with np.load(self._require("prototypes") / "prototypes.npz") as d:
+            return np.asarray(d["global_scores"])
+
+    def history(self) -> list[dict]:
+        """Loss and agreement per round of the last classifier run."""
+        return json.loads((self._require("classifier") / "history.json").read_text())
+
+    def refined_annotations(self, slide_id: str) -> AnnotationSet:
+        """The refined tumour polygons of a slide (level-0 pixels)."""
+        from protorefine.annotations import read_geojson
+
+        return read_geojson(self._require("output") / f"{slide_id}.geojson")
+
+    def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:
+        """Folder of cached features for an encoder on the current grid parameters."""
+        cfg = self.config
+        key = _hash(
+            [
+                encoder_name,
+                weight_hash,
+                cfg.patch_size,
+                cfg.level,
+                cfg.mpp,
+                cfg.stride,
+                cfg.tissue_threshold,
+            ]
+        )
+        return self.folder / "features" / key
+
+
+def _stem(path: Path) -> str:
+    """File stem without slide suffixes (``a.ome.tif`` -> ``a``, ``b.zarr`` -> ``b``)."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to an .npz file atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())

@@ -1,0 +1,369 @@
+"""Run the refinement stages over a project, storing each stage atomically so a rerun resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protorefine._atomic import atomic_path
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.project import Project, write_npz
+from protorefine.refine.classifier import (
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train_classifier,
+)
+from protorefine.refine.config import STAGE_ORDER, RefineConfig
+from protorefine.refine.core import compute_device
+from protorefine.refine.postprocess import prob_to_mask
+from protorefine.refine.prototypes import Prototypes, build_prototypes, normalize
+from protorefine.refine.pseudolabels import make_pseudo_labels
+
+Progress = Callable[[int, int, str], None] | None
+Cancel = Callable[[], bool] | None
+
+
+class Pipeline:
+    """The stages grid -> features -> prototypes -> pseudo_labels -> classifier -> output."""
+
+    STAGES = STAGE_ORDER
+
+    def __init__(self, project: Project, config: RefineConfig | None = None) -> None:
+        self.project = project
+        if config is not None and config != project.config:
+            project.set_config(config)
+        self._features: dict[str, np.ndarray] = {}
+        self.times: dict[str, float] = {}
+
+    @property
+    def config(self) -> RefineConfig:
+        """The project's current config."""
+        return self.project.config
+
+    # ---- running ----------------------------------------------------------------------
+    def run(
+        self,
+        until: str | None = None,
+        *,
+        progress: Progress = None,
+        cancel: Cancel = None,
+        on_round: Callable[[dict], None] | None = None,
+    ) -> None:
+        """Run every stage up to ``until`` (default all) that is not done for the current inputs."""
+        last = self._index(until or self.STAGES[-1])
+        if not self.project.slides:
+            raise ProtorefineError(f"project {self.project.folder} has no slides")
+        self.check_coarse()
+        for name in self.STAGES[: last + 1]:
+            if self.project.stage_done(name):
+                continue
+            self._run_stage(name, progress, cancel, on_round)
+
+    def invalidate(self, from_stage: str) -> None:
+        """Forget the output of ``from_stage`` and every later stage."""
+        for name in self.STAGES[self._index(from_stage) :]:
+            self.project.clear_stage(name)
+
+    def update_pseudo_labels(self, *, progress: Progress = None, cancel: Cancel = None) -> None:
+        """Re-make pseudo-labels (prototype relabels, corrections) without retraining."""
+        for name in self.STAGES[: self._index("prototypes") + 1]:
+            if not self.project.stage_done(name):
+                self._run_stage(name, progress, cancel, None)
+        self._run_stage("pseudo_labels", progress, cancel, None)
+
+    def _index(self, name: str) -> int:
+        if name not in self.STAGES:
+            raise ProtorefineError(f"unknown stage {name!r}: stages are {', '.join(self.STAGES)}")
+        return self.STAGES.index(name)
+
+    def _run_stage(self, name: str, progress: Progress, cancel: Cancel, on_round) -> None:
+        def prog(done: int, total: int, msg: str = "") -> None:
+            if progress is not None:
+                progress(done, total, f"{name}: {msg}" if msg else name)
+
+        def check() -> bool:
+            return bool(cancel is not None and cancel())
+
+        if check():
+            raise CancelledError(f"run cancelled before stage {name!r}; finished stages are kept")
+        t0 = time.perf_counter()
+        fn = getattr(self, f"_stage_{name}")
+        with self._stage_writer(name) as out:
+            info = fn(out, prog, check, on_round) or {}
+            seconds = time.perf_counter() - t0
+            info.update(fingerprint=self.project.fingerprint(name), seconds=seconds)
+            (out / "done.json").write_text(json.dumps(info, indent=2, default=str))
+        self.times[name] = seconds
+
+    @contextlib.contextmanager
+    def _stage_writer(self, name: str) -> Iterator[Path]:
+        """A temporary stage folder that replaces the stored one only when the stage finishes."""
+        target = self.project.stage_dir(name)
+        with atomic_path(target) as tmp:
+            tmp.mkdir(parents=True)
+            yield tmp
+
+    # ---- checks -------------------------------------------------------------------------
+    def check_coarse(self) -> None:
+        """Every slide needs a coarse annotation with a tumour region."""
+        from protorefine.annotations import tumour_geometry
+
+        for s in self.project.slides:
+            ann = self.project.coarse(s.id)
+            if ann is None:
+                raise ProtorefineError(f"slide {s.id!r} has no coarse annotation")
+            if tumour_geometry(ann).is_empty:
+                classes = ", ".join(ann.classes()) or "none"
+                raise ProtorefineError(
+                    f"coarse annotation of {s.id!r} has no tumour region (classes: {classes})"
+                )
+
+    # ---- stage bodies -----------------------------------------------------------------
+    def _stage_grid(self, out: Path, prog, check, on_round) -> dict:
+        counts = {}
+        n = len(self.project.slides)
+        for i, s in enumerate(self.project.slides):
+            if check():
+                raise CancelledError("grid stage cancelled")
+            prog(i, n, s.id)
+            grid = self.project.compute_grid(s.id)
+            if not grid.tissue.any():
+                raise ProtorefineError(f"slide {s.id!r} ({s.path}): no tissue found")
+            write_npz(out / f"{s.id}.npz", **grid.to_dict())
+            counts[s.id] = {"patches": int(grid.n), "tissue": int(grid.tissue.sum())}
+        prog(n, n, "done")
+        return {"patches": counts}
+
+    def _encoder(self):
+        from protorefine.features import get_encoder
+
+        return get_encoder(self.config.encoder, device=self.config.device)
+
+    def _stage_features(self, out: Path, prog, check, on_round) -> dict:
+        from protorefine.features import extract_features
+
+        encoder = self._encoder()
+        self.project.set_encoder_info(encoder.name, encoder.weight_hash)
+        cache = self.project.feature_cache(encoder.name, encoder.weight_hash)
+        n = len(self.project.slides)
+        reused = 0
+        for i, s in enumerate(self.project.slides):
+            grid = self.project.grid(s.id)
+            path = cache / f"{s.id}.npy"
+            if path.exists() and np.load(path, mmap_mode="r").shape[0] == int(grid.tissue.sum()):
+                reused += 1
+                continue
+            slide = self.project.open_slide(s.id)
+
+            def sub(done: int, total: int, msg: str = "", i=i, sid=s.id) -> None:
+                prog(done, total, f"slide {i + 1}/{n} {sid} {msg}".rstrip())
+
+            feats = extract_features(
+                slide,
+                grid,
+                encoder,
+                batch_size=self.config.batch_size,
+                progress=sub,
+                cancel=check,
+            )
+            feats = np.asarray(feats, dtype=np.float32)
+            if feats.shape[0] == grid.n:
+                feats = feats[grid.tissue_index]
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, feats)
+        (out / "cache.txt").write_text(str(cache))
+        return {
+            "encoder": encoder.name,
+            "weight_hash": encoder.weight_hash,
+            "device": str(encoder.device),
+            "reused_slides": reused,
+            "cache": str(cache),
+        }
+
+    def features(self, slide_id: str) -> np.ndarray:
+        """Tissue-patch features of a slide (from the cache of the finished features stage)."""
+        if slide_id not in self._features:
+            cache = Path((self.project._require("features") / "cache.txt").read_text())
+            self._features[slide_id] = np.load(cache / f"{slide_id}.npy")
+        return self._features[slide_id]
+
+    def cohort(self) -> dict[str, np.ndarray]:
+        """All slides' tissue patches stacked: features, slide_index, rc, and slide row ranges."""
+        feats, sidx, rcs, index = [], [], [], {}
+        a = 0
+        for i, s in enumerate(self.project.slides):
+            grid = self.project.grid(s.id)
+            f = self.features(s.id)
+            feats.append(f)
+            sidx.append(np.full(len(f), i, dtype=np.int64))
+            rcs.append(grid.rc[grid.tissue_index])
+            index[s.id] = (a, a + len(f))
+            a += len(f)
+        return {
+            "features": np.concatenate(feats).astype(np.float32),
+            "slide_index": np.concatenate(sidx),
+            "rc": np.concatenate(rcs),
+            "index": index,
+        }
+
+    def _stage_prototypes(self, out: Path, prog, check, on_round) -> dict:
+        coh = self.cohort()
+        coarse, dist = [], []
+        for s in self.project.slides:
+            grid = self.project.grid(s.id)
+            frac, d = self.project.coarse_patch_labels(s.id)
+            frac, d = frac[grid.tissue_index], d[grid.tissue_index]
+            if (frac >= 0.5).all():
+                raise ProtorefineError(
+                    f"coarse annotation of {s.id!r} covers all tissue: nothing outside to learn from"
+                )
+            coarse.append((frac >= 0.5).astype(np.float32))
+            dist.append(d)
+        coarse_a = np.concatenate(coarse)
+        if not coarse_a.any():
+            raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
+        device = compute_device(self.config.device)
+        x = normalize(torch.from_numpy(coh["features"]).to(device))
+        gen = torch.Generator().manual_seed(self.config.seed)
+        protos = build_prototypes(
+            x,
+            coarse_a,
+            coh["slide_index"],
+            distance=np.concatenate(dist),
+            config=self.config,
+            generator=gen,
+            progress=prog,
+            cancel=check,
+        )
+        write_npz(out / "prototypes.npz", **protos.to_arrays())
+        write_npz(
+            out / "cohort.npz",
+            coarse=coarse_a,
+            distance=np.concatenate(dist),
+            slide_index=coh["slide_index"],
+            rc=coh["rc"],
+        )
+        (out / "index.json").write_text(json.dumps(coh["index"]))
+        return {
+            "local": int(len(protos.local_centers)),
+            "global": int(len(protos.global_centers)),
+            "patches": int(len(coarse_a)),
+        }
+
+    def _load(self, stage: str, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.project._require(stage) / name) as d:
+            return {k: np.asarray(d[k]) for k in d.files}
+
+    def _corrections_vector(self) -> np.ndarray | None:
+        parts, any_set = [], False
+        for s in self.project.slides:
+            grid = self.project.grid(s.id)
+            corr = self.project.corrections(s.id)
+            if corr is None or corr.shape != (grid.rows, grid.cols):
+                parts.append(np.full(int(grid.tissue.sum()), -1, dtype=np.int8))
+            else:
+                parts.append(grid.from_image(corr).astype(np.int8))
+                any_set = any_set or bool((corr >= 0).any())
+        return np.concatenate(parts) if any_set else None
+
+    def _stage_pseudo_labels(self, out: Path, prog, check, on_round) -> dict:
+        coh = self._load("prototypes", "cohort.npz")
+        protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
+        device = compute_device(self.config.device)
+        x = normalize(torch.from_numpy(self.cohort()["features"]).to(device))
+        prog(0, 1, "scoring patches")
+        pl = make_pseudo_labels(
+            x,
+            coh["coarse"],
+            coh["slide_index"],
+            coh["rc"],
+            protos,
+            distance=coh["distance"],
+            corrections=self._corrections_vector(),
+            prototype_labels=self.project.prototype_labels(),
+            config=self.config,
+        )
+        write_npz(
+            out / "pseudo.npz",
+            pseudo=pl.pseudo,
+            confidence=pl.confidence,
+            score=pl.score,
+            proto_score=pl.proto_score,
+        )
+        prog(1, 1, "done")
+        changed = int((pl.pseudo != (coh["coarse"] >= 0.5)).sum())
+        return {"changed_from_coarse": changed}
+
+    def _stage_classifier(self, out: Path, prog, check, on_round) -> dict:
+        pl = self._load("pseudo_labels", "pseudo.npz")
+        device = compute_device(self.config.device)
+        feats = torch.from_numpy(self.cohort()["features"]).to(device)
+        cr = train_classifier(
+            feats,
+            pl["pseudo"],
+            pl["confidence"],
+            pl["proto_score"],
+            corrections=self._corrections_vector(),
+            config=self.config,
+            progress=prog,
+            cancel=check,
+            on_round=on_round,
+        )
+        save_checkpoint(cr.model, out / "model.pt")
+        write_npz(out / "prob.npz", prob=cr.prob)
+        write_npz(out / "pseudo.npz", pseudo=cr.pseudo, confidence=cr.confidence)
+        (out / "history.json").write_text(json.dumps(cr.history, indent=2))
+        return {"history": cr.history, "device": str(device)}
+
+    def _stage_output(self, out: Path, prog, check, on_round) -> dict:
+        from shapely.geometry import box
+
+        from protorefine.annotations import vectorize, write_geojson
+
+        device = compute_device(self.config.device)
+        model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
+        coh = self.cohort()
+        prob = predict(model, torch.from_numpy(coh["features"]).to(device))
+        corr = self._corrections_vector()
+        if corr is not None:
+            prob[corr >= 0] = corr[corr >= 0].astype(np.float32)
+        n = len(self.project.slides)
+        counts = {}
+        for i, s in enumerate(self.project.slides):
+            if check():
+                raise CancelledError("output stage cancelled")
+            prog(i, n, s.id)
+            grid = self.project.grid(s.id)
+            a, b = coh["index"][s.id]
+            pgrid = grid.to_image(prob[a:b].astype(np.float32), fill=0.0)
+            tissue = grid.tissue.reshape(grid.rows, grid.cols)
+            mask = prob_to_mask(pgrid, tissue=tissue, config=self.config)
+            np.save(out / f"{s.id}_refined.npy", mask)
+            annset = vectorize(mask, grid.downsample)
+            h, w = grid.shape
+            frame = box(0, 0, w, h)
+            for ann in annset.annotations:
+                ann.geometry = _polygonal(ann.geometry.intersection(frame))
+            annset.annotations = [a_ for a_ in annset.annotations if not a_.geometry.is_empty]
+            write_geojson(annset, out / f"{s.id}.geojson")
+            counts[s.id] = {"refined_patches": int(mask.sum()), "tissue": int(tissue.sum())}
+        prog(n, n, "done")
+        return {"slides": counts}
+
+
+def _polygonal(geom):
+    """Keep only the polygon parts of a clipped geometry."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
+    return MultiPolygon(parts) if parts else Polygon()

@@ -1,0 +1,204 @@
+"""``protorefine refine``: pair slides with coarse annotations, run the pipeline, write results."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from protorefine._atomic import atomic_write_bytes, atomic_write_text
+from protorefine.errors import ProtorefineError
+from protorefine.project import Project, _stem
+from protorefine.refine.config import RefineConfig
+from protorefine.refine.pipeline import Pipeline
+
+
+def _annotation_stem(path: Path) -> str:
+    """Stem of a coarse annotation file (``a.geojson`` and ``a.ome.png`` -> ``a``)."""
+    name = path.name
+    stem = name[: -len(path.suffix)] if path.suffix else name
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
+def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]]:
+    """Pair each slide with the coarse file of the same stem; one-line error for any gap."""
+    by_stem: dict[str, Path] = {}
+    for c in coarse:
+        p = Path(c)
+        s = _annotation_stem(p)
+        if s in by_stem:
+            raise ProtorefineError(f"{p}: two coarse annotations share the stem {s!r}")
+        by_stem[s] = p
+    pairs, seen = [], set()
+    for sl in slides:
+        p = Path(sl)
+        s = _stem(p)
+        if s in seen:
+            raise ProtorefineError(f"{p}: two slides share the stem {s!r}")
+        seen.add(s)
+        if s not in by_stem:
+            found = ", ".join(sorted(by_stem)) or "none"
+            raise ProtorefineError(
+                f"{p}: no coarse annotation for slide {s!r} (coarse files found for stems: {found})"
+            )
+        pairs.append((p, by_stem[s]))
+    return pairs
+
+
+def config_from_args(args: argparse.Namespace, base: RefineConfig | None = None) -> RefineConfig:
+    """The project's config (or defaults) with the command-line overrides applied."""
+    cfg = base or RefineConfig()
+    changes: dict = {}
+    if getattr(args, "patch_size", None) is not None:
+        changes["patch_size"] = int(args.patch_size)
+    if getattr(args, "level", None) is not None:
+        changes.update(level=int(args.level), mpp=None)
+    if getattr(args, "mpp", None) is not None:
+        changes.update(mpp=float(args.mpp), level=None)
+    if getattr(args, "encoder", None):
+        changes["encoder"] = str(args.encoder)
+    if getattr(args, "device", None):
+        changes["device"] = str(args.device)
+    if getattr(args, "seed", None) is not None:
+        changes["seed"] = int(args.seed)
+    return cfg.replace(**changes) if changes else cfg
+
+
+class StageBars:
+    """A tqdm bar on stderr per stage, fed by the pipeline's ``"<stage>: msg"`` progress."""
+
+    def __init__(self, factory: Callable | None = None) -> None:
+        if factory is None:
+            from protorefine.cli import tqdm_progress
+
+            factory = tqdm_progress
+        self.factory = factory
+        self.stage: str | None = None
+        self.bar: tuple[Callable, Callable] | None = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        stage, _, msg = message.partition(": ")
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = self.factory(stage)
+        assert self.bar is not None
+        self.bar[0](done, total, msg)
+
+    def close(self) -> None:
+        """Close the current bar."""
+        if self.bar is not None:
+            self.bar[1]()
+            self.bar = None
+
+
+def refine_command(args: argparse.Namespace) -> int:
+    """Run ``protorefine refine`` and write DIR/<stem>.geojson, DIR/<stem>_refined.png, DIR/report.json."""
+    from protorefine.annotations import read_annotations, write_geojson
+
+    pairs = pair_by_stem(list(args.slides), list(args.coarse))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ProtorefineError(f"{out}: output path exists and is not a folder")
+    folder = Path(args.project) if getattr(args, "project", None) else out / "project"
+    if (folder / "config.json").exists():
+        project = Project.open(folder)
+        project.set_config(config_from_args(args, project.config))
+    else:
+        project = Project.create(folder, config_from_args(args))
+    # the project's slides become exactly the given ones
+    wanted = {str(p.resolve()) for p, _ in pairs}
+    for s in list(project.slides):
+        if s.path not in wanted:
+            project.remove_slide(s.id)
+    ids = []
+    for slide_path, coarse_path in pairs:
+        entry = project.add_slide(slide_path)
+        ann = read_annotations(coarse_path, slide_shape=entry.shape)
+        old = project.coarse(entry.id)
+        if not _same_annotations(old, ann):
+            project.set_coarse(entry.id, ann)
+        ids.append(entry.id)
+    bars = StageBars()
+    t0 = time.perf_counter()
+    pipe = Pipeline(project)
+    try:
+        pipe.run(progress=bars)
+    finally:
+        bars.close()
+    total = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    for sid in ids:
+        write_geojson(project.refined_annotations(sid), out / f"{sid}.geojson")
+        _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
+    report = make_report(project, pipe, total)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
+    return 0
+
+
+def _same_annotations(a, b) -> bool:
+    """True when two annotation sets hold the same classes and (nearly) the same regions."""
+    if a is None or b is None or a.classes() != b.classes():
+        return False
+    for cls in a.classes():
+        ga, gb = a.union([cls]), b.union([cls])
+        if ga.symmetric_difference(gb).area > 1e-6 * max(ga.area, 1.0):
+            return False
+    return True
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    """A bool grid mask as an 8-bit PNG (255 = tumour), atomically."""
+    from skimage.io import imsave
+
+    buf = io.BytesIO()
+    imsave(
+        buf,
+        (np.asarray(mask, dtype=bool) * 255).astype(np.uint8),
+        extension=".png",
+        check_contrast=False,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
+    """Config, per-stage time (and whether it was reused), patch counts and device."""
+    from protorefine.refine.core import compute_device
+
+    stages = {}
+    for name in pipe.STAGES:
+        info = project.stage_info(name)
+        stages[name] = {
+            "seconds": round(float(info.get("seconds", 0.0)), 3),
+            "ran_now": name in pipe.times,
+        }
+    grid_info = project.stage_info("grid").get("patches", {})
+    out_info = project.stage_info("output").get("slides", {})
+    slides = {}
+    for s in project.slides:
+        g = grid_info.get(s.id, {})
+        slides[s.id] = {
+            "path": s.path,
+            "patches": g.get("patches"),
+            "tissue_patches": g.get("tissue"),
+            "refined_patches": out_info.get(s.id, {}).get("refined_patches"),
+        }
+    return {
+        "config": project.config.to_dict(),
+        "encoder": project.encoder_info,
+        "device": str(compute_device(project.config.device)),
+        "host": platform.node(),
+        "total_seconds": round(total, 3),
+        "stages": stages,
+        "slides": slides,
+        "history": project.stage_info("classifier").get("history", []),
+        "prototypes": {k: project.stage_info("prototypes").get(k) for k in ("local", "global")},
+        "project": str(project.folder),
+    }
