@@ -11,6 +11,8 @@ from shapely.ops import unary_union
 TUMOR = "Tumor"
 NORMAL = "Normal"
 EXCLUDE = "Exclusion"
+#: Class of annotations that came without one (QuPath: no classification; ASAP: group "None").
+UNCLASSIFIED = "Unclassified"
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Annotation:
     classification: str = TUMOR
     name: str | None = None
     properties: dict = field(default_factory=dict)
+    #: Stable object id (QuPath's feature ``id``, a UUID); writers make one when None.
+    id: str | None = None
 
 
 @dataclass
@@ -49,5 +53,7 @@ class AnnotationSet:
 
     def union(self, classes: list[str] | None = None) -> BaseGeometry:
         """Union of the geometries whose class is in ``classes`` (all when ``None``)."""
-        geoms = [a.geometry for a in self.annotations if classes is None or a.classification in classes]
+        geoms = [
+            a.geometry for a in self.annotations if classes is None or a.classification in classes
+        ]
         return unary_union(geoms) if geoms else Polygon()

@@ -1,0 +1,71 @@
+"""Read or write annotations in any supported format, chosen by the file extension."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from protorefine.annotations._files import check_input_file
+from protorefine.annotations.asap import read_asap_xml, write_asap_xml
+from protorefine.annotations.geojson import read_geojson, write_geojson
+from protorefine.annotations.masks import MASK_SUFFIXES, read_mask, write_mask
+from protorefine.annotations.model import AnnotationSet
+from protorefine.errors import ProtorefineError
+
+GEOJSON_SUFFIXES = (".geojson", ".json")
+XML_SUFFIXES = (".xml",)
+READ_SUFFIXES = GEOJSON_SUFFIXES + XML_SUFFIXES + MASK_SUFFIXES
+
+
+def _kind(path: Path, suffixes: Sequence[str]) -> str:
+    suffix = path.suffix.lower()
+    if suffix in GEOJSON_SUFFIXES:
+        return "geojson"
+    if suffix in XML_SUFFIXES:
+        return "xml"
+    if suffix in MASK_SUFFIXES:
+        return "mask"
+    raise ProtorefineError(
+        f"{path}: unsupported annotation extension {suffix or '(none)'!r} "
+        f"(expected one of {', '.join(suffixes)})"
+    )
+
+
+def read_annotations(
+    path: str | os.PathLike[str], *, slide_shape: Sequence[int] | None = None
+) -> AnnotationSet:
+    """Read GeoJSON (.geojson/.json), ASAP XML (.xml) or a mask image (.png/.tif/.jpg).
+
+    ``slide_shape`` ``(H, W)`` clips polygons to the slide (with a warning) and gives a
+    mask its downsample. Bad input raises a one-line ProtorefineError naming the file.
+    """
+    p = Path(path)
+    kind = _kind(p, READ_SUFFIXES)
+    check_input_file(p)
+    if kind == "geojson":
+        return read_geojson(p, slide_shape=slide_shape)
+    if kind == "xml":
+        return read_asap_xml(p, slide_shape=slide_shape)
+    return read_mask(p, slide_shape)
+
+
+def write_annotations(
+    annset: AnnotationSet,
+    path: str | os.PathLike[str],
+    *,
+    slide_shape: Sequence[int] | None = None,
+    downsample: float = 1.0,
+) -> Path:
+    """Write GeoJSON, ASAP XML or (with ``slide_shape``) a mask, by extension, atomically."""
+    p = Path(path)
+    kind = _kind(p, (".geojson", ".json", ".xml", ".png", ".tif", ".tiff"))
+    if kind == "geojson":
+        write_geojson(annset, p)
+    elif kind == "xml":
+        write_asap_xml(annset, p)
+    else:
+        if slide_shape is None:
+            raise ProtorefineError(f"{p}: writing a mask needs the slide shape (H, W)")
+        write_mask(annset, p, slide_shape, downsample)
+    return p
