@@ -1,0 +1,155 @@
+"""Write patch-grid results as NGFF labels inside a slide's OME-Zarr, so other NGFF viewers see them.
+
+The labels image keeps one pixel per grid cell (small, whatever the slide size)
+and carries a scale and translation that lay each cell over its patch in the
+parent image's physical units. It is written beside the slide in a temporary
+folder and moved into ``<slide>.zarr/labels/<name>`` only when complete; the
+``labels`` listing is then updated atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from protorefine._atomic import atomic_path, atomic_write_text
+from protorefine.errors import ProtorefineError
+
+#: Colours and names of the refined labels (0 = background).
+REFINED_COLORS = [{"label-value": 1, "rgba": [239, 68, 68, 255]}]
+REFINED_PROPERTIES = [{"label-value": 1, "class": "Tumor"}]
+
+
+def _image_frame(root: zarr.Group, path: Path) -> tuple[list[dict], float]:
+    """The parent image's axes and its level-0 physical size of one pixel along x."""
+    from protorefine.slides.omezarr import ngff_attrs
+
+    attrs = ngff_attrs(root)
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        raise ProtorefineError(f"{path}: not an OME-Zarr image (no multiscales metadata)")
+    ms = multiscales[0]
+    axes = ms.get("axes") or [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    unit = 1.0
+    for tf in ms["datasets"][0].get("coordinateTransformations", []):
+        if tf.get("type") == "scale":
+            unit = float(tf["scale"][-1])
+    return list(axes), unit
+
+
+def write_grid_labels(
+    zarr_path: str | os.PathLike[str],
+    name: str,
+    labels: np.ndarray,
+    cell: float,
+    *,
+    origin: tuple[float, float] = (0.0, 0.0),
+    colors: list[dict] | None = None,
+    properties: list[dict] | None = None,
+) -> Path:
+    """Write a (rows, cols) integer grid as NGFF labels ``name`` in the OME-Zarr at ``zarr_path``.
+
+    ``cell`` is the side of one grid cell in level-0 pixels and ``origin`` the
+    level-0 ``(y, x)`` of cell (0, 0). Returns the labels folder. An existing
+    labels image of the same name is replaced.
+    """
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_multiscale_labels
+
+    zarr_path = Path(zarr_path)
+    if not name or "/" in name or name.startswith("."):
+        raise ProtorefineError(f"labels name {name!r}: must be a plain folder name")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "biu":
+        raise ProtorefineError(
+            f"labels for {zarr_path}: expected a 2-D integer grid, got {labels.dtype} {labels.shape}"
+        )
+    try:
+        root = zarr.open_group(zarr_path, mode="r")
+    except Exception as exc:
+        raise ProtorefineError(f"{zarr_path}: not a zarr folder ({type(exc).__name__})") from exc
+    if root.metadata.zarr_format != 2:
+        raise ProtorefineError(
+            f"{zarr_path}: NGFF 0.5 (zarr v3) labels are not supported; convert with protorefine"
+        )
+    axes, unit = _image_frame(root, zarr_path)
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+    if names[-2:] != ["y", "x"]:
+        raise ProtorefineError(f"{zarr_path}: image axes {names} do not end in y, x")
+    data = labels.astype(
+        np.uint8 if labels.max(initial=0) < 256 and labels.min(initial=0) >= 0 else np.int32
+    )
+    data = data.reshape((1,) * (len(names) - 2) + data.shape)
+    step = float(cell) * unit
+    # a label pixel's centre sits at index * scale + translation (as in napari): cell r
+    # covers level-0 [origin + r cell, origin + (r + 1) cell).
+    shift = [(float(o) + (float(cell) - 1.0) / 2.0) * unit for o in origin]
+    scale = [1.0] * (len(names) - 2) + [step, step]
+    translation = [0.0] * (len(names) - 2) + shift
+    transforms = [
+        [{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]
+    ]
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".labels", dir=zarr_path))
+    try:
+        group = zarr.open_group(staging, mode="w", zarr_format=2)
+        write_multiscale_labels(
+            [data],
+            group,
+            name,
+            fmt=FormatV04(),
+            axes=axes,
+            coordinate_transformations=transforms,
+            label_metadata={
+                "colors": colors or [],
+                "properties": properties or [],
+                "source": {"image": "../../"},
+            },
+        )
+        target = zarr_path / "labels" / name
+        with atomic_path(target) as tmp:
+            shutil.copytree(staging / "labels" / name, tmp)
+        _list_label(zarr_path / "labels", name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return zarr_path / "labels" / name
+
+
+def _list_label(labels_dir: Path, name: str) -> None:
+    """Add ``name`` to the ``labels`` listing of an NGFF 0.4 labels group (zarr v2 ``.zattrs``)."""
+    attrs_path = labels_dir / ".zattrs"
+    attrs = json.loads(attrs_path.read_text()) if attrs_path.exists() else {}
+    listed = [n for n in attrs.get("labels", []) if n != name]
+    attrs["labels"] = [*listed, name]
+    group_path = labels_dir / ".zgroup"
+    if not group_path.exists():
+        atomic_write_text(group_path, json.dumps({"zarr_format": 2}))
+    atomic_write_text(attrs_path, json.dumps(attrs, indent=2))
+
+
+def write_refined_labels(project, slide_id: str, name: str = "refined") -> Path:
+    """Write a project's refined mask of ``slide_id`` as NGFF labels into the slide's OME-Zarr."""
+    from protorefine.slides.omezarr import is_ome_zarr
+
+    entry = project.slide(slide_id)
+    path = Path(entry.path)
+    if not (path.is_dir() and is_ome_zarr(path)):
+        raise ProtorefineError(
+            f"{path}: labels can only be stored in an OME-Zarr slide; convert it first (protorefine convert)"
+        )
+    grid = project.grid(slide_id)
+    refined = np.asarray(project.result_grid(slide_id, "refined")).astype(np.uint8)
+    return write_grid_labels(
+        path,
+        name,
+        refined,
+        grid.downsample,
+        colors=REFINED_COLORS,
+        properties=REFINED_PROPERTIES,
+    )

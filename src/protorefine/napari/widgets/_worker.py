@@ -1,0 +1,244 @@
+"""Run one library call at a time in a thread, with a progress bar, a status line and Cancel.
+
+The widgets never compute in the Qt thread: they hand a function of a
+:class:`TaskContext` to :class:`TaskRunner`, which runs it in a napari
+``thread_worker``, forwards its progress to a napari progress bar and to its own
+bar, and turns a click on Cancel into the library's cancel check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from protorefine.errors import CancelledError, ProtorefineError
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]
+CancelFn = Callable[[], bool]
+
+#: Minimum seconds between two progress signals from the worker (keeps the event loop light).
+PROGRESS_INTERVAL = 0.05
+
+#: The runner currently busy in each group (one pipeline run per viewer at a time).
+_ACTIVE: weakref.WeakKeyDictionary[object, TaskRunner] = weakref.WeakKeyDictionary()
+
+
+def notify(level: str, message: str) -> None:
+    """Show ``message`` as a napari notification of ``level`` ("info", "warning", "error")."""
+    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+
+
+@dataclass
+class TaskContext:
+    """What a task function receives: the library's progress and cancel callbacks, and ``send``.
+
+    ``send(obj)`` delivers ``obj`` to the runner's ``on_event`` in the Qt thread
+    (e.g. one dict per training round for a live plot).
+    """
+
+    progress: ProgressFn
+    cancel: CancelFn
+    send: Callable[[object], None]
+
+
+class _Bridge(QObject):
+    """Carries worker-thread events into the Qt thread (queued signal connections)."""
+
+    progressed = Signal(int, int, str)
+    sent = Signal(object)
+
+
+class TaskRunner(QWidget):
+    """A status line, a progress bar and a Cancel button that drive one worker thread at a time.
+
+    ``start(title, func, on_done=...)`` runs ``func(ctx)`` in a thread; when it
+    returns, ``on_done(result)`` runs in the Qt thread. A :class:`ProtorefineError`
+    becomes an error notification in plain words, a cancel becomes an info
+    notification; in both cases ``on_done`` is not called.
+    """
+
+    #: Emitted in the Qt thread when a task ends: ``(outcome, message)`` with outcome
+    #: "done", "cancelled" or "error".
+    finished = Signal(str, str)
+
+    def __init__(self, group: object | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._group_ref = weakref.ref(group) if group is not None else None
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._on_progress)
+        self._bridge.sent.connect(self._on_sent)
+        self._cancel_event = threading.Event()
+        self._worker: FunctionWorker | None = None
+        self._pbar: napari_progress | None = None
+        self._on_event: Callable[[object], None] | None = None
+        self._title = ""
+        self.last_outcome: str = ""
+        self.last_message: str = ""
+        self.cancel_requested_at: float | None = None
+        self.finished_at: float | None = None
+
+        self.status = QLabel("Idle")
+        self.status.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running step; finished steps are kept")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+
+    @property
+    def running(self) -> bool:
+        """True while a task is in progress."""
+        return self._worker is not None
+
+    def start(
+        self,
+        title: str,
+        func: Callable[[TaskContext], Any],
+        *,
+        on_done: Callable[[Any], None] | None = None,
+        on_event: Callable[[object], None] | None = None,
+    ) -> bool:
+        """Run ``func(ctx)`` in a thread; return False (and say so) when a task is already running."""
+        if self.running:
+            notify("warning", f"'{self._title}' is still running: wait for it or press Cancel.")
+            return False
+        group = self._group_ref() if self._group_ref is not None else None
+        other = _ACTIVE.get(group) if group is not None else None
+        if other is not None and other.running:
+            notify(
+                "warning", f"'{other._title}' is still running: wait for it or press its Cancel."
+            )
+            return False
+        if group is not None:
+            _ACTIVE[group] = self
+        self._title = title
+        self._on_event = on_event
+        self._cancel_event.clear()
+        self.cancel_requested_at = None
+        self.finished_at = None
+        self.last_outcome = ""
+        self.last_message = ""
+        bridge = self._bridge
+        cancel_event = self._cancel_event
+        last_emit = [0.0]
+
+        def progress(done: int, total: int, message: str) -> None:
+            now = time.monotonic()
+            if done >= total or now - last_emit[0] >= PROGRESS_INTERVAL:
+                last_emit[0] = now
+                bridge.progressed.emit(int(done), int(total), str(message))
+
+        ctx = TaskContext(progress=progress, cancel=cancel_event.is_set, send=bridge.sent.emit)
+        worker = create_worker(func, ctx, _start_thread=False)
+        worker.returned.connect(lambda result: self._on_returned(result, on_done))
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._pbar = napari_progress(total=0, desc=title)
+        self.bar.setRange(0, 0)
+        self.status.setText(f"{title}…")
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running task to stop; the library raises CancelledError at its next check."""
+        if not self.running or self._cancel_event.is_set():
+            return
+        self.cancel_requested_at = time.monotonic()
+        self._cancel_event.set()
+        self.cancel_button.setEnabled(False)
+        self.status.setText(f"{self._title}: cancelling…")
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if not self.running:
+            return
+        total = max(int(total), 0)
+        done = min(max(int(done), 0), total) if total else 0
+        self.bar.setRange(0, total)
+        self.bar.setValue(done)
+        text = f"{self._title}: {message}" if message else self._title
+        self.status.setText(text)
+        pbar = self._pbar
+        if pbar is not None:
+            if pbar.total != total:
+                pbar.total = total
+            if done != pbar.n:
+                pbar.update(done - pbar.n)
+            if message:
+                pbar.set_description(f"{self._title}: {message}")
+
+    def _on_sent(self, obj: object) -> None:
+        if self._on_event is not None and self.running:
+            self._on_event(obj)
+
+    def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
+        self.last_outcome = "done"
+        self.last_message = f"{self._title}: done"
+        if on_done is None:
+            return
+        try:
+            on_done(result)
+        except ProtorefineError as exc:
+            self.last_outcome, self.last_message = "error", str(exc)
+            notify("error", str(exc))
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, CancelledError):
+            self.last_outcome = "cancelled"
+            self.last_message = f"{self._title}: cancelled; finished steps are kept."
+            notify("info", self.last_message)
+        elif isinstance(exc, ProtorefineError):
+            self.last_outcome, self.last_message = "error", str(exc)
+            notify("error", str(exc))
+        else:
+            self.last_outcome = "error"
+            self.last_message = f"{self._title} failed: {type(exc).__name__}: {exc}"
+            log.error("%s\n%s", self.last_message, "".join(traceback.format_exception(exc)))
+            notify("error", self.last_message)
+
+    def _on_finished(self) -> None:
+        self.finished_at = time.monotonic()
+        self._worker = None
+        group = self._group_ref() if self._group_ref is not None else None
+        if group is not None and _ACTIVE.get(group) is self:
+            del _ACTIVE[group]
+        self._on_event = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.cancel_button.setEnabled(False)
+        if self.last_outcome == "done":
+            self.bar.setRange(0, 1)
+            self.bar.setValue(1)
+        else:
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+        self.status.setText(self.last_message or f"{self._title}: stopped")
+        self.finished.emit(self.last_outcome or "error", self.last_message)

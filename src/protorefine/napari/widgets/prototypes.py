@@ -1,0 +1,348 @@
+"""Dock widget "Prototypes": compute local and global prototypes, browse them, relabel them.
+
+Runs the pipeline up to the prototypes stage for every slide of the project in a
+worker thread, shows the "local prototypes" and "global prototypes" grid layers
+(a local prototype is a shade of its global family's colour), and a gallery with
+example patches, size and tumour score per global prototype. Marking a prototype
+tumour, normal or ignore updates the pseudo-labels layer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import napari
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from protorefine.napari.state import (
+    GLOBAL_PROTOTYPES,
+    LOCAL_PROTOTYPES,
+    PSEUDO_LABELS,
+    ProtorefineState,
+    get_state,
+)
+from protorefine.napari.widgets._colours import global_colormap, local_colormap, swatch_hex
+from protorefine.napari.widgets._common import (
+    check_coarse,
+    pipeline_for,
+    refresh_results,
+)
+from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+
+#: Example patches shown per prototype and their side in screen pixels.
+EXAMPLES = 4
+THUMB = 44
+#: Gallery labels a prototype can take (None clears the mark).
+MARKS = {"tumour": "Tumour", "normal": "Normal", "ignore": "Ignore"}
+
+
+@dataclass
+class PrototypeCard:
+    """One gallery row: a global prototype's id, size, tumour score, mark and example patches."""
+
+    global_id: int
+    size: int
+    score: float
+    label: str | None
+    thumbs: np.ndarray  # (THUMB, k * THUMB, 3) uint8 strip of example patches
+
+
+def prototype_cards(
+    project, *, examples: int = EXAMPLES, thumb: int = THUMB, cancel=None
+) -> list[PrototypeCard]:
+    """Gallery rows for every global prototype, reading a few member patches from the slides."""
+    scores = np.asarray(project.global_scores(), dtype=float)
+    marks = project.prototype_labels()
+    members: dict[int, list[tuple[str, int, int]]] = {}
+    sizes = np.zeros(len(scores), dtype=np.int64)
+    grids = {}
+    for entry in project.slides:
+        glob = np.asarray(project.result_grid(entry.id, "global_proto"))
+        grids[entry.id] = project.grid(entry.id)
+        ids, counts = np.unique(glob[glob >= 0], return_counts=True)
+        sizes[ids] += counts
+        rows, cols = np.nonzero(glob >= 0)
+        for gid, r, c in zip(glob[rows, cols], rows, cols, strict=True):
+            members.setdefault(int(gid), []).append((entry.id, int(r), int(c)))
+    slides = {}
+    cards = []
+    for gid in range(len(scores)):
+        if cancel is not None and cancel():
+            break
+        chosen = members.get(gid, [])
+        if len(chosen) > examples:
+            # evenly spread over the members (slide order, then raster order): shows variety
+            idx = np.linspace(0, len(chosen) - 1, examples).round().astype(int)
+            chosen = [chosen[i] for i in idx]
+        strip = np.full((thumb, examples * thumb, 3), 255, dtype=np.uint8)
+        for k, (sid, r, c) in enumerate(chosen):
+            if sid not in slides:
+                slides[sid] = project.open_slide(sid)
+            strip[:, k * thumb : (k + 1) * thumb] = _patch_thumb(
+                slides[sid], grids[sid], r, c, thumb
+            )
+        cards.append(PrototypeCard(gid, int(sizes[gid]), float(scores[gid]), marks.get(gid), strip))
+    return cards
+
+
+def _patch_thumb(slide, grid, r: int, c: int, size: int) -> np.ndarray:
+    """The patch at grid cell (r, c) read at the grid's level and shrunk to ``size`` pixels."""
+    y, x = r * grid.read_stride, c * grid.read_stride
+    patch = slide.read_region(grid.level, y, x, grid.read_size, grid.read_size)
+    step = max(1, grid.read_size // size)
+    small = patch[::step, ::step][:size, :size]
+    out = np.full((size, size, 3), 255, dtype=np.uint8)
+    out[: small.shape[0], : small.shape[1]] = small
+    return out
+
+
+def _pixmap(rgb: np.ndarray) -> QPixmap:
+    """A QPixmap of an (H, W, 3) uint8 array."""
+    rgb = np.ascontiguousarray(rgb)
+    h, w, _ = rgb.shape
+    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())
+
+
+class PrototypesWidget(QWidget):
+    """Compute, show and relabel the prototypes of every slide in the project."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state: ProtorefineState = get_state(napari_viewer)
+        self.cards: list[PrototypeCard] = []
+
+        intro = QLabel(
+            "Patterns found in the tissue of every slide. Colours are shared by both layers; "
+            "click a prototype to see its patches, then mark it if the tumour score is wrong."
+        )
+        intro.setWordWrap(True)
+        self.encoder = QComboBox()
+        self.encoder.setToolTip("Patch feature encoder (changing it recomputes the features)")
+        self.run_button = QPushButton("Compute prototypes")
+        self.run_button.setToolTip("Features, local and global prototypes for all slides")
+        self.run_button.clicked.connect(self.run)
+        self.runner = TaskRunner(self.state)
+
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["prototype", "example patches", "patches", "tumour"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.verticalHeader().setDefaultSectionSize(THUMB + 6)
+        self.table.setMinimumHeight(4 * (THUMB + 6) + 28)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+
+        self.mark_buttons: dict[str | None, QPushButton] = {}
+        marks = QHBoxLayout()
+        for label, text in [*MARKS.items(), (None, "Clear mark")]:
+            button = QPushButton(text)
+            button.setToolTip(
+                "Use the pathologist's label for this prototype's patches"
+                if label
+                else "Go back to the computed tumour score"
+            )
+            button.clicked.connect(lambda _=False, lab=label: self.mark_selected(lab))
+            button.setEnabled(False)
+            marks.addWidget(button)
+            self.mark_buttons[label] = button
+        self.show_all_button = QPushButton("Show all prototypes")
+        self.show_all_button.clicked.connect(self.show_all)
+
+        form = QFormLayout()
+        form.addRow("Encoder", self.encoder)
+        lay = QVBoxLayout(self)
+        lay.addWidget(intro)
+        lay.addLayout(form)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.runner)
+        lay.addWidget(self.table, 1)
+        lay.addLayout(marks)
+        lay.addWidget(self.show_all_button)
+
+        self._fill_encoders()
+        self.state.project_changed.connect(self._on_project)
+        self.state.slide_changed.connect(self._on_slide)
+        self.state.results_changed.connect(self._on_results)
+        if self.state.project is not None:
+            self._on_project(self.state.project)
+
+    # ----- running -------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Start features + prototypes for all slides; False (with a notification) if it cannot start."""
+        project = self.state.project
+        if project is None:
+            notify("warning", "Open or create a project first ('Project and slides').")
+            return False
+        if not check_coarse(self.state):
+            return False
+        config = project.config.replace(
+            encoder=self.encoder.currentText() or project.config.encoder
+        )
+        pipeline = pipeline_for(project, config)
+
+        def task(ctx: TaskContext) -> list[PrototypeCard]:
+            pipeline.run(until="prototypes", progress=ctx.progress, cancel=ctx.cancel)
+            ctx.progress(0, 1, "reading example patches")
+            return prototype_cards(project, cancel=ctx.cancel)
+
+        return self.runner.start("Prototypes", task, on_done=self._on_cards)
+
+    def mark_selected(self, label: str | None) -> bool:
+        """Mark the selected prototype tumour / normal / ignore (None clears) and update pseudo-labels."""
+        gid = self.selected_prototype()
+        if gid is None:
+            notify("info", "Click a prototype in the list first.")
+            return False
+        return self.mark(gid, label)
+
+    def mark(self, global_id: int, label: str | None) -> bool:
+        """Set the pathologist's label of one global prototype and refresh the pseudo-labels layer."""
+        project = self.state.project
+        if project is None:
+            return False
+        pipeline = pipeline_for(project)
+
+        def task(ctx: TaskContext) -> tuple[int, str | None]:
+            project.set_prototype_label(global_id, label)
+            pipeline.update_pseudo_labels()
+            return global_id, label
+
+        return self.runner.start("Prototype label", task, on_done=self._on_marked)
+
+    # ----- results -------------------------------------------------------------------------
+
+    def _on_cards(self, cards: list[PrototypeCard]) -> None:
+        self.cards = cards
+        self._fill_table()
+        refresh_results(self.state)
+
+    def _on_marked(self, result: tuple[int, str | None]) -> None:
+        gid, label = result
+        for card in self.cards:
+            if card.global_id == gid:
+                card.label = label
+        self._fill_table(keep=gid)
+        refresh_results(self.state, show=(PSEUDO_LABELS,))
+
+    def _fill_table(self, keep: int | None = None) -> None:
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(self.cards))
+        for row, card in enumerate(self.cards):
+            name = QTableWidgetItem(f"{card.global_id}")
+            name.setData(Qt.ItemDataRole.UserRole, card.global_id)
+            name.setBackground(QColor(swatch_hex(card.global_id)))
+            name.setForeground(QColor("black"))
+            name.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.table.setItem(row, 0, name)
+            thumbs = QLabel()
+            thumbs.setPixmap(_pixmap(card.thumbs))
+            self.table.setCellWidget(row, 1, thumbs)
+            self.table.setItem(row, 2, QTableWidgetItem(f"{card.size}"))
+            mark = f" → {MARKS[card.label]}" if card.label in MARKS else ""
+            self.table.setItem(row, 3, QTableWidgetItem(f"{card.score:.2f}{mark}"))
+        self.table.blockSignals(False)
+        if keep is not None:
+            for row, card in enumerate(self.cards):
+                if card.global_id == keep:
+                    self.table.selectRow(row)
+        self._on_selection()
+
+    def selected_prototype(self) -> int | None:
+        """Global id of the prototype selected in the gallery, or None."""
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return None
+        item = self.table.item(rows[0].row(), 0)
+        return None if item is None else int(item.data(Qt.ItemDataRole.UserRole))
+
+    def _on_selection(self) -> None:
+        gid = self.selected_prototype()
+        for button in self.mark_buttons.values():
+            button.setEnabled(gid is not None)
+        if gid is not None:
+            self.highlight(gid)
+
+    def highlight(self, global_id: int) -> None:
+        """Show only the patches of one global prototype on the global-prototypes layer."""
+        layer = self.state.layer(GLOBAL_PROTOTYPES)
+        if layer is None:
+            return
+        layer.visible = True
+        layer.selected_label = global_id + 1
+        layer.show_selected_label = True
+
+    def show_all(self) -> None:
+        """Show every prototype again (undo a highlight)."""
+        layer = self.state.layer(GLOBAL_PROTOTYPES)
+        if layer is not None:
+            layer.show_selected_label = False
+
+    def style_layers(self) -> None:
+        """Colour the prototype layers: one hue per global prototype, shades for its local ones."""
+        glob = self.state.layer(GLOBAL_PROTOTYPES)
+        loc = self.state.layer(LOCAL_PROTOTYPES)
+        if glob is None:
+            return
+        gid = np.asarray(glob.data).astype(np.int64) - 1
+        glob.colormap = global_colormap(gid)
+        glob.opacity = 0.6
+        if loc is not None and loc.data.shape == glob.data.shape:
+            lid = np.asarray(loc.data).astype(np.int64) - 1
+            loc.colormap = local_colormap(lid, gid)
+            loc.opacity = 0.6
+
+    # ----- state signals -------------------------------------------------------------------
+
+    def _fill_encoders(self) -> None:
+        from protorefine.features import list_encoders
+
+        self.encoder.clear()
+        self.encoder.addItems(list_encoders())
+        project = self.state.project
+        if project is not None:
+            self.encoder.setCurrentText(project.config.encoder)
+
+    def _on_project(self, project) -> None:
+        self.cards = []
+        self.table.setRowCount(0)
+        if project is None:
+            return
+        self.encoder.setCurrentText(project.config.encoder)
+        if project.stage_done("prototypes"):
+            self.runner.start(
+                "Prototype gallery",
+                lambda ctx: prototype_cards(project, cancel=ctx.cancel),
+                on_done=self._on_gallery,
+            )
+
+    def _on_gallery(self, cards: list[PrototypeCard]) -> None:
+        self.cards = cards
+        self._fill_table()
+
+    def _on_slide(self, slide_id) -> None:
+        self.style_layers()
+
+    def _on_results(self, slide_id) -> None:
+        self.style_layers()

@@ -1,0 +1,113 @@
+"""Dock widget "Refine and train": pseudo-labels and classifier training with a live plot.
+
+Runs the rest of the pipeline (features and prototypes when missing,
+pseudo-labels, classifier rounds, output) in a worker thread on the configured
+device, plots training loss and agreement per round as they arrive, and shows the
+result as the "refined" Labels layer and the "confidence" image layer.
+"""
+
+from __future__ import annotations
+
+import napari
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from protorefine.napari.state import CONFIDENCE, REFINED, ProtorefineState, get_state
+from protorefine.napari.widgets._common import check_coarse, pipeline_for, refresh_results
+from protorefine.napari.widgets._plot import LinePlot
+from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+
+
+def device_text(name: str) -> str:
+    """Human words for the compute device a config name resolves to, e.g. "cuda (NVIDIA H100)"."""
+    from protorefine.features import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except Exception as exc:  # an unusable device name: say so instead of failing the widget
+        return f"{name}: {exc}"
+    if device.type == "cuda":
+        import torch
+
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "GPU: Apple MPS"
+    return "CPU (no GPU found)" if name == "auto" else "CPU"
+
+
+class RefineWidget(QWidget):
+    """Train the patch classifier on prototype-guided pseudo-labels and show the refined annotation."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state: ProtorefineState = get_state(napari_viewer)
+        self.history: list[dict] = []
+
+        intro = QLabel(
+            "Trains a patch classifier on the prototype-guided pseudo-labels, in rounds, "
+            "then turns its tumour probability into the refined outline."
+        )
+        intro.setWordWrap(True)
+        self.device_label = QLabel(device_text("auto"))
+        self.rounds = QSpinBox()
+        self.rounds.setRange(1, 20)
+        self.rounds.setToolTip("Rounds of re-finetuning on updated pseudo-labels (1 = train once)")
+        self.run_button = QPushButton("Refine and train")
+        self.run_button.setToolTip("Pseudo-labels, classifier training and the refined outline")
+        self.run_button.clicked.connect(self.run)
+        self.runner = TaskRunner(self.state)
+        self.plot = LinePlot(("loss", "agreement"))
+
+        form = QFormLayout()
+        form.addRow("Device", self.device_label)
+        form.addRow("Rounds", self.rounds)
+        lay = QVBoxLayout(self)
+        lay.addWidget(intro)
+        lay.addLayout(form)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.runner)
+        lay.addWidget(QLabel("Training per round"))
+        lay.addWidget(self.plot)
+        lay.addStretch(1)
+
+        self.state.project_changed.connect(self._on_project)
+        self._on_project(self.state.project)
+
+    def _on_project(self, project) -> None:
+        self.plot.clear()
+        if project is None:
+            self.rounds.setValue(3)
+            return
+        self.rounds.setValue(int(project.config.rounds))
+        self.device_label.setText(device_text(project.config.device))
+
+    def run(self, *, invalidate: str | None = None) -> bool:
+        """Start pseudo-labelling, training and output; ``invalidate`` reruns from that stage."""
+        project = self.state.project
+        if project is None:
+            notify("warning", "Open or create a project first ('Project and slides').")
+            return False
+        if not check_coarse(self.state):
+            return False
+        config = project.config.replace(rounds=int(self.rounds.value()))
+        pipeline = pipeline_for(project, config)
+        self.history = []
+        self.plot.clear()
+
+        def task(ctx: TaskContext) -> None:
+            if invalidate:
+                pipeline.invalidate(invalidate)
+            pipeline.run(progress=ctx.progress, cancel=ctx.cancel, on_round=ctx.send)
+
+        return self.runner.start(
+            "Refine and train", task, on_done=self._on_done, on_event=self._on_round
+        )
+
+    def _on_round(self, info: object) -> None:
+        if not isinstance(info, dict):
+            return
+        self.history.append(dict(info))
+        self.plot.add_point(loss=info.get("loss"), agreement=info.get("agreement"))
+
+    def _on_done(self, _result: object) -> None:
+        refresh_results(self.state, show=(REFINED, CONFIDENCE))

@@ -1,0 +1,499 @@
+"""Dock widget "Review and export": paint corrections, retrain, export, compare with ground truth.
+
+Corrections live on the "corrections" Labels layer of the patch grid (tumour /
+normal / none), are saved into the project on every stroke, and become hard
+labels when the classifier is retrained. The accepted refined outline goes out as
+QuPath GeoJSON and as NGFF labels inside the slide's OME-Zarr. When a
+ground-truth annotation is loaded, Dice of the coarse and refined outlines is
+shown. :func:`run_unattended` drives the whole flow without a person (the demo's
+``--screenshot``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from protorefine.errors import ProtorefineError
+from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL, corrections_from_labels
+from protorefine.napari.state import (
+    CONFIDENCE,
+    CORRECTIONS,
+    GLOBAL_PROTOTYPES,
+    LOCAL_PROTOTYPES,
+    PSEUDO_LABELS,
+    REFINED,
+    ProtorefineState,
+    get_state,
+)
+from protorefine.napari.widgets._common import check_coarse, pipeline_for, refresh_results
+from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+
+GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
+TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
+#: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
+NGFF_LABELS_NAME = "refined"
+
+
+class ReviewWidget(QWidget):
+    """Correct the refined outline by painting patches, retrain, export, and score against truth."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state: ProtorefineState = get_state(napari_viewer)
+        self.truth_path: Path | None = None
+        self.scores: dict[str, float] = {}
+        self._painted_layer = None
+
+        intro = QLabel(
+            "Paint patches the refinement got wrong, then retrain: painted patches are "
+            "hard labels. Export the accepted outline for QuPath."
+        )
+        intro.setWordWrap(True)
+
+        paint_box = QGroupBox("Corrections")
+        grid = QGridLayout(paint_box)
+        self.tumour_button = QPushButton("Paint tumour")
+        self.tumour_button.setToolTip("Brush: these patches are tumour")
+        self.normal_button = QPushButton("Paint normal")
+        self.normal_button.setToolTip("Brush: these patches are not tumour")
+        self.erase_button = QPushButton("Erase")
+        self.erase_button.setToolTip("Brush: remove corrections")
+        self.clear_button = QPushButton("Clear all")
+        self.clear_button.setToolTip("Remove every correction on this slide")
+        self.tumour_button.clicked.connect(lambda: self.start_painting(TUMOUR_LABEL))
+        self.normal_button.clicked.connect(lambda: self.start_painting(NORMAL_LABEL))
+        self.erase_button.clicked.connect(lambda: self.start_painting(0))
+        self.clear_button.clicked.connect(self.clear_corrections)
+        grid.addWidget(self.tumour_button, 0, 0)
+        grid.addWidget(self.normal_button, 0, 1)
+        grid.addWidget(self.erase_button, 1, 0)
+        grid.addWidget(self.clear_button, 1, 1)
+        self.count_label = QLabel("No corrections")
+        grid.addWidget(self.count_label, 2, 0, 1, 2)
+
+        self.retrain_button = QPushButton("Retrain with corrections")
+        self.retrain_button.setToolTip(
+            "Pseudo-labels and classifier again, corrections as hard labels"
+        )
+        self.retrain_button.clicked.connect(self.retrain)
+        self.runner = TaskRunner(self.state)
+
+        export_box = QGroupBox("Accept and export")
+        ex = QVBoxLayout(export_box)
+        self.geojson_button = QPushButton("Export refined outline (GeoJSON)…")
+        self.geojson_button.clicked.connect(self._on_export_geojson)
+        self.ngff_button = QPushButton("Write refined labels into the slide's OME-Zarr")
+        self.ngff_button.clicked.connect(self.export_ngff)
+        ex.addWidget(self.geojson_button)
+        ex.addWidget(self.ngff_button)
+
+        truth_box = QGroupBox("Ground truth")
+        tb = QVBoxLayout(truth_box)
+        self.truth_button = QPushButton("Load ground truth…")
+        self.truth_button.clicked.connect(self._on_load_truth)
+        self.dice_label = QLabel("No ground truth loaded")
+        self.dice_label.setWordWrap(True)
+        tb.addWidget(self.truth_button)
+        tb.addWidget(self.dice_label)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(intro)
+        lay.addWidget(paint_box)
+        lay.addWidget(self.retrain_button)
+        lay.addWidget(self.runner)
+        lay.addWidget(export_box)
+        lay.addWidget(truth_box)
+        lay.addStretch(1)
+
+        self.state.project_changed.connect(self._on_project)
+        self.state.slide_changed.connect(self._on_slide)
+        self.state.results_changed.connect(self._on_results)
+        self._on_slide(self.state.slide_id)
+
+    # ----- corrections ---------------------------------------------------------------------
+
+    def corrections_layer(self, create: bool = True):
+        """The current slide's "corrections" Labels layer, made empty on the patch grid if missing."""
+        layer = self.state.layer(CORRECTIONS)
+        if layer is None and create:
+            project = self.state.project
+            if project is None or self.state.slide_id is None:
+                notify("warning", "Pick a slide in 'Project and slides' first.")
+                return None
+            if not project.stage_done("grid"):
+                notify(
+                    "warning",
+                    "Compute prototypes first: corrections are painted on the patch grid.",
+                )
+                return None
+            grid = project.grid(self.state.slide_id)
+            layer = self.state.set_grid_layer(
+                CORRECTIONS, np.full((grid.rows, grid.cols), -1, np.int8)
+            )
+            layer.opacity = 0.8
+        if layer is not None and layer is not self._painted_layer:
+            layer.events.paint.connect(self._on_paint)
+            self._painted_layer = layer
+        return layer
+
+    def start_painting(self, label: int) -> None:
+        """Select the corrections layer in paint mode with ``label`` (0 erases)."""
+        layer = self.corrections_layer()
+        if layer is None:
+            return
+        layer.visible = True
+        self.viewer.layers.selection.active = layer
+        layer.selected_label = label
+        layer.mode = "paint" if label else "erase"
+        if label:
+            layer.show_selected_label = False
+        if layer.brush_size > 10:
+            layer.brush_size = 2
+
+    def paint_cells(self, rows: np.ndarray, cols: np.ndarray, label: int) -> int:
+        """Paint grid cells as a brush would (undoable, saved); return how many cells changed."""
+        layer = self.corrections_layer()
+        if layer is None:
+            return 0
+        rows, cols = np.asarray(rows, int), np.asarray(cols, int)
+        changed = int(np.count_nonzero(layer.data[rows, cols] != label))
+        layer.data_setitem((rows, cols), label)
+        self.save_corrections()
+        return changed
+
+    def clear_corrections(self) -> None:
+        """Remove every correction on the current slide (saved at once)."""
+        layer = self.corrections_layer(create=False)
+        if layer is None:
+            return
+        layer.data = np.zeros_like(layer.data)
+        self.save_corrections()
+
+    def _on_paint(self, _event=None) -> None:
+        self.save_corrections()
+
+    def save_corrections(self) -> bool:
+        """Write the corrections layer of the current slide into the project."""
+        layer = self.corrections_layer(create=False)
+        project, sid = self.state.project, self.state.slide_id
+        if layer is None or project is None or sid is None:
+            return False
+        values = corrections_from_labels(np.asarray(layer.data))
+        try:
+            project.set_corrections(sid, values)
+        except ProtorefineError as exc:
+            notify("error", str(exc))
+            return False
+        n_t, n_n = int((values == 1).sum()), int((values == 0).sum())
+        self.count_label.setText(
+            f"{n_t} tumour and {n_n} normal patch(es) corrected" if n_t + n_n else "No corrections"
+        )
+        return True
+
+    def retrain(self) -> bool:
+        """Save the corrections and rerun pseudo-labels, classifier and output in a worker thread."""
+        project = self.state.project
+        if project is None:
+            notify("warning", "Open or create a project first ('Project and slides').")
+            return False
+        if not check_coarse(self.state):
+            return False
+        self.save_corrections()
+        pipeline = pipeline_for(project)
+
+        def task(ctx: TaskContext) -> None:
+            pipeline.invalidate("pseudo_labels")
+            pipeline.run(progress=ctx.progress, cancel=ctx.cancel)
+
+        return self.runner.start("Retrain with corrections", task, on_done=self._on_retrained)
+
+    def _on_retrained(self, _result: object) -> None:
+        refresh_results(self.state, show=(REFINED,))
+
+    # ----- export --------------------------------------------------------------------------
+
+    def _refined_or_say(self):
+        project, sid = self.state.project, self.state.slide_id
+        if project is None or sid is None:
+            notify("warning", "Pick a slide in 'Project and slides' first.")
+            return None
+        if not project.stage_done("output"):
+            notify("warning", "There is no refined outline yet: run 'Refine and train' first.")
+            return None
+        return project.refined_annotations(sid)
+
+    def _on_export_geojson(self) -> None:
+        sid = self.state.slide_id or "refined"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export refined outline", f"{sid}.geojson", GEOJSON_FILTER
+        )
+        if path:
+            self.export_geojson(path)
+
+    def export_geojson(self, path: str | Path) -> Path | None:
+        """Write the current slide's refined outline as QuPath GeoJSON to ``path``."""
+        from protorefine.annotations import write_geojson
+
+        annset = self._refined_or_say()
+        if annset is None:
+            return None
+        try:
+            write_geojson(annset, path)
+        except (ProtorefineError, OSError) as exc:
+            notify("error", f"{path}: could not write ({exc})")
+            return None
+        notify("info", f"Refined outline of {self.state.slide_id} written to {path}")
+        return Path(path)
+
+    def export_ngff(self) -> Path | None:
+        """Write the refined mask as NGFF labels into the current slide's OME-Zarr."""
+        from protorefine.labels_export import write_refined_labels
+
+        if self._refined_or_say() is None:
+            return None
+        project, sid = self.state.project, self.state.slide_id
+        try:
+            out = write_refined_labels(project, sid, name=NGFF_LABELS_NAME)
+        except ProtorefineError as exc:
+            notify("error", str(exc))
+            return None
+        notify("info", f"Refined labels written to {out}")
+        return out
+
+    # ----- ground truth --------------------------------------------------------------------
+
+    def _on_load_truth(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load ground truth", "", TRUTH_FILTER)
+        if path:
+            self.load_truth(path)
+
+    def load_truth(self, path: str | Path) -> bool:
+        """Use ``path`` as the current slide's ground truth and compute Dice of coarse and refined."""
+        if self.state.project is None or self.state.slide_id is None:
+            notify("warning", "Pick a slide in 'Project and slides' first.")
+            return False
+        self.truth_path = Path(path)
+        return self.update_scores()
+
+    def update_scores(self) -> bool:
+        """Recompute Dice of the coarse and refined outlines against the loaded ground truth."""
+        from protorefine.slide_scores import score_slide
+
+        project, sid, truth = self.state.project, self.state.slide_id, self.truth_path
+        if project is None or sid is None or truth is None:
+            return False
+
+        def task(ctx: TaskContext) -> dict[str, dict[str, float]]:
+            return score_slide(project, sid, truth)
+
+        return self.runner.start("Dice against ground truth", task, on_done=self._on_scores)
+
+    def _on_scores(self, scores: dict[str, dict[str, float]]) -> None:
+        self.scores = {k: v["dice"] for k, v in scores.items()}
+        parts = [f"Dice coarse {self.scores['coarse']:.3f}"] if "coarse" in self.scores else []
+        if "refined" in self.scores:
+            parts.append(f"refined {self.scores['refined']:.3f}")
+        self.dice_label.setText(f"{self.truth_path.name}: " + ", ".join(parts))
+
+    # ----- state signals -------------------------------------------------------------------
+
+    def _on_project(self, _project) -> None:
+        self.truth_path = None
+        self.scores = {}
+        self.dice_label.setText("No ground truth loaded")
+
+    def _on_slide(self, slide_id) -> None:
+        self._painted_layer = None
+        self.truth_path = None
+        self.scores = {}
+        self.dice_label.setText("No ground truth loaded")
+        project = self.state.project
+        if project is None or slide_id is None:
+            self.count_label.setText("No corrections")
+            return
+        truth = project.ui_state.get("truth", {}).get(slide_id)
+        if truth and Path(truth).exists():
+            self.truth_path = Path(truth)
+            self.dice_label.setText(f"Ground truth: {self.truth_path.name}")
+        layer = self.corrections_layer(create=False)
+        if layer is not None:
+            self.save_corrections()
+
+    def _on_results(self, _slide_id) -> None:
+        self.corrections_layer(create=False)
+        if self.truth_path is not None and not self.runner.running:
+            self.update_scores()
+
+
+# ----- unattended flow ---------------------------------------------------------------------
+
+
+def wait_for(runner: TaskRunner, timeout: float = 600.0) -> str:
+    """Run the Qt event loop until ``runner`` is idle; return its outcome ("done", "cancelled", "error")."""
+    if runner.running:
+        loop = QEventLoop()
+        runner.finished.connect(loop.quit)
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+        timer.start(int(timeout * 1000))
+        loop.exec()
+        timer.stop()
+        runner.finished.disconnect(loop.quit)
+        if runner.running:
+            runner.cancel()
+            raise ProtorefineError(
+                f"unattended run: '{runner.status.text()}' took more than {timeout:.0f} s"
+            )
+    return runner.last_outcome
+
+
+def process_events(seconds: float) -> None:
+    """Keep the window live for ``seconds`` (lets napari draw before a screenshot)."""
+    end = time.monotonic() + seconds
+    app = QApplication.instance()
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def find_widgets(viewer) -> dict[str, QWidget]:
+    """The docked Prototypes, Refine and Review widgets of ``viewer``, docking any that are missing."""
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+    from protorefine.napari.widgets.refine import RefineWidget
+
+    found: dict[str, QWidget] = {}
+    window = viewer.window._qt_window
+    for key, cls, title in (
+        ("prototypes", PrototypesWidget, "Prototypes"),
+        ("refine", RefineWidget, "Refine and train"),
+        ("review", ReviewWidget, "Review and export"),
+    ):
+        existing = window.findChildren(cls)
+        if existing:
+            found[key] = existing[0]
+        else:
+            widget = cls(viewer)
+            viewer.window.add_dock_widget(widget, name=title, area="right")
+            found[key] = widget
+    return found
+
+
+def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
+    """Paint a pathologist-like correction on the current slide; return how many cells were painted.
+
+    With the slide's ground truth known (the demo cohort), the cells where the
+    refined outline disagrees with it get the true label; otherwise the refined
+    tumour cells the classifier was least sure of are painted normal.
+    """
+    state = review.state
+    project, sid = state.project, state.slide_id
+    refined = np.asarray(project.result_grid(sid, "refined")).astype(bool)
+    prob = np.asarray(project.result_grid(sid, "prob"), dtype=float)
+    grid = project.grid(sid)
+    tissue = grid.tissue.reshape(grid.rows, grid.cols)
+    truth_file = project.ui_state.get("truth", {}).get(sid)
+    if truth_file and Path(truth_file).exists():
+        from protorefine.annotations import rasterize, read_annotations
+
+        truth = rasterize(read_annotations(truth_file), grid.shape, grid.downsample)
+        truth = _fit(truth, refined.shape)
+        rr, cc = np.nonzero(tissue & (truth != refined))
+        labels = np.where(truth[rr, cc], TUMOUR_LABEL, NORMAL_LABEL)
+    else:
+        rr, cc = np.nonzero(tissue & refined)
+        order = np.argsort(prob[rr, cc])
+        rr, cc = rr[order], cc[order]
+        labels = np.full(len(rr), NORMAL_LABEL)
+    rr, cc, labels = rr[:max_cells], cc[:max_cells], labels[:max_cells]
+    painted = 0
+    for value in (TUMOUR_LABEL, NORMAL_LABEL):
+        pick = labels == value
+        if pick.any():
+            painted += review.paint_cells(rr[pick], cc[pick], value)
+    return painted
+
+
+def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or pad a mask to ``shape`` (rasterised grids may differ by one cell at the edge)."""
+    out = np.zeros(shape, bool)
+    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
+    out[:h, :w] = mask[:h, :w]
+    return out
+
+
+def run_unattended(
+    viewer, state: ProtorefineState, screenshot_path, *, timeout: float = 600.0
+) -> Path:
+    """Prototypes → refine → one painted correction → retrain through the widgets, then a screenshot.
+
+    Waits for each worker with the Qt event loop running, shows the prototype and
+    refined layers, and saves a screenshot of the whole window to ``screenshot_path``.
+    Raises ProtorefineError when a step fails.
+    """
+    from skimage.io import imsave
+
+    from protorefine._atomic import atomic_path
+
+    widgets = find_widgets(viewer)
+    protos, refine, review = widgets["prototypes"], widgets["refine"], widgets["review"]
+    steps = (
+        ("prototypes", protos.run, protos.runner),
+        ("refine and train", refine.run, refine.runner),
+    )
+    for name, start, runner in steps:
+        if not start():
+            raise ProtorefineError(f"unattended run: the {name} step could not start")
+        outcome = wait_for(runner, timeout)
+        if outcome != "done":
+            raise ProtorefineError(f"unattended run: {name} step {outcome}: {runner.last_message}")
+    painted = demo_correction(review)
+    if not review.retrain():
+        raise ProtorefineError("unattended run: retraining could not start")
+    if wait_for(review.runner, timeout) != "done":
+        raise ProtorefineError(f"unattended run: retraining failed: {review.runner.last_message}")
+    if review.truth_path is not None:
+        review.update_scores()
+        wait_for(review.runner, timeout)
+    show_final_layers(state)
+    if protos.cards:
+        protos.table.selectRow(0)
+        protos.show_all()
+    review.count_label.setText(review.count_label.text() + f" (unattended: {painted} painted)")
+    viewer.reset_view()
+    process_events(1.0)
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    with atomic_path(screenshot_path) as tmp:
+        imsave(tmp, np.asarray(image)[..., :3], check_contrast=False)
+    return Path(screenshot_path)
+
+
+def show_final_layers(state: ProtorefineState) -> None:
+    """Show global prototypes under the refined outline; hide the layers that would cover them."""
+    visible = {GLOBAL_PROTOTYPES: True, REFINED: True, CORRECTIONS: True}
+    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE):
+        visible[name] = False
+    for name, on in visible.items():
+        layer = state.layer(name)
+        if layer is not None:
+            layer.visible = on
+    refined = state.layer(REFINED)
+    if refined is not None:
+        refined.contour = 2
+        refined.opacity = 1.0

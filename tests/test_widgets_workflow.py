@@ -1,0 +1,372 @@
+"""GUI tests of the Prototypes, Refine and Review widgets, driven as a user would.
+
+Tiny synthetic OME-Zarr slides, the weight-free ``colour-texture`` encoder and a
+32-pixel patch grid keep each test to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from protorefine.annotations import read_geojson, vectorize, write_geojson  # noqa: E402
+from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
+from protorefine.napari.state import (  # noqa: E402
+    CONFIDENCE,
+    CORRECTIONS,
+    GLOBAL_PROTOTYPES,
+    LOCAL_PROTOTYPES,
+    PSEUDO_LABELS,
+    REFINED,
+    get_state,
+)
+from protorefine.project import Project  # noqa: E402
+from protorefine.refine.config import RefineConfig  # noqa: E402
+
+SLIDE_SHAPE = (768, 768)
+N_SLIDES = 2
+#: The quality bar: the event loop never stalls longer than this while a run is in progress.
+MAX_GAP_S = 0.2
+
+
+def small_config(**changes) -> RefineConfig:
+    """A config that runs the whole pipeline on the tiny cohort in seconds."""
+    base = dict(
+        encoder="colour-texture",
+        patch_size=32,
+        device="cpu",
+        epochs=4,
+        finetune_epochs=2,
+        rounds=2,
+        samples_per_epoch=1024,
+        local_k_max=6,
+        global_k_max=8,
+    )
+    base.update(changes)
+    return RefineConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> list[dict]:
+    """Synthetic slides as OME-Zarr with their true and coarse outlines (built once per session)."""
+    from protorefine.slides import convert_to_ome_zarr
+    from protorefine.synthetic import synthetic_slide
+
+    folder = tmp_path_factory.mktemp("cohort")
+    items = []
+    for i in range(N_SLIDES):
+        slide, truth, ds = synthetic_slide(SLIDE_SHAPE, seed=i + 3, tile=256)
+        name = f"syn{i}"
+        slide.name = name
+        path = convert_to_ome_zarr(slide, folder / f"{name}.zarr")
+        truth_set = vectorize(truth, ds)
+        truth_path = folder / f"{name}_truth.geojson"
+        write_geojson(truth_set, truth_path)
+        coarse = vectorize(truth, ds)
+        for ann in coarse.annotations:  # a generous hand-drawn outline: dilated and simplified
+            ann.geometry = ann.geometry.buffer(40).simplify(12)
+        items.append({"id": name, "path": Path(path), "truth": truth_path, "coarse": coarse})
+    return items
+
+
+def make_project(folder: Path, cohort: list[dict], *, coarse: bool = True, **config) -> Project:
+    """A fresh project over the shared cohort slides."""
+    project = Project.create(folder, small_config(**config))
+    for item in cohort:
+        entry = project.add_slide(item["path"])
+        if coarse:
+            project.set_coarse(entry.id, item["coarse"])
+    project.ui_state["truth"] = {item["id"]: str(item["truth"]) for item in cohort}
+    project.save_ui_state()
+    return project
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    got: list[str] = []
+
+    def record(event) -> None:
+        got.append(str(getattr(event, "message", event)))
+
+    notification_manager.notification_ready.connect(record)
+    yield got
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path, cohort):
+    """A viewer with a fresh project open on its first slide and the three workflow widgets."""
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+    from protorefine.napari.widgets.refine import RefineWidget
+    from protorefine.napari.widgets.review import ReviewWidget
+
+    def build(*, coarse: bool = True, **config):
+        viewer = make_napari_viewer()
+        project = make_project(tmp_path / "project", cohort, coarse=coarse, **config)
+        state = get_state(viewer)
+        protos, refine, review = (
+            PrototypesWidget(viewer),
+            RefineWidget(viewer),
+            ReviewWidget(viewer),
+        )
+        for w, name in (
+            (protos, "Prototypes"),
+            (refine, "Refine and train"),
+            (review, "Review and export"),
+        ):
+            viewer.window.add_dock_widget(w, name=name)
+        state.set_project(project)
+        state.show_slide(project.slides[0].id)
+        return viewer, state, protos, refine, review
+
+    return build
+
+
+class GapMeter:
+    """Records the longest interval between 10 ms QTimer ticks: how long the event loop stalled."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = 0.0
+        self.longest = 0.0
+        self.ticks = 0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+        self.ticks += 1
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+def run_and_measure(qtbot, runner, start, timeout_ms: int = 120_000) -> GapMeter:
+    """Start a widget action, tick the event loop until its worker ends, return the gap meter."""
+    meter = GapMeter()
+    meter.start()
+    with qtbot.waitSignal(runner.finished, timeout=timeout_ms):
+        assert start() is True
+    meter.stop()
+    return meter
+
+
+def finish(qtbot, runner, start, timeout_ms: int = 120_000) -> None:
+    """Start a widget action and wait until it succeeded."""
+    with qtbot.waitSignal(runner.finished, timeout=timeout_ms):
+        assert start() is True
+    assert runner.last_outcome == "done", runner.last_message
+
+
+def test_prototypes_show_consistent_layers_and_gallery_without_blocking(qtbot, gui):
+    viewer, state, protos, _, _ = gui()
+    meter = run_and_measure(qtbot, protos.runner, protos.run)
+    assert protos.runner.last_outcome == "done", protos.runner.last_message
+    assert meter.ticks > 10
+    assert meter.longest < MAX_GAP_S, f"event loop blocked {meter.longest * 1000:.0f} ms"
+
+    project = state.project
+    grid = project.grid(state.slide_id)
+    glob, loc = viewer.layers[GLOBAL_PROTOTYPES], viewer.layers[LOCAL_PROTOTYPES]
+    assert glob.data.shape == loc.data.shape == (grid.rows, grid.cols)
+    tissue = grid.tissue.reshape(grid.rows, grid.cols)
+    assert (glob.data[tissue] > 0).all() and (glob.data[~tissue] == 0).all()
+    # the layers lie over the slide: same world extent as the image (within one cell)
+    image = state.image_layer
+    img_extent = np.asarray(image.extent.world)
+    assert np.allclose(np.asarray(glob.extent.world), img_extent, atol=glob.scale[0] + 1e-6)
+    # a local prototype is drawn in the hue of its global family
+    import colorsys
+
+    gcols = glob.colormap.map(glob.data[tissue])
+    lcols = loc.colormap.map(loc.data[tissue])
+    ghue = np.array([colorsys.rgb_to_hsv(*c[:3])[0] for c in gcols])
+    lhue = np.array([colorsys.rgb_to_hsv(*c[:3])[0] for c in lcols])
+    same = np.isclose(ghue, lhue, atol=0.02) | np.isclose(np.abs(ghue - lhue), 1.0, atol=0.02)
+    assert same.mean() > 0.9
+    # gallery: one row per global prototype with thumbnails of tissue, sizes adding up
+    scores = project.global_scores()
+    assert protos.table.rowCount() == len(protos.cards) == len(scores)
+    total = sum(int(project.grid(s.id).tissue.sum()) for s in project.slides)
+    assert sum(c.size for c in protos.cards) == total
+    assert all(c.thumbs.mean() < 250 for c in protos.cards if c.size)
+    # clicking a prototype highlights its patches
+    protos.table.selectRow(2)
+    gid = protos.selected_prototype()
+    assert glob.show_selected_label and glob.selected_label == gid + 1
+    protos.show_all()
+    assert not glob.show_selected_label
+
+
+def test_prototype_relabel_updates_pseudo_labels(qtbot, gui):
+    viewer, state, protos, _, _ = gui()
+    finish(qtbot, protos.runner, protos.run)
+    pseudo = viewer.layers[PSEUDO_LABELS]
+    glob = viewer.layers[GLOBAL_PROTOTYPES]
+    # the prototype with the most patches on this slide that are now pseudo-normal
+    ids, counts = np.unique(glob.data[pseudo.data == NORMAL_LABEL], return_counts=True)
+    gid = int(ids[np.argmax(counts)]) - 1
+    cells = glob.data == gid + 1
+    assert (pseudo.data[cells] == NORMAL_LABEL).any()
+    row = next(i for i, c in enumerate(protos.cards) if c.global_id == gid)
+    protos.table.selectRow(row)
+    with qtbot.waitSignal(protos.runner.finished, timeout=60_000):
+        protos.mark_buttons["tumour"].click()
+    assert protos.runner.last_outcome == "done", protos.runner.last_message
+    assert state.project.prototype_labels() == {gid: "tumour"}
+    assert (viewer.layers[PSEUDO_LABELS].data[cells] == TUMOUR_LABEL).all()
+    assert "Tumour" in protos.table.item(row, 3).text()
+    # and back: clearing the mark restores the computed pseudo-labels
+    with qtbot.waitSignal(protos.runner.finished, timeout=60_000):
+        protos.mark_buttons[None].click()
+    assert state.project.prototype_labels() == {}
+    assert (viewer.layers[PSEUDO_LABELS].data[cells] == NORMAL_LABEL).any()
+
+
+def test_refine_trains_with_live_plot_without_blocking(qtbot, gui):
+    viewer, state, protos, refine, _ = gui()
+    finish(qtbot, protos.runner, protos.run)
+    rounds_seen = []
+    refine.runner.finished.connect(lambda *_: rounds_seen.append(len(refine.plot.series["loss"])))
+    meter = run_and_measure(qtbot, refine.runner, refine.run)
+    assert refine.runner.last_outcome == "done", refine.runner.last_message
+    assert meter.longest < MAX_GAP_S, f"event loop blocked {meter.longest * 1000:.0f} ms"
+    assert "CPU" in refine.device_label.text()
+    # the live plot got one point per round, as the rounds arrived
+    assert rounds_seen == [refine.rounds.value()]
+    assert len(refine.history) == refine.rounds.value()
+    assert all(0.0 <= h["agreement"] <= 1.0 for h in refine.history)
+    grid = state.project.grid(state.slide_id)
+    refined, confidence = viewer.layers[REFINED], viewer.layers[CONFIDENCE]
+    assert refined.data.shape == confidence.data.shape == (grid.rows, grid.cols)
+    assert refined.visible and confidence.visible
+    stored = state.project.result_grid(state.slide_id, "refined")
+    assert np.array_equal(refined.data == TUMOUR_LABEL, stored)
+    assert 0 < stored.sum() < grid.tissue.sum()
+
+
+def test_cancel_stops_within_a_second_and_project_reopens(qtbot, gui):
+    viewer, state, _, refine, _ = gui(epochs=60, finetune_epochs=30, samples_per_epoch=8192)
+    folder = state.project.folder
+    assert refine.run() is True
+    qtbot.waitUntil(lambda: "classifier" in refine.runner.status.text(), timeout=120_000)
+    with qtbot.waitSignal(refine.runner.finished, timeout=5_000):
+        refine.runner.cancel_button.click()
+    assert refine.runner.last_outcome == "cancelled"
+    assert refine.runner.finished_at - refine.runner.cancel_requested_at < 1.0
+    assert REFINED not in viewer.layers
+    reopened = Project.open(folder)
+    assert reopened.stage_done("prototypes") and not reopened.stage_done("classifier")
+    # a second run resumes from the classifier and finishes
+    reopened.set_config(reopened.config.replace(epochs=2, finetune_epochs=1, samples_per_epoch=512))
+    state.set_project(reopened)
+    state.show_slide(reopened.slides[0].id)
+    refine.rounds.setValue(1)
+    finish(qtbot, refine.runner, refine.run)
+    assert REFINED in viewer.layers
+
+
+def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
+    viewer, state, protos, refine, review = gui()
+    finish(qtbot, refine.runner, refine.run)
+    refined_before = viewer.layers[REFINED].data.copy()
+    rr, cc = np.nonzero(refined_before == TUMOUR_LABEL)
+    pick = slice(0, 12)
+    review.start_painting(NORMAL_LABEL)
+    layer = viewer.layers[CORRECTIONS]
+    assert viewer.layers.selection.active is layer and layer.mode == "paint"
+    assert review.paint_cells(rr[pick], cc[pick], NORMAL_LABEL) == len(rr[pick])
+    stored = state.project.corrections(state.slide_id)
+    assert (stored[rr[pick], cc[pick]] == 0).all() and (stored >= 0).sum() == len(rr[pick])
+    assert "12 normal" in review.count_label.text()
+    meter = run_and_measure(qtbot, review.runner, review.retrain)
+    assert review.runner.last_outcome == "done", review.runner.last_message
+    assert meter.longest < MAX_GAP_S, f"event loop blocked {meter.longest * 1000:.0f} ms"
+    refined_after = viewer.layers[REFINED].data
+    assert (refined_after[rr[pick], cc[pick]] == 0).all()
+    assert (refined_before[rr[pick], cc[pick]] == TUMOUR_LABEL).all()
+
+
+def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
+    viewer, state, _, refine, review = gui()
+    assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
+    assert not (tmp_path / "early.geojson").exists()
+    finish(qtbot, refine.runner, refine.run)
+    out = review.export_geojson(tmp_path / "refined.geojson")
+    assert out is not None
+    back = read_geojson(out)
+    data = json.loads(out.read_text())
+    assert data["type"] == "FeatureCollection" and len(back) >= 1
+    grid = state.project.grid(state.slide_id)
+    area = sum(a.geometry.area for a in back)
+    mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
+    assert abs(area - mask_area) / mask_area < 0.1
+    # NGFF labels inside the slide's zarr
+    labels_dir = review.export_ngff()
+    assert labels_dir is not None and (labels_dir / "0").exists()
+    import zarr
+
+    arr = zarr.open_array(labels_dir / "0", mode="r")
+    assert arr.shape[-2:] == (grid.rows, grid.cols)
+    # Dice against the cohort's ground truth (loaded from the project's ui_state)
+    assert review.truth_path is not None
+    with qtbot.waitSignal(review.runner.finished, timeout=60_000):
+        review.update_scores()
+    assert set(review.scores) == {"coarse", "refined"}
+    assert "Dice coarse" in review.dice_label.text()
+    assert 0.0 < review.scores["refined"] <= 1.0
+
+
+def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):
+    viewer, state, protos, refine, review = gui(coarse=False)
+    layers_before = [layer.name for layer in viewer.layers]
+    assert refine.run() is False
+    assert protos.run() is False
+    assert review.retrain() is False
+    assert any("No coarse tumour outline" in n and "syn0" in n for n in notes)
+    assert not refine.runner.running and not protos.runner.running
+    assert [layer.name for layer in viewer.layers] == layers_before
+    assert not (state.project.folder / "stages").exists() or not any(
+        (state.project.folder / "stages").iterdir()
+    )
+
+
+def test_one_run_at_a_time(qtbot, gui, notes):
+    viewer, state, protos, refine, _ = gui()
+    assert protos.run() is True
+    assert refine.run() is False
+    assert any("still running" in n for n in notes)
+    with qtbot.waitSignal(protos.runner.finished, timeout=120_000):
+        pass
+    assert protos.runner.last_outcome == "done"
+
+
+def test_run_unattended_saves_a_window_screenshot(qtbot, gui, tmp_path):
+    from skimage.io import imread
+
+    from protorefine.napari.widgets.review import run_unattended
+
+    viewer, state, *_ = gui()
+    shot = run_unattended(viewer, state, tmp_path / "demo.png")
+    image = imread(shot)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 400
+    assert viewer.layers[GLOBAL_PROTOTYPES].visible and viewer.layers[REFINED].visible
+    assert (state.project.corrections(state.slide_id) >= 0).any()
+    assert state.project.stage_done("output")
