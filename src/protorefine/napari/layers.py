@@ -123,7 +123,7 @@ def shapes_layer_data(
         "scale": (s, s),
         "units": _units(mpp),
         "shape_type": list(types) if types else "polygon",
-        "features": {"classification": list(classes)},
+        "features": _class_features(classes),
         "feature_defaults": {"classification": "Tumor"},
         "edge_color": edge if edge else "#ffd400",
         "face_color": "transparent",
@@ -132,6 +132,13 @@ def shapes_layer_data(
         "metadata": {META_MPP: mpp, META_PIXEL_SCALE: s},
     }
     return (data, meta, "shapes")
+
+
+def _class_features(classes: Sequence[str]) -> Any:
+    """A features table with a string ``classification`` column (also when empty)."""
+    import pandas as pd
+
+    return pd.DataFrame({"classification": pd.Series(list(classes), dtype=object)})
 
 
 def coarse_shapes_layer(
@@ -203,10 +210,9 @@ def shapes_from_world(
         s = (metadata or {}).get(META_PIXEL_SCALE) or None
     s_arr = np.asarray([s, s], dtype=float) if s else np.asarray(scale, dtype=float)
     level0 = [(np.asarray(d, dtype=float)[:, -2:] * scale + translate) / s_arr for d in data]
+    if classes is not None and len(classes) == len(level0):
+        return convert(level0, list(shape_types), 1.0, classification=list(classes))
     annset = convert(level0, list(shape_types), 1.0)
-    if classes is not None and len(classes) == len(annset.annotations):
-        for ann, cls in zip(annset.annotations, classes, strict=True):
-            ann.classification = cls
     return annset
 
 

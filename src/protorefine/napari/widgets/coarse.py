@@ -194,7 +194,7 @@ class CoarseWidget(QWidget):
                     edge_color=meta["edge_color"],
                     face_color="transparent",
                 )
-                layer.features = {"classification": meta["features"]["classification"]}
+                layer.features = meta["features"]
         finally:
             self._muted = False
 

@@ -1,0 +1,260 @@
+"""GUI tests of the "Project and slides" and "Coarse annotation" dock widgets, driven as a user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+MPP = 0.25
+
+
+def _pyramid_tiff(path: Path, size: tuple[int, int] = (1024, 768), seed: int = 0) -> Path:
+    """A small tiled pyramidal RGB TIFF with microns per pixel."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(120, 255, (*size, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(
+            img,
+            tile=(256, 256),
+            subifds=1,
+            resolution=(1e4 / MPP, 1e4 / MPP),
+            resolutionunit="CENTIMETER",
+            photometric="rgb",
+        )
+        tif.write(img[::2, ::2], tile=(256, 256), subfiletype=1, photometric="rgb")
+    return path
+
+
+def _geojson(path: Path, x0: float, y0: float, x1: float, y1: float) -> Path:
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+    }
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+@pytest.fixture
+def notes():
+    """Collects napari notifications shown during the test as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def record(event) -> None:
+        seen.append((str(event.severity), str(event.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def slides(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    return [
+        _pyramid_tiff(folder / "case_a.tif", (1024, 768), 0),
+        _pyramid_tiff(folder / "case_b.tif", (512, 1024), 1),
+    ]
+
+
+@pytest.fixture
+def widgets(make_napari_viewer):
+    from protorefine.napari.widgets.coarse import CoarseWidget
+    from protorefine.napari.widgets.project import ProjectWidget
+
+    viewer = make_napari_viewer()
+    project_widget = ProjectWidget(viewer)
+    coarse_widget = CoarseWidget(viewer)
+    viewer.window.add_dock_widget(project_widget, name="Project and slides")
+    viewer.window.add_dock_widget(coarse_widget, name="Coarse annotation")
+    return viewer, project_widget, coarse_widget
+
+
+def _images(viewer) -> list:
+    from napari.layers import Image
+
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def test_create_add_list_and_show(widgets, slides, tmp_path: Path) -> None:
+    viewer, pw, _ = widgets
+    pw.create_project(tmp_path / "proj")
+    added = pw.add_slides(slides)
+    assert added == ["case_a", "case_b"]
+    rows = [
+        [pw.table.item(r, c).text() for c in range(pw.table.columnCount())]
+        for r in range(pw.table.rowCount())
+    ]
+    assert rows == [
+        ["case_a", "768 × 1024", "2", "0.250"],
+        ["case_b", "1024 × 512", "2", "0.250"],
+    ]
+    # the first slide is on screen, as one multiscale image with its coarse layer over it
+    (image,) = _images(viewer)
+    assert image.name == "case_a" and image.multiscale
+    assert tuple(image.scale) == pytest.approx((MPP, MPP))
+    assert "coarse" in viewer.layers
+    assert tuple(viewer.layers["coarse"].scale) == pytest.approx((MPP, MPP))
+
+
+def test_switching_slides_swaps_layers(widgets, slides, tmp_path: Path) -> None:
+    viewer, pw, _ = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides)
+    pw.table.selectRow(1)  # as a click on the second row
+    (image,) = _images(viewer)
+    assert image.name == "case_b"
+    assert image.data[0].shape[:2] == (512, 1024)
+    assert [layer.name for layer in viewer.layers].count("coarse") == 1
+    saved = json.loads((tmp_path / "proj" / "ui_state.json").read_text())
+    assert saved["current_slide"] == "case_b"
+
+
+def test_reopen_restores_slide_and_view(
+    make_napari_viewer, widgets, slides, tmp_path: Path
+) -> None:
+    from protorefine.napari.widgets.project import ProjectWidget
+
+    viewer, pw, _ = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides)
+    pw.select_slide("case_b")
+    viewer.camera.center = (60.0, 90.0)
+    viewer.camera.zoom = 3.0
+    pw.save_view()
+
+    viewer2 = make_napari_viewer()
+    pw2 = ProjectWidget(viewer2)
+    pw2.open_project(tmp_path / "proj")
+    assert pw2.state.slide_id == "case_b"
+    assert [im.name for im in _images(viewer2)] == ["case_b"]
+    assert tuple(viewer2.camera.center[-2:]) == pytest.approx((60.0, 90.0))
+    assert viewer2.camera.zoom == pytest.approx(3.0)
+    assert pw2.table.rowCount() == 2
+
+
+def test_adding_a_file_that_is_not_a_slide_is_refused(
+    widgets, slides, tmp_path: Path, notes
+) -> None:
+    viewer, pw, _ = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    bad = tmp_path / "notes.svs"
+    bad.write_bytes(b"this is not a slide at all")
+    before = [layer.name for layer in viewer.layers]
+    assert pw.add_slides([bad]) == []
+    assert any(sev == "error" and "notes.svs" in msg for sev, msg in notes)
+    assert [s.id for s in pw.state.project.slides] == ["case_a"]
+    assert [layer.name for layer in viewer.layers] == before
+    assert pw.table.rowCount() == 1
+
+
+def test_opening_a_folder_that_is_not_a_project(widgets, tmp_path: Path, notes) -> None:
+    _, pw, _ = widgets
+    (tmp_path / "empty").mkdir()
+    assert pw.open_project(tmp_path / "empty") is None
+    assert pw.state.project is None
+    assert any(sev == "error" and "not a protorefine project" in msg for sev, msg in notes)
+
+
+def test_add_open_image_layers(widgets, slides, tmp_path: Path) -> None:
+    viewer, pw, _ = widgets
+    pw.create_project(tmp_path / "proj")
+    viewer.open(str(slides[1]), plugin="protorefine")  # as a file dropped on the viewer
+    assert pw.add_open_layers() == ["case_b"]
+    assert [s.id for s in pw.state.project.slides] == ["case_b"]
+    (image,) = _images(viewer)  # the dropped layer was replaced by the project's slide
+    assert image is pw.state.image_layer
+
+
+def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path) -> None:
+    from protorefine.project import Project
+
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    cw.set_mode("add_polygon_lasso")
+    assert viewer.layers["coarse"].mode == "add_polygon_lasso"
+    layer = cw.layer
+    layer.add_polygons([np.array([[100.0, 200.0], [100.0, 400.0], [300.0, 400.0], [300.0, 200.0]])])
+    saved = Project.open(tmp_path / "proj").coarse("case_a")
+    assert saved is not None and len(saved) == 1
+    assert saved.annotations[0].geometry.bounds == pytest.approx((200, 100, 400, 300))
+    # moving a vertex is an edit too
+    data = [d.copy() for d in layer.data]
+    data[0][0] = [50.0, 150.0]
+    layer.data = data
+    saved = Project.open(tmp_path / "proj").coarse("case_a")
+    assert saved.annotations[0].geometry.bounds[:2] == pytest.approx((150, 50))
+
+
+def test_coarse_import_export_geojson_and_xml(widgets, slides, tmp_path: Path) -> None:
+    from protorefine.annotations import read_annotations
+
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    assert cw.import_file(_geojson(tmp_path / "in.geojson", 100, 50, 500, 700))
+    layer = viewer.layers["coarse"]
+    assert len(layer.data) == 1
+    yx = np.asarray(layer.data[0])
+    assert (yx[:, 0].min(), yx[:, 1].min(), yx[:, 0].max(), yx[:, 1].max()) == pytest.approx(
+        (50, 100, 700, 500)
+    )
+    assert pw.state.project.coarse("case_a").annotations[0].geometry.bounds == pytest.approx(
+        (100, 50, 500, 700)
+    )
+    for name in ("out.geojson", "out.xml"):
+        out = cw.export_file(tmp_path / name)
+        assert out is not None
+        back = read_annotations(out)
+        assert back.annotations[0].geometry.bounds == pytest.approx((100, 50, 500, 700))
+
+
+def test_coarse_import_for_another_slide_changes_nothing(
+    widgets, slides, tmp_path: Path, notes
+) -> None:
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    cw.import_file(_geojson(tmp_path / "mine.geojson", 100, 50, 500, 700))
+    before = [d.copy() for d in viewer.layers["coarse"].data]
+    stored = pw.state.project.coarse_path("case_a").read_bytes()
+
+    big = _geojson(tmp_path / "other_slide.geojson", 20000, 30000, 40000, 50000)
+    assert not cw.import_file(big)
+    garbage = tmp_path / "garbage.geojson"
+    garbage.write_text("{ not json")
+    assert not cw.import_file(garbage)
+
+    errors = [msg for sev, msg in notes if sev == "error"]
+    assert any("other_slide.geojson" in m and "another slide" in m for m in errors)
+    assert any("garbage.geojson" in m for m in errors)
+    after = viewer.layers["coarse"].data
+    assert len(after) == len(before) and all(
+        np.allclose(a, b) for a, b in zip(after, before, strict=True)
+    )
+    assert pw.state.project.coarse_path("case_a").read_bytes() == stored
+
+
+def test_coarse_layer_follows_the_slide(widgets, slides, tmp_path: Path) -> None:
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides)
+    cw.import_file(_geojson(tmp_path / "a.geojson", 10, 10, 300, 300))
+    pw.select_slide("case_b")
+    assert len(viewer.layers["coarse"].data) == 0
+    assert cw.layer is viewer.layers["coarse"]
+    pw.select_slide("case_a")
+    assert len(viewer.layers["coarse"].data) == 1
