@@ -31,6 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from protorefine._atomic import atomic_write_text
 from protorefine.annotations._files import read_input_text
+from protorefine.annotations.asap import ASAP_GROUP
 from protorefine.annotations.classes import class_color, polygonal
 from protorefine.annotations.model import UNCLASSIFIED, Annotation, AnnotationSet
 from protorefine.annotations.validate import clean
@@ -38,6 +39,7 @@ from protorefine.errors import ProtorefineError
 
 #: Property key under which the classification colour read from a file is kept.
 CLASS_COLOR = "class_color"
+_INTERNAL_KEYS = (CLASS_COLOR, ASAP_GROUP)
 _POLYGONAL = ("Polygon", "MultiPolygon", "GeometryCollection")
 _SKIPPED_OBJECTS = ("detection", "cell", "tile")
 _GEOMETRY_TYPES = (
@@ -236,10 +238,10 @@ def feature(ann: Annotation) -> dict:
     if ann.classification and ann.classification != UNCLASSIFIED:
         color = _rgb(ann.properties.get(CLASS_COLOR)) or list(class_color(ann.classification))
         props["classification"] = {"name": ann.classification, "color": color}
-    props.setdefault("isLocked", False)
     for k, v in ann.properties.items():
-        if k != CLASS_COLOR and k not in props:
+        if k not in _INTERNAL_KEYS and k not in props:
             props[k] = v
+    props.setdefault("isLocked", False)
     return {
         "type": "Feature",
         "id": ann.id or str(uuid.uuid4()),

@@ -2,7 +2,9 @@
 
 A mask pixel ``(r, c)`` at downsample ``d`` covers level-0 ``[c d, (c+1) d) x [r d, (r+1) d)``.
 ``rasterize`` sets a pixel when its centre ``((c + 0.5) d, (r + 0.5) d)`` is inside the
-geometry (even-odd scanline fill over every ring, so holes are respected);
+geometry (even-odd scanline fill over every ring, so holes are respected; a centre
+exactly on an edge counts as inside on top/left edges and outside on bottom/right ones,
+so ``box(0, 0, W, H)`` fills exactly ``W x H`` pixels);
 ``vectorize`` traces the pixel edges, so its polygons pass exactly between set and
 unset pixel centres.
 """
@@ -91,8 +93,8 @@ def rasterize(
     yc = rows + 0.5
     slope = (x1 - x0) / (y1 - y0)
     xc = x0[edge] + (yc - y0[edge]) * slope[edge]
-    # a crossing at x toggles every pixel whose centre c + 0.5 lies right of x
-    cols = np.clip(np.floor(xc - 0.5) + 1, 0, w).astype(np.int64)
+    # a crossing at x toggles every pixel whose centre c + 0.5 is at or right of x
+    cols = np.clip(np.ceil(xc - 0.5), 0, w).astype(np.int64)
     flat = rows * (w + 1) + cols
     idx, counts = np.unique(flat, return_counts=True)
     toggles = np.zeros(h * (w + 1), dtype=bool)
