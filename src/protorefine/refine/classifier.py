@@ -85,7 +85,9 @@ def _train_epochs(
     cancel: Cancel,
 ) -> float:
     """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=config.weight_decay, foreach=True
+    )
     p = torch.from_numpy(weights / weights.sum()).float()
     m = int(min(config.samples_per_epoch, max(config.train_batch, 2 * int((weights > 0).sum()))))
     loss_fn = nn.BCEWithLogitsLoss()

@@ -87,11 +87,11 @@ class RefineConfig:
     pseudo_smooth: float = 1.0
     # classifier
     hidden: int = 128
-    epochs: int = 12
-    finetune_epochs: int = 6
+    epochs: int = 10
+    finetune_epochs: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    samples_per_epoch: int = 4096
+    samples_per_epoch: int = 2048
     train_batch: int = 256
     dynamic_sampling: bool = True
     rounds: int = 3

@@ -156,15 +156,10 @@ def _same_annotations(a, b) -> bool:
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
     """A bool grid mask as an 8-bit PNG (255 = tumour), atomically."""
-    from skimage.io import imsave
+    import imageio.v3 as iio
 
     buf = io.BytesIO()
-    imsave(
-        buf,
-        (np.asarray(mask, dtype=bool) * 255).astype(np.uint8),
-        extension=".png",
-        check_contrast=False,
-    )
+    iio.imwrite(buf, (np.asarray(mask, dtype=bool) * 255).astype(np.uint8), extension=".png")
     atomic_write_bytes(path, buf.getvalue())
 
 

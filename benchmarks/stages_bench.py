@@ -1,0 +1,120 @@
+"""Time every refinement stage after features (prototypes -> output polygons) on N patches.
+
+Target: all stages for 10,000 patches with 1280-d features (EfficientNet-Lite0 width)
+in under 10 s on 2 CPU cores. Features are synthetic clouds (tumour and normal
+patterns per slide) laid on grids of ``--slides`` slides; the timing does not
+depend on what the features mean.
+
+    python benchmarks/stages_bench.py [--patches 10000] [--dim 1280] [--slides 4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+def cohort(n: int, dim: int, slides: int, seed: int = 0):
+    """Features, coarse labels, distance, slide index and grid positions for ``n`` patches."""
+    rng = np.random.default_rng(seed)
+    per = n // slides
+    side = int(np.ceil(np.sqrt(per)))
+    centers = rng.normal(size=(8, dim)).astype(np.float32)
+    feats, coarse, dist, sidx, rcs = [], [], [], [], []
+    for s in range(slides):
+        m = per if s < slides - 1 else n - per * (slides - 1)
+        r, c = np.divmod(np.arange(m), side)
+        cy, cx = side * rng.uniform(0.35, 0.65, 2)
+        truth = np.hypot(r - cy, c - cx) < side * 0.3
+        img = np.zeros((side, side), bool)
+        img[r, c] = truth
+        co = ndimage.binary_dilation(img, iterations=2)
+        d = np.where(co, ndimage.distance_transform_edt(co), -ndimage.distance_transform_edt(~co))
+        kind = np.where(truth, rng.integers(0, 3, m), rng.integers(3, 8, m))
+        feats.append(centers[kind] + rng.normal(scale=0.8, size=(m, dim)).astype(np.float32))
+        coarse.append(co[r, c].astype(np.float32))
+        dist.append(d[r, c].astype(np.float32))
+        sidx.append(np.full(m, s))
+        rcs.append(np.stack([r, c], 1))
+    return (
+        np.concatenate(feats),
+        np.concatenate(coarse),
+        np.concatenate(dist),
+        np.concatenate(sidx),
+        np.concatenate(rcs),
+    )
+
+
+def run(n: int, dim: int, slides: int) -> dict:
+    """Run each stage once (after a small warm-up) and return the seconds per stage."""
+    from protorefine.annotations import vectorize
+    from protorefine.refine.classifier import train_classifier
+    from protorefine.refine.config import RefineConfig
+    from protorefine.refine.postprocess import prob_to_mask, scatter_grid
+    from protorefine.refine.prototypes import build_prototypes, normalize
+    from protorefine.refine.pseudolabels import make_pseudo_labels
+
+    f, c, d, s, rc = cohort(n, dim, slides)
+    cfg = RefineConfig(device="cpu")
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    x = normalize(torch.from_numpy(f))
+    protos = build_prototypes(
+        x, c, s, distance=d, config=cfg, generator=torch.Generator().manual_seed(0)
+    )
+    times["prototypes"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pl = make_pseudo_labels(x, c, s, rc, protos, distance=d, config=cfg)
+    times["pseudo_labels"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cr = train_classifier(torch.from_numpy(f), pl.pseudo, pl.confidence, pl.proto_score, config=cfg)
+    times["classifier"] = time.perf_counter() - t
+    t = time.perf_counter()
+    polygons = 0
+    for k in np.unique(s):
+        idx = np.flatnonzero(s == k)
+        grid = scatter_grid(cr.prob[idx], rc[idx])
+        tissue = scatter_grid(np.ones(len(idx), bool), rc[idx], grid.shape, fill=False)
+        mask = prob_to_mask(grid, tissue=tissue, config=cfg)
+        polygons += len(vectorize(mask, 224.0))
+    times["output"] = time.perf_counter() - t
+    times["total"] = sum(times.values())
+    return {
+        "seconds": {k: round(v, 3) for k, v in times.items()},
+        "local_prototypes": int(len(protos.local_centers)),
+        "global_prototypes": int(len(protos.global_centers)),
+        "polygons": polygons,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the stages and print JSON with the machine."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patches", type=int, default=10000)
+    ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--slides", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is 2)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run(500, 64, 2)  # warm-up: first-call costs of torch kernels
+    res = run(args.patches, args.dim, args.slides)
+    res.update(
+        patches=args.patches,
+        dim=args.dim,
+        slides=args.slides,
+        threads=torch.get_num_threads(),
+        machine=platform.processor() or platform.machine(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
