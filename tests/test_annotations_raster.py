@@ -197,3 +197,12 @@ def test_tumour_geometry_rules() -> None:
     )
     assert tumour_geometry(only).area == pytest.approx(96)
     assert tumour_geometry(AnnotationSet()).is_empty
+
+
+def test_rasterize_in_bands_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import protorefine.annotations.raster as raster
+
+    m = blobby_mask((70, 50), 7)
+    annset = vectorize(m, 3)
+    monkeypatch.setattr(raster, "_BAND_PIXELS", 7 * 51 + 5)  # bands of 7 rows
+    np.testing.assert_array_equal(rasterize(annset, (210, 150), 3), m)

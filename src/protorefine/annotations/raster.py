@@ -26,6 +26,9 @@ from protorefine.annotations.model import TUMOR, Annotation, AnnotationSet
 from protorefine.errors import ProtorefineError
 
 
+_BAND_PIXELS = 1 << 24  # pixels per band in rasterize
+
+
 def mask_shape(shape_level0: Sequence[int], downsample: float) -> tuple[int, int]:
     """Shape of a mask of a ``(H, W)`` slide at ``downsample``: ``(ceil(H/d), ceil(W/d))``."""
     if not downsample > 0:
@@ -95,12 +98,17 @@ def rasterize(
     xc = x0[edge] + (yc - y0[edge]) * slope[edge]
     # a crossing at x toggles every pixel whose centre c + 0.5 is at or right of x
     cols = np.clip(np.ceil(xc - 0.5), 0, w).astype(np.int64)
-    flat = rows * (w + 1) + cols
-    idx, counts = np.unique(flat, return_counts=True)
-    toggles = np.zeros(h * (w + 1), dtype=bool)
-    toggles[idx[counts % 2 == 1]] = True
-    filled = np.logical_xor.accumulate(toggles.reshape(h, w + 1), axis=1)
-    mask[:] = filled[:, :w]
+    flat = np.sort(rows * (w + 1) + cols)
+    # fill in bands of rows so that memory stays about the size of the mask itself
+    band = max(1, _BAND_PIXELS // (w + 1))
+    for top in range(0, h, band):
+        bottom = min(h, top + band)
+        lo, hi = np.searchsorted(flat, [top * (w + 1), bottom * (w + 1)])
+        idx, counts = np.unique(flat[lo:hi] - top * (w + 1), return_counts=True)
+        toggles = np.zeros((bottom - top) * (w + 1), dtype=bool)
+        toggles[idx[counts % 2 == 1]] = True
+        filled = np.logical_xor.accumulate(toggles.reshape(bottom - top, w + 1), axis=1)
+        mask[top:bottom] = filled[:, :w]
     return mask
 
 
