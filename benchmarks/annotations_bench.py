@@ -48,14 +48,20 @@ def run(side: int, vertices: int) -> dict:
     annset, res["vectorize_s"] = _timed(vectorize, mask, 1)
     res["vectorize_regions"] = len(annset)
     res["vectorize_vertices"] = int(
-        sum(len(np.asarray(p.exterior.coords)) for a in annset for p in getattr(a.geometry, "geoms", [a.geometry]))
+        sum(
+            len(np.asarray(p.exterior.coords))
+            for a in annset
+            for p in getattr(a.geometry, "geoms", [a.geometry])
+        )
     )
     back, res["rasterize_mask_s"] = _timed(rasterize, annset, mask.shape, 1)
     res["mask_round_trip_exact"] = bool(np.array_equal(back, mask))
 
     t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
     r = 35_000 + 8_000 * np.sin(9 * t) + 2_000 * np.cos(57 * t)
-    outline = AnnotationSet([Annotation(Polygon(np.c_[50_000 + r * np.cos(t), 50_000 + r * np.sin(t)]))])
+    outline = AnnotationSet(
+        [Annotation(Polygon(np.c_[50_000 + r * np.cos(t), 50_000 + r * np.sin(t)]))]
+    )
     big, res["rasterize_outline_ds16_s"] = _timed(rasterize, outline, (100_000, 100_000), 16)
     res["rasterize_outline_shape"] = list(big.shape)
 

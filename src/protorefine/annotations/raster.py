@@ -25,7 +25,6 @@ from protorefine.annotations.classes import polygonal, tumour_geometry
 from protorefine.annotations.model import TUMOR, Annotation, AnnotationSet
 from protorefine.errors import ProtorefineError
 
-
 _BAND_PIXELS = 1 << 24  # pixels per band in rasterize
 
 
