@@ -218,7 +218,7 @@ def shapes_from_world(
 
 def grid_transform(grid: PatchGrid, s: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """``(scale, translate)`` that lay one grid cell over its patch on the slide."""
-    step = float(grid.stride) * float(grid.downsample)
+    step = float(grid.downsample)  # level-0 pixels per grid cell
     origin = np.zeros(2)
     yx = np.asarray(grid.yx, dtype=float)
     rc = np.asarray(grid.rc, dtype=float)

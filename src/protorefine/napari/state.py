@@ -147,7 +147,7 @@ class ProtorefineState:
         project = self.require_project()
         existing = self.layer(name)
         if existing is not None and existing.data.shape == values.shape:
-            existing.data = values
+            existing.data = L.to_label_values(name, values)
             return existing
         if existing is not None:
             self.viewer.layers.remove(existing)
