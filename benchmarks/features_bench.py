@@ -1,0 +1,201 @@
+"""Feature extraction speed: the whole of extract_features against the encoder alone.
+
+A slide with about 2000 tissue patches (224 px) is built once from the real
+CAMELYON tiles in ``../shared/data`` (a disc of tissue tiles, flipped and rotated,
+on white glass; falls back to the synthetic slide when the data is absent),
+written as OME-Zarr and opened through ``open_slide`` like any user slide. For
+each encoder at its default input size it measures
+
+* ``alone``: patches/s of ``encoder.embed`` on the same patches preloaded in memory
+  (the best of 1 and all intra-op threads), and
+* ``whole``: patches/s of ``extract_features`` (reading from zarr, resizing,
+  embedding) with each loader,
+
+and prints the ratio whole / alone (target >= 0.8: reading and resizing hidden
+behind the encoder). Usage::
+
+    .venv/bin/python benchmarks/features_bench.py [--patches 2000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import torch
+
+from protorefine.features import extract_features, get_encoder, make_grid, read_patches
+from protorefine.slides import Slide, convert_to_ome_zarr, open_slide
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PROTOREFINE_DATA", REPO.parent / "shared" / "data"))
+TILE = 512
+
+
+def _tile_mosaic(n_cells: int, seed: int) -> tuple[da.Array, int]:
+    """Lazy (H, W, 3) mosaic: a disc of real H&E tiles on white, about n_cells 224-px tissue cells."""
+    from skimage.io import imread
+
+    files = sorted((DATA / "camelyon-tiles" / "images").glob("*.jpg"))
+    tiles = [np.ascontiguousarray(imread(f)[:TILE, :TILE, :3]) for f in files]
+    # a disc covers pi/4 of its square; choose the side so the disc holds n_cells 224-px cells
+    side_cells = int(np.ceil(np.sqrt(n_cells / (np.pi / 4)))) + 1
+    n_tiles = int(np.ceil(side_cells * 224 / TILE))
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, len(tiles), (n_tiles, n_tiles))
+    turns = rng.integers(0, 8, (n_tiles, n_tiles))
+    centre = (n_tiles - 1) / 2
+    radius = n_tiles / 2
+
+    def block(block_id: tuple[int, int, int] | None = None) -> np.ndarray:
+        i, j = block_id[0], block_id[1]
+        if np.hypot(i - centre, j - centre) > radius:
+            return np.full((TILE, TILE, 3), 242, dtype=np.uint8)
+        t = np.rot90(tiles[choice[i, j]], turns[i, j] % 4)
+        return np.ascontiguousarray(t[:, ::-1] if turns[i, j] >= 4 else t)
+
+    size = n_tiles * TILE
+    arr = da.map_blocks(
+        lambda block_id=None: block(block_id),
+        chunks=((TILE,) * n_tiles, (TILE,) * n_tiles, (3,)),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
+    return arr, size
+
+
+def bench_slide(workdir: Path, n_cells: int) -> Slide:
+    """The benchmark slide as OME-Zarr in ``workdir`` (built once), opened like a user's slide."""
+    out = workdir / f"features_bench_{n_cells}.ome.zarr"
+    if not out.exists():
+        if (DATA / "camelyon-tiles" / "images").is_dir():
+            arr, _ = _tile_mosaic(n_cells, seed=0)
+            src = Slide(path=Path("mosaic"), name="mosaic", levels=[arr], mpp=0.5, backend="dask")
+        else:
+            from protorefine.synthetic import synthetic_slide
+
+            side = int(np.ceil(np.sqrt(n_cells * 1.3))) * 224
+            src, _, _ = synthetic_slide((side, side), seed=0)
+        convert_to_ome_zarr(src, out)
+    return open_slide(out)
+
+
+def _rate(n: int, seconds: float) -> float:
+    """Patches per second."""
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def time_alone(encoder, patches: np.ndarray, batch_size: int, threads: int) -> float:
+    """Patches/s of encoder.embed on preloaded patches with ``threads`` intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        encoder.embed(patches[:batch_size])  # warm-up
+        t = time.perf_counter()
+        for i in range(0, len(patches), batch_size):
+            encoder.embed(patches[i : i + batch_size])
+        return _rate(len(patches), time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_whole(slide, grid, encoder, batch_size: int, loader: str, workers: int) -> float:
+    """Patches/s of extract_features over the grid's tissue patches."""
+    t = time.perf_counter()
+    feats = extract_features(
+        slide, grid, encoder, batch_size=batch_size, loader=loader, num_workers=workers
+    )
+    return _rate(len(feats), time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print one table (and optionally JSON)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patches", type=int, default=2000, help="tissue patches wanted (about)")
+    ap.add_argument("--encoders", default="efficientnet-lite0,colour-texture")
+    ap.add_argument("--loaders", default="thread:1,inline:0,process:1")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/protorefine-bench"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    slide = bench_slide(args.workdir, args.patches)
+    grid = make_grid(slide, patch_size=224)
+    n = int(grid.tissue.sum())
+    load = os.getloadavg()
+    print(
+        f"slide {slide.shape} from {slide.path.name}, {grid.rows}x{grid.cols} grid, {n} tissue "
+        f"patches (built in {time.perf_counter() - t0:.1f} s); cpus={os.cpu_count()} "
+        f"load={load[0]:.2f},{load[1]:.2f},{load[2]:.2f} torch={torch.__version__}",
+        flush=True,
+    )
+    results = []
+    for name in args.encoders.split(","):
+        enc = get_encoder(name, device=args.device)
+        patches = read_patches(slide, grid, grid.tissue_index, enc.input_size)
+        cores = os.cpu_count() or 1
+        alone = {t: time_alone(enc, patches, args.batch_size, t) for t in sorted({1, cores})}
+        best_alone = max(alone.values())
+        row = {
+            "encoder": name,
+            "input_size": enc.input_size,
+            "device": str(enc.device),
+            "alone": {str(k): round(v, 1) for k, v in alone.items()},
+            "whole": {},
+        }
+        print(
+            f"{name} @{enc.input_size} on {enc.device}: encoder alone "
+            + ", ".join(f"{v:.1f}/s ({k} thr)" for k, v in alone.items()),
+            flush=True,
+        )
+        for spec in args.loaders.split(","):
+            loader, _, w = spec.partition(":")
+            rate = time_whole(slide, grid, enc, args.batch_size, loader, int(w or 1))
+            row["whole"][spec] = {"rate": round(rate, 1), "ratio": round(rate / best_alone, 3)}
+            print(
+                f"  extract_features loader={spec:10s} {rate:7.1f}/s  ratio {rate / best_alone:.2f}",
+                flush=True,
+            )
+        results.append(row)
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} cpus={os.cpu_count()}",
+        "cpu": _cpu_name(),
+        "load_before": [round(v, 2) for v in load],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "patches": n,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "results": results,
+    }
+    print(f"load after: {report['load_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    """The CPU model name (Linux), for the record."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""One device choice for every stage: ``auto`` picks CUDA, then Apple MPS, then the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from protorefine.errors import ProtorefineError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    """True when PyTorch can use Apple's Metal backend."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda[:i]|mps`` into a usable ``torch.device``, or say why it cannot be used."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        if not _mps_available():
+            raise ProtorefineError("device 'mps': Apple MPS is not available on this machine")
+        return torch.device("mps")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ProtorefineError(
+                f"device {name!r}: no CUDA GPU is available (torch {torch.__version__}); "
+                "use --device cpu or auto"
+            )
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise ProtorefineError(f"device {name!r}: not a valid CUDA device name") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ProtorefineError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+        return dev
+    raise ProtorefineError(f"device {name!r}: expected one of {', '.join(DEVICE_CHOICES)}")

