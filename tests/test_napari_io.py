@@ -221,7 +221,9 @@ def test_sample_data_slide_and_outline_overlap() -> None:
     assert shapes, "the sample must come with a coarse outline"
     assert img_meta["scale"] == sh_meta["scale"]
     allv = np.concatenate([np.asarray(s) for s in shapes])
-    assert allv.min() >= 0 and allv.max() <= 4096
+    # the outline lies over the slide (a coarse outline may overshoot the edge a little)
+    assert allv.min() >= -0.05 * 4096 and allv.max() <= 1.05 * 4096
+    assert np.ptp(allv, axis=0).min() > 0.1 * 4096
 
 
 @pytest.mark.gui

@@ -160,7 +160,7 @@ def coarse_shapes_layer(
 
 def edge_width_for(shape: tuple[int, int]) -> float:
     """An outline width in level-0 pixels that stays visible when the whole slide is on screen."""
-    return max(2.0, max(shape) / 600)
+    return max(2.0, max(shape) / 300)
 
 
 def layer_annotations(layer: Shapes, s: float | None = None) -> AnnotationSet:

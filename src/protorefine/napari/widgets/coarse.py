@@ -124,6 +124,7 @@ class CoarseWidget(QWidget):
             return False
         self.last_saved = time.time()
         n = len(annset)
+        self.slide_label.setText(f"Slide {self.state.slide_id}: {len(self._layer.data)} shape(s)")
         self.status.setText(
             f"{n} outline(s), saved {time.strftime('%H:%M:%S', time.localtime(self.last_saved))}"
         )
@@ -205,7 +206,7 @@ class CoarseWidget(QWidget):
         if self._layer is not None:
             self._layer.events.data.connect(self._on_data)
             n = len(self._layer.data)
-            self.slide_label.setText(f"Slide {slide_id}: {n} outline(s)")
+            self.slide_label.setText(f"Slide {slide_id}: {n} shape(s)")
             self.status.setText("Draw with Polygon or Lasso; every edit is saved to the project.")
         else:
             self.slide_label.setText("No slide: pick one in 'Project and slides'")
@@ -228,7 +229,7 @@ class CoarseWidget(QWidget):
         self.save()
         if self._layer is not None:
             self.slide_label.setText(
-                f"Slide {self.state.slide_id}: {len(self._layer.data)} outline(s)"
+                f"Slide {self.state.slide_id}: {len(self._layer.data)} shape(s)"
             )
 
     def _on_delete(self) -> None:

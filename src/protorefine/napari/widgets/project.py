@@ -67,6 +67,8 @@ class ProjectWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for col in range(1, len(COLUMNS)):
@@ -255,6 +257,7 @@ class ProjectWidget(QWidget):
         self._update_enabled()
         if slide_id is not None and self.state.slide is not None:
             s = self.state.slide
+            self.viewer.scale_bar.visible = s.mpp is not None
             self.status.setText(
                 f"Showing {slide_id}: {s.shape[1]} × {s.shape[0]} px, {len(s.levels)} level(s)"
             )
