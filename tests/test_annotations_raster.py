@@ -206,3 +206,10 @@ def test_rasterize_in_bands_matches_single_pass(monkeypatch: pytest.MonkeyPatch)
     annset = vectorize(m, 3)
     monkeypatch.setattr(raster, "_BAND_PIXELS", 7 * 51 + 5)  # bands of 7 rows
     np.testing.assert_array_equal(rasterize(annset, (210, 150), 3), m)
+
+
+def test_tumour_geometry_tolerates_invalid_geometry_built_in_code() -> None:
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    s = AnnotationSet([Annotation(bowtie, TUMOR), Annotation(box(20, 20, 30, 30), TUMOR)])
+    g = tumour_geometry(s)
+    assert g.is_valid and g.area == pytest.approx(50 + 100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -104,6 +105,11 @@ def polygonal(geom: BaseGeometry) -> Polygon | MultiPolygon:
     return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
+def _valid(geom: BaseGeometry) -> BaseGeometry:
+    """``geom`` itself when valid, else its polygonal ``make_valid`` repair."""
+    return geom if geom.is_valid else polygonal(shapely.make_valid(geom))
+
+
 def tumour_geometry(annset: AnnotationSet) -> Polygon | MultiPolygon:
     """The tumour region of a set: union of tumour classes minus union of exclusion classes.
 
@@ -117,10 +123,10 @@ def tumour_geometry(annset: AnnotationSet) -> Polygon | MultiPolygon:
     every non-exclusion annotation counts as tumour (a single-class outline drawn
     under some other name is still the outline the user meant).
     """
-    tumour = [a.geometry for a in annset if is_tumour_class(a.classification)]
-    excluded = [a.geometry for a in annset if is_exclusion_class(a.classification)]
+    tumour = [_valid(a.geometry) for a in annset if is_tumour_class(a.classification)]
+    excluded = [_valid(a.geometry) for a in annset if is_exclusion_class(a.classification)]
     if not tumour:
-        tumour = [a.geometry for a in annset if not is_exclusion_class(a.classification)]
+        tumour = [_valid(a.geometry) for a in annset if not is_exclusion_class(a.classification)]
     if not tumour:
         return Polygon()
     region = unary_union(tumour)
