@@ -290,3 +290,18 @@ def test_jpeg_mask_is_thresholded_at_half(tmp_path: Path) -> None:
     assert (np.asarray(Image.open(tmp_path / "lossy.jpg")) != m).any()  # really lossy
     back = read_annotations(tmp_path / "lossy.jpg", slide_shape=SLIDE)
     np.testing.assert_array_equal(rasterize(back, SLIDE, 16), m > 0)
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".xml", ".png"])
+def test_empty_set_round_trips_only_when_allowed(tmp_path: Path, suffix: str) -> None:
+    path = write_annotations(AnnotationSet(), tmp_path / f"none{suffix}", slide_shape=SLIDE)
+    with pytest.raises(ProtorefineError, match="empty annotation|no tumour pixels"):
+        read_annotations(path, slide_shape=SLIDE)
+    back = read_annotations(path, slide_shape=SLIDE, allow_empty=True)
+    assert len(back) == 0 and tumour_geometry(back).is_empty
+
+
+def test_feature_with_empty_coordinates_is_named_in_the_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "hollow.geojson", json.dumps(_feature([])))
+    with pytest.raises(ProtorefineError, match="hollow.geojson: no Polygon.*1 empty Polygon"):
+        read_annotations(path)

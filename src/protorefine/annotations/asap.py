@@ -87,7 +87,7 @@ def _points(elem: ET.Element) -> np.ndarray:
     return a[:, 1:]
 
 
-def parse_asap(root: ET.Element, source: str) -> AnnotationSet:
+def parse_asap(root: ET.Element, source: str, *, allow_empty: bool = False) -> AnnotationSet:
     """Annotations from a parsed ASAP XML tree (no cleaning, see :func:`read_asap_xml`)."""
     if root.tag != "ASAP_Annotations":
         raise ProtorefineError(
@@ -95,7 +95,7 @@ def parse_asap(root: ET.Element, source: str) -> AnnotationSet:
             "expected <ASAP_Annotations>)"
         )
     elems = list(root.iter("Annotation"))
-    if not elems:
+    if not elems and not allow_empty:
         raise ProtorefineError(f"{source}: ASAP file contains no <Annotation> (empty annotation)")
     anns: list[Annotation] = []
     ignored: Counter[str] = Counter()
@@ -131,19 +131,23 @@ def parse_asap(root: ET.Element, source: str) -> AnnotationSet:
         warnings_.append(f"{source}: ignored {what} annotation(s) that are not polygons")
     if too_few:
         warnings_.append(f"{source}: dropped {too_few} polygon(s) with fewer than 3 points")
-    if not anns:
+    if not anns and not allow_empty:
         what = ", ".join(f"{n} {k}" for k, n in ignored.items()) or f"{too_few} with < 3 points"
         raise ProtorefineError(f"{source}: no polygon annotation found (found {what})")
     return AnnotationSet(annotations=anns, warnings=warnings_)
 
 
 def read_asap_xml(
-    path: str | os.PathLike[str], *, slide_shape: Sequence[int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    slide_shape: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> AnnotationSet:
     """Read an ASAP / CAMELYON16 XML file into Tumor / Exclusion (other groups keep their name).
 
     Spline annotations are read as polygons through their points, Rectangles as their
-    four corners; Dot / PointSet annotations are ignored with a warning.
+    four corners; Dot / PointSet annotations are ignored with a warning. A file without
+    polygons is an error unless ``allow_empty``.
     """
     source = str(path)
     raw = read_input_bytes(path)
@@ -154,7 +158,8 @@ def read_asap_xml(
     except ET.ParseError as e:
         line, col = e.position
         raise ProtorefineError(f"{source}: not valid XML (line {line}, column {col + 1})") from e
-    return clean(parse_asap(root, source), source, slide_shape=slide_shape)
+    annset = parse_asap(root, source, allow_empty=allow_empty)
+    return clean(annset, source, slide_shape=slide_shape, allow_empty=allow_empty)
 
 
 def _hex(rgb: Sequence[int]) -> str:

@@ -121,7 +121,7 @@ def _is_uuid(value: Any) -> bool:
     return True
 
 
-def parse_geojson(obj: Any, source: str) -> AnnotationSet:
+def parse_geojson(obj: Any, source: str, *, allow_empty: bool = False) -> AnnotationSet:
     """Annotations from an already parsed GeoJSON object (no cleaning, see :func:`read_geojson`)."""
     feats = _features(obj, source)
     anns: list[Annotation] = []
@@ -151,7 +151,7 @@ def parse_geojson(obj: Any, source: str) -> AnnotationSet:
             continue
         poly = polygonal(geom) if not isinstance(geom, Polygon | MultiPolygon) else geom
         if poly.is_empty:
-            other[kind] += 1
+            other[f"empty {kind}"] += 1
             continue
         name, color = _classification(props)
         extra = {
@@ -179,7 +179,7 @@ def parse_geojson(obj: Any, source: str) -> AnnotationSet:
         warnings.append(f"{source}: ignored {what} feature(s) that are not polygons")
     if unreadable:
         warnings.append(f"{source}: skipped {unreadable} feature(s) with unreadable coordinates")
-    if not anns:
+    if not anns and not allow_empty:
         if not feats:
             raise ProtorefineError(f"{source}: contains no features (empty annotation)")
         found = ", ".join(f"{n} {k}" for k, n in (other + skipped_objects).items())
@@ -192,12 +192,16 @@ def parse_geojson(obj: Any, source: str) -> AnnotationSet:
 
 
 def read_geojson(
-    path: str | os.PathLike[str], *, slide_shape: Sequence[int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    slide_shape: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> AnnotationSet:
     """Read a QuPath GeoJSON file (FeatureCollection, Feature, list or bare geometry).
 
     Self-intersecting polygons are repaired and, with ``slide_shape`` ``(H, W)``,
-    clipped to the slide; each repair is reported in ``warnings``.
+    clipped to the slide; each repair is reported in ``warnings``. A file without
+    polygons is an error unless ``allow_empty`` (e.g. a stored result with no tumour).
     """
     source = str(path)
     text = read_input_text(path)
@@ -209,7 +213,8 @@ def read_geojson(
         ) from e
     except RecursionError as e:
         raise ProtorefineError(f"{source}: JSON nested too deeply to read") from e
-    return clean(parse_geojson(obj, source), source, slide_shape=slide_shape)
+    annset = parse_geojson(obj, source, allow_empty=allow_empty)
+    return clean(annset, source, slide_shape=slide_shape, allow_empty=allow_empty)
 
 
 def _ring_coords(coords: Any) -> list:

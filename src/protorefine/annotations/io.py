@@ -33,21 +33,25 @@ def _kind(path: Path, suffixes: Sequence[str]) -> str:
 
 
 def read_annotations(
-    path: str | os.PathLike[str], *, slide_shape: Sequence[int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    slide_shape: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> AnnotationSet:
     """Read GeoJSON (.geojson/.json), ASAP XML (.xml) or a mask image (.png/.tif/.jpg).
 
     ``slide_shape`` ``(H, W)`` clips polygons to the slide (with a warning) and gives a
-    mask its downsample. Bad input raises a one-line ProtorefineError naming the file.
+    mask its downsample. Bad input raises a one-line ProtorefineError naming the file;
+    a file with no annotation is bad input unless ``allow_empty``.
     """
     p = Path(path)
     kind = _kind(p, READ_SUFFIXES)
     check_input_file(p)
     if kind == "geojson":
-        return read_geojson(p, slide_shape=slide_shape)
+        return read_geojson(p, slide_shape=slide_shape, allow_empty=allow_empty)
     if kind == "xml":
-        return read_asap_xml(p, slide_shape=slide_shape)
-    return read_mask(p, slide_shape)
+        return read_asap_xml(p, slide_shape=slide_shape, allow_empty=allow_empty)
+    return read_mask(p, slide_shape, allow_empty=allow_empty)
 
 
 def write_annotations(

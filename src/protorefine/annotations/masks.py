@@ -165,17 +165,21 @@ def read_mask_array(
 
 
 def read_mask(
-    path: str | os.PathLike[str], slide_shape: Sequence[int] | None = None
+    path: str | os.PathLike[str],
+    slide_shape: Sequence[int] | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> AnnotationSet:
     """A binary mask image as Tumor polygons in level-0 pixels (exact pixel outlines).
 
     With ``slide_shape`` ``(H, W)`` the downsample is inferred from the mask size
     (and the mask must have the slide's aspect ratio); without it, the downsample
     stored by :func:`write_mask` is used, else 1. How it was read is in ``warnings``.
+    An all-zero mask is an error unless ``allow_empty``.
     """
     p = check_input_file(path)
     mask, d, notes, meta = _read(p, slide_shape)
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         raise ProtorefineError(f"{p}: mask has no tumour pixels (empty annotation)")
     annset = vectorize(mask, d, classification=TUMOR)
     if slide_shape is None and "slide_shape" in meta:
@@ -188,7 +192,7 @@ def read_mask(
                 a.geometry = polygonal(shapely.intersection(a.geometry, frame))
         annset.annotations = [a for a in annset if not a.geometry.is_empty]
     annset.warnings = notes
-    return clean(annset, str(p), slide_shape=slide_shape)
+    return clean(annset, str(p), slide_shape=slide_shape, allow_empty=allow_empty)
 
 
 def write_mask(

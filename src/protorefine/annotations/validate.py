@@ -30,6 +30,7 @@ def clean(
     source: str,
     *,
     slide_shape: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> AnnotationSet:
     """Repair, drop degenerate and clip annotations read from ``source``; say what changed.
 
@@ -37,7 +38,8 @@ def clean(
     polygonal parts; polygons with no area are dropped; with ``slide_shape`` ``(H, W)``
     polygons partly outside the slide are clipped to it. Each kind of change adds one
     line to ``annset.warnings``. Raises ProtorefineError when nothing is left, or when
-    an annotation lies entirely outside the slide (likely the wrong slide or units).
+    an annotation lies entirely outside the slide (likely the wrong slide or units);
+    ``allow_empty`` returns an empty set instead of the first error.
     """
     repaired = dropped = clipped = 0
     kept: list[Annotation] = []
@@ -64,7 +66,7 @@ def clean(
             clipped += 1
         ann.geometry = geom
         kept.append(ann)
-    if not kept:
+    if not kept and not allow_empty:
         why = f" ({dropped} had no area)" if dropped else ""
         raise ProtorefineError(f"{source}: contains no polygon annotation{why}")
     warnings = list(annset.warnings)
