@@ -103,6 +103,8 @@ def rasterize(
     for top in range(0, h, band):
         bottom = min(h, top + band)
         lo, hi = np.searchsorted(flat, [top * (w + 1), bottom * (w + 1)])
+        if lo == hi:
+            continue  # nothing crosses these rows: they stay empty
         idx, counts = np.unique(flat[lo:hi] - top * (w + 1), return_counts=True)
         toggles = np.zeros((bottom - top) * (w + 1), dtype=bool)
         toggles[idx[counts % 2 == 1]] = True
