@@ -119,3 +119,33 @@ def test_importing_annotations_does_not_import_napari_or_qt() -> None:
     code = "import sys, protorefine.annotations; print(any(m.split('.')[0] in ('napari','PyQt6','qtpy','vispy') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_islands_in_holes_survive_the_round_trip() -> None:
+    from scipy import ndimage as ndi
+
+    from protorefine.annotations import rasterize, vectorize
+
+    rng = np.random.default_rng(5)
+    field = ndi.gaussian_filter(rng.standard_normal((60, 70)), 3)
+    m = (field > 0.1 * field.std()) ^ (rng.random((60, 70)) < 0.01)
+    m[1:21, 1:21] = True  # a ring with an island in its hole, for sure
+    m[4:18, 4:18] = False
+    m[8:14, 8:14] = True
+    original = vectorize(m, 8)
+    data, types, classes = annotations_to_shapes(original, (8, 8))
+    assert EXCLUDE in classes
+    back = shapes_to_annotations(data, types, (8, 8), classification=classes)
+    assert back.classes() == [TUMOR]
+    assert back.union().equals(original.union())
+    np.testing.assert_array_equal(rasterize(back, (480, 560), 8), m)
+
+
+def test_exclusion_drawn_before_the_outline_still_removes_tumour() -> None:
+    data = [
+        np.array([[20, 20], [20, 40], [40, 40], [40, 20]], float),
+        np.array([[0, 0], [0, 100], [100, 100], [100, 0]], float),
+    ]
+    s = shapes_to_annotations(data, "polygon", classification=[EXCLUDE, TUMOR])
+    assert s.classes() == [EXCLUDE, TUMOR]
+    assert tumour_geometry(s).area == pytest.approx(10000 - 400)

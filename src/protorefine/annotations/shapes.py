@@ -2,11 +2,16 @@
 
 napari Shapes data are ``(N, 2)`` arrays of ``(y, x)`` vertices in the layer's data
 coordinates; multiplied by the layer ``scale`` ``(sy, sx)`` they are level-0 pixels.
-Shapes have no holes, so a hole goes out as a separate polygon of class
-``Exclusion`` (CAMELYON16's meaning: non-tumour area inside an outline), and coming
-back an ``Exclusion`` polygon is cut out of the polygons of every other class. An
-outline with holes therefore survives the round trip exactly, and an exclusion the
-user draws over a tumour outline becomes a hole in it.
+
+Shapes have no holes. A hole goes out as a separate polygon of class ``Exclusion``
+(CAMELYON16's meaning: non-tumour area inside an outline), placed right after its
+outline, and polygons are ordered largest first so that an island inside a hole
+comes after the hole. Coming back, shapes are read in layer order like paint: an
+``Exclusion`` shape cuts a hole in the shapes of every class drawn before it, and
+the part of it that covers no earlier shape stays an ``Exclusion`` annotation (so
+an exclusion drawn first still removes tumour in :func:`tumour_geometry`). One class
+with any nesting of holes and islands therefore round-trips exactly, and drawing an
+exclusion over an outline punches a hole in it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,26 @@ def _ellipse(corners_xy: np.ndarray) -> np.ndarray:
     return centre + np.cos(t)[:, None] * u + np.sin(t)[:, None] * v
 
 
+def _cut(
+    parts: list[tuple[str, Polygon | MultiPolygon]], cut: Polygon | MultiPolygon
+) -> list[tuple[str, Polygon | MultiPolygon]]:
+    """Cut ``cut`` out of the earlier non-exclusion ``parts`` in place; return what is left of it."""
+    if cut.is_empty:
+        return []
+    minx, miny, maxx, maxy = cut.bounds
+    hit: list[Polygon | MultiPolygon] = []
+    for i, (cls, geom) in enumerate(parts):
+        if cls == EXCLUDE or geom.is_empty:
+            continue
+        gx0, gy0, gx1, gy1 = geom.bounds
+        if gx0 > maxx or gx1 < minx or gy0 > maxy or gy1 < miny or not geom.intersects(cut):
+            continue
+        hit.append(geom)
+        parts[i] = (cls, polygonal(geom.difference(cut)))
+    rest = polygonal(cut.difference(unary_union(hit))) if hit else cut
+    return [] if rest.is_empty or rest.area <= 0 else [(EXCLUDE, rest)]
+
+
 def shapes_to_annotations(
     data: Sequence[np.ndarray],
     shape_types: str | Sequence[str] = "polygon",
@@ -58,7 +83,7 @@ def shapes_to_annotations(
     ``classification`` is one class for all shapes or one per shape. Polygons,
     rectangles and ellipses (sampled to a polygon) are kept; paths and lines have no
     area and are ignored with a warning; self-intersecting polygons are repaired.
-    ``Exclusion`` shapes are cut out of every other class (see module docstring).
+    An ``Exclusion`` shape cuts the shapes drawn before it (see module docstring).
     """
     data = list(data)
     n = len(data)
@@ -69,9 +94,16 @@ def shapes_to_annotations(
             f"{n} shapes but {len(types)} shape types and {len(classes)} classifications"
         )
     s = _scale_pair(scale)
-    per_class: dict[str, list[Polygon | MultiPolygon]] = {}
+    parts: list[tuple[str, Polygon | MultiPolygon]] = []  # in layer order
+    pending: list[Polygon | MultiPolygon] = []  # consecutive exclusions, cut together
     ignored: Counter[str] = Counter()
     repaired = degenerate = 0
+
+    def flush() -> None:
+        if pending:
+            parts.extend(_cut(parts, polygonal(unary_union(pending))))
+            pending.clear()
+
     for verts, kind, cls in zip(data, types, classes, strict=True):
         kind = str(kind).lower()
         yx = np.asarray(verts, dtype=float)
@@ -99,16 +131,17 @@ def shapes_to_annotations(
         if geom.is_empty or geom.area <= 0:
             degenerate += 1
             continue
-        per_class.setdefault(str(cls), []).append(geom)
+        if str(cls) == EXCLUDE:
+            pending.append(geom)
+        else:
+            flush()
+            parts.append((str(cls), geom))
+    flush()
+    per_class: dict[str, list[Polygon | MultiPolygon]] = {}
+    for cls, geom in parts:
+        if not geom.is_empty:
+            per_class.setdefault(cls, []).append(geom)
     merged = {c: polygonal(unary_union(g)) for c, g in per_class.items()}
-    if EXCLUDE in merged:
-        cut = merged[EXCLUDE]
-        others = [g for c, g in merged.items() if c != EXCLUDE]
-        for c in merged:
-            if c != EXCLUDE:
-                merged[c] = polygonal(merged[c].difference(cut))
-        if others:
-            merged[EXCLUDE] = polygonal(cut.difference(unary_union(others)))
     anns = [
         Annotation(geometry=p, classification=c)
         for c, g in merged.items()
@@ -132,8 +165,8 @@ def annotations_to_shapes(
     """Annotations as napari Shapes ``(data, shape_types, classes)`` for a layer with ``scale``.
 
     Each polygon part is one ``"polygon"`` of its class, vertices ``(y, x)`` in layer
-    data coordinates (level-0 divided by ``scale``, ring not closed); each hole is
-    one more polygon of class ``Exclusion``.
+    data coordinates (level-0 divided by ``scale``, ring not closed), largest first;
+    each hole is one more polygon of class ``Exclusion`` right after its outline.
     """
     s = _scale_pair(scale)
     data: list[np.ndarray] = []
@@ -144,12 +177,20 @@ def annotations_to_shapes(
         data.append(xy[:, ::-1] / s)
         classes.append(cls)
 
-    for ann in annset:
-        geom = polygonal(ann.geometry)
-        for poly in geom.geoms if isinstance(geom, MultiPolygon) else [geom]:
-            if poly.is_empty:
-                continue
-            add(poly.exterior.coords, ann.classification)
-            for hole in poly.interiors:
-                add(hole.coords, EXCLUDE)
+    polys = [
+        (poly, ann.classification)
+        for ann in annset
+        for poly in _polygons(polygonal(ann.geometry))
+        if not poly.is_empty
+    ]
+    # largest first: an island in a hole then comes after the hole that would erase it
+    polys.sort(key=lambda pc: -Polygon(pc[0].exterior).area)
+    for poly, cls in polys:
+        add(poly.exterior.coords, cls)
+        for hole in poly.interiors:
+            add(hole.coords, EXCLUDE)
     return data, ["polygon"] * len(data), classes
+
+
+def _polygons(geom: Polygon | MultiPolygon) -> list[Polygon]:
+    return list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
