@@ -33,7 +33,7 @@ WIDGETS = (
     "Review and export",
 )
 #: Sizes (height, width) of the demo cohort's synthetic slides, in level-0 pixels.
-COHORT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (3584, 4096), (4096, 3584))
+COHORT_SHAPES: tuple[tuple[int, int], ...] = ((3072, 3072), (2560, 3072), (3072, 2560))
 
 
 @dataclass
@@ -52,17 +52,26 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def cache_dir() -> Path:
+    """Where converted demo slides are kept between runs (``$XDG_CACHE_HOME/protorefine``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "protorefine" / "demo-slides"
+
+
 def make_sample_cohort(
     folder: str | os.PathLike[str],
     shapes: tuple[tuple[int, int], ...] = COHORT_SHAPES,
     *,
+    slides_dir: str | os.PathLike[str] | None = None,
     strength: float = 1.0,
     progress=None,
 ):
     """Write synthetic slides (OME-Zarr), their true outlines, and a project with coarse outlines.
 
-    Returns ``(project, cohort)``. Slides go to ``folder/slides/<id>.zarr``, ground
-    truth to ``folder/truth/<id>.geojson``, the project to ``folder/project``.
+    Returns ``(project, cohort)``. Slides go to ``slides_dir/<id>.zarr`` (default
+    ``folder/slides``) and are reused when already there, ground truth to
+    ``folder/truth/<id>.geojson``, the project to ``folder/project`` (reopened
+    when it exists).
     """
     from protorefine.annotations import vectorize, write_geojson
     from protorefine.project import Project
@@ -70,6 +79,7 @@ def make_sample_cohort(
     from protorefine.synthetic import simulate_coarse, synthetic_slide
 
     folder = Path(folder)
+    slides_dir = Path(slides_dir) if slides_dir is not None else folder / "slides"
     project_folder = folder / "project"
     if project_folder.exists():
         project = Project.open(project_folder)
@@ -86,7 +96,9 @@ def make_sample_cohort(
         name = f"synthetic_{i + 1:02d}"
         slide, truth, truth_ds = synthetic_slide(shape, seed=i)
         slide.name = name
-        path = convert_to_ome_zarr(slide, folder / "slides" / f"{name}.zarr", progress=progress)
+        path = slides_dir / f"{name}.zarr"
+        if not _usable(path, shape):
+            path = convert_to_ome_zarr(slide, path, progress=progress)
         slide_paths.append(Path(path))
         truth_path = folder / "truth" / f"{name}.geojson"
         truth_path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,15 +106,27 @@ def make_sample_cohort(
         truth_paths.append(truth_path)
         coarse_sets.append(simulate_coarse(truth, truth_ds, strength=strength, seed=i))
     project = Project.create(project_folder)
-    for path, coarse in zip(slide_paths, coarse_sets, strict=True):
+    truth_by_id = {}
+    for path, coarse, truth_path in zip(slide_paths, coarse_sets, truth_paths, strict=True):
         entry = project.add_slide(path)
         project.set_coarse(entry.id, coarse)
-    project.ui_state["truth"] = {
-        Path(p).stem: str(t) for p, t in zip(slide_paths, truth_paths, strict=True)
-    }
+        truth_by_id[entry.id] = str(truth_path)
+    project.ui_state["truth"] = truth_by_id
     project.ui_state["current_slide"] = project.slides[0].id
     project.save_ui_state()
     return project, SampleCohort(project_folder, slide_paths, truth_paths)
+
+
+def _usable(path: Path, shape: tuple[int, int]) -> bool:
+    """True when ``path`` is an OME-Zarr slide of ``shape`` left by an earlier run."""
+    from protorefine.slides import open_slide
+
+    if not path.is_dir():
+        return False
+    try:
+        return open_slide(path).shape == tuple(shape)
+    except ProtorefineError:
+        return False
 
 
 def overlay_png(
@@ -151,9 +175,9 @@ def overlay_png(
     return Path(path)
 
 
-def headless_demo(out: Path) -> int:
+def headless_demo(out: Path, slides_dir: Path | None = None) -> int:
     """Build the sample cohort (slides converted to OME-Zarr) and write an overlay PNG."""
-    project, cohort = make_sample_cohort(out, COHORT_SHAPES[:1])
+    project, cohort = make_sample_cohort(out, COHORT_SHAPES[:1], slides_dir=slides_dir)
     sid = project.slides[0].id
     png = overlay_png(project, sid, out / f"{sid}_overlay.png")
     print(f"OME-Zarr: {cohort.slide_paths[0]}")
@@ -161,13 +185,13 @@ def headless_demo(out: Path) -> int:
     return 0
 
 
-def open_demo_viewer(out: Path, *, show: bool = True):
+def open_demo_viewer(out: Path, *, show: bool = True, slides_dir: Path | None = None):
     """A napari viewer with the sample cohort's project open and all dock widgets docked."""
     import napari
 
     from protorefine.napari.state import get_state
 
-    project, _ = make_sample_cohort(out)
+    project, _ = make_sample_cohort(out, slides_dir=slides_dir)
     viewer = napari.Viewer(title="protorefine demo", show=show)
     docked = dock_widgets(viewer)
     state = get_state(viewer)
@@ -189,13 +213,13 @@ def dock_widgets(viewer) -> dict:
     return docked
 
 
-def screenshot_demo(out: Path, screenshot: Path) -> int:
+def screenshot_demo(out: Path, screenshot: Path, slides_dir: Path | None = None) -> int:
     """Run the whole flow through the widgets unattended and save a window screenshot."""
     import napari
 
     from protorefine.napari.widgets.review import run_unattended
 
-    viewer, state, _ = open_demo_viewer(out, show=True)
+    viewer, state, _ = open_demo_viewer(out, show=True, slides_dir=slides_dir)
     try:
         run_unattended(viewer, state, screenshot)
     finally:
@@ -209,19 +233,20 @@ def demo_command(args: argparse.Namespace) -> int:
     """Entry point of ``protorefine demo`` (see module docstring)."""
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="protorefine-demo-"))
     out.mkdir(parents=True, exist_ok=True)
+    slides_dir = None if args.out else cache_dir()
     if args.screenshot:
         if not has_display():
             return _rerun_under_xvfb(args)
-        return screenshot_demo(out, Path(args.screenshot))
+        return screenshot_demo(out, Path(args.screenshot), slides_dir)
     if args.headless or not has_display():
         reason = "--headless" if args.headless else "no display (DISPLAY/WAYLAND_DISPLAY unset)"
         print(
             f"protorefine demo: {reason}: converting the sample slide and writing an overlay PNG instead of opening napari"
         )
-        return headless_demo(out)
+        return headless_demo(out, slides_dir)
     import napari
 
-    open_demo_viewer(out)
+    open_demo_viewer(out, slides_dir=slides_dir)
     print(f"protorefine demo: project in {out / 'project'}")
     napari.run()
     return 0
