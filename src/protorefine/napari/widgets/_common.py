@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
-from protorefine.napari.state import ProtorefineState
+import numpy as np
+
+from protorefine.napari.state import GRID_LAYERS, ProtorefineState
 from protorefine.napari.widgets._worker import notify
 
 
@@ -40,11 +43,50 @@ def pipeline_for(project, config=None):
     return Pipeline(project, config)
 
 
-def refresh_results(state: ProtorefineState, show: Iterable[str] = ()) -> None:
-    """Reload the current slide's grid layers from the project, make ``show`` visible, tell the widgets."""
+@dataclass
+class SlideResults:
+    """Grid values of one slide's result layers, loaded in a worker thread (reading is slow)."""
+
+    slide_id: str | None
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYERS) -> SlideResults:
+    """Read the stored grid values behind each grid layer of ``slide_id`` (call it in the worker)."""
+    from protorefine.napari.layers import stored_grid_values
+
+    out = SlideResults(slide_id)
+    if project is None or slide_id is None:
+        return out
+    for name in names:
+        values = stored_grid_values(project, slide_id, name)
+        if values is not None:
+            out.values[name] = values
+    return out
+
+
+def show_results(
+    state: ProtorefineState, results: SlideResults | None = None, show: Iterable[str] = ()
+) -> Iterator[None]:
+    """Show loaded results as the current slide's grid layers, one new layer per ``yield``.
+
+    Existing layers get their data replaced (fast); adding a napari layer is slow,
+    so the generator yields after each new one and :class:`TaskRunner` resumes it on
+    the next event-loop turn. Then ``show`` layers are made visible and
+    ``results_changed`` is emitted. ``results`` come from :func:`load_results` in the
+    worker; when missing (or the user switched slides meanwhile) the layers are
+    reloaded from the project.
+    """
     if state.project is None or state.slide_id is None:
         return
-    state.add_result_layers()
+    if results is None or results.slide_id != state.slide_id:
+        state.add_result_layers()
+    else:
+        for name, values in results.values.items():
+            is_new = state.layer(name) is None
+            state.set_grid_layer(name, values)
+            if is_new:
+                yield
     for name in show:
         layer = state.layer(name)
         if layer is not None:

@@ -13,14 +13,14 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from protorefine.errors import CancelledError, ProtorefineError
@@ -66,13 +66,17 @@ class TaskRunner(QWidget):
     """A status line, a progress bar and a Cancel button that drive one worker thread at a time.
 
     ``start(title, func, on_done=...)`` runs ``func(ctx)`` in a thread; when it
-    returns, ``on_done(result)`` runs in the Qt thread. A :class:`ProtorefineError`
+    returns, ``on_done(result)`` runs in the Qt thread. When ``on_done`` is a
+    generator it is run one ``yield`` per event-loop turn (e.g. one new layer per
+    turn), and the run counts as finished when it is exhausted. A :class:`ProtorefineError`
     becomes an error notification in plain words, a cancel becomes an info
     notification; in both cases ``on_done`` is not called.
     """
 
-    #: Emitted in the Qt thread when a task ends: ``(outcome, message)`` with outcome
-    #: "done", "cancelled" or "error".
+    #: Emitted when the worker thread has ended (before its results are shown): outcome.
+    computed = Signal(str)
+    #: Emitted in the Qt thread when a task ends, results shown: ``(outcome, message)`` with
+    #: outcome "done", "cancelled" or "error".
     finished = Signal(str, str)
 
     def __init__(self, group: object | None = None, parent: QWidget | None = None) -> None:
@@ -83,6 +87,9 @@ class TaskRunner(QWidget):
         self._bridge.sent.connect(self._on_sent)
         self._cancel_event = threading.Event()
         self._worker: FunctionWorker | None = None
+        self._busy = False
+        self._pending: tuple[Callable[[Any], Any] | None, Any] | None = None
+        self._steps: Iterator | None = None
         self._pbar: napari_progress | None = None
         self._on_event: Callable[[object], None] | None = None
         self._title = ""
@@ -113,15 +120,15 @@ class TaskRunner(QWidget):
 
     @property
     def running(self) -> bool:
-        """True while a task is in progress."""
-        return self._worker is not None
+        """True while a task is in progress (computing or showing its results)."""
+        return self._busy
 
     def start(
         self,
         title: str,
         func: Callable[[TaskContext], Any],
         *,
-        on_done: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], Any] | None = None,
         on_event: Callable[[object], None] | None = None,
     ) -> bool:
         """Run ``func(ctx)`` in a thread; return False (and say so) when a task is already running."""
@@ -160,6 +167,8 @@ class TaskRunner(QWidget):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._busy = True
+        self._pending = None
         self._pbar = napari_progress(total=0, desc=title)
         self.bar.setRange(0, 0)
         self.status.setText(f"{title}…")
@@ -169,7 +178,7 @@ class TaskRunner(QWidget):
 
     def cancel(self) -> None:
         """Ask the running task to stop; the library raises CancelledError at its next check."""
-        if not self.running or self._cancel_event.is_set():
+        if self._worker is None or self._cancel_event.is_set():
             return
         self.cancel_requested_at = time.monotonic()
         self._cancel_event.set()
@@ -177,7 +186,7 @@ class TaskRunner(QWidget):
         self.status.setText(f"{self._title}: cancelling…")
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if not self.running:
+        if self._worker is None:
             return
         total = max(int(total), 0)
         done = min(max(int(done), 0), total) if total else 0
@@ -195,19 +204,13 @@ class TaskRunner(QWidget):
                 pbar.set_description(f"{self._title}: {message}")
 
     def _on_sent(self, obj: object) -> None:
-        if self._on_event is not None and self.running:
+        if self._on_event is not None and self._worker is not None:
             self._on_event(obj)
 
-    def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
+    def _on_returned(self, result: Any, on_done: Callable[[Any], Any] | None) -> None:
         self.last_outcome = "done"
         self.last_message = f"{self._title}: done"
-        if on_done is None:
-            return
-        try:
-            on_done(result)
-        except ProtorefineError as exc:
-            self.last_outcome, self.last_message = "error", str(exc)
-            notify("error", str(exc))
+        self._pending = (on_done, result)
 
     def _on_errored(self, exc: BaseException) -> None:
         if isinstance(exc, CancelledError):
@@ -215,30 +218,77 @@ class TaskRunner(QWidget):
             self.last_message = f"{self._title}: cancelled; finished steps are kept."
             notify("info", self.last_message)
         elif isinstance(exc, ProtorefineError):
-            self.last_outcome, self.last_message = "error", str(exc)
-            notify("error", str(exc))
+            self._fail(str(exc))
         else:
-            self.last_outcome = "error"
-            self.last_message = f"{self._title} failed: {type(exc).__name__}: {exc}"
-            log.error("%s\n%s", self.last_message, "".join(traceback.format_exception(exc)))
-            notify("error", self.last_message)
+            self._fail(f"{self._title} failed: {type(exc).__name__}: {exc}", exc)
+
+    def _fail(self, message: str, exc: BaseException | None = None) -> None:
+        """Record and show an error in plain words (a traceback goes to the log for bugs)."""
+        self.last_outcome, self.last_message = "error", message
+        if exc is not None:
+            log.error("%s\n%s", message, "".join(traceback.format_exception(exc)))
+        notify("error", message)
 
     def _on_finished(self) -> None:
+        """The worker thread ended: show its result (step by step when on_done yields), then finish."""
         self.finished_at = time.monotonic()
         self._worker = None
-        group = self._group_ref() if self._group_ref is not None else None
-        if group is not None and _ACTIVE.get(group) is self:
-            del _ACTIVE[group]
         self._on_event = None
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
         self.cancel_button.setEnabled(False)
-        if self.last_outcome == "done":
-            self.bar.setRange(0, 1)
-            self.bar.setValue(1)
+        self.computed.emit(self.last_outcome or "error")
+        pending, self._pending = self._pending, None
+        if self.last_outcome != "done" or pending is None or pending[0] is None:
+            self._complete()
+            return
+        on_done, result = pending
+        self.status.setText(f"{self._title}: showing the results…")
+        try:
+            steps = on_done(result)
+        except ProtorefineError as exc:
+            self._fail(str(exc))
+            self._complete()
+            return
+        if isinstance(steps, Iterator):
+            self._steps = steps
+            QTimer.singleShot(0, self._step)
         else:
-            self.bar.setRange(0, 1)
-            self.bar.setValue(0)
+            self._complete()
+
+    def _step(self) -> None:
+        """Run the display generator to its next ``yield`` (one layer at a time keeps the loop live)."""
+        steps = self._steps
+        if steps is None:
+            return
+        try:
+            next(steps)
+        except StopIteration:
+            self._steps = None
+            self._complete()
+            return
+        except ProtorefineError as exc:
+            self._steps = None
+            self._fail(str(exc))
+            self._complete()
+            return
+        except Exception as exc:
+            self._steps = None
+            self._fail(
+                f"{self._title}: showing the results failed: {type(exc).__name__}: {exc}", exc
+            )
+            self._complete()
+            return
+        QTimer.singleShot(0, self._step)
+
+    def _complete(self) -> None:
+        """Release the run lock, reset the bar and Cancel, and emit ``finished``."""
+        self._busy = False
+        group = self._group_ref() if self._group_ref is not None else None
+        if group is not None and _ACTIVE.get(group) is self:
+            del _ACTIVE[group]
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1 if self.last_outcome == "done" else 0)
         self.status.setText(self.last_message or f"{self._title}: stopped")
         self.finished.emit(self.last_outcome or "error", self.last_message)

@@ -9,6 +9,7 @@ tumour, normal or ignore updates the pseudo-labels layer at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import napari
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.napari.state import (
+    CONFIDENCE,
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
     PSEUDO_LABELS,
@@ -38,9 +40,11 @@ from protorefine.napari.state import (
 )
 from protorefine.napari.widgets._colours import global_colormap, local_colormap, swatch_hex
 from protorefine.napari.widgets._common import (
+    SlideResults,
     check_coarse,
+    load_results,
     pipeline_for,
-    refresh_results,
+    show_results,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -136,7 +140,9 @@ class PrototypesWidget(QWidget):
         self.encoder = QComboBox()
         self.encoder.setToolTip("Patch feature encoder (changing it recomputes the features)")
         self.run_button = QPushButton("Compute prototypes")
-        self.run_button.setToolTip("Features, local and global prototypes for all slides")
+        self.run_button.setToolTip(
+            "Features, local and global prototypes and pseudo-labels for all slides"
+        )
         self.run_button.clicked.connect(self.run)
         self.runner = TaskRunner(self.state)
 
@@ -202,10 +208,13 @@ class PrototypesWidget(QWidget):
         )
         pipeline = pipeline_for(project, config)
 
-        def task(ctx: TaskContext) -> list[PrototypeCard]:
-            pipeline.run(until="prototypes", progress=ctx.progress, cancel=ctx.cancel)
+        slide_id = self.state.slide_id
+
+        def task(ctx: TaskContext) -> tuple[list[PrototypeCard], SlideResults]:
+            pipeline.run(until="pseudo_labels", progress=ctx.progress, cancel=ctx.cancel)
             ctx.progress(0, 1, "reading example patches")
-            return prototype_cards(project, cancel=ctx.cancel)
+            cards = prototype_cards(project, cancel=ctx.cancel)
+            return cards, load_results(project, slide_id)
 
         return self.runner.start("Prototypes", task, on_done=self._on_cards)
 
@@ -224,27 +233,30 @@ class PrototypesWidget(QWidget):
             return False
         pipeline = pipeline_for(project)
 
-        def task(ctx: TaskContext) -> tuple[int, str | None]:
+        slide_id = self.state.slide_id
+
+        def task(ctx: TaskContext) -> tuple[int, str | None, SlideResults]:
             project.set_prototype_label(global_id, label)
-            pipeline.update_pseudo_labels()
-            return global_id, label
+            pipeline.update_pseudo_labels(progress=ctx.progress, cancel=ctx.cancel)
+            return global_id, label, load_results(project, slide_id, (PSEUDO_LABELS, CONFIDENCE))
 
         return self.runner.start("Prototype label", task, on_done=self._on_marked)
 
     # ----- results -------------------------------------------------------------------------
 
-    def _on_cards(self, cards: list[PrototypeCard]) -> None:
-        self.cards = cards
+    def _on_cards(self, result: tuple[list[PrototypeCard], SlideResults]) -> Iterator[None]:
+        self.cards, results = result
+        yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,))
+        self.style_layers()
         self._fill_table()
-        refresh_results(self.state)
 
-    def _on_marked(self, result: tuple[int, str | None]) -> None:
-        gid, label = result
+    def _on_marked(self, result: tuple[int, str | None, SlideResults]) -> Iterator[None]:
+        gid, label, results = result
         for card in self.cards:
             if card.global_id == gid:
                 card.label = label
+        yield from show_results(self.state, results, show=(PSEUDO_LABELS,))
         self._fill_table(keep=gid)
-        refresh_results(self.state, show=(PSEUDO_LABELS,))
 
     def _fill_table(self, keep: int | None = None) -> None:
         self.table.blockSignals(True)

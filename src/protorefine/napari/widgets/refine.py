@@ -8,11 +8,19 @@ result as the "refined" Labels layer and the "confidence" image layer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import napari
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from protorefine.napari.state import CONFIDENCE, REFINED, ProtorefineState, get_state
-from protorefine.napari.widgets._common import check_coarse, pipeline_for, refresh_results
+from protorefine.napari.widgets._common import (
+    SlideResults,
+    check_coarse,
+    load_results,
+    pipeline_for,
+    show_results,
+)
 from protorefine.napari.widgets._plot import LinePlot
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -94,10 +102,13 @@ class RefineWidget(QWidget):
         self.history = []
         self.plot.clear()
 
-        def task(ctx: TaskContext) -> None:
+        slide_id = self.state.slide_id
+
+        def task(ctx: TaskContext) -> SlideResults:
             if invalidate:
                 pipeline.invalidate(invalidate)
             pipeline.run(progress=ctx.progress, cancel=ctx.cancel, on_round=ctx.send)
+            return load_results(project, slide_id)
 
         return self.runner.start(
             "Refine and train", task, on_done=self._on_done, on_event=self._on_round
@@ -109,5 +120,5 @@ class RefineWidget(QWidget):
         self.history.append(dict(info))
         self.plot.add_point(loss=info.get("loss"), agreement=info.get("agreement"))
 
-    def _on_done(self, _result: object) -> None:
-        refresh_results(self.state, show=(REFINED, CONFIDENCE))
+    def _on_done(self, results: SlideResults) -> Iterator[None]:
+        yield from show_results(self.state, results, show=(REFINED, CONFIDENCE))

@@ -12,6 +12,7 @@ shown. :func:`run_unattended` drives the whole flow without a person (the demo's
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import napari
@@ -40,7 +41,13 @@ from protorefine.napari.state import (
     ProtorefineState,
     get_state,
 )
-from protorefine.napari.widgets._common import check_coarse, pipeline_for, refresh_results
+from protorefine.napari.widgets._common import (
+    SlideResults,
+    check_coarse,
+    load_results,
+    pipeline_for,
+    show_results,
+)
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
@@ -109,7 +116,11 @@ class ReviewWidget(QWidget):
         self.truth_button.clicked.connect(self._on_load_truth)
         self.dice_label = QLabel("No ground truth loaded")
         self.dice_label.setWordWrap(True)
+        # scoring only reads the project: its own runner, outside the one-pipeline-run lock
+        self.score_runner = TaskRunner()
+        self.score_runner.cancel_button.setVisible(False)
         tb.addWidget(self.truth_button)
+        tb.addWidget(self.score_runner)
         tb.addWidget(self.dice_label)
 
         lay = QVBoxLayout(self)
@@ -217,14 +228,17 @@ class ReviewWidget(QWidget):
         self.save_corrections()
         pipeline = pipeline_for(project)
 
-        def task(ctx: TaskContext) -> None:
+        slide_id = self.state.slide_id
+
+        def task(ctx: TaskContext) -> SlideResults:
             pipeline.invalidate("pseudo_labels")
             pipeline.run(progress=ctx.progress, cancel=ctx.cancel)
+            return load_results(project, slide_id)
 
         return self.runner.start("Retrain with corrections", task, on_done=self._on_retrained)
 
-    def _on_retrained(self, _result: object) -> None:
-        refresh_results(self.state, show=(REFINED,))
+    def _on_retrained(self, results: SlideResults) -> Iterator[None]:
+        yield from show_results(self.state, results, show=(REFINED,))
 
     # ----- export --------------------------------------------------------------------------
 
@@ -302,7 +316,7 @@ class ReviewWidget(QWidget):
         def task(ctx: TaskContext) -> dict[str, dict[str, float]]:
             return score_slide(project, sid, truth)
 
-        return self.runner.start("Dice against ground truth", task, on_done=self._on_scores)
+        return self.score_runner.start("Dice against ground truth", task, on_done=self._on_scores)
 
     def _on_scores(self, scores: dict[str, dict[str, float]]) -> None:
         self.scores = {k: v["dice"] for k, v in scores.items()}
@@ -337,8 +351,10 @@ class ReviewWidget(QWidget):
 
     def _on_results(self, _slide_id) -> None:
         self.corrections_layer(create=False)
-        if self.truth_path is not None and not self.runner.running:
-            self.update_scores()
+        project = self.state.project
+        if self.truth_path is not None and project is not None and project.stage_done("output"):
+            if not self.score_runner.running:
+                self.update_scores()
 
 
 # ----- unattended flow ---------------------------------------------------------------------
@@ -469,8 +485,7 @@ def run_unattended(
     if wait_for(review.runner, timeout) != "done":
         raise ProtorefineError(f"unattended run: retraining failed: {review.runner.last_message}")
     if review.truth_path is not None:
-        review.update_scores()
-        wait_for(review.runner, timeout)
+        wait_for(review.score_runner, timeout)
     show_final_layers(state)
     if protos.cards:
         protos.table.selectRow(0)
