@@ -81,3 +81,28 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     denom = pred.sum() + truth.sum()
     return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
+
+
+def write_slide_case(folder, *, size: int = 1024, seed: int = 3) -> dict:
+    """A synthetic slide (PNG), its coarse outline and truth (GeoJSON) written to ``folder``."""
+    from pathlib import Path
+
+    import imageio.v3 as iio
+
+    from protorefine.annotations import vectorize, write_geojson
+    from protorefine.synthetic import simulate_coarse, synthetic_slide
+
+    folder = Path(folder)
+    for sub in ("slides", "coarse", "gt"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    slide, truth, ds = synthetic_slide((size, size), seed=seed)
+    iio.imwrite(folder / "slides" / "s1.png", np.asarray(slide.levels[0]))
+    write_geojson(simulate_coarse(truth, ds, seed=seed), folder / "coarse" / "s1.geojson")
+    write_geojson(vectorize(truth, ds), folder / "gt" / "s1.geojson")
+    return {
+        "slide": folder / "slides" / "s1.png",
+        "coarse": folder / "coarse" / "s1.geojson",
+        "gt": folder / "gt" / "s1.geojson",
+        "truth": truth,
+        "downsample": ds,
+    }

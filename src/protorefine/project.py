@@ -214,7 +214,8 @@ class Project:
         """The coarse annotation of a slide, or None when it has none."""
         from protorefine.annotations import read_geojson
 
-        path = self.folder / "coarse" / f"{slide_id}.geojson"
+        self.slide(slide_id)
+        path = self.coarse_path(slide_id)
         return read_geojson(path) if path.exists() else None
 
     def coarse_path(self, slide_id: str) -> Path:

@@ -19,6 +19,7 @@ _STAGE_OF: dict[str, str] = {
     "tissue_threshold": "grid",
     "encoder": "features",
     "batch_size": "features",
+    "feature_norm": "prototypes",
     "local_k_max": "prototypes",
     "local_k_div": "prototypes",
     "merge_threshold": "prototypes",
@@ -66,11 +67,12 @@ class RefineConfig:
     level: int | None = None
     mpp: float | None = None
     stride: int | None = None
-    tissue_threshold: float = 0.5
+    tissue_threshold: float = 0.25
     # features
     encoder: str = "efficientnet-lite0"
     batch_size: int = 64
     # local prototypes (per slide)
+    feature_norm: str = "standardize"
     local_k_max: int = 16
     local_k_div: float = 8.0
     merge_threshold: float = 0.95
@@ -123,6 +125,10 @@ class RefineConfig:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ProtorefineError(f"config {name}={v!r}: must be between 0 and 1")
+        if self.feature_norm not in ("none", "center", "standardize"):
+            raise ProtorefineError(
+                f"config feature_norm={self.feature_norm!r}: must be none, center or standardize"
+            )
         if self.level is not None and self.mpp is not None:
             raise ProtorefineError("config: give level or mpp, not both")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(

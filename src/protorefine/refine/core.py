@@ -12,7 +12,7 @@ from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import masks_per_slide
-from protorefine.refine.prototypes import Prototypes, build_prototypes, normalize
+from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
 from protorefine.refine.pseudolabels import PseudoLabels, make_pseudo_labels
 
 Progress = Callable[[int, int, str], None] | None
@@ -116,7 +116,7 @@ def refine_patches(
             progress(i, steps, msg)
 
     step(0, "prototypes")
-    x = normalize(torch.from_numpy(features).to(device))
+    x = embed_for_cosine(torch.from_numpy(features).to(device), config.feature_norm)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     protos = build_prototypes(
         x, coarse, slide_index, distance=distance, config=config, generator=gen, cancel=cancel

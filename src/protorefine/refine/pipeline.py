@@ -23,7 +23,7 @@ from protorefine.refine.classifier import (
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
 from protorefine.refine.core import compute_device
 from protorefine.refine.postprocess import prob_to_mask
-from protorefine.refine.prototypes import Prototypes, build_prototypes, normalize
+from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
 from protorefine.refine.pseudolabels import make_pseudo_labels
 
 Progress = Callable[[int, int, str], None] | None
@@ -231,7 +231,7 @@ class Pipeline:
         if not coarse_a.any():
             raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
         device = compute_device(self.config.device)
-        x = normalize(torch.from_numpy(coh["features"]).to(device))
+        x = embed_for_cosine(torch.from_numpy(coh["features"]).to(device), self.config.feature_norm)
         gen = torch.Generator().manual_seed(self.config.seed)
         protos = build_prototypes(
             x,
@@ -278,7 +278,9 @@ class Pipeline:
         coh = self._load("prototypes", "cohort.npz")
         protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
         device = compute_device(self.config.device)
-        x = normalize(torch.from_numpy(self.cohort()["features"]).to(device))
+        x = embed_for_cosine(
+            torch.from_numpy(self.cohort()["features"]).to(device), self.config.feature_norm
+        )
         prog(0, 1, "scoring patches")
         pl = make_pseudo_labels(
             x,

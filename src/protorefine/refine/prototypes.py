@@ -21,6 +21,25 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+FEATURE_NORMS = ("none", "center", "standardize")
+
+
+def embed_for_cosine(features: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
+    """Unit rows for cosine comparisons after optional centring or z-scoring over the cohort.
+
+    Encoder features are mostly non-negative (ReLU, statistics), so raw cosines all sit
+    near 1; centring (and z-scoring, for features of mixed units) spreads them out.
+    """
+    x = features.float()
+    if mode == "center":
+        x = x - x.mean(0, keepdim=True)
+    elif mode == "standardize":
+        x = (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp_min(1e-6)
+    elif mode != "none":
+        raise ValueError(f"feature_norm {mode!r}: must be one of {', '.join(FEATURE_NORMS)}")
+    return normalize(x)
+
+
 def spherical_kmeans(
     x: torch.Tensor,
     k: int,

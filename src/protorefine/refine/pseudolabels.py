@@ -135,6 +135,14 @@ def make_pseudo_labels(
     q[has_forced] = forced[has_forced]
     pseudo = (q >= 0.5).astype(np.int8)
     conf = np.abs(2.0 * q - 1.0).astype(np.float32)
+    # never let a class the coarse outline has vanish: its most typical patches keep it
+    for c in (0, 1):
+        has_c = np.flatnonzero(((coarse_f >= 0.5) == bool(c)) & ~has_forced)
+        if len(has_c) and not (pseudo == c).any():
+            towards_c = q[has_c] if c == 1 else -q[has_c]
+            top = has_c[np.argsort(-towards_c, kind="stable")[: max(1, len(has_c) // 4)]]
+            pseudo[top] = c
+            conf[top] = 0.1
     conf[ignored[protos.global_proto]] = 0.0
     if corrections is not None:
         corr = np.asarray(corrections)

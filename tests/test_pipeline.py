@@ -1,0 +1,156 @@
+"""The Pipeline over a project: full run, results for the layers, resume after cancel, invalidation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protorefine.annotations import read_geojson
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.project import Project
+from protorefine.refine import RefineConfig
+from protorefine.refine.pipeline import Pipeline
+from refine_synth import write_slide_case
+
+CFG = RefineConfig(patch_size=64, encoder="colour-texture", device="cpu", epochs=4, rounds=2)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return write_slide_case(tmp_path_factory.mktemp("case"), size=1024)
+
+
+def new_project(folder, case) -> Project:
+    p = Project.create(folder, CFG)
+    p.add_slide(case["slide"])
+    p.set_coarse("s1", read_geojson(case["coarse"]))
+    return p
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, case):
+    p = new_project(tmp_path_factory.mktemp("proj") / "p", case)
+    rounds = []
+    Pipeline(p).run(on_round=rounds.append)
+    return p, rounds
+
+
+def test_full_run_results(done):
+    p, rounds = done
+    assert all(p.stage_done(s) for s in Pipeline.STAGES)
+    assert [r["round"] for r in rounds] == [1, 2]
+    grid = p.grid("s1")
+    shape = (grid.rows, grid.cols)
+    tissue = grid.tissue.reshape(shape)
+    for key in ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse"):
+        g = p.result_grid("s1", key)
+        assert g.shape == shape, key
+    gp = p.result_grid("s1", "global_proto")
+    assert (gp[~tissue] == -1).all() and (gp[tissue] >= 0).all()
+    assert gp.max() < len(p.global_scores())
+    prob = p.result_grid("s1", "prob")
+    assert ((prob >= 0) & (prob <= 1)).all()
+    refined = p.result_grid("s1", "refined")
+    assert refined.dtype == bool and not refined[~tissue].any() and refined.any()
+    ann = p.refined_annotations("s1")
+    assert len(ann) >= 1
+    minx, miny, maxx, maxy = ann.union().bounds
+    assert minx >= 0 and miny >= 0 and maxx <= 1024 and maxy <= 1024
+    assert [h["round"] for h in p.history()] == [1, 2]
+    # reopening gives the same results
+    q = Project.open(p.folder)
+    assert all(q.stage_done(s) for s in Pipeline.STAGES)
+    np.testing.assert_array_equal(q.result_grid("s1", "refined"), refined)
+
+
+def test_cancel_mid_stage_then_resume(tmp_path, case):
+    p = new_project(tmp_path / "p", case)
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4  # grid passes, features is stopped after its first batches
+
+    with pytest.raises(CancelledError):
+        Pipeline(p).run(cancel=cancel)
+    q = Project.open(p.folder)  # still loadable
+    assert q.stage_done("grid") and not q.stage_done("features")
+    pipe = Pipeline(q)
+    pipe.run(until="prototypes")
+    assert "grid" not in pipe.times and set(pipe.times) == {"features", "prototypes"}
+    assert q.stage_done("prototypes") and not q.stage_done("pseudo_labels")
+    pipe2 = Pipeline(q)
+    pipe2.run()
+    assert set(pipe2.times) == {"pseudo_labels", "classifier", "output"}
+
+
+def test_config_change_invalidates_later_stages_only(done):
+    p, _ = done
+    p.set_config(p.config.replace(threshold=0.3))
+    assert p.stage_done("classifier") and not p.stage_done("output")
+    pipe = Pipeline(p)
+    pipe.run()
+    assert set(pipe.times) == {"output"}
+    # corrections invalidate from the pseudo-labels on, and are obeyed
+    grid = p.grid("s1")
+    corr = np.full((grid.rows, grid.cols), -1, np.int8)
+    r, c = np.argwhere(grid.tissue.reshape(grid.rows, grid.cols))[0]
+    corr[r, c] = 1
+    p.set_corrections("s1", corr)
+    assert p.stage_done("prototypes") and not p.stage_done("pseudo_labels")
+    pipe = Pipeline(p)
+    pipe.run()
+    assert set(pipe.times) == {"pseudo_labels", "classifier", "output"}
+    assert p.result_grid("s1", "pseudo")[r, c] == 1
+    assert p.result_grid("s1", "prob")[r, c] == 1.0
+
+
+def test_prototype_relabel_and_update_pseudo_labels(done):
+    p, _ = done
+    g = int(np.argmax(p.global_scores()))
+    p.set_prototype_label(g, "normal")
+    pipe = Pipeline(p)
+    pipe.update_pseudo_labels()
+    assert set(pipe.times) == {"pseudo_labels"}
+    gp = p.result_grid("s1", "global_proto")
+    corr = p.corrections("s1")
+    free = corr < 0 if corr is not None else np.ones(gp.shape, bool)  # corrections win
+    assert (gp == g).any()
+    assert (p.result_grid("s1", "pseudo")[(gp == g) & free] == 0).all()
+    assert not p.stage_done("classifier")
+    p.set_prototype_label(g, None)
+
+
+def test_encoder_change_reuses_feature_cache(done):
+    p, _ = done
+    p.set_config(p.config.replace(encoder="efficientnet-lite0"))
+    assert p.stage_done("grid") and not p.stage_done("features")
+    p.set_config(p.config.replace(encoder="colour-texture"))
+    assert p.stage_done("features")
+
+
+def test_damaged_checkpoint_is_one_line_error(tmp_path, case):
+    p = new_project(tmp_path / "p", case)
+    Pipeline(p).run(until="classifier")
+    (p.stage_dir("classifier") / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(ProtorefineError, match="model.pt: checkpoint does not load"):
+        Pipeline(p).run()
+    assert p.stage_done("classifier") and not p.stage_done("output")
+
+
+def test_bad_annotations(tmp_path, case):
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet
+
+    p = Project.create(tmp_path / "p", CFG)
+    p.add_slide(case["slide"])
+    with pytest.raises(ProtorefineError, match="'s1' has no coarse annotation"):
+        Pipeline(p).run()
+    p.set_coarse("s1", AnnotationSet([Annotation(box(0, 0, 100, 100), "Exclusion")]))
+    with pytest.raises(ProtorefineError, match="no tumour region"):
+        Pipeline(p).run()
+    p.set_coarse("s1", AnnotationSet([Annotation(box(-10, -10, 2000, 2000), "Tumor")]))
+    with pytest.raises(ProtorefineError, match="covers all tissue"):
+        Pipeline(p).run()
+    assert p.stage_done("features")  # earlier work is kept

@@ -1,0 +1,81 @@
+"""The project store: create/open, slides, annotations, corrections, relabels, stage markers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from protorefine.annotations import read_geojson
+from protorefine.errors import ProtorefineError
+from protorefine.project import Project
+from protorefine.refine import RefineConfig
+from refine_synth import write_slide_case
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return write_slide_case(tmp_path_factory.mktemp("case"), size=768)
+
+
+def test_create_open_roundtrip(tmp_path, case):
+    cfg = RefineConfig(patch_size=64, encoder="colour-texture")
+    p = Project.create(tmp_path / "proj", cfg)
+    entry = p.add_slide(case["slide"])
+    assert entry.id == "s1" and entry.shape == (768, 768) and entry.levels >= 1
+    assert p.add_slide(case["slide"]) is entry  # adding the same file twice is a no-op
+    p.set_coarse("s1", read_geojson(case["coarse"]))
+    p.set_prototype_label(3, "normal")
+    p.ui_state["current_slide"] = "s1"
+    p.save_ui_state()
+    q = Project.open(tmp_path / "proj")
+    assert q.config == cfg
+    assert [s.id for s in q.slides] == ["s1"]
+    assert q.coarse("s1") is not None and len(q.coarse("s1")) == len(p.coarse("s1"))
+    assert q.prototype_labels() == {3: "normal"}
+    assert q.ui_state == {"current_slide": "s1"}
+    q.set_prototype_label(3, None)
+    assert q.prototype_labels() == {}
+    data = json.loads((tmp_path / "proj" / "config.json").read_text())
+    assert data["refine"]["patch_size"] == 64
+
+
+def test_open_rejects_non_projects(tmp_path):
+    with pytest.raises(ProtorefineError, match="not a protorefine project"):
+        Project.open(tmp_path)
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(ProtorefineError, match="not empty"):
+        Project.create(tmp_path)
+
+
+def test_corrections_and_relabel_validation(tmp_path, case):
+    p = Project.create(tmp_path / "p", RefineConfig(patch_size=64))
+    p.add_slide(case["slide"])
+    grid = p.grid("s1")
+    corr = np.full((grid.rows, grid.cols), -1, np.int8)
+    corr[2, 3] = 1
+    p.set_corrections("s1", corr)
+    np.testing.assert_array_equal(p.corrections("s1"), corr)
+    with pytest.raises(ProtorefineError, match="shape"):
+        p.set_corrections("s1", np.zeros((2, 2), np.int8))
+    with pytest.raises(ProtorefineError, match="values must be"):
+        p.set_corrections("s1", np.full((grid.rows, grid.cols), 5, np.int8))
+    with pytest.raises(ProtorefineError, match="prototype label 'maybe'"):
+        p.set_prototype_label(0, "maybe")
+    with pytest.raises(ProtorefineError, match="not in the project"):
+        p.coarse_patch_labels("nope")
+    p.remove_slide("s1")
+    assert p.slides == [] and Project.open(p.folder).slides == []
+
+
+def test_missing_slide_file_is_named(tmp_path, case):
+    import shutil
+
+    src = tmp_path / "copy.png"
+    shutil.copy(case["slide"], src)
+    p = Project.create(tmp_path / "p", RefineConfig(patch_size=64))
+    p.add_slide(src)
+    src.unlink()
+    with pytest.raises(ProtorefineError, match="copy.png: slide file"):
+        Project.open(p.folder).open_slide("copy")
