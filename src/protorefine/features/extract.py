@@ -2,16 +2,17 @@
 
 Reading (dask/zarr chunk reads, decompression, resizing) happens in a loader
 that runs ahead of the encoder, so on a GPU the device never waits for the disk
-and on a CPU the two overlap as far as the cores allow. Patches in a batch that
-lie side by side on one grid row are read as one strip (one read per row run,
-not one per patch).
+and on a CPU the two overlap as far as the cores allow. Patches are visited
+chunk by chunk through a small cache of decoded chunks, so each storage chunk is
+decoded about once; features are returned in grid order all the same.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,58 +32,117 @@ LOADERS = ("thread", "process", "inline")
 #: Default loader and worker count, chosen by benchmarks/features_bench.py on 2 CPU cores.
 DEFAULT_LOADER = "thread"
 DEFAULT_WORKERS = 1
+#: Bytes of decoded chunks each reader keeps.
+CACHE_BYTES = 96 << 20
 
 
-def _read_level(slide: Slide, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """An ``(h, w, 3)`` uint8 region at ``level`` read with dask's synchronous scheduler; white outside."""
-    arr = slide.levels[level]
-    H, W = arr.shape[:2]
-    out = np.full((h, w, 3), 255, dtype=np.uint8)
-    y0, x0 = max(y, 0), max(x, 0)
-    y1, x1 = min(y + h, H), min(x + w, W)
-    if y1 > y0 and x1 > x0:
-        part = arr[y0:y1, x0:x1, :3]
-        if hasattr(part, "compute"):
-            part = part.compute(scheduler="synchronous")
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(part)
-    return out
+class RegionReader:
+    """Reads regions of one pyramid level through a small LRU cache of decoded chunks.
+
+    A patch grid rarely lines up with the storage chunks (224-px patches, 512 or
+    1024-px chunks), so reading patch by patch would decode each chunk several
+    times. Reading in chunk order through this cache decodes each about once.
+    """
+
+    def __init__(self, arr, max_bytes: int = CACHE_BYTES) -> None:
+        self.arr = arr
+        self.shape = tuple(int(v) for v in arr.shape[:2])
+        chunks = getattr(arr, "chunks", None)
+        if chunks is None or not hasattr(arr, "blocks"):
+            chunks = ((self.shape[0],), (self.shape[1],))
+        self.ybounds = np.concatenate([[0], np.cumsum(chunks[0])]).astype(np.int64)
+        self.xbounds = np.concatenate([[0], np.cumsum(chunks[1])]).astype(np.int64)
+        biggest = int(max(chunks[0])) * int(max(chunks[1])) * 3
+        self.cached = hasattr(arr, "blocks") and biggest <= max_bytes // 4
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_cache=OrderedDict(), _bytes=0, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def chunk_of(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk row and column holding level pixels (y, x)."""
+        cy = np.searchsorted(self.ybounds, y, side="right") - 1
+        cx = np.searchsorted(self.xbounds, x, side="right") - 1
+        return cy, cx
+
+    def _chunk(self, i: int, j: int) -> np.ndarray:
+        """Decoded chunk (i, j), from the cache when there."""
+        key = (i, j)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        block = self.arr.blocks[i, j]
+        data = np.asarray(block.compute(scheduler="synchronous"))[..., :3]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = data
+                self._bytes += data.nbytes
+                while self._bytes > self.max_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return data
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """An ``(h, w, 3)`` uint8 region; outside the level is white."""
+        H, W = self.shape
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
+        if y1 <= y0 or x1 <= x0:
+            return out
+        if not self.cached:
+            part = self.arr[y0:y1, x0:x1, :3]
+            if hasattr(part, "compute"):
+                part = part.compute(scheduler="synchronous")
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(part)
+            return out
+        (ci0, ci1), (cj0, cj1) = self.chunk_of(np.array([y0, y1 - 1]), np.array([x0, x1 - 1]))
+        for i in range(int(ci0), int(ci1) + 1):
+            by0, by1 = int(self.ybounds[i]), int(self.ybounds[i + 1])
+            sy0, sy1 = max(y0, by0), min(y1, by1)
+            for j in range(int(cj0), int(cj1) + 1):
+                bx0, bx1 = int(self.xbounds[j]), int(self.xbounds[j + 1])
+                sx0, sx1 = max(x0, bx0), min(x1, bx1)
+                chunk = self._chunk(i, j)
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = chunk[
+                    sy0 - by0 : sy1 - by0, sx0 - bx0 : sx1 - bx0
+                ]
+        return out
+
+
+def chunk_order(grid: PatchGrid, indices: np.ndarray, reader: RegionReader) -> np.ndarray:
+    """Permutation of ``indices`` that visits patches chunk by chunk (row-major inside a chunk)."""
+    rows, cols = np.divmod(np.asarray(indices, dtype=np.int64), grid.cols)
+    cy, cx = reader.chunk_of(rows * grid.read_stride, cols * grid.read_stride)
+    return np.lexsort((cols, rows, cx, cy))
 
 
 def read_patches(
-    slide: Slide, grid: PatchGrid, indices: Sequence[int] | np.ndarray, size: int | None = None
+    slide: Slide,
+    grid: PatchGrid,
+    indices: Sequence[int] | np.ndarray,
+    size: int | None = None,
+    reader: RegionReader | None = None,
 ) -> np.ndarray:
-    """uint8 (B, size, size, 3) patches ``indices`` of ``grid`` (``size`` default: ``grid.patch_size``).
-
-    Runs of patches side by side on one grid row are read as one strip.
-    """
+    """uint8 (B, size, size, 3) patches ``indices`` of ``grid`` (``size`` default: ``grid.patch_size``)."""
     idx = np.asarray(indices, dtype=np.int64)
     size = grid.patch_size if size is None else int(size)
-    rs = grid.read_size
+    reader = reader or RegionReader(slide.levels[grid.level])
+    rs, step = grid.read_size, grid.read_stride
     out = np.empty((len(idx), rs, rs, 3), dtype=np.uint8)
-    if len(idx):
-        rows, cols = np.divmod(idx, grid.cols)
-        step = grid.read_stride
-        order = np.lexsort((cols, rows))
-        start = 0
-        while start < len(order):
-            # grow a run on one grid row while the strip stays no more than twice the patches read
-            end = start + 1
-            while (
-                end < len(order)
-                and rows[order[end]] == rows[order[start]]
-                and (cols[order[end]] - cols[order[start]]) * step + rs
-                <= 2 * rs * (end + 1 - start)
-            ):
-                end += 1
-            run = order[start:end]
-            c0 = int(cols[run[0]])
-            y, x = int(rows[run[0]]) * step, c0 * step
-            width = (int(cols[run[-1]]) - c0) * step + rs
-            strip = _read_level(slide, grid.level, y, x, rs, width)
-            for k in run:
-                dx = (int(cols[k]) - c0) * step
-                out[k] = strip[:, dx : dx + rs]
-            start = end
+    rows, cols = np.divmod(idx, grid.cols)
+    for k in range(len(idx)):
+        out[k] = reader.read(int(rows[k]) * step, int(cols[k]) * step, rs, rs)
     return resize_batch(out, size)
 
 
@@ -91,12 +151,14 @@ class PatchBatches(Dataset):
 
     def __init__(self, slide: Slide, grid: PatchGrid, batches: list[np.ndarray], size: int) -> None:
         self.slide, self.grid, self.batches, self.size = slide, grid, batches, size
+        self.reader = RegionReader(slide.levels[grid.level])
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(read_patches(self.slide, self.grid, self.batches[i], self.size))
+        batch = read_patches(self.slide, self.grid, self.batches[i], self.size, self.reader)
+        return torch.from_numpy(batch)
 
 
 def _iter_inline(ds: PatchBatches, pin: bool) -> Iterator[torch.Tensor]:
@@ -184,7 +246,10 @@ def extract_features(
         kind = "inline"
     workers = min(max(workers, 1), os.cpu_count() or 1, 16)
     out = np.empty((len(idx), encoder.dim), dtype=np.float32)
-    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    reader = RegionReader(slide.levels[grid.level])
+    order = chunk_order(grid, idx, reader)  # positions in ``out``, visited chunk by chunk
+    slots = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [idx[p] for p in slots]
     total = len(idx)
     if progress is not None:
         progress(0, total, "features")
@@ -209,7 +274,7 @@ def extract_features(
     try:
         for b, batch in enumerate(stream):
             feats = encoder.embed(batch)
-            out[done : done + len(feats)] = feats
+            out[slots[b]] = feats
             done += len(feats)
             if progress is not None:
                 progress(done, total, "features")

@@ -1,0 +1,371 @@
+"""Patch grid, coarse labels, encoders and batched feature extraction."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import box
+
+from protorefine.annotations.model import Annotation, AnnotationSet
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.features import (
+    PatchGrid,
+    coarse_labels,
+    extract_features,
+    get_encoder,
+    list_encoders,
+    make_grid,
+    resolve_device,
+)
+from protorefine.features.encoders import efficientnet_lite0_weights
+from protorefine.slides import Slide
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the test machine is shared, and 2-thread OpenMP stalls under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tissue_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """H&E-like random texture (pink stroma with purple dots)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), dtype=np.uint8)
+    img[..., 0] = rng.integers(170, 230, (h, w))
+    img[..., 1] = rng.integers(80, 140, (h, w))
+    img[..., 2] = rng.integers(150, 210, (h, w))
+    dots = rng.random((h, w)) < 0.1
+    img[dots] = (70, 40, 130)
+    return img
+
+
+def _two_level_slide(h: int = 400, w: int = 600, chunk: int = 48) -> Slide:
+    """A 2-level slide (downsample 4) of random tissue with small chunks, mpp 0.5."""
+    img = _tissue_image(h, w)
+    small = img.reshape(h // 4, 4, w // 4, 4, 3).mean((1, 3)).astype(np.uint8)
+    levels = [
+        da.from_array(img, chunks=(chunk, chunk, 3)),
+        da.from_array(small, chunks=(32, 32, 3)),
+    ]
+    return Slide(path=Path("two.tif"), name="two", levels=levels, mpp=0.5, backend="array")
+
+
+# ---- grid -----------------------------------------------------------------------------
+
+
+def test_grid_level0_geometry() -> None:
+    slide = Slide.from_array(_tissue_image(300, 500), mpp=0.25)
+    grid = make_grid(slide, patch_size=64, tissue=True)
+    assert (grid.level, grid.rows, grid.cols, grid.downsample) == (0, 5, 8, 64.0)
+    assert grid.n == 40 and grid.tissue.all()
+    assert grid.rc[9].tolist() == [1, 1] and grid.yx[9].tolist() == [64, 64]
+    assert grid.yx[-1].tolist() == [256, 448]  # last patch overhangs the slide edge
+    assert grid.mpp == pytest.approx(0.25)
+
+
+def test_grid_level1_and_stride() -> None:
+    slide = _two_level_slide()
+    grid = make_grid(slide, patch_size=32, level=1, tissue=True)
+    assert (grid.level, grid.read_size, grid.downsample) == (1, 32, 128.0)
+    assert (grid.rows, grid.cols) == (4, 5)  # ceil(400/128), ceil(600/128)
+    assert grid.yx[6].tolist() == [128, 128]
+    assert grid.mpp == pytest.approx(2.0)
+    half = make_grid(slide, patch_size=32, level=1, stride=16, tissue=True)
+    assert half.downsample == 64.0 and (half.rows, half.cols) == (7, 10)
+    assert half.patch_level0 == 128.0
+
+
+def test_grid_mpp_selection() -> None:
+    slide = _two_level_slide()
+    exact = make_grid(slide, patch_size=32, mpp=2.0, tissue=True)
+    assert (exact.level, exact.read_size) == (1, 32)
+    # 1.0 um/px lies between the levels (0.5 and 2.0): read 64 px at level 0, resize to 32
+    finer = make_grid(slide, patch_size=32, mpp=1.0, tissue=True)
+    assert (finer.level, finer.read_size, finer.downsample) == (0, 64, 64.0)
+    assert finer.mpp == pytest.approx(1.0)
+    # 1.9 is 5% off level 1: read at level 0 and resize rather than use the wrong scale
+    off = make_grid(slide, patch_size=32, mpp=1.9, tissue=True)
+    assert (off.level, off.read_size) == (0, round(32 * 3.8))
+
+
+def test_grid_bad_input() -> None:
+    slide = _two_level_slide()
+    with pytest.raises(ProtorefineError, match="levels 0..1"):
+        make_grid(slide, level=2)
+    with pytest.raises(ProtorefineError, match="not both"):
+        make_grid(slide, level=1, mpp=2.0)
+    with pytest.raises(ProtorefineError, match="finer than"):
+        make_grid(slide, mpp=0.1)
+    no_mpp = Slide.from_array(_tissue_image(64, 64))
+    with pytest.raises(ProtorefineError, match="microns per pixel"):
+        make_grid(no_mpp, mpp=1.0)
+
+
+def test_tissue_flags_on_white_and_tissue() -> None:
+    img = np.full((256, 384, 3), 245, dtype=np.uint8)
+    img[:128, :192] = _tissue_image(128, 192)
+    grid = make_grid(Slide.from_array(img), patch_size=32)
+    expected = np.zeros((8, 12), bool)
+    expected[:4, :6] = True
+    assert np.array_equal(grid.tissue.reshape(8, 12), expected)
+    assert grid.tissue_fraction.reshape(8, 12)[:4, :6].min() > 0.9
+
+
+def test_tissue_mask_argument_and_fraction() -> None:
+    slide = Slide.from_array(_tissue_image(128, 128))
+    mask = np.zeros((16, 16), bool)  # downsample 8
+    mask[:, :5] = True  # 40 px: patch 0 (0..32) full, patch 1 (32..64) a quarter
+    grid = make_grid(slide, patch_size=32, tissue=(mask, 8.0))
+    frac = grid.tissue_fraction.reshape(4, 4)
+    assert frac[0].tolist() == pytest.approx([1.0, 0.25, 0.0, 0.0])
+    assert grid.tissue.reshape(4, 4)[0].tolist() == [True, True, False, False]
+    strict = make_grid(slide, patch_size=32, tissue=(mask, 8.0), min_tissue=0.5)
+    assert strict.tissue.reshape(4, 4)[0].tolist() == [True, False, False, False]
+
+
+def test_to_image_and_round_trip(tmp_path: Path) -> None:
+    slide = Slide.from_array(_tissue_image(96, 128))
+    mask = np.ones((3, 4), bool)
+    mask[0, 0] = False
+    grid = make_grid(slide, patch_size=32, tissue=mask)
+    n_t = int(grid.tissue.sum())
+    img = grid.to_image(np.arange(n_t, dtype=np.int64) + 1, fill=-1)
+    assert img.shape == (3, 4) and img[0, 0] == -1 and img[0, 1] == 1 and img[2, 3] == n_t
+    assert grid.to_image(np.ones(grid.n), fill=0).sum() == grid.n
+    assert np.array_equal(grid.from_image(img), np.arange(n_t) + 1)
+    with pytest.raises(ProtorefineError, match="expected 12 patches"):
+        grid.to_image(np.ones(5))
+    np.savez(tmp_path / "g.npz", **grid.to_dict())
+    with np.load(tmp_path / "g.npz") as d:
+        back = PatchGrid.from_dict(dict(d))
+    assert back.shape == grid.shape and back.downsample == grid.downsample
+    assert np.array_equal(back.tissue, grid.tissue) and np.array_equal(back.yx, grid.yx)
+    assert back.mpp is None
+
+
+# ---- coarse labels ----------------------------------------------------------------------
+
+
+def test_coarse_labels_square() -> None:
+    slide = Slide.from_array(_tissue_image(320, 320))
+    grid = make_grid(slide, patch_size=32, tissue=True)  # 10 x 10 cells
+    ann = AnnotationSet([Annotation(box(64, 64, 256, 256), "Tumor")])  # cells 2..7
+    inside, dist = coarse_labels(grid, ann)
+    inside, dist = inside.reshape(10, 10), dist.reshape(10, 10)
+    assert inside[2:8, 2:8].min() == pytest.approx(1.0)
+    assert inside.sum() == pytest.approx(36.0)
+    assert dist[4, 4] == pytest.approx(2.5, abs=0.2)  # centre 4.5 cells, edges at 2 and 8
+    assert dist[2, 4] == pytest.approx(0.5, abs=0.2)
+    assert dist[0, 4] == pytest.approx(-1.5, abs=0.2)
+    assert dist[0, 0] == pytest.approx(-np.hypot(1.5, 1.5), abs=0.2)
+    assert ((dist > 0) == (inside > 0.5)).all()
+
+
+def test_coarse_labels_partial_cells_and_exclusion() -> None:
+    slide = Slide.from_array(_tissue_image(128, 128))
+    grid = make_grid(slide, patch_size=32, tissue=True)
+    ann = AnnotationSet(
+        [
+            Annotation(box(0, 0, 80, 128), "Tumor"),  # columns 0, 1 full; column 2 half
+            Annotation(box(0, 0, 32, 32), "Exclusion"),
+        ]
+    )
+    inside, dist = coarse_labels(grid, ann)
+    inside = inside.reshape(4, 4)
+    assert inside[1:, 0].tolist() == pytest.approx([1, 1, 1])
+    assert inside[0, 0] == pytest.approx(0.0)
+    assert inside[:, 2].tolist() == pytest.approx([0.5] * 4)
+    assert inside[:, 3].max() == 0.0
+    empty, d_empty = coarse_labels(grid, AnnotationSet([]))
+    assert empty.max() == 0.0 and (d_empty < 0).all()
+
+
+# ---- device and encoders -----------------------------------------------------------------
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ProtorefineError, match="expected one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ProtorefineError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_efficientnet_lite0_shape_determinism_and_hash() -> None:
+    enc = get_encoder("efficientnet-lite0", device="cpu", input_size=32)
+    assert (enc.name, enc.dim, enc.input_size) == ("efficientnet-lite0", 1280, 32)
+    path = efficientnet_lite0_weights()
+    assert enc.weight_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    batch = np.stack([_tissue_image(32, 32, seed=s) for s in range(3)])
+    a, b = enc.embed(batch), enc.embed(batch)
+    assert a.shape == (3, 1280) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+    one = enc.embed(batch[1:2])
+    np.testing.assert_allclose(one[0], a[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(a[0], a[1])  # different patches, different features
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("_conv_stem.weight", "_blocks.3._depthwise_conv.weight", "_bn1.running_var"):
+        assert torch.equal(enc.net.state_dict()[f"model.{key}"].cpu(), state[key])
+    big = enc.embed(np.stack([_tissue_image(64, 64)]))  # resized to the input size inside
+    assert big.shape == (1, 1280)
+
+
+def test_colour_texture_encoder() -> None:
+    enc = get_encoder("colour-texture", device="cpu", input_size=32)
+    assert enc.dim == 77 and enc.input_size == 32 and len(enc.weight_hash) == 64
+    pink = np.full((2, 32, 32, 3), (230, 150, 200), dtype=np.uint8)
+    purple = np.full((2, 32, 32, 3), (90, 60, 150), dtype=np.uint8)
+    batch = np.concatenate([pink, purple, _tissue_image(32, 32)[None]])
+    f = enc.embed(batch)
+    assert f.shape == (5, 77) and np.isfinite(f).all()
+    assert np.array_equal(f, enc.embed(batch))
+    np.testing.assert_allclose(enc.embed(batch[4:5])[0], f[4], rtol=1e-5, atol=1e-5)
+    from protorefine.features.colour_texture import feature_names
+
+    h_mean = feature_names().index("h_mean")
+    assert f[2, h_mean] > f[0, h_mean] + 1  # purple (haematoxylin) above pink, in ref std units
+
+
+def test_colour_texture_matches_skimage_hed() -> None:
+    from skimage.color import rgb2hed
+
+    from protorefine.features.colour_texture import ColourTexture, feature_names
+
+    img = _tissue_image(32, 32)
+    raw = ColourTexture().raw(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
+    names = feature_names()
+    hed = rgb2hed(img / 255.0)
+    for k, c in enumerate("hed"):
+        assert raw[0, names.index(f"{c}_mean")].item() == pytest.approx(
+            hed[..., k].mean(), abs=1e-5
+        )
+
+
+def test_unknown_encoder_lists_known() -> None:
+    with pytest.raises(ProtorefineError) as e:
+        get_encoder("resnet-9000", device="cpu")
+    msg = str(e.value)
+    assert "resnet-9000" in msg and "efficientnet-lite0" in msg and "colour-texture" in msg
+    assert "\n" not in msg
+    assert "efficientnet-lite0" in list_encoders()
+
+
+def test_torchscript_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+    ).eval()
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(net).save(str(path))
+    enc = get_encoder(str(path), device="cpu", input_size=16)
+    assert enc.dim == 5 and enc.input_size == 16
+    assert enc.weight_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    batch = np.stack([_tissue_image(16, 16, seed=s) for s in range(2)])
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = net((x - mean) / std).flatten(1).numpy()
+    np.testing.assert_allclose(enc.embed(batch), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"this is not a model" * 10)
+    with pytest.raises(ProtorefineError) as e:
+        get_encoder(str(bad), device="cpu")
+    assert "broken.pt" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ProtorefineError, match="no such TorchScript file"):
+        get_encoder(str(tmp_path / "missing.pt"), device="cpu")
+
+
+def test_timm_needs_local_weights_and_timm(tmp_path: Path) -> None:
+    with pytest.raises(ProtorefineError, match="never downloaded"):
+        get_encoder("timm:resnet18", device="cpu")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ProtorefineError, match="timm is not installed"):
+            get_encoder(f"timm:resnet18@{tmp_path / 'w.pth'}", device="cpu")
+    else:
+        bad = tmp_path / "w.pth"
+        bad.write_bytes(b"garbage")
+        with pytest.raises(ProtorefineError, match="do not load"):
+            get_encoder(f"timm:resnet18@{bad}", device="cpu")
+
+
+# ---- extraction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loader", ["inline", "thread", "process"])
+def test_extract_matches_one_by_one(loader: str) -> None:
+    slide = _two_level_slide()  # 48-px chunks: patches straddle chunks, visited out of order
+    mask = np.ones((4, 6), bool)
+    mask[0, :3] = False
+    grid = make_grid(slide, patch_size=40, mpp=1.0, tissue=(mask, 100.0))  # level 0, 80 px reads
+    enc = get_encoder("colour-texture", device="cpu", input_size=20)
+    seen: list[tuple[int, int]] = []
+    feats = extract_features(
+        slide, grid, enc, batch_size=7, loader=loader, progress=lambda d, t, m: seen.append((d, t))
+    )
+    idx = np.flatnonzero(grid.tissue)
+    assert feats.shape == (len(idx), enc.dim)
+    one_by_one = np.stack(
+        [
+            enc.embed(
+                slide.read_region(grid.level, *(grid.yx_level[i]), grid.read_size, grid.read_size)[
+                    None
+                ]
+            )[0]
+            for i in idx
+        ]
+    )
+    np.testing.assert_allclose(feats, one_by_one, rtol=1e-4, atol=1e-4)
+    assert seen[0] == (0, len(idx)) and seen[-1] == (len(idx), len(idx))
+    assert len(seen) == 1 + int(np.ceil(len(idx) / 7))
+
+
+def test_extract_level1_all_patches_with_efficientnet() -> None:
+    slide = _two_level_slide()
+    grid = make_grid(slide, patch_size=32, level=1, tissue=True)
+    enc = get_encoder("efficientnet-lite0", device="cpu", input_size=32)
+    feats = extract_features(slide, grid, enc, batch_size=8, indices=np.arange(grid.n))
+    assert feats.shape == (grid.n, 1280)
+    i = 7
+    y, x = grid.yx_level[i]
+    ref = enc.embed(slide.read_region(1, int(y), int(x), 32, 32)[None])[0]
+    np.testing.assert_allclose(feats[i], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_extract_cancel_raises() -> None:
+    slide = Slide.from_array(_tissue_image(128, 128))
+    grid = make_grid(slide, patch_size=16, tissue=True)
+    enc = get_encoder("colour-texture", device="cpu", input_size=16)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError, match="cancelled"):
+        extract_features(slide, grid, enc, batch_size=8, cancel=cancel)
+    assert len(calls) == 3  # checked before the first batch and after each batch
+    with pytest.raises(ProtorefineError, match="loader"):
+        extract_features(slide, grid, enc, loader="gpu-magic")
+
+
+def test_extract_no_tissue_returns_empty() -> None:
+    slide = Slide.from_array(_tissue_image(64, 64))
+    grid = make_grid(slide, patch_size=32, tissue=np.zeros((2, 2), bool))
+    enc = get_encoder("colour-texture", device="cpu", input_size=16)
+    assert extract_features(slide, grid, enc).shape == (0, enc.dim)
