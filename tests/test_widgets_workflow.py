@@ -329,10 +329,11 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     assert abs(area - mask_area) / mask_area < 0.1
     # NGFF labels inside the slide's zarr
     labels_dir = review.export_ngff()
-    assert labels_dir is not None and (labels_dir / "0").exists()
     import zarr
 
-    arr = zarr.open_array(labels_dir / "0", mode="r")
+    assert labels_dir is not None
+    ms = dict(zarr.open_group(labels_dir, mode="r").attrs)["multiscales"][0]
+    arr = zarr.open_array(labels_dir / ms["datasets"][0]["path"], mode="r")
     assert arr.shape[-2:] == (grid.rows, grid.cols)
     # Dice against the cohort's ground truth (loaded from the project's ui_state)
     assert review.truth_path is not None

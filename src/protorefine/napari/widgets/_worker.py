@@ -55,6 +55,21 @@ class TaskContext:
     send: Callable[[object], None]
 
 
+@dataclass
+class _Failure:
+    """An exception raised by a task, carried back to the Qt thread as a value."""
+
+    exc: BaseException
+
+
+def _guarded(func: Callable[[TaskContext], Any], ctx: TaskContext) -> Any:
+    """Run ``func(ctx)`` in the worker, returning a raised exception as :class:`_Failure`."""
+    try:
+        return func(ctx)
+    except Exception as exc:
+        return _Failure(exc)
+
+
 class _Bridge(QObject):
     """Carries worker-thread events into the Qt thread (queued signal connections)."""
 
@@ -162,9 +177,10 @@ class TaskRunner(QWidget):
                 bridge.progressed.emit(int(done), int(total), str(message))
 
         ctx = TaskContext(progress=progress, cancel=cancel_event.is_set, send=bridge.sent.emit)
-        worker = create_worker(func, ctx, _start_thread=False)
+        # exceptions come back as values: napari would otherwise show every error,
+        # a cancel included, as a traceback notification
+        worker = create_worker(_guarded, func, ctx, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda result: self._on_returned(result, on_done))
-        worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._busy = True
@@ -208,6 +224,9 @@ class TaskRunner(QWidget):
             self._on_event(obj)
 
     def _on_returned(self, result: Any, on_done: Callable[[Any], Any] | None) -> None:
+        if isinstance(result, _Failure):
+            self._on_errored(result.exc)
+            return
         self.last_outcome = "done"
         self.last_message = f"{self._title}: done"
         self._pending = (on_done, result)
