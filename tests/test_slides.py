@@ -348,3 +348,33 @@ def test_open_slide_from_copied_zarr_folder(tmp_path: Path) -> None:
     shutil.copytree(out, moved)
     slide = open_slide(moved)
     assert slide.name == "renamed" and slide.mpp == pytest.approx(0.5)
+
+
+def test_openslide_backend_matches_tifffile(slides_dir: Path) -> None:
+    pytest.importorskip("openslide")
+    from protorefine.slides.openslide import open_openslide
+
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    slide = open_openslide(path, "cmu")
+    assert slide.backend == "openslide" and slide.shape == (2967, 2220)
+    assert slide.mpp == pytest.approx(0.499)
+    assert {"label", "macro", "thumbnail"} <= set(slide.associated)
+    np.testing.assert_array_equal(np.asarray(slide.levels[0]), tifffile.imread(path))
+
+    path = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    slide = open_openslide(path, "tcga")
+    assert [lvl.shape for lvl in slide.levels] == [(3567, 4443, 3), (1783, 2221, 3)]
+    np.testing.assert_array_equal(
+        np.asarray(slide.levels[0][:1024, :1024]), tifffile.imread(path)[:1024, :1024]
+    )
+    # level 1 has a non-integer downsample (2.0005): OpenSlide resamples by < 0.5 px
+    diff = np.abs(np.asarray(slide.levels[1]).astype(int) - tifffile.imread(path, level=1))
+    assert diff.mean() < 5
+
+
+def test_openslide_formats_need_the_extra_or_a_readable_file(tmp_path: Path) -> None:
+    path = tmp_path / "scan.mrxs"
+    path.write_bytes(b"not a mirax file")
+    with pytest.raises(ProtorefineError) as exc:
+        open_slide(path)
+    _assert_one_line(exc, "scan.mrxs")

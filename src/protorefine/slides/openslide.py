@@ -31,8 +31,11 @@ def _level_array(osr, level: int) -> da.Array:
 
     def read(block_info=None) -> np.ndarray:
         (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        # read_region takes level-0 coordinates for the top-left corner.
-        region = osr.read_region((int(x0 * down), int(y0 * down)), level, (x1 - x0, y1 - y0))
+        # read_region takes level-0 coordinates for the top-left corner. With a
+        # non-integer downsample OpenSlide resamples at the leftover sub-pixel offset
+        # (at most half a pixel after rounding); level 0 is always exact.
+        origin = (int(round(x0 * down)), int(round(y0 * down)))
+        region = osr.read_region(origin, level, (x1 - x0, y1 - y0))
         rgba = np.asarray(region)
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
         # Transparent pixels (outside the scanned area) become white, as OpenSlide advises.

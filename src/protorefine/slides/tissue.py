@@ -21,16 +21,20 @@ _GLASS = 200
 
 
 def _thumbnail(slide: Slide, max_size: int) -> tuple[np.ndarray, float]:
-    """The smallest level that fits ``max_size``, or a level averaged down lazily to fit."""
+    """The largest level that fits ``max_size``, or a larger level averaged down lazily to fit.
+
+    A larger level is averaged down when no level fits, or when the fitting one is
+    under half of ``max_size`` and the level above it is at most 4x ``max_size``.
+    """
     h0, w0 = slide.shape
-    for i in range(len(slide.levels) - 1, -1, -1):
-        lvl = slide.levels[i]
-        if max(lvl.shape[:2]) <= max_size:
-            fits = i
-            break
-    else:
-        fits = None
-    if fits is not None and (fits == 0 or max(slide.levels[fits].shape[:2]) * 2 > max_size):
+    # The largest level that fits max_size (levels go from large to small).
+    fits = next((i for i, lvl in enumerate(slide.levels) if max(lvl.shape[:2]) <= max_size), None)
+    small_enough = fits is not None and (
+        fits == 0
+        or max(slide.levels[fits].shape[:2]) * 2 > max_size
+        or max(slide.levels[fits - 1].shape[:2]) > 4 * max_size
+    )
+    if small_enough:
         lvl = slide.levels[fits]
         return np.asarray(lvl.compute()), w0 / lvl.shape[1]
     # No level fits (or the fitting one is needlessly small): area-average the
