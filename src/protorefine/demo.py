@@ -200,16 +200,29 @@ def open_demo_viewer(out: Path, *, show: bool = True, slides_dir: Path | None = 
     return viewer, state, docked
 
 
+#: Widgets docked as tabs of the widget before them (the pipeline steps share one pane).
+TABIFIED = ("Refine and train", "Review and export")
+
+
 def dock_widgets(viewer) -> dict:
-    """Dock every protorefine widget that imports; returns {name: widget}."""
+    """Dock every protorefine widget that imports; returns {name: widget}.
+
+    "Project and slides" and "Coarse annotation" get a pane each; the three
+    pipeline steps share a third pane as tabs.
+    """
     docked = {}
+    docks = {}
     for name in WIDGETS:
         try:
-            _, widget = viewer.window.add_plugin_dock_widget("protorefine", name, tabify=False)
+            docks[name], widget = viewer.window.add_plugin_dock_widget(
+                "protorefine", name, tabify=name in TABIFIED and bool(docked)
+            )
         except (ImportError, AttributeError, KeyError) as exc:
             print(f"protorefine: widget {name!r} is not available: {exc}", file=sys.stderr)
             continue
         docked[name] = widget
+    if "Prototypes" in docks:  # the first pipeline step is the visible tab
+        docks["Prototypes"].raise_()
     return docked
 
 
