@@ -1,0 +1,194 @@
+"""``protorefine refine`` and ``protorefine evaluate`` end to end, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from protorefine.annotations import read_geojson, write_geojson
+from protorefine.cli import main
+from refine_synth import write_slide_case
+
+FAST = ["--patch-size", "64", "--encoder", "colour-texture", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return write_slide_case(tmp_path_factory.mktemp("case"), size=1024)
+
+
+@pytest.fixture(scope="module")
+def refined(case, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    rc = main(
+        ["refine", str(case["slide"]), "--coarse", str(case["coarse"]), "--out", str(out), *FAST]
+    )
+    assert rc == 0
+    return out
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("protorefine: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+def test_refine_writes_outputs(refined, case):
+    ann = read_geojson(refined / "s1.geojson")
+    assert len(ann) >= 1 and all(a.classification == "Tumor" for a in ann)
+    minx, miny, maxx, maxy = ann.union().bounds
+    assert minx >= 0 and miny >= 0 and maxx <= 1024 and maxy <= 1024
+    raw = json.loads((refined / "s1.geojson").read_text())
+    assert raw["type"] == "FeatureCollection"
+    assert raw["features"][0]["properties"]["objectType"] == "annotation"
+    png = iio.imread(refined / "s1_refined.png")
+    assert png.shape == (16, 16) and set(np.unique(png)) <= {0, 255} and png.max() == 255
+    report = json.loads((refined / "report.json").read_text())
+    assert report["config"]["patch_size"] == 64 and report["device"] == "cpu"
+    assert set(report["stages"]) == {
+        "grid",
+        "features",
+        "prototypes",
+        "pseudo_labels",
+        "classifier",
+        "output",
+    }
+    assert report["slides"]["s1"]["tissue_patches"] > 0
+    assert report["encoder"]["name"] == "colour-texture"
+
+
+def test_rerun_resumes_without_recomputing(refined, case):
+    rc = main(
+        [
+            "refine",
+            str(case["slide"]),
+            "--coarse",
+            str(case["coarse"]),
+            "--out",
+            str(refined),
+            *FAST,
+        ]
+    )
+    assert rc == 0
+    report = json.loads((refined / "report.json").read_text())
+    assert not any(s["ran_now"] for s in report["stages"].values())
+
+
+def test_evaluate_prints_table(refined, case, capsys, tmp_path):
+    capsys.readouterr()
+    js = tmp_path / "eval.json"
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(refined),
+            "--gt",
+            str(case["gt"].parent),
+            "--coarse",
+            str(case["coarse"].parent),
+            "--slides",
+            str(case["slide"].parent),
+            "--json",
+            str(js),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "s1" in out and "mean" in out and "ref dice" in out and "coa dice" in out
+    res = json.loads(js.read_text())
+    row = res["slides"][0]
+    assert 0 < row["refined"]["dice"] <= 1 and 0 < row["coarse"]["dice"] <= 1
+
+
+def test_slide_without_coarse_names_it(case, tmp_path, capsys):
+    other = tmp_path / "other.geojson"
+    shutil.copy(case["coarse"], other)
+    rc = main(
+        ["refine", str(case["slide"]), "--coarse", str(other), "--out", str(tmp_path / "o"), *FAST]
+    )
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert "s1.png" in line and "'s1'" in line and "other" in line
+
+
+def test_annotation_without_tumour_class(case, tmp_path, capsys):
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet
+
+    bad = tmp_path / "s1.geojson"
+    write_geojson(AnnotationSet([Annotation(box(0, 0, 300, 300), "Exclusion")]), bad)
+    rc = main(
+        ["refine", str(case["slide"]), "--coarse", str(bad), "--out", str(tmp_path / "o"), *FAST]
+    )
+    assert rc == 2
+    assert "no tumour region" in one_error_line(capsys)
+
+
+def test_annotation_covering_all_tissue(case, tmp_path, capsys):
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet
+
+    bad = tmp_path / "s1.geojson"
+    write_geojson(AnnotationSet([Annotation(box(0, 0, 1024, 1024), "Tumor")]), bad)
+    rc = main(
+        ["refine", str(case["slide"]), "--coarse", str(bad), "--out", str(tmp_path / "o"), *FAST]
+    )
+    assert rc == 2
+    assert "covers all tissue" in one_error_line(capsys)
+
+
+def test_slide_without_tissue(case, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    iio.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8))
+    coarse = tmp_path / "blank.geojson"
+    shutil.copy(case["coarse"], coarse)
+    rc = main(["refine", str(blank), "--coarse", str(coarse), "--out", str(tmp_path / "o"), *FAST])
+    assert rc == 2
+    assert "no tissue" in one_error_line(capsys)
+
+
+def test_unknown_encoder(case, tmp_path, capsys):
+    args = [
+        "refine",
+        str(case["slide"]),
+        "--coarse",
+        str(case["coarse"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--patch-size",
+        "64",
+        "--encoder",
+        "nope",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert "unknown encoder 'nope'" in line and "colour-texture" in line
+
+
+def test_damaged_checkpoint(refined, case, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    shutil.copytree(refined / "project", proj)
+    (proj / "stages" / "classifier" / "model.pt").write_bytes(b"garbage")
+    (proj / "stages" / "output" / "done.json").unlink()
+    args = [
+        "refine",
+        str(case["slide"]),
+        "--coarse",
+        str(case["coarse"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--project",
+        str(proj),
+        *FAST,
+    ]
+    assert main(args) == 2
+    assert "model.pt: checkpoint does not load" in one_error_line(capsys)
