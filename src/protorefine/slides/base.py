@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ class Slide:
     ``levels[0]`` is full resolution; each further level is smaller. ``mpp`` is
     microns per pixel at level 0 (``None`` when the file does not say).
     ``associated`` holds small extra images (``label``, ``macro``, ``thumbnail``).
+    ``region_reader`` is an optional backend fast path ``(level, y, x, h, w) ->
+    (h, w, 3) uint8 or None`` for in-bounds regions; it must give the same pixels
+    as ``levels`` (None means "use the lazy level").
     """
 
     path: Path
@@ -24,6 +28,9 @@ class Slide:
     mpp: float | None = None
     associated: dict[str, np.ndarray] = field(default_factory=dict)
     backend: str = ""
+    region_reader: Callable[[int, int, int, int, int], np.ndarray | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def from_array(
@@ -57,7 +64,12 @@ class Slide:
         y0, x0 = max(y, 0), max(x, 0)
         y1, x1 = min(y + h, H), min(x + w, W)
         if y1 > y0 and x1 > x0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(arr[y0:y1, x0:x1, :3])
+            fast = None
+            if self.region_reader is not None:
+                fast = self.region_reader(level, y0, x0, y1 - y0, x1 - x0)
+            if fast is None:
+                fast = np.asarray(arr[y0:y1, x0:x1, :3])
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = fast
         return out
 
     def best_level_for_downsample(self, downsample: float) -> int:

@@ -134,9 +134,11 @@ class _Level:
         return out
 
 
-def _copy_tile(src, dst: _Level, y: int, x: int, tile: int) -> None:
-    """Copy one (tile, tile) block of a lazy (H, W, 3) level into a (3, H, W) level."""
-    block = np.asarray(src[y : y + tile, x : x + tile].compute(scheduler="synchronous"))
+def _copy_tile(slide: Slide, level: int, dst: _Level, y: int, x: int, tile: int) -> None:
+    """Copy one (tile, tile) block of a slide level into a (3, H, W) level."""
+    h = min(tile, dst.shape[1] - y)
+    w = min(tile, dst.shape[2] - x)
+    block = slide.read_region(level, y, x, h, w)
     dst.write(y, x, np.moveaxis(block, 2, 0))
 
 
@@ -238,9 +240,8 @@ def convert_to_ome_zarr(
             )
             dst = _Level(array, tmp / str(k))
             if plan.source is not None:
-                src = slide.levels[plan.source]
                 jobs = (
-                    (lambda y=y, x=x, d=dst, s=src: _copy_tile(s, d, y, x, tile))
+                    (lambda y=y, x=x, d=dst, i=plan.source: _copy_tile(slide, i, d, y, x, tile))
                     for y, x in _tiles(plan.shape, tile)
                 )
             else:

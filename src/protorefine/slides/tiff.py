@@ -13,6 +13,7 @@ import zarr
 
 from protorefine.errors import ProtorefineError
 from protorefine.slides._rgb import rgb_numpy, to_rgb
+from protorefine.slides._tiffread import TiffRegionReader
 from protorefine.slides.base import Slide
 
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
@@ -144,6 +145,7 @@ def open_tiff(path: Path, name: str) -> Slide:
             levels.append(to_rgb(lazy, series.axes, path))
         mpp = read_mpp(tf)
         associated = _associated(tf, path)
+        reader = TiffRegionReader(tf, series)
     except ProtorefineError:
         tf.close()
         raise
@@ -151,5 +153,11 @@ def open_tiff(path: Path, name: str) -> Slide:
         tf.close()
         raise ProtorefineError(f"{path}: cannot read TIFF structure ({_one_line(exc)})") from exc
     return Slide(
-        path=path, name=name, levels=levels, mpp=mpp, associated=associated, backend="tifffile"
+        path=path,
+        name=name,
+        levels=levels,
+        mpp=mpp,
+        associated=associated,
+        backend="tifffile",
+        region_reader=reader,
     )
