@@ -184,3 +184,24 @@ def test_cli_convert(tmp_path: Path, capsys) -> None:
     slide = open_slide(out)
     np.testing.assert_array_equal(np.asarray(slide.levels[0]), img)
     assert len(slide.levels) == 1  # 700 px long side is already <= 1024
+
+
+def test_thin_image_and_white_chunks(tmp_path: Path) -> None:
+    # narrower than one tile in y, several tiles in x, with an all-white stretch
+    img = _image(100, 700)
+    img[:, 256:512] = 255
+    out = convert_to_ome_zarr(Slide.from_array(img), tmp_path / "thin.zarr", tile=256, min_size=64)
+    slide = open_slide(out)
+    np.testing.assert_array_equal(np.asarray(slide.levels[0]), img)
+    assert [lvl.shape[:2] for lvl in slide.levels] == [
+        (100, 700),
+        (50, 350),
+        (25, 175),
+        (12, 87),
+        (6, 43),
+    ]
+    np.testing.assert_array_equal(np.asarray(slide.levels[1]), _mean2(img))
+    # the all-white chunk is not stored: readers fill it with the array's fill value
+    assert not (out / "0" / "0" / "0" / "1").exists()
+    assert (out / "0" / "0" / "0" / "2").exists()
+    assert zarr.open_array(out / "0", mode="r").fill_value == 255
