@@ -32,6 +32,9 @@ LOADERS = ("thread", "process", "inline")
 #: Default loader and worker count, chosen by benchmarks/features_bench.py on 2 CPU cores.
 DEFAULT_LOADER = "thread"
 DEFAULT_WORKERS = 1
+#: On a GPU the encoder outruns one reader: worker processes (at most this many, one core spare).
+GPU_LOADER = "process"
+GPU_WORKERS = 8
 #: Bytes of decoded chunks each reader keeps.
 CACHE_BYTES = 96 << 20
 
@@ -238,10 +241,15 @@ def extract_features(
         raise ProtorefineError(f"patch indices out of range 0..{grid.n - 1}")
     if batch_size < 1:
         raise ProtorefineError(f"batch size {batch_size}: must be at least 1")
-    kind = (loader or DEFAULT_LOADER).lower()
+    cores = os.cpu_count() or 1
+    on_gpu = encoder.device.type == "cuda"
+    kind = (loader or (GPU_LOADER if on_gpu else DEFAULT_LOADER)).lower()
     if kind not in LOADERS:
         raise ProtorefineError(f"loader {loader!r}: expected one of {', '.join(LOADERS)}")
-    workers = DEFAULT_WORKERS if num_workers is None else int(num_workers)
+    if num_workers is None:
+        workers = max(1, min(GPU_WORKERS, cores - 1)) if on_gpu else DEFAULT_WORKERS
+    else:
+        workers = int(num_workers)
     if workers <= 0:
         kind = "inline"
     workers = min(max(workers, 1), os.cpu_count() or 1, 16)
@@ -267,7 +275,6 @@ def extract_features(
         stream = _iter_processes(ds, workers, pin)
     before = torch.get_num_threads()
     if encoder.device.type == "cpu":
-        cores = os.cpu_count() or 1
         want = threads if threads is not None else cores - (0 if kind == "inline" else workers)
         torch.set_num_threads(max(1, int(want)))
     done = 0
