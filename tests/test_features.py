@@ -369,3 +369,17 @@ def test_extract_no_tissue_returns_empty() -> None:
     grid = make_grid(slide, patch_size=32, tissue=np.zeros((2, 2), bool))
     enc = get_encoder("colour-texture", device="cpu", input_size=16)
     assert extract_features(slide, grid, enc).shape == (0, enc.dim)
+
+
+def test_region_reader_matches_read_region_with_tiny_cache() -> None:
+    from protorefine.features.extract import RegionReader
+
+    slide = _two_level_slide()
+    reader = RegionReader(slide.levels[0], max_bytes=4 * 48 * 48 * 3)  # about 4 chunks kept
+    assert reader.cached
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        y, x = (int(v) for v in rng.integers(-60, 620, 2))
+        h, w = (int(v) for v in rng.integers(1, 130, 2))
+        assert np.array_equal(reader.read(y, x, h, w), slide.read_region(0, y, x, h, w))
+    assert reader._bytes <= reader.max_bytes
