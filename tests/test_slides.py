@@ -386,3 +386,23 @@ def test_openslide_formats_need_the_extra_or_a_readable_file(tmp_path: Path) -> 
     with pytest.raises(ProtorefineError) as exc:
         open_slide(path)
     _assert_one_line(exc, "scan.mrxs")
+
+
+def test_open_ome_zarr_written_by_ome_zarr_py(tmp_path: Path) -> None:
+    # an NGFF 0.5 (zarr v3) image from ome-zarr-py's own writer, channel-first, in nanometres
+    from ome_zarr.writer import write_image
+
+    img = _image(300, 400)
+    group = zarr.open_group(tmp_path / "other.ome.zarr", mode="w")
+    write_image(
+        np.moveaxis(img, 2, 0),
+        group,
+        axes=["c", "y", "x"],
+        axes_units={"y": "nanometer", "x": "nanometer"},
+        scale={"c": 1.0, "y": 250.0, "x": 250.0},
+    )
+    slide = open_slide(tmp_path / "other.ome.zarr")
+    assert slide.name == "other" and slide.backend == "ome-zarr"
+    assert slide.mpp == pytest.approx(0.25)
+    assert len(slide.levels) >= 2 and slide.levels[1].shape[2] == 3
+    np.testing.assert_array_equal(np.asarray(slide.levels[0]), img)
