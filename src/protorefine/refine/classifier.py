@@ -99,6 +99,8 @@ def _train_epochs(
         idx = torch.multinomial(p, m, replacement=True, generator=generator).to(x.device)
         total, count = 0.0, 0
         for a in range(0, m, config.train_batch):
+            if a and cancel is not None and cancel():  # per batch: a cancel stops within a second
+                raise CancelledError("classifier stage cancelled")
             b = idx[a : a + config.train_batch]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[b]), y[b])
