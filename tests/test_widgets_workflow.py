@@ -30,6 +30,7 @@ from protorefine.napari.state import (  # noqa: E402
     REFINED,
     get_state,
 )
+from protorefine.napari.widgets._common import WARMED  # noqa: E402
 from protorefine.project import Project  # noqa: E402
 from protorefine.refine.config import RefineConfig  # noqa: E402
 
@@ -105,7 +106,7 @@ def notes():
 
 
 @pytest.fixture
-def gui(make_napari_viewer, tmp_path, cohort):
+def gui(make_napari_viewer, qtbot, tmp_path, cohort):
     """A viewer with a fresh project open on its first slide and the three workflow widgets."""
     from protorefine.napari.widgets.prototypes import PrototypesWidget
     from protorefine.napari.widgets.refine import RefineWidget
@@ -128,6 +129,8 @@ def gui(make_napari_viewer, tmp_path, cohort):
             viewer.window.add_dock_widget(w, name=name)
         state.set_project(project)
         state.show_slide(project.slides[0].id)
+        # heavy first imports happen in the background at start-up, not during a run
+        qtbot.waitUntil(WARMED.is_set, timeout=120_000)
         return viewer, state, protos, refine, review
 
     return build
@@ -272,7 +275,7 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui):
 
 
 def test_cancel_stops_within_a_second_and_project_reopens(qtbot, gui):
-    viewer, state, _, refine, _ = gui(epochs=60, finetune_epochs=30, samples_per_epoch=8192)
+    viewer, state, protos, refine, _ = gui(epochs=60, finetune_epochs=30, samples_per_epoch=8192)
     folder = state.project.folder
     assert refine.run() is True
     qtbot.waitUntil(lambda: "classifier" in refine.runner.status.text(), timeout=120_000)
@@ -288,6 +291,8 @@ def test_cancel_stops_within_a_second_and_project_reopens(qtbot, gui):
     state.set_project(reopened)
     state.show_slide(reopened.slides[0].id)
     refine.rounds.setValue(1)
+    # opening a project with prototypes loads the gallery first (one run at a time)
+    qtbot.waitUntil(lambda: not protos.runner.running, timeout=60_000)
     finish(qtbot, refine.runner, refine.run)
     assert REFINED in viewer.layers
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -9,6 +11,59 @@ import numpy as np
 
 from protorefine.napari.state import GRID_LAYERS, ProtorefineState
 from protorefine.napari.widgets._worker import notify
+
+#: Modules the pipeline imports lazily. A first import holds the GIL for up to seconds
+#: (torch's optimiser pulls in torch._dynamo and sympy), which would freeze the window
+#: in the middle of a run, so the widgets import them once, up front, in the background.
+WARM_MODULES = (
+    "protorefine.refine.pipeline",
+    "protorefine.features",
+    "protorefine.slides",
+    "protorefine.annotations",
+    "protorefine.slide_scores",
+    "protorefine.labels_export",
+    "torch._dynamo",
+    "torch.optim",
+    "scipy.ndimage",
+    "scipy.spatial",
+    "skimage.io",
+    "skimage.measure",
+    "skimage.morphology",
+    "skimage.transform",
+    "zarr",
+    "ome_zarr.writer",
+)
+WARMED = threading.Event()
+_warm_lock = threading.Lock()
+_warm_started = False
+
+
+def warm_up() -> threading.Event:
+    """Start importing :data:`WARM_MODULES` (and one tiny optimiser step) in a daemon thread, once."""
+    global _warm_started
+    with _warm_lock:
+        if _warm_started:
+            return WARMED
+        _warm_started = True
+    threading.Thread(target=_warm, name="protorefine-warm-up", daemon=True).start()
+    return WARMED
+
+
+def _warm() -> None:
+    try:
+        for name in WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                continue
+        import torch
+
+        weight = torch.zeros(2, requires_grad=True)
+        optimiser = torch.optim.AdamW([weight], lr=1e-3)
+        (weight * 2).sum().backward()
+        optimiser.step()
+    finally:
+        WARMED.set()
 
 
 def check_coarse(state: ProtorefineState) -> bool:

@@ -45,6 +45,7 @@ from protorefine.napari.widgets._common import (
     load_results,
     pipeline_for,
     show_results,
+    warm_up,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -130,6 +131,7 @@ class PrototypesWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state: ProtorefineState = get_state(napari_viewer)
+        warm_up()
         self.cards: list[PrototypeCard] = []
 
         intro = QLabel(

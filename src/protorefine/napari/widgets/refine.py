@@ -20,6 +20,7 @@ from protorefine.napari.widgets._common import (
     load_results,
     pipeline_for,
     show_results,
+    warm_up,
 )
 from protorefine.napari.widgets._plot import LinePlot
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
@@ -49,6 +50,7 @@ class RefineWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state: ProtorefineState = get_state(napari_viewer)
+        warm_up()
         self.history: list[dict] = []
 
         intro = QLabel(

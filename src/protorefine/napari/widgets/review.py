@@ -47,6 +47,7 @@ from protorefine.napari.widgets._common import (
     load_results,
     pipeline_for,
     show_results,
+    warm_up,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -63,6 +64,7 @@ class ReviewWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state: ProtorefineState = get_state(napari_viewer)
+        warm_up()
         self.truth_path: Path | None = None
         self.scores: dict[str, float] = {}
         self._painted_layer = None
