@@ -406,3 +406,27 @@ def test_open_ome_zarr_written_by_ome_zarr_py(tmp_path: Path) -> None:
     assert slide.mpp == pytest.approx(0.25)
     assert len(slide.levels) >= 2 and slide.levels[1].shape[2] == 3
     np.testing.assert_array_equal(np.asarray(slide.levels[0]), img)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "mpp"),
+    [
+        (25400 / 0.5, "INCH", 0.5),
+        (1e4 / 0.25, "CENTIMETER", 0.25),
+        (72, "INCH", None),
+        (1, "NONE", None),
+    ],
+)
+def test_mpp_from_resolution_tags(
+    tmp_path: Path, resolution: float, unit: str, mpp: float | None
+) -> None:
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(
+        path,
+        _image(64, 64),
+        photometric="rgb",
+        resolution=(resolution, resolution),
+        resolutionunit=unit,
+    )
+    got = open_slide(path).mpp
+    assert got == (pytest.approx(mpp) if mpp else None)  # 72 dpi is a screen default, not a scan
