@@ -10,7 +10,7 @@ import pytest
 from protorefine import demo
 from protorefine.cli import main
 
-SMALL = ((1024, 1024), (768, 1024), (1024, 768))
+SMALL = ((768, 768), (512, 768), (768, 512))
 
 
 @pytest.fixture

@@ -222,7 +222,10 @@ def dock_widgets(viewer) -> dict:
             continue
         docked[name] = widget
     if "Prototypes" in docks:  # the first pipeline step is the visible tab
+        from qtpy.QtCore import QTimer
+
         docks["Prototypes"].raise_()
+        QTimer.singleShot(0, docks["Prototypes"].raise_)
     return docked
 
 

@@ -75,7 +75,7 @@ def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData
     for warning in getattr(annset, "warnings", []):
         _warn(f"{path.name}: {warning}")
     width = edge_width_for(shape) if shape else 8.0
-    return shapes_layer_data(annset, s, name=_stem(path), mpp=mpp, edge_width=width)
+    return shapes_layer_data(annset, s, name=f"{_stem(path)} annotation", mpp=mpp, edge_width=width)
 
 
 def _kind(path: Path) -> str | None:

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -83,6 +84,9 @@ class CoarseWidget(QWidget):
         layout.addLayout(grid)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        for button in self.findChildren(QPushButton):
+            button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+            button.setMinimumHeight(max(26, button.sizeHint().height()))
 
         self.polygon_button.clicked.connect(lambda: self.set_mode("add_polygon"))
         self.lasso_button.clicked.connect(lambda: self.set_mode("add_polygon_lasso"))

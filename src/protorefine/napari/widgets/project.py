@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -90,6 +91,8 @@ class ProjectWidget(QWidget):
         layout.addLayout(row2)
         layout.addWidget(self.table)
         layout.addWidget(self.status)
+        for button in self.findChildren(QPushButton):
+            button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
 
         self.new_button.clicked.connect(self._on_new)
         self.open_button.clicked.connect(self._on_open)
