@@ -430,3 +430,22 @@ def test_mpp_from_resolution_tags(
     )
     got = open_slide(path).mpp
     assert got == (pytest.approx(mpp) if mpp else None)  # 72 dpi is a screen default, not a scan
+
+
+def test_region_reads_are_thread_safe(slides_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    ref = tifffile.imread(path)
+    slide = open_slide(path)
+    rng = np.random.default_rng(1)
+    boxes = [(int(rng.integers(0, 2700)), int(rng.integers(0, 1950)), 256, 256) for _ in range(48)]
+
+    def read(box):
+        y, x, h, w = box
+        return slide.read_region(0, y, x, h, w)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, boxes))
+    for (y, x, h, w), got in zip(boxes, results, strict=True):
+        np.testing.assert_array_equal(got, ref[y : y + h, x : x + w])

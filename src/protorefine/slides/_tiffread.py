@@ -19,6 +19,10 @@ class TiffRegionReader:
 
     def __init__(self, tf: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
         self.fh = tf.filehandle
+        # Seek + read must be atomic across threads: take the file handle's lock now
+        # (the zarr store made for the dask levels shares the same RLock).
+        self.fh.set_lock(True)
+        self.lock = self.fh.lock
         self.pages: list[tifffile.TiffPage | None] = []
         for level in series.levels:
             page = level.pages[0] if len(level.pages) == 1 else None
@@ -45,7 +49,7 @@ class TiffRegionReader:
         counts = [page.databytecounts[i] for i in indices]
         spp = int(page.samplesperpixel)
         out = np.zeros((h, w, spp), dtype=np.uint8)
-        segments = self.fh.read_segments(offsets, counts, indices=indices, lock=self.fh.lock)
+        segments = self.fh.read_segments(offsets, counts, indices=indices, lock=self.lock)
         for data, index in segments:
             seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             if seg is None:
