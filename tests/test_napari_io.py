@@ -255,3 +255,25 @@ def test_sample_menu_contribution(make_napari_viewer) -> None:
     layers = viewer.open_sample("protorefine", "synthetic")
     kinds = sorted(type(layer).__name__ for layer in layers)
     assert kinds == ["Image", "Shapes"]
+
+
+@pytest.mark.gui
+def test_save_shapes_layer_from_viewer(make_napari_viewer, tmp_path: Path) -> None:
+    from protorefine.annotations import read_geojson
+
+    viewer = make_napari_viewer()
+    _pyramid_tiff(tmp_path / "slide.tif", mpp=0.5)
+    viewer.open(str(tmp_path / "slide.tif"), plugin="protorefine")
+    layer = viewer.add_shapes(
+        [np.array([[10.0, 20.0], [10.0, 200.0], [100.0, 200.0], [100.0, 20.0]])],
+        shape_type="polygon",
+        scale=(0.5, 0.5),
+    )
+    viewer.layers.selection.active = layer
+    written = viewer.layers.save(
+        str(tmp_path / "drawn.geojson"), selected=True, plugin="protorefine"
+    )
+    assert written == [str(tmp_path / "drawn.geojson")]
+    annset = read_geojson(tmp_path / "drawn.geojson")
+    # drawn over a 0.5 um/px slide: the file holds level-0 pixels
+    assert annset.annotations[0].geometry.bounds == pytest.approx((20, 10, 200, 100))

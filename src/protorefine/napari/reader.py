@@ -73,7 +73,7 @@ def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData
         s = s_ctx
     annset = read_annotations(path, slide_shape=shape)
     for warning in getattr(annset, "warnings", []):
-        _warn(f"{path.name}: {warning}")
+        _warn(warning if path.name in warning else f"{path.name}: {warning}")
     width = edge_width_for(shape) if shape else 8.0
     return shapes_layer_data(annset, s, name=f"{_stem(path)} annotation", mpp=mpp, edge_width=width)
 

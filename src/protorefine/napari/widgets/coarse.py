@@ -154,7 +154,7 @@ class CoarseWidget(QWidget):
             show_error(f"{path.name}: has no polygons; the outline is unchanged")
             return False
         for warning in annset.warnings:
-            show_warning(f"{path.name}: {warning}")
+            show_warning(warning if path.name in warning else f"{path.name}: {warning}")
         self._replace_shapes(annset)
         if self.save():
             show_info(f"imported {len(annset)} outline(s) from {path.name}")
