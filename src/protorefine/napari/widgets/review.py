@@ -55,6 +55,8 @@ GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
+#: Shapes layer the unattended demo adds to show the exported refined polygons.
+REFINED_OUTLINE = "refined outline"
 
 
 class ReviewWidget(QWidget):
@@ -475,6 +477,8 @@ def run_unattended(
         ("prototypes", protos.run, protos.runner),
         ("refine and train", refine.run, refine.runner),
     )
+    for widget in (protos, refine, review):  # e.g. the gallery of a reopened project loading
+        wait_for(widget.runner, timeout)
     for name, start, runner in steps:
         if not start():
             raise ProtorefineError(f"unattended run: the {name} step could not start")
@@ -489,9 +493,8 @@ def run_unattended(
     if review.truth_path is not None:
         wait_for(review.score_runner, timeout)
     show_final_layers(state)
-    if protos.cards:
-        protos.table.selectRow(0)
-        protos.show_all()
+    protos.table.clearSelection()
+    protos.show_all()
     review.count_label.setText(review.count_label.text() + f" (unattended: {painted} painted)")
     viewer.reset_view()
     process_events(1.0)
@@ -502,15 +505,38 @@ def run_unattended(
 
 
 def show_final_layers(state: ProtorefineState) -> None:
-    """Show global prototypes under the refined outline; hide the layers that would cover them."""
-    visible = {GLOBAL_PROTOTYPES: True, REFINED: True, CORRECTIONS: True}
-    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE):
+    """Show global prototypes with the refined patches and outline over them; hide the rest.
+
+    The refined outline (the polygons that are exported) is added as a red Shapes
+    layer "refined outline" beside the yellow coarse outline, so both read at once.
+    """
+    from napari.layers import Layer
+
+    from protorefine.napari.layers import edge_width_for, shapes_layer_data
+
+    visible = {GLOBAL_PROTOTYPES: True, REFINED: True}
+    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE, CORRECTIONS):
         visible[name] = False
     for name, on in visible.items():
         layer = state.layer(name)
         if layer is not None:
             layer.visible = on
-    refined = state.layer(REFINED)
+    glob, refined = state.layer(GLOBAL_PROTOTYPES), state.layer(REFINED)
+    if glob is not None:
+        glob.opacity = 0.55
     if refined is not None:
-        refined.contour = 2
-        refined.opacity = 1.0
+        refined.opacity = 0.3
+    project, slide = state.project, state.slide
+    if project is None or slide is None or not project.stage_done("output"):
+        return
+    annset = project.refined_annotations(state.slide_id)
+    width = edge_width_for(slide.shape) * 1.5
+    data, meta, kind = shapes_layer_data(
+        annset, state.pixel_scale, name=REFINED_OUTLINE, mpp=slide.mpp, edge_width=width
+    )
+    if REFINED_OUTLINE in state.viewer.layers:
+        state.viewer.layers.remove(REFINED_OUTLINE)
+    outline = state.viewer.add_layer(Layer.create(data, meta, kind))
+    outline.edge_color = "#ff1a1a"
+    if glob is not None:
+        state.viewer.layers.selection.active = glob

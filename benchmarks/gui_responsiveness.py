@@ -1,0 +1,160 @@
+"""How live the napari window stays while the workflow widgets run (event-loop stalls, cancel latency).
+
+Run under a display (or ``xvfb-run -a``)::
+
+    xvfb-run -a .venv/bin/python benchmarks/gui_responsiveness.py [--size 1024] [--slides 2]
+
+A 10 ms QTimer records the longest gap between ticks (the longest time the
+window could not repaint or take a click) while each step runs: the Prototypes
+run, the Refine and train run, a prototype relabel, and a retrain with
+corrections. "worker" is while the worker thread computes; "shown" adds the
+display of the results (adding a new napari layer is the slow part). Then it
+times a cancel during classifier training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build_project(folder: Path, size: int, n_slides: int):
+    """Synthetic OME-Zarr slides with dilated-truth coarse outlines in a fresh project."""
+    from protorefine.annotations import vectorize
+    from protorefine.project import Project
+    from protorefine.refine.config import RefineConfig
+    from protorefine.slides import convert_to_ome_zarr
+    from protorefine.synthetic import synthetic_slide
+
+    config = RefineConfig(encoder="colour-texture", patch_size=32, device="cpu", rounds=2)
+    project = Project.create(folder / "project", config)
+    for i in range(n_slides):
+        slide, truth, ds = synthetic_slide((size, size), seed=i + 3, tile=256)
+        slide.name = f"bench{i}"
+        path = convert_to_ome_zarr(slide, folder / f"bench{i}.zarr")
+        coarse = vectorize(truth, ds)
+        for ann in coarse.annotations:
+            ann.geometry = ann.geometry.buffer(40).simplify(12)
+        entry = project.add_slide(path)
+        project.set_coarse(entry.id, coarse)
+    return project
+
+
+class Meter:
+    """Longest interval between 10 ms timer ticks, split at the moment the worker ends."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.worker_gap = 0.0
+        self.shown_gap = 0.0
+        self.computing = True
+        self.last = time.perf_counter()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = now - self.last
+        self.last = now
+        if self.computing:
+            self.worker_gap = max(self.worker_gap, gap)
+        self.shown_gap = max(self.shown_gap, gap)
+
+    def measure(self, runner, start) -> dict:
+        """Run ``start()`` and wait for ``runner`` with the event loop live; return the stalls."""
+        from protorefine.napari.widgets.review import wait_for
+
+        def computed(*_):
+            self.computing = False
+
+        runner.computed.connect(computed)
+        self.last = time.perf_counter()
+        self.timer.start()
+        t0 = time.perf_counter()
+        if not start():
+            raise SystemExit("the step could not start")
+        wait_for(runner)
+        self.timer.stop()
+        runner.computed.disconnect(computed)
+        return {
+            "seconds": time.perf_counter() - t0,
+            "worker_ms": self.worker_gap * 1000,
+            "shown_ms": self.shown_gap * 1000,
+            "outcome": runner.last_outcome,
+        }
+
+
+def main() -> None:
+    """Build the cohort, drive the widgets, print one row per step."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="slide side in pixels")
+    parser.add_argument("--slides", type=int, default=2)
+    args = parser.parse_args()
+
+    import napari
+
+    from protorefine.napari.state import get_state
+    from protorefine.napari.widgets._common import WARMED
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+    from protorefine.napari.widgets.refine import RefineWidget
+    from protorefine.napari.widgets.review import ReviewWidget, process_events, wait_for
+
+    folder = Path(tempfile.mkdtemp(prefix="protorefine-gui-bench-"))
+    project = build_project(folder, args.size, args.slides)
+    viewer = napari.Viewer(show=True)
+    state = get_state(viewer)
+    protos, refine, review = PrototypesWidget(viewer), RefineWidget(viewer), ReviewWidget(viewer)
+    for widget, name in ((protos, "Prototypes"), (refine, "Refine"), (review, "Review")):
+        viewer.window.add_dock_widget(widget, name=name)
+    state.set_project(project)
+    state.show_slide(project.slides[0].id)
+    WARMED.wait(300)
+    process_events(0.5)
+    n = sum(int(project.grid(s.id).tissue.sum()) for s in project.slides)
+    print(
+        f"{args.slides} slides of {args.size}x{args.size}, {n} tissue patches, colour-texture, CPU"
+    )
+    rows = []
+    rows.append(("prototypes (first run)", Meter().measure(protos.runner, protos.run)))
+    rows.append(("refine and train (first run)", Meter().measure(refine.runner, refine.run)))
+    protos.table.selectRow(0)
+    rows.append(
+        (
+            "prototype relabel",
+            Meter().measure(protos.runner, lambda: protos.mark_selected("tumour")),
+        )
+    )
+    refined = np.asarray(state.layer("refined").data)
+    rr, cc = np.nonzero(refined > 0)
+    review.paint_cells(rr[:10], cc[:10], 1)
+    rows.append(("retrain with corrections", Meter().measure(review.runner, review.retrain)))
+    print(f"{'step':32s} {'seconds':>8s} {'worker stall ms':>16s} {'incl. display ms':>17s}")
+    for name, r in rows:
+        print(
+            f"{name:32s} {r['seconds']:8.1f} {r['worker_ms']:16.0f} {r['shown_ms']:17.0f}  {r['outcome']}"
+        )
+
+    # cancel latency during classifier training
+    project.set_config(project.config.replace(epochs=60, samples_per_epoch=8192))
+    refine.run(invalidate="classifier")
+    deadline = time.monotonic() + 120
+    while "classifier" not in refine.runner.status.text() and time.monotonic() < deadline:
+        process_events(0.05)
+    process_events(0.5)
+    refine.runner.cancel()
+    wait_for(refine.runner)
+    latency = refine.runner.finished_at - refine.runner.cancel_requested_at
+    print(
+        f"cancel during training: stopped after {latency * 1000:.0f} ms ({refine.runner.last_outcome})"
+    )
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
