@@ -146,7 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.encoders.split(","):
         enc = get_encoder(name, device=args.device)
+        c0 = time.process_time()
         patches = read_patches(slide, grid, grid.tissue_index, enc.input_size)
+        read_cpu = (time.process_time() - c0) / len(patches) * 1000
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        c0 = time.process_time()
+        for i in range(0, len(patches), args.batch_size):
+            enc.embed(patches[i : i + args.batch_size])
+        encode_cpu = (time.process_time() - c0) / len(patches) * 1000
+        torch.set_num_threads(before)
+        print(
+            f"{name}: CPU time per patch (1 thread, load-independent): read+resize "
+            f"{read_cpu:.2f} ms, encode {encode_cpu:.2f} ms",
+            flush=True,
+        )
         cores = os.cpu_count() or 1
         threads = sorted({1, cores})
         specs = args.loaders.split(",")
@@ -176,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             "alone": {str(k): [round(x, 1) for x in v] for k, v in alone.items()},
             "whole": {k: [round(x, 1) for x in v] for k, v in whole.items()},
             "best_alone": round(best_alone, 1),
+            "read_cpu_ms": round(read_cpu, 3),
+            "encode_cpu_ms": round(encode_cpu, 3),
             "ratio_best": {k: round(max(v) / best_alone, 3) for k, v in whole.items()},
         }
         for spec in specs:
