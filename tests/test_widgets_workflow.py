@@ -272,6 +272,12 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui):
     stored = state.project.result_grid(state.slide_id, "refined")
     assert np.array_equal(refined.data == TUMOUR_LABEL, stored)
     assert 0 < stored.sum() < grid.tissue.sum()
+    # the exported polygons are drawn as the red "refined outline" over the slide
+    from protorefine.napari.widgets._common import REFINED_OUTLINE
+
+    outline = viewer.layers[REFINED_OUTLINE]
+    assert len(outline.data) == len(state.project.refined_annotations(state.slide_id))
+    assert np.allclose(outline.scale, state.image_layer.scale)
 
 
 def test_cancel_stops_within_a_second_and_project_reopens(qtbot, gui):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.colormaps import Colormap, DirectLabelColormap
 
 _TRANSPARENT = np.zeros(4, dtype=np.float32)
 _GOLDEN = 0.618033988749895
@@ -67,3 +67,12 @@ def swatch_hex(global_id: int) -> str:
     """The ``#rrggbb`` of a global prototype, for the gallery."""
     r, g, b, _ = (global_colour(global_id) * 255).round().astype(int)
     return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def confidence_colormap() -> Colormap:
+    """Transparent at 0 (off tissue, unsure) to opaque cyan at 1, so the slide stays readable."""
+    return Colormap(
+        colors=[[0.0, 0.85, 1.0, 0.0], [0.0, 0.85, 1.0, 0.35], [0.0, 0.85, 1.0, 0.9]],
+        controls=[0.0, 0.5, 1.0],
+        name="protorefine confidence",
+    )

@@ -6,11 +6,19 @@ import importlib
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protorefine.napari.state import GRID_LAYERS, ProtorefineState
+from protorefine.napari.state import CONFIDENCE, GRID_LAYERS, ProtorefineState
 from protorefine.napari.widgets._worker import notify
+
+if TYPE_CHECKING:
+    from protorefine.annotations.model import AnnotationSet
+
+#: Shapes layer with the refined polygons (what is exported), and its colour.
+REFINED_OUTLINE = "refined outline"
+OUTLINE_COLOUR = "#ff1a1a"
 
 #: Modules the pipeline imports lazily. A first import holds the GIL for up to seconds
 #: (torch's optimiser pulls in torch._dynamo and sympy), which would freeze the window
@@ -104,6 +112,7 @@ class SlideResults:
 
     slide_id: str | None
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    outline: AnnotationSet | None = None
 
 
 def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYERS) -> SlideResults:
@@ -117,6 +126,8 @@ def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYE
         values = stored_grid_values(project, slide_id, name)
         if values is not None:
             out.values[name] = values
+    if project.stage_done("output"):
+        out.outline = project.refined_annotations(slide_id)
     return out
 
 
@@ -142,8 +153,44 @@ def show_results(
             state.set_grid_layer(name, values)
             if is_new:
                 yield
+        if results.outline is not None:
+            show_outline(state, results.outline)
+            yield
+    style_result_layers(state)
     for name in show:
         layer = state.layer(name)
         if layer is not None:
             layer.visible = True
     state.results_changed.emit(state.slide_id)
+
+
+def show_outline(state: ProtorefineState, annset: AnnotationSet | None) -> None:
+    """Replace the red "refined outline" Shapes layer (the polygons that get exported)."""
+    from napari.layers import Layer
+
+    from protorefine.napari.layers import edge_width_for, shapes_layer_data
+
+    viewer = state.viewer
+    old = state.layer(REFINED_OUTLINE)
+    visible = True if old is None else old.visible
+    if old is not None:
+        viewer.layers.remove(old)
+    if annset is None or state.slide is None:
+        return
+    width = edge_width_for(state.slide.shape) * 1.5
+    data, meta, kind = shapes_layer_data(
+        annset, state.pixel_scale, name=REFINED_OUTLINE, mpp=state.slide.mpp, edge_width=width
+    )
+    layer = viewer.add_layer(Layer.create(data, meta, kind))
+    layer.edge_color = OUTLINE_COLOUR
+    layer.visible = visible
+
+
+def style_result_layers(state: ProtorefineState) -> None:
+    """Confidence as a transparent-to-cyan ramp, so off-tissue and unsure cells do not hide the slide."""
+    from protorefine.napari.widgets._colours import confidence_colormap
+
+    layer = state.layer(CONFIDENCE)
+    if layer is not None and getattr(layer.colormap, "name", "") != "protorefine confidence":
+        layer.colormap = confidence_colormap()
+        layer.opacity = 1.0

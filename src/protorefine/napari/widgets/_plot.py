@@ -93,11 +93,11 @@ class LinePlot(QWidget):
                 label = name
             p.setPen(QPen(colour, 2))
             p.drawLine(
-                QPointF(rect.right() - 120, legend_y + 6), QPointF(rect.right() - 104, legend_y + 6)
+                QPointF(rect.right() - 150, legend_y + 6), QPointF(rect.right() - 134, legend_y + 6)
             )
             p.setPen(QPen(fg, 1))
             p.drawText(
-                QRectF(rect.right() - 100, legend_y - 2, 100, 16),
+                QRectF(rect.right() - 130, legend_y - 2, 130, 16),
                 int(Qt.AlignmentFlag.AlignLeft),
                 label,
             )

@@ -50,8 +50,8 @@ from protorefine.napari.widgets._common import (
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
 #: Example patches shown per prototype and their side in screen pixels.
-EXAMPLES = 4
-THUMB = 44
+EXAMPLES = 3
+THUMB = 40
 #: Gallery labels a prototype can take (None clears the mark).
 MARKS = {"tumour": "Tumour", "normal": "Normal", "ignore": "Ignore"}
 
@@ -149,7 +149,7 @@ class PrototypesWidget(QWidget):
         self.runner = TaskRunner(self.state)
 
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["prototype", "example patches", "patches", "tumour"])
+        self.table.setHorizontalHeaderLabels(["id", "example patches", "patches", "tumour score"])
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)

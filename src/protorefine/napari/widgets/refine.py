@@ -19,7 +19,9 @@ from protorefine.napari.widgets._common import (
     check_coarse,
     load_results,
     pipeline_for,
+    show_outline,
     show_results,
+    style_result_layers,
     warm_up,
 )
 from protorefine.napari.widgets._plot import LinePlot
@@ -81,10 +83,21 @@ class RefineWidget(QWidget):
         lay.addStretch(1)
 
         self.state.project_changed.connect(self._on_project)
+        self.state.slide_changed.connect(self._on_slide)
         self._on_project(self.state.project)
+
+    def _on_slide(self, slide_id) -> None:
+        """Keep the refined outline and the confidence style with the slide on screen."""
+        project = self.state.project
+        outline = None
+        if project is not None and slide_id is not None and project.stage_done("output"):
+            outline = project.refined_annotations(slide_id)
+        show_outline(self.state, outline)
+        style_result_layers(self.state)
 
     def _on_project(self, project) -> None:
         self.plot.clear()
+        show_outline(self.state, None)
         if project is None:
             self.rounds.setValue(3)
             return

@@ -42,6 +42,7 @@ from protorefine.napari.state import (
     get_state,
 )
 from protorefine.napari.widgets._common import (
+    REFINED_OUTLINE,
     SlideResults,
     check_coarse,
     load_results,
@@ -55,8 +56,6 @@ GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
-#: Shapes layer the unattended demo adds to show the exported refined polygons.
-REFINED_OUTLINE = "refined outline"
 
 
 class ReviewWidget(QWidget):
@@ -505,16 +504,8 @@ def run_unattended(
 
 
 def show_final_layers(state: ProtorefineState) -> None:
-    """Show global prototypes with the refined patches and outline over them; hide the rest.
-
-    The refined outline (the polygons that are exported) is added as a red Shapes
-    layer "refined outline" beside the yellow coarse outline, so both read at once.
-    """
-    from napari.layers import Layer
-
-    from protorefine.napari.layers import edge_width_for, shapes_layer_data
-
-    visible = {GLOBAL_PROTOTYPES: True, REFINED: True}
+    """Show global prototypes with the refined patches and outline over them; hide the rest."""
+    visible = {GLOBAL_PROTOTYPES: True, REFINED: True, REFINED_OUTLINE: True}
     for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE, CORRECTIONS):
         visible[name] = False
     for name, on in visible.items():
@@ -524,19 +515,6 @@ def show_final_layers(state: ProtorefineState) -> None:
     glob, refined = state.layer(GLOBAL_PROTOTYPES), state.layer(REFINED)
     if glob is not None:
         glob.opacity = 0.55
+        state.viewer.layers.selection.active = glob
     if refined is not None:
         refined.opacity = 0.3
-    project, slide = state.project, state.slide
-    if project is None or slide is None or not project.stage_done("output"):
-        return
-    annset = project.refined_annotations(state.slide_id)
-    width = edge_width_for(slide.shape) * 1.5
-    data, meta, kind = shapes_layer_data(
-        annset, state.pixel_scale, name=REFINED_OUTLINE, mpp=slide.mpp, edge_width=width
-    )
-    if REFINED_OUTLINE in state.viewer.layers:
-        state.viewer.layers.remove(REFINED_OUTLINE)
-    outline = state.viewer.add_layer(Layer.create(data, meta, kind))
-    outline.edge_color = "#ff1a1a"
-    if glob is not None:
-        state.viewer.layers.selection.active = glob
