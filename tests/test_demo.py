@@ -87,6 +87,9 @@ def test_overlay_marks_the_outline_where_it_is(tmp_path: Path) -> None:
 def test_demo_window_has_project_and_docked_widgets(small_cohort, tmp_path: Path) -> None:
     import napari
     from napari.layers import Image, Shapes
+    from napari.settings import get_settings
+
+    prefs = dict(get_settings().plugins.extension2reader)
 
     viewer, state, docked = demo.open_demo_viewer(tmp_path, show=False)
     try:
@@ -102,3 +105,4 @@ def test_demo_window_has_project_and_docked_widgets(small_cohort, tmp_path: Path
     finally:
         viewer.close()
         napari.Viewer.close_all()
+        get_settings().plugins.extension2reader = prefs

@@ -43,6 +43,16 @@ def _geojson(path: Path, x0: float, y0: float, x1: float, y1: float) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _keep_reader_preferences():
+    """The widget sets napari's reader preferences; put the user's back afterwards."""
+    from napari.settings import get_settings
+
+    before = dict(get_settings().plugins.extension2reader)
+    yield
+    get_settings().plugins.extension2reader = before
+
+
 @pytest.fixture
 def notes():
     """Collects napari notifications shown during the test as (severity, message)."""
@@ -171,7 +181,12 @@ def test_opening_a_folder_that_is_not_a_project(widgets, tmp_path: Path, notes) 
 def test_add_open_image_layers(widgets, slides, tmp_path: Path) -> None:
     viewer, pw, _ = widgets
     pw.create_project(tmp_path / "proj")
-    viewer.open(str(slides[1]), plugin="protorefine")  # as a file dropped on the viewer
+    # a file dropped on the viewer goes through napari's GUI open, which uses the
+    # reader preference the widget set for slide files
+    viewer.window._qt_viewer._qt_open([str(slides[1])], stack=False)
+    (dropped,) = _images(viewer)
+    assert dropped.metadata["protorefine_path"] == str(slides[1])
+    assert dropped.multiscale
     assert pw.add_open_layers() == ["case_b"]
     assert [s.id for s in pw.state.project.slides] == ["case_b"]
     (image,) = _images(viewer)  # the dropped layer was replaced by the project's slide

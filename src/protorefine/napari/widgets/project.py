@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
 COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
+#: File patterns dropped on the viewer that should open with the protorefine reader
+#: (napari asks which reader to use otherwise); a choice the user made is kept.
+READER_PATTERNS = ("*.svs", "*.tif", "*.tiff", "*.zarr", "*.geojson", "*.xml")
 #: Seconds of camera stillness before the view is saved into the project.
 CAMERA_SAVE_DELAY_MS = 1500
 
@@ -109,6 +112,7 @@ class ProjectWidget(QWidget):
         self.viewer.camera.events.zoom.connect(self._camera_moved)
 
         self._filling = False
+        prefer_protorefine_reader()
         self.state.project_changed.connect(self._on_project_changed)
         self.state.slide_changed.connect(self._on_slide_changed)
         self._update_enabled()
@@ -332,6 +336,19 @@ class ProjectWidget(QWidget):
     def _on_remove(self) -> None:
         if self.state.slide_id is not None:
             self.remove_slide(self.state.slide_id)
+
+
+def prefer_protorefine_reader() -> list[str]:
+    """Make protorefine the reader for slide and annotation files the user has no choice for."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    current = dict(plugins.extension2reader)
+    added = [p for p in READER_PATTERNS if p not in current]
+    if added:
+        current.update(dict.fromkeys(added, "protorefine"))
+        plugins.extension2reader = current
+    return added
 
 
 def _layer_path(layer: Image) -> str | None:
