@@ -60,8 +60,9 @@ def sampling_weights(
 ) -> np.ndarray:
     """Per-patch sampling weight: confidence x class balance, corrections x ``correction_weight``."""
     w = confidence.astype(np.float64).copy()
+    w = np.where(w > 0, config.min_weight + (1.0 - config.min_weight) * w, 0.0)
     if config.dynamic_sampling:
-        for c in (0, 1):
+        for c in (0, 1) if config.class_balance else ():
             m = pseudo == c
             tot = w[m].sum()
             if tot > 0:

@@ -32,6 +32,8 @@ _STAGE_OF: dict[str, str] = {
     "temperature": "pseudo_labels",
     "coarse_trust": "pseudo_labels",
     "pseudo_smooth": "pseudo_labels",
+    "context": "classifier",
+    "final_blend": "classifier",
     "hidden": "classifier",
     "epochs": "classifier",
     "finetune_epochs": "classifier",
@@ -40,6 +42,8 @@ _STAGE_OF: dict[str, str] = {
     "samples_per_epoch": "classifier",
     "train_batch": "classifier",
     "dynamic_sampling": "classifier",
+    "min_weight": "classifier",
+    "class_balance": "classifier",
     "rounds": "classifier",
     "update_confidence": "classifier",
     "correction_weight": "classifier",
@@ -88,6 +92,8 @@ class RefineConfig:
     coarse_trust: float = 0.5
     pseudo_smooth: float = 1.0
     # classifier
+    context: float = 0.0
+    final_blend: float = 0.0
     hidden: int = 128
     epochs: int = 10
     finetune_epochs: int = 4
@@ -96,12 +102,14 @@ class RefineConfig:
     samples_per_epoch: int = 2048
     train_batch: int = 256
     dynamic_sampling: bool = True
+    min_weight: float = 0.0
+    class_balance: bool = True
     rounds: int = 3
     update_confidence: float = 0.8
     correction_weight: float = 4.0
     # output
     smooth_sigma: float = 0.7
-    threshold: float = 0.5
+    threshold: float = 0.6
     min_area: int = 2
     max_hole: int = 2
     # run
@@ -121,7 +129,15 @@ class RefineConfig:
         for name in ("temperature", "local_k_div", "boundary_width", "lr"):
             if float(getattr(self, name)) <= 0:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
-        for name in ("merge_threshold", "coarse_trust", "threshold", "update_confidence"):
+        if float(self.context) < 0:
+            raise ProtorefineError(f"config context={self.context!r}: must be >= 0")
+        for name in (
+            "merge_threshold",
+            "coarse_trust",
+            "threshold",
+            "update_confidence",
+            "final_blend",
+        ):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ProtorefineError(f"config {name}={v!r}: must be between 0 and 1")

@@ -11,7 +11,7 @@ import torch
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
-from protorefine.refine.postprocess import masks_per_slide
+from protorefine.refine.postprocess import context_features, masks_per_slide
 from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
 from protorefine.refine.pseudolabels import PseudoLabels, make_pseudo_labels
 
@@ -79,6 +79,21 @@ def check_inputs(
         raise ProtorefineError("features: contain NaN or infinite values")
 
 
+def final_probability(
+    clf_prob: np.ndarray,
+    pseudo_score: np.ndarray,
+    corrections: np.ndarray | None,
+    config: RefineConfig,
+) -> np.ndarray:
+    """Classifier probability blended with the pseudo-label score (``final_blend``); corrections win."""
+    b = float(config.final_blend)
+    prob = ((1.0 - b) * np.asarray(clf_prob) + b * np.asarray(pseudo_score)).astype(np.float32)
+    if corrections is not None:
+        corr = np.asarray(corrections)
+        prob[corr >= 0] = corr[corr >= 0].astype(np.float32)
+    return prob
+
+
 def refine_patches(
     features: np.ndarray,
     coarse: np.ndarray,
@@ -134,7 +149,7 @@ def refine_patches(
         config=config,
     )
     step(2, "classifier")
-    raw = torch.from_numpy(features).to(device)
+    raw = torch.from_numpy(context_features(features, slide_index, rc, config.context)).to(device)
     cr = train_classifier(
         raw,
         pl.pseudo,
@@ -146,7 +161,8 @@ def refine_patches(
         on_round=on_round,
     )
     step(3, "output")
-    refined = masks_per_slide(cr.prob, slide_index, rc, config)
+    prob = final_probability(cr.prob, pl.score, corrections, config)
+    refined = masks_per_slide(prob, slide_index, rc, config)
     if progress is not None:
         progress(steps, steps, "done")
     return RefineResult(
@@ -155,7 +171,7 @@ def refine_patches(
         global_scores=protos.global_scores,
         pseudo=cr.pseudo,
         confidence=cr.confidence,
-        prob=cr.prob,
+        prob=prob,
         refined=refined,
         history=cr.history,
         prototypes=protos,

@@ -47,6 +47,33 @@ def smooth_on_grid(
     return out
 
 
+def context_features(
+    features: np.ndarray, slide_index: np.ndarray, rc: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Each patch's features next to the Gaussian-weighted mean of its grid neighbours' features.
+
+    Returns ``(N, 2D)``; with ``sigma <= 0`` the features unchanged. Neighbours are
+    patches of the same slide; missing (non-tissue) cells do not count.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if sigma <= 0 or len(features) == 0:
+        return features
+    ctx = np.empty_like(features)
+    rc = np.asarray(rc, dtype=np.int64)
+    for s in np.unique(slide_index):
+        idx = np.flatnonzero(slide_index == s)
+        r, c = rc[idx, 0], rc[idx, 1]
+        shape = (int(r.max()) + 1, int(c.max()) + 1)
+        img = np.zeros((*shape, features.shape[1]), dtype=np.float32)
+        msk = np.zeros(shape, dtype=np.float32)
+        img[r, c] = features[idx]
+        msk[r, c] = 1.0
+        num = ndimage.gaussian_filter(img, (sigma, sigma, 0), mode="constant", truncate=2.0)
+        den = ndimage.gaussian_filter(msk, sigma, mode="constant", truncate=2.0)
+        ctx[idx] = num[r, c] / np.maximum(den[r, c], 1e-6)[:, None]
+    return np.concatenate([features, ctx], axis=1)
+
+
 def prob_to_mask(
     prob_grid: np.ndarray, *, tissue: np.ndarray | None = None, config: RefineConfig | None = None
 ) -> np.ndarray:
