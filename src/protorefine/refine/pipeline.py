@@ -21,8 +21,8 @@ from protorefine.refine.classifier import (
     train_classifier,
 )
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
-from protorefine.refine.core import compute_device
-from protorefine.refine.postprocess import prob_to_mask
+from protorefine.refine.core import compute_device, final_probability
+from protorefine.refine.postprocess import context_features, prob_to_mask
 from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
 from protorefine.refine.pseudolabels import make_pseudo_labels
 
@@ -304,10 +304,15 @@ class Pipeline:
         changed = int((pl.pseudo != (coh["coarse"] >= 0.5)).sum())
         return {"changed_from_coarse": changed}
 
+    def _classifier_input(self) -> np.ndarray:
+        """Features the head sees: the patch's own, plus its grid neighbourhood when ``context`` > 0."""
+        coh = self.cohort()
+        return context_features(coh["features"], coh["slide_index"], coh["rc"], self.config.context)
+
     def _stage_classifier(self, out: Path, prog, check, on_round) -> dict:
         pl = self._load("pseudo_labels", "pseudo.npz")
         device = compute_device(self.config.device)
-        feats = torch.from_numpy(self.cohort()["features"]).to(device)
+        feats = torch.from_numpy(self._classifier_input()).to(device)
         cr = train_classifier(
             feats,
             pl["pseudo"],
@@ -333,10 +338,9 @@ class Pipeline:
         device = compute_device(self.config.device)
         model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
         coh = self.cohort()
-        prob = predict(model, torch.from_numpy(coh["features"]).to(device))
-        corr = self._corrections_vector()
-        if corr is not None:
-            prob[corr >= 0] = corr[corr >= 0].astype(np.float32)
+        prob = predict(model, torch.from_numpy(self._classifier_input()).to(device))
+        score = self._load("pseudo_labels", "pseudo.npz")["score"]
+        prob = final_probability(prob, score, self._corrections_vector(), self.config)
         n = len(self.project.slides)
         counts = {}
         for i, s in enumerate(self.project.slides):
