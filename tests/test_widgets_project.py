@@ -140,8 +140,8 @@ def test_reopen_restores_slide_and_view(
     pw.create_project(tmp_path / "proj")
     pw.add_slides(slides)
     pw.select_slide("case_b")
-    viewer.camera.center = (60.0, 90.0)
-    viewer.camera.zoom = 3.0
+    viewer.scene.camera.center = (60.0, 90.0)
+    viewer.scene.camera.zoom = 3.0
     pw.save_view()
 
     viewer2 = make_napari_viewer()
@@ -149,8 +149,8 @@ def test_reopen_restores_slide_and_view(
     pw2.open_project(tmp_path / "proj")
     assert pw2.state.slide_id == "case_b"
     assert [im.name for im in _images(viewer2)] == ["case_b"]
-    assert tuple(viewer2.camera.center[-2:]) == pytest.approx((60.0, 90.0))
-    assert viewer2.camera.zoom == pytest.approx(3.0)
+    assert tuple(viewer2.scene.camera.center[-2:]) == pytest.approx((60.0, 90.0))
+    assert viewer2.scene.camera.zoom == pytest.approx(3.0)
     assert pw2.table.rowCount() == 2
 
 

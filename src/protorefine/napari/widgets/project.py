@@ -42,7 +42,7 @@ COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
 #: File patterns dropped on the viewer that should open with the protorefine reader
 #: (napari asks which reader to use otherwise); a choice the user made is kept.
 READER_PATTERNS = ("*.svs", "*.tif", "*.tiff", "*.zarr", "*.geojson", "*.xml")
-#: Seconds of camera stillness before the view is saved into the project.
+#: Milliseconds of camera stillness before the view is saved into the project.
 CAMERA_SAVE_DELAY_MS = 1500
 
 
@@ -108,8 +108,8 @@ class ProjectWidget(QWidget):
         self._camera_timer.setSingleShot(True)
         self._camera_timer.setInterval(CAMERA_SAVE_DELAY_MS)
         self._camera_timer.timeout.connect(self.save_view)
-        self.viewer.camera.events.center.connect(self._camera_moved)
-        self.viewer.camera.events.zoom.connect(self._camera_moved)
+        self.viewer.scene.camera.events.center.connect(self._camera_moved)
+        self.viewer.scene.camera.events.zoom.connect(self._camera_moved)
 
         self._filling = False
         prefer_protorefine_reader()
@@ -231,7 +231,7 @@ class ProjectWidget(QWidget):
         ui = project.ui_state
         ui["current_slide"] = sid
         if sid is not None:
-            cam = self.viewer.camera
+            cam = self.viewer.scene.camera
             ui.setdefault("camera", {})[sid] = {
                 "center": [float(c) for c in cam.center[-2:]],
                 "zoom": float(cam.zoom),
@@ -276,8 +276,8 @@ class ProjectWidget(QWidget):
         project = self.state.project
         cam = (project.ui_state.get("camera", {}) if project else {}).get(slide_id)
         if cam:
-            self.viewer.camera.center = tuple(cam["center"])
-            self.viewer.camera.zoom = float(cam["zoom"])
+            self.viewer.scene.camera.center = tuple(cam["center"])
+            self.viewer.scene.camera.zoom = float(cam["zoom"])
 
     def _camera_moved(self, _event: Any = None) -> None:
         if self.state.project is not None and self.state.slide_id is not None:
