@@ -26,6 +26,8 @@ from protorefine.napari.layers import (
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
 _SNIFF_BYTES = 4096
+#: Strings that mark a ``.json`` file as GeoJSON (other JSON files are left to other readers).
+GEOJSON_MARKERS = ('"FeatureCollection"', '"Feature"', '"geometry"', '"Polygon"', '"MultiPolygon"')
 
 ReaderFunction = Callable[[Any], list[LayerData]]
 
@@ -91,7 +93,9 @@ def _kind(path: Path) -> str | None:
         head = _head(path)
         if name.endswith(".xml"):
             return "annotation" if "ASAP_Annotation" in head or "<Annotation" in head else None
-        return "annotation" if '"type"' in head or '"geometry"' in head else None
+        if name.endswith(".geojson"):
+            return "annotation"
+        return "annotation" if any(k in head for k in GEOJSON_MARKERS) else None
     return None
 
 
