@@ -70,9 +70,9 @@ def swatch_hex(global_id: int) -> str:
 
 
 def confidence_colormap() -> Colormap:
-    """Transparent at 0 (off tissue, unsure) to opaque cyan at 1, so the slide stays readable."""
+    """Transparent at 0 (off tissue, unsure) to half-opaque cyan at 1, so the tissue stays readable."""
     return Colormap(
-        colors=[[0.0, 0.85, 1.0, 0.0], [0.0, 0.85, 1.0, 0.35], [0.0, 0.85, 1.0, 0.9]],
+        colors=[[0.0, 0.85, 1.0, 0.0], [0.0, 0.85, 1.0, 0.1], [0.0, 0.85, 1.0, 0.5]],
         controls=[0.0, 0.5, 1.0],
         name="protorefine confidence",
     )

@@ -181,9 +181,12 @@ def show_outline(state: ProtorefineState, annset: AnnotationSet | None) -> None:
     data, meta, kind = shapes_layer_data(
         annset, state.pixel_scale, name=REFINED_OUTLINE, mpp=state.slide.mpp, edge_width=width
     )
+    active = viewer.layers.selection.active  # adding selects the new layer: keep the user's
     layer = viewer.add_layer(Layer.create(data, meta, kind))
     layer.edge_color = OUTLINE_COLOUR
     layer.visible = visible
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
 
 
 def style_result_layers(state: ProtorefineState) -> None:

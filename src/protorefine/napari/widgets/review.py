@@ -495,12 +495,30 @@ def run_unattended(
     protos.table.clearSelection()
     protos.show_all()
     review.count_label.setText(review.count_label.text() + f" (unattended: {painted} painted)")
+    frame_window(viewer)
     viewer.reset_view()
     process_events(1.0)
     image = viewer.screenshot(canvas_only=False, flash=False)
     with atomic_path(screenshot_path) as tmp:
         imsave(tmp, np.asarray(image)[..., :3], check_contrast=False)
     return Path(screenshot_path)
+
+
+def frame_window(viewer, size: tuple[int, int] = (1600, 1000), dock_width: int = 460) -> None:
+    """Give the canvas room for a screenshot: a larger window and right-hand docks of one width."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    window.resize(max(window.width(), size[0]), max(window.height(), size[1]))
+    docks = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d.isVisible() and window.dockWidgetArea(d) == Qt.DockWidgetArea.RightDockWidgetArea
+    ]
+    if docks:
+        window.resizeDocks(docks, [dock_width] * len(docks), Qt.Orientation.Horizontal)
+    process_events(0.3)
 
 
 def show_final_layers(state: ProtorefineState) -> None:
