@@ -193,11 +193,28 @@ def open_demo_viewer(out: Path, *, show: bool = True, slides_dir: Path | None = 
 
     project, _ = make_sample_cohort(out, slides_dir=slides_dir)
     viewer = napari.Viewer(title="protorefine demo", show=show)
+    _fit_window(viewer)
     docked = dock_widgets(viewer)
     state = get_state(viewer)
     state.set_project(project)
     state.show_slide(project.ui_state.get("current_slide") or project.slides[0].id)
     return viewer, state, docked
+
+
+#: Preferred demo window size (width, height); capped by the screen.
+WINDOW_SIZE = (1680, 1050)
+
+
+def _fit_window(viewer) -> None:
+    """Size the window so the canvas keeps most of the width beside the docked widgets."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    width, height = WINDOW_SIZE
+    if screen is not None:
+        avail = screen.availableGeometry()
+        width, height = min(width, avail.width()), min(height, avail.height())
+    viewer.window.resize(width, height)
 
 
 #: Widgets docked as tabs of the widget before them (the pipeline steps share one pane).
@@ -279,6 +296,8 @@ def _rerun_under_xvfb(args: argparse.Namespace) -> int:
     cmd = [
         xvfb,
         "-a",
+        "-s",
+        "-screen 0 1920x1200x24",
         sys.executable,
         "-m",
         "protorefine.cli",
