@@ -277,3 +277,29 @@ def test_save_shapes_layer_from_viewer(make_napari_viewer, tmp_path: Path) -> No
     annset = read_geojson(tmp_path / "drawn.geojson")
     # drawn over a 0.5 um/px slide: the file holds level-0 pixels
     assert annset.annotations[0].geometry.bounds == pytest.approx((20, 10, 200, 100))
+
+
+def test_grid_layer_cells_cover_their_patches() -> None:
+    from types import SimpleNamespace
+
+    from napari.layers import Image
+
+    from protorefine.napari.layers import TUMOUR_LABEL, grid_layer
+
+    mpp, step = 0.5, 64.0  # 64 level-0 pixels per grid cell
+    rc = np.array([[0, 0], [2, 3]])
+    grid = SimpleNamespace(downsample=step, rc=rc, yx=rc * int(step))
+    values = np.zeros((4, 5), bool)
+    values[2, 3] = True
+    layer = grid_layer("refined", values, grid, mpp)
+    image = Image(np.zeros((256, 320, 3), np.uint8), rgb=True, scale=(mpp, mpp))
+    assert layer.data[2, 3] == TUMOUR_LABEL and layer.data.sum() == TUMOUR_LABEL
+    # the outer corners of cell (2, 3) sit on the outer corners of its 64 x 64 patch
+    y0, x0 = 2 * step, 3 * step
+    np.testing.assert_allclose(
+        layer.data_to_world([2 - 0.5, 3 - 0.5]), image.data_to_world([y0 - 0.5, x0 - 0.5])
+    )
+    np.testing.assert_allclose(
+        layer.data_to_world([2 + 0.5, 3 + 0.5]),
+        image.data_to_world([y0 + step - 0.5, x0 + step - 0.5]),
+    )
