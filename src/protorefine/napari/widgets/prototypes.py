@@ -133,6 +133,7 @@ class PrototypesWidget(QWidget):
         self.state: ProtorefineState = get_state(napari_viewer)
         warm_up()
         self.cards: list[PrototypeCard] = []
+        self._styled: tuple | None = None
 
         intro = QLabel(
             "Patterns found in the tissue of every slide. Colours are shared by both layers; "
@@ -319,6 +320,10 @@ class PrototypesWidget(QWidget):
         loc = self.state.layer(LOCAL_PROTOTYPES)
         if glob is None:
             return
+        key = (id(glob), id(loc), glob.data.tobytes(), None if loc is None else loc.data.tobytes())
+        if key == self._styled:  # same layers, same ids: colours already right
+            return
+        self._styled = key
         gid = np.asarray(glob.data).astype(np.int64) - 1
         glob.colormap = global_colormap(gid)
         glob.opacity = 0.6
