@@ -125,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoders", default="efficientnet-lite0,colour-texture")
     ap.add_argument("--loaders", default="thread:1,inline:0,process:1")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="alternating repeats; best counts")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternating repeats; best counts (0: CPU time per patch only)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/protorefine-bench"))
     ap.add_argument("--json", type=Path, default=None)
@@ -182,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{v[-1]:.1f}/s ({k})" for k, v in whole.items()),
                 flush=True,
             )
+        if args.repeats < 1:  # CPU time per patch only
+            results.append(
+                {
+                    "encoder": name,
+                    "read_cpu_ms": round(read_cpu, 3),
+                    "encode_cpu_ms": round(encode_cpu, 3),
+                }
+            )
+            continue
         best_alone = max(max(v) for v in alone.values())
         row = {
             "encoder": name,
