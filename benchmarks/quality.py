@@ -1,0 +1,329 @@
+"""Quality benchmark: does the refinement make coarse tumour outlines better than the baselines?
+
+For every cohort (see ``cohorts.py``) and encoder it extracts patch features (cached),
+then scores, by pixel-level Dice and IoU within tissue against the true tumour map:
+the coarse outline itself; the coarse labels on the patch grid; a classifier trained on
+the coarse labels; DkNN; the refinement; and its ablations. Every patch-level
+prediction goes through the engine's own postprocess (``masks_per_slide`` ->
+``prob_to_mask``). Prints one markdown table and writes it to
+``benchmarks/results/quality.md`` with the details in ``quality.json``.
+
+    python benchmarks/quality.py [--cohorts a,b] [--encoders a,b] [--quick] [--seeds 0,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cohorts as C  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENCODERS = ("efficientnet-lite0", "colour-texture")
+ABLATIONS = {
+    "ours": {},
+    "ours: local prototypes only": {"use_global": False},
+    "ours: global prototypes only": {"use_local": False},
+    "ours: no dynamic sampling": {"dynamic_sampling": False},
+    "ours: no re-finetuning": {"rounds": 1},
+}
+
+
+@dataclass
+class PatchData:
+    """Everything the methods see for one cohort and encoder: one row per tissue patch."""
+
+    features: np.ndarray
+    inside: np.ndarray
+    distance: np.ndarray
+    slide_index: np.ndarray
+    rc: np.ndarray
+    grid_shapes: list[tuple[int, int]]
+    cells: list[float]
+    encoder: str
+    seconds: float
+
+
+def patch_data(
+    cohort: C.Cohort, encoder_name: str, *, cache: Path = C.CACHE, log=print
+) -> PatchData:
+    """Grid, coarse labels and features of every slide of a cohort (features cached on disk)."""
+    from protorefine.features import coarse_labels, extract_features, get_encoder, make_grid
+
+    encoder = get_encoder(encoder_name, device="cpu")
+    path = cache / "features" / f"{cohort.key}-{encoder_name}-{encoder.weight_hash[:10]}.npz"
+    grids = []
+    for s in cohort.slides:
+        tissue = None if cohort.name == "synthetic" else True  # real cohorts are crops of tissue
+        grids.append(make_grid(s.slide(), patch_size=cohort.patch_size, tissue=tissue))
+    feats: list[np.ndarray] = []
+    seconds = 0.0
+    if path.exists():
+        z = np.load(path)
+        feats = [z[f"f{k}"] for k in range(len(cohort.slides))]
+        seconds = float(z["seconds"])
+    else:
+        t0 = time.perf_counter()
+        for k, (s, g) in enumerate(zip(cohort.slides, grids, strict=True)):
+            log(
+                f"  features {cohort.name} [{encoder_name}] slide {k + 1}/{len(grids)} ({int(g.tissue.sum())} patches)"
+            )
+            feats.append(np.asarray(extract_features(s.slide(), g, encoder), dtype=np.float32))
+        seconds = time.perf_counter() - t0
+        from protorefine._atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, seconds=seconds, **{f"f{k}": f for k, f in enumerate(feats)})
+    rows = {k: [] for k in ("features", "inside", "distance", "slide", "rc")}
+    for k, (s, g, f) in enumerate(zip(cohort.slides, grids, feats, strict=True)):
+        idx = g.tissue_index
+        if len(f) != len(idx):
+            raise RuntimeError(f"{s.name}: {len(f)} feature rows for {len(idx)} tissue patches")
+        inside, distance = coarse_labels(g, s.coarse)
+        rows["features"].append(f)
+        rows["inside"].append(inside[idx])
+        rows["distance"].append(distance[idx])
+        rows["slide"].append(np.full(len(idx), k))
+        rows["rc"].append(g.rc[idx])
+    return PatchData(
+        features=np.concatenate(rows["features"]),
+        inside=np.concatenate(rows["inside"]).astype(np.float32),
+        distance=np.concatenate(rows["distance"]).astype(np.float32),
+        slide_index=np.concatenate(rows["slide"]),
+        rc=np.concatenate(rows["rc"]),
+        grid_shapes=[(g.rows, g.cols) for g in grids],
+        cells=[float(g.downsample) for g in grids],
+        encoder=encoder_name,
+        seconds=seconds,
+    )
+
+
+def to_eval(labels: np.ndarray, pd: PatchData, k: int, s: C.BenchSlide) -> np.ndarray:
+    """Paint slide ``k``'s per-patch labels onto its evaluation raster (off-grid pixels are 0)."""
+    sel = pd.slide_index == k
+    grid = np.zeros(pd.grid_shapes[k], bool)
+    grid[pd.rc[sel, 0], pd.rc[sel, 1]] = labels[sel]
+    h, w = s.truth.shape
+    ds, cell = s.eval_downsample, pd.cells[k]
+    rr = np.minimum(((np.arange(h) + 0.5) * ds // cell).astype(int), grid.shape[0] - 1)
+    cc = np.minimum(((np.arange(w) + 0.5) * ds // cell).astype(int), grid.shape[1] - 1)
+    return grid[np.ix_(rr, cc)]
+
+
+def scores(pred: list[np.ndarray], cohort: C.Cohort) -> dict:
+    """Mean and per-slide pixel Dice and IoU within tissue."""
+    d, j = [], []
+    for p, s in zip(pred, cohort.slides, strict=True):
+        a, b = p & s.tissue, s.truth & s.tissue
+        inter, tot = int((a & b).sum()), int(a.sum() + b.sum())
+        d.append(1.0 if tot == 0 else 2 * inter / tot)
+        j.append(1.0 if tot == inter else inter / (tot - inter))
+    return {
+        "dice": float(np.mean(d)),
+        "iou": float(np.mean(j)),
+        "dice_per_slide": [round(x, 4) for x in d],
+    }
+
+
+def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print) -> dict:
+    """Score every patch-level method (baselines, ours, ablations) on one cohort and encoder."""
+    from protorefine.refine.baselines import coarse_classifier, dknn
+    from protorefine.refine.config import RefineConfig
+    from protorefine.refine.core import refine_patches
+    from protorefine.refine.postprocess import masks_per_slide
+
+    base = RefineConfig(patch_size=cohort.patch_size, encoder=pd.encoder, device="cpu")
+    coarse = (pd.inside >= 0.5).astype(np.uint8)
+    out: dict[str, dict] = {}
+
+    def record(name: str, labels_per_seed: list[np.ndarray], seconds: float) -> None:
+        per_seed = []
+        for labels in labels_per_seed:
+            pred = [to_eval(labels, pd, k, s) for k, s in enumerate(cohort.slides)]
+            per_seed.append(scores(pred, cohort))
+        res = {
+            "dice": float(np.mean([r["dice"] for r in per_seed])),
+            "iou": float(np.mean([r["iou"] for r in per_seed])),
+            "dice_seeds": [round(r["dice"], 4) for r in per_seed],
+            "dice_per_slide": per_seed[0]["dice_per_slide"],
+            "seconds": round(seconds / max(len(labels_per_seed), 1), 2),
+        }
+        out[name] = res
+        log(
+            f"    {name:34s} Dice {res['dice']:.3f}  IoU {res['iou']:.3f}  ({res['seconds']:.1f} s)"
+        )
+
+    t = time.perf_counter()
+    grid_coarse = masks_per_slide(coarse.astype(np.float32), pd.slide_index, pd.rc, base)
+    record("coarse labels on the patch grid", [grid_coarse], time.perf_counter() - t)
+
+    t = time.perf_counter()
+    labs = []
+    for seed in seeds:
+        prob = coarse_classifier(pd.features, coarse, seed=seed, config=base)
+        labs.append(masks_per_slide(prob, pd.slide_index, pd.rc, base))
+    record("classifier on coarse labels", labs, time.perf_counter() - t)
+
+    t = time.perf_counter()
+    lab = dknn(pd.features, coarse, k=5)
+    record(
+        "DkNN (k=5)",
+        [masks_per_slide(lab.astype(np.float32), pd.slide_index, pd.rc, base)],
+        time.perf_counter() - t,
+    )
+
+    for name, change in ABLATIONS.items():
+        t = time.perf_counter()
+        labs = []
+        for seed in seeds:
+            cfg = base.replace(seed=seed, **change)
+            res = refine_patches(
+                pd.features, pd.inside, pd.slide_index, pd.rc, distance=pd.distance, config=cfg
+            )
+            labs.append(np.asarray(res.refined, bool))
+        record(name, labs, time.perf_counter() - t)
+    return out
+
+
+def coarse_pixel_scores(cohort: C.Cohort) -> dict:
+    """Dice/IoU of the coarse outline itself, rasterised at the evaluation resolution."""
+    return scores([s.coarse_mask for s in cohort.slides], cohort)
+
+
+def markdown(results: dict, cohort_names: list[str], encoders: list[str]) -> str:
+    """One table: rows are methods (per encoder), columns cohorts, cells 'Dice / IoU'."""
+    head = "| method | encoder | " + " | ".join(cohort_names) + " |"
+    lines = [head, "|" + "---|" * (len(cohort_names) + 2)]
+
+    def cell(r: dict | None) -> str:
+        return "–" if r is None else f"{r['dice']:.3f} / {r['iou']:.3f}"
+
+    lines.append(
+        "| coarse outline | – | "
+        + " | ".join(cell(results[c]["coarse"]) for c in cohort_names)
+        + " |"
+    )
+    names = list(next(iter(next(iter(results.values()))["methods"].values())).keys())
+    for enc in encoders:
+        for name in names:
+            cells = [cell(results[c]["methods"].get(enc, {}).get(name)) for c in cohort_names]
+            bold = name == "ours"
+            label = f"**{name}**" if bold else name
+            lines.append(f"| {label} | {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """Where the benchmark ran."""
+    import os
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build cohorts, extract features, score every method, print and save the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cohorts", default=",".join(C.COHORTS), help="comma-separated cohort names")
+    ap.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated encoder names")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds for the trained methods")
+    ap.add_argument("--quick", action="store_true", help="small cohorts, for a smoke run")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for quality.md and quality.json")
+    args = ap.parse_args(argv)
+    names = [c for c in args.cohorts.split(",") if c]
+    encoders = [e for e in args.encoders.split(",") if e]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    unknown = [c for c in names if c not in C.COHORTS]
+    if unknown:
+        print(
+            f"quality: unknown cohort(s) {', '.join(unknown)}; known: {', '.join(C.COHORTS)}",
+            file=sys.stderr,
+        )
+        return 2
+    t0 = time.perf_counter()
+    results: dict = {}
+    for name in names:
+        cohort = C.build_cohort(name, quick=args.quick)
+        if cohort is None:
+            continue
+        n_slides = len(cohort.slides)
+        print(f"cohort {name}: {n_slides} slides, coarse Dice {cohort.notes.get('coarse_dice')}")
+        entry = {
+            "notes": cohort.notes,
+            "coarse": coarse_pixel_scores(cohort),
+            "methods": {},
+            "patches": {},
+        }
+        for enc in encoders:
+            pd = patch_data(cohort, enc)
+            entry["patches"][enc] = {
+                "n": int(len(pd.features)),
+                "feature_seconds": round(pd.seconds, 1),
+            }
+            print(f"  [{enc}] {len(pd.features)} patches")
+            entry["methods"][enc] = run_methods(cohort, pd, seeds)
+        results[name] = entry
+    if not results:
+        print("quality: no cohort could be built", file=sys.stderr)
+        return 2
+    done = [c for c in names if c in results]
+    table = markdown(results, done, encoders)
+    wall = time.perf_counter() - t0
+    info = machine()
+    cmd = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (
+        f"Pixel-level Dice / IoU within tissue, mean over slides (seeds {args.seeds}). "
+        f"{info['date']}, {info['cpu']}, {info['nproc']} cores, {wall / 60:.1f} min. `{cmd.strip()}`"
+    )
+    print()
+    print(table)
+    out = Path(args.out)
+    from protorefine._atomic import atomic_write_text
+
+    suffix = "-quick" if args.quick else ""
+    atomic_write_text(out / f"quality{suffix}.md", header + "\n\n" + table + "\n")
+    atomic_write_text(
+        out / f"quality{suffix}.json",
+        json.dumps(
+            {
+                "machine": info,
+                "command": cmd.strip(),
+                "wall_seconds": round(wall, 1),
+                "seeds": seeds,
+                "cohorts": results,
+            },
+            indent=1,
+        ),
+    )
+    print(f"\nwrote {out / f'quality{suffix}.md'} ({wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
