@@ -228,8 +228,10 @@ def extract_features(
 
     Features are the encoder's raw output (not L2-normalised). ``indices`` picks
     other patches (grid order numbers) instead. ``loader`` is ``thread``,
-    ``process`` or ``inline`` (default :data:`DEFAULT_LOADER`, the fastest
-    measured on 2 CPU cores) with ``num_workers`` readers (0 means inline).
+    ``process`` or ``inline``; the default is one reader thread on a CPU (as fast
+    as a worker process on 2 cores, see docs/benchmarks.md, and no fork) and
+    ``min(8, cores - 1)`` DataLoader worker processes on CUDA. ``num_workers``
+    sets the readers (0 means inline).
     On a CPU the encoder runs with ``threads`` intra-op threads (default: the
     cores left over by the readers), restored afterwards: oversubscribed OpenMP
     threads are many times slower on a busy machine.
