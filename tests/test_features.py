@@ -383,3 +383,26 @@ def test_region_reader_matches_read_region_with_tiny_cache() -> None:
         h, w = (int(v) for v in rng.integers(1, 130, 2))
         assert np.array_equal(reader.read(y, x, h, w), slide.read_region(0, y, x, h, w))
     assert reader._bytes <= reader.max_bytes
+
+
+def test_real_svs_grid_and_features(slides_dir: Path) -> None:
+    from protorefine.slides import open_slide
+
+    slide = open_slide(slides_dir / "CMU-1-Small-Region.svs")  # 2220 x 2967, 0.499 um/px
+    grid = make_grid(slide, patch_size=112, mpp=1.0)
+    assert (grid.level, grid.read_size) == (0, 224) and grid.mpp == pytest.approx(0.998)
+    assert (grid.rows, grid.cols) == (14, 10)
+    assert 0.15 < grid.tissue.mean() < 0.9  # a tissue section with glass around it
+    enc = get_encoder("colour-texture", device="cpu", input_size=56)
+    idx = grid.tissue_index[:5]
+    feats = extract_features(slide, grid, enc, indices=idx)
+    ref = enc.embed(
+        np.stack([slide.read_region(0, *(int(v) for v in grid.yx[i]), 224, 224) for i in idx])
+    )
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
+    two = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")  # 2 levels, no mpp recorded
+    g1 = make_grid(two, patch_size=128, level=1)
+    assert g1.level == 1 and g1.downsample == pytest.approx(128 * two.downsamples[1])
+    assert g1.tissue.any()
+    with pytest.raises(ProtorefineError, match="microns per pixel"):
+        make_grid(two, mpp=1.0)
