@@ -190,10 +190,11 @@ class Pipeline:
 
     def features(self, slide_id: str) -> np.ndarray:
         """Tissue-patch features of a slide (from the cache of the finished features stage)."""
-        if slide_id not in self._features:
-            cache = Path((self.project._require("features") / "cache.txt").read_text())
-            self._features[slide_id] = np.load(cache / f"{slide_id}.npy")
-        return self._features[slide_id]
+        cache = Path((self.project._require("features") / "cache.txt").read_text())
+        key = str(cache / f"{slide_id}.npy")
+        if key not in self._features:
+            self._features[key] = np.load(key)
+        return self._features[key]
 
     def cohort(self) -> dict[str, np.ndarray]:
         """All slides' tissue patches stacked: features, slide_index, rc, and slide row ranges."""
