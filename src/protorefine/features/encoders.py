@@ -325,9 +325,13 @@ def register_encoder(name: str, factory: Callable[[torch.device, int | None], En
     _REGISTRY[name] = factory
 
 
+#: The other accepted encoder names, for messages.
+USER_MODEL_FORMS = "a TorchScript file (.pt, .pth, .ts) or timm:<model>@<weights.pth>"
+
+
 def list_encoders() -> list[str]:
-    """Registered encoder names plus the forms accepted for user models."""
-    return [*_REGISTRY, "<file.pt|.pth|.ts> (TorchScript)", "timm:<model>@<weights.pth>"]
+    """Names of the registered encoders (user models are given by path or ``timm:`` spec)."""
+    return list(_REGISTRY)
 
 
 def get_encoder(
@@ -347,4 +351,6 @@ def get_encoder(
         return _timm(key, dev, input_size)
     if key.lower().endswith(TORCHSCRIPT_SUFFIXES):
         return _torchscript(Path(key).expanduser(), dev, input_size)
-    raise ProtorefineError(f"unknown encoder {name!r}: known are {', '.join(list_encoders())}")
+    raise ProtorefineError(
+        f"unknown encoder {name!r}: known are {', '.join(list_encoders())}, or {USER_MODEL_FORMS}"
+    )
