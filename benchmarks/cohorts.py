@@ -266,7 +266,7 @@ def add_coarse(slides: list[BenchSlide], seed: int, *, target: float = TARGET_CO
     return {
         "coarse_strength": strength,
         "coarse_dice": round(mean, 4),
-        "strengths_tried": {st: round(v[0], 4) for st, v in sorted(tried.items())},
+        "strengths_tried": {str(st): round(v[0], 4) for st, v in sorted(tried.items())},
     }
 
 
