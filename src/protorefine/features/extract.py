@@ -233,8 +233,8 @@ def extract_features(
     ``min(8, cores - 1)`` DataLoader worker processes on CUDA. ``num_workers``
     sets the readers (0 means inline).
     On a CPU the encoder runs with ``threads`` intra-op threads (default: the
-    cores left over by the readers), restored afterwards: oversubscribed OpenMP
-    threads are many times slower on a busy machine.
+    cores left over by the readers, at most the current setting), restored
+    afterwards: oversubscribed OpenMP threads are many times slower.
     ``progress(done, total, msg)`` is called per batch; ``cancel()`` is checked
     per batch and raises :class:`CancelledError` when it returns True.
     """
@@ -277,7 +277,8 @@ def extract_features(
         stream = _iter_processes(ds, workers, pin)
     before = torch.get_num_threads()
     if encoder.device.type == "cpu":
-        want = threads if threads is not None else cores - (0 if kind == "inline" else workers)
+        spare = cores - (0 if kind == "inline" else workers)
+        want = threads if threads is not None else min(before, spare)
         torch.set_num_threads(max(1, int(want)))
     done = 0
     try:
