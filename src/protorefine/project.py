@@ -372,7 +372,8 @@ class Project:
 
     def result_grid(self, slide_id: str, key: str) -> np.ndarray:
         """A (rows, cols) grid of one result: local_proto, global_proto (-1 off tissue), pseudo,
-        confidence, prob (float), refined (bool), coarse (inside fraction)."""
+        confidence, prob (float; the final one once the output stage ran, else the head's),
+        refined (bool), coarse (inside fraction)."""
         if key not in RESULT_KEYS:
             raise ProtorefineError(f"result {key!r}: known are {', '.join(RESULT_KEYS)}")
         grid = self.grid(slide_id)
@@ -394,7 +395,8 @@ class Project:
             if key == "pseudo":
                 return grid.to_image(values.astype(np.int8), fill=-1)
             return grid.to_image(values.astype(np.float32), fill=0.0)
-        with np.load(self._require("classifier") / "prob.npz") as d:
+        stage = "output" if self.stage_done("output") else "classifier"
+        with np.load(self._require(stage) / "prob.npz") as d:
             values = np.asarray(d["prob"])[sl]
         return grid.to_image(values.astype(np.float32), fill=0.0)
 

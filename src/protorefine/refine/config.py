@@ -50,6 +50,7 @@ _STAGE_OF: dict[str, str] = {
     "seed": "prototypes",
     "smooth_sigma": "output",
     "threshold": "output",
+    "outside_threshold": "output",
     "min_area": "output",
     "max_hole": "output",
     "device": "",
@@ -110,6 +111,7 @@ class RefineConfig:
     # output
     smooth_sigma: float = 0.7
     threshold: float = 0.6
+    outside_threshold: float = 0.9
     min_area: int = 2
     max_hole: int = 2
     # run

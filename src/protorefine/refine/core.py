@@ -84,10 +84,19 @@ def final_probability(
     pseudo_score: np.ndarray,
     corrections: np.ndarray | None,
     config: RefineConfig,
+    coarse: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Classifier probability blended with the pseudo-label score (``final_blend``); corrections win."""
+    """Refined tumour probability per patch from the head's output.
+
+    Blends in the pseudo-label score (``final_blend``); outside the coarse outline a
+    patch stays below the output threshold unless the head is sure
+    (``p >= outside_threshold``); corrections win over everything.
+    """
     b = float(config.final_blend)
     prob = ((1.0 - b) * np.asarray(clf_prob) + b * np.asarray(pseudo_score)).astype(np.float32)
+    if coarse is not None and config.outside_threshold < 1.0:
+        unsure_out = (np.asarray(coarse) < 0.5) & (prob < config.outside_threshold)
+        prob[unsure_out] = np.minimum(prob[unsure_out], 0.5 * config.threshold)
     if corrections is not None:
         corr = np.asarray(corrections)
         prob[corr >= 0] = corr[corr >= 0].astype(np.float32)
@@ -161,7 +170,7 @@ def refine_patches(
         on_round=on_round,
     )
     step(3, "output")
-    prob = final_probability(cr.prob, pl.score, corrections, config)
+    prob = final_probability(cr.prob, pl.score, corrections, config, coarse)
     refined = masks_per_slide(prob, slide_index, rc, config)
     if progress is not None:
         progress(steps, steps, "done")

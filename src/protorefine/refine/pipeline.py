@@ -341,7 +341,9 @@ class Pipeline:
         coh = self.cohort()
         prob = predict(model, torch.from_numpy(self._classifier_input()).to(device))
         score = self._load("pseudo_labels", "pseudo.npz")["score"]
-        prob = final_probability(prob, score, self._corrections_vector(), self.config)
+        coarse = self._load("prototypes", "cohort.npz")["coarse"]
+        prob = final_probability(prob, score, self._corrections_vector(), self.config, coarse)
+        write_npz(out / "prob.npz", prob=prob)
         n = len(self.project.slides)
         counts = {}
         for i, s in enumerate(self.project.slides):
