@@ -120,6 +120,24 @@ def to_eval(labels: np.ndarray, pd: PatchData, k: int, s: C.BenchSlide) -> np.nd
     return grid[np.ix_(rr, cc)]
 
 
+def truth_fraction(pd: PatchData, cohort: C.Cohort) -> np.ndarray:
+    """Share of each tissue patch that is truly tumour, from the slides' truth rasters."""
+    out = np.zeros(len(pd.slide_index), np.float32)
+    for k, s in enumerate(cohort.slides):
+        sel = np.flatnonzero(pd.slide_index == k)
+        f = pd.cells[k] / s.eval_downsample
+        rows, cols = pd.grid_shapes[k]
+        yy = np.minimum((np.arange(s.truth.shape[0]) // f).astype(int), rows - 1)
+        xx = np.minimum((np.arange(s.truth.shape[1]) // f).astype(int), cols - 1)
+        tot = np.zeros((rows, cols))
+        cnt = np.zeros((rows, cols))
+        np.add.at(tot, (yy[:, None], xx[None, :]), s.truth)
+        np.add.at(cnt, (yy[:, None], xx[None, :]), 1)
+        frac = tot / np.maximum(cnt, 1)
+        out[sel] = frac[pd.rc[sel, 0], pd.rc[sel, 1]]
+    return out
+
+
 def scores(pred: list[np.ndarray], cohort: C.Cohort) -> dict:
     """Mean and per-slide pixel Dice and IoU within tissue."""
     d, j = [], []
@@ -163,6 +181,12 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
             f"    {name:34s} Dice {res['dice']:.3f}  IoU {res['iou']:.3f}  ({res['seconds']:.1f} s)"
         )
 
+    truth = (truth_fraction(pd, cohort) >= 0.5).astype(np.float32)
+    record(
+        "true labels on the patch grid (ceiling)",
+        [masks_per_slide(truth, pd.slide_index, pd.rc, base)],
+        0.0,
+    )
     t = time.perf_counter()
     grid_coarse = masks_per_slide(coarse.astype(np.float32), pd.slide_index, pd.rc, base)
     record("coarse labels on the patch grid", [grid_coarse], time.perf_counter() - t)
