@@ -271,6 +271,33 @@ def machine() -> dict:
     }
 
 
+def merge(folders: list[str], out: Path) -> int:
+    """Combine the quality.json of several runs (e.g. one per cohort, run in parallel) into one table."""
+    from protorefine._atomic import atomic_write_text
+
+    runs = [json.loads((Path(f) / "quality.json").read_text()) for f in folders]
+    results: dict = {}
+    for r in runs:
+        results.update(r["cohorts"])
+    names = [c for c in C.COHORTS if c in results]
+    encoders = list(next(iter(results.values()))["methods"])
+    table = markdown(results, names, encoders)
+    wall = max(r["wall_seconds"] for r in runs)
+    info = runs[0]["machine"]
+    cmds = "; ".join(f"`{r['command']}`" for r in runs)
+    header = (
+        f"Pixel-level Dice / IoU within tissue, mean over slides (seeds {runs[0]['seeds']}). "
+        f"{info['date']}, {info['cpu']}, {info['nproc']} cores; {len(runs)} runs in parallel, "
+        f"longest {wall / 60:.1f} min: {cmds}"
+    )
+    print(table)
+    atomic_write_text(out / "quality.md", header + "\n\n" + table + "\n")
+    merged = {"machine": info, "commands": [r["command"] for r in runs], "wall_seconds": wall}
+    merged.update({"seeds": runs[0]["seeds"], "cohorts": results})
+    atomic_write_text(out / "quality.json", json.dumps(merged, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build cohorts, extract features, score every method, print and save the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -279,7 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds for the trained methods")
     ap.add_argument("--quick", action="store_true", help="small cohorts, for a smoke run")
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.md and quality.json")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="only merge the quality.json of runs made in parallel (one per cohort) into --out",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     names = [c for c in args.cohorts.split(",") if c]
     encoders = [e for e in args.encoders.split(",") if e]
     seeds = [int(s) for s in args.seeds.split(",") if s]
