@@ -29,6 +29,8 @@ _STAGE_OF: dict[str, str] = {
     "boundary_width": "prototypes",
     "use_local": "pseudo_labels",
     "use_global": "pseudo_labels",
+    "use_oof": "pseudo_labels",
+    "oof_folds": "pseudo_labels",
     "temperature": "pseudo_labels",
     "coarse_trust": "pseudo_labels",
     "pseudo_smooth": "pseudo_labels",
@@ -89,6 +91,8 @@ class RefineConfig:
     # pseudo-labels
     use_local: bool = True
     use_global: bool = True
+    use_oof: bool = False
+    oof_folds: int = 5
     temperature: float = 0.05
     coarse_trust: float = 0.5
     pseudo_smooth: float = 1.0

@@ -93,6 +93,50 @@ def prototype_evidence(
     return local, glob
 
 
+def out_of_fold_evidence(
+    x: torch.Tensor,
+    coarse: np.ndarray,
+    slide_index: np.ndarray,
+    rc: np.ndarray,
+    config: RefineConfig,
+) -> np.ndarray:
+    """Tumour probability of each patch from a head trained on the coarse labels of *other* folds.
+
+    Folds are slides (grouped into at most ``oof_folds``); a single slide is split
+    into grid quadrants. A patch's own noisy label never trains the head that scores it.
+    """
+    from protorefine.refine.classifier import train_classifier
+
+    slides = np.unique(slide_index)
+    k = max(2, int(config.oof_folds))
+    if len(slides) >= 2:
+        order = {s: i % k for i, s in enumerate(slides)}
+        fold = np.array([order[s] for s in slide_index])
+    else:
+        r, c = rc[:, 0], rc[:, 1]
+        fold = (r >= np.median(r)).astype(int) * 2 + (c >= np.median(c)).astype(int)
+    lab = (np.asarray(coarse) >= 0.5).astype(np.int8)
+    out = lab.astype(np.float32).copy()
+    cfg = config.replace(rounds=1, epochs=max(1, config.epochs // 2))
+    for f in np.unique(fold):
+        train = fold != f
+        if len(np.unique(lab[train])) < 2:
+            continue
+        idx = torch.from_numpy(np.flatnonzero(train)).to(x.device)
+        res = train_classifier(
+            x[idx],
+            lab[train],
+            np.ones(int(train.sum()), np.float32),
+            lab[train].astype(np.float32),
+            config=cfg,
+        )
+        from protorefine.refine.classifier import predict
+
+        test = torch.from_numpy(np.flatnonzero(~train)).to(x.device)
+        out[~train] = predict(res.model, x[test])
+    return out
+
+
 def make_pseudo_labels(
     features: torch.Tensor,
     coarse: np.ndarray,
@@ -116,7 +160,12 @@ def make_pseudo_labels(
     coarse_f = np.asarray(coarse, dtype=np.float32)
     gscores, ignored = effective_global_scores(protos.global_scores, prototype_labels)
     local, glob = prototype_evidence(features, slide_index, protos, config, gscores)
-    parts = [p for p in (local, glob) if p is not None]
+    oof = (
+        out_of_fold_evidence(features, coarse_f, slide_index, rc, config)
+        if config.use_oof
+        else None
+    )
+    parts = [p for p in (local, glob, oof) if p is not None]
     if parts:
         proto = np.mean(parts, axis=0).astype(np.float32)
         trust = config.coarse_trust * reliability(distance, n, config.boundary_width)
