@@ -73,6 +73,7 @@ def test_deterministic(cohort, result):
         {"use_global": False},
         {"dynamic_sampling": False},
         {"rounds": 1},
+        {"use_oof": True},
     ],
 )
 def test_ablation_switches_change_behaviour(cohort, result, change):
@@ -83,7 +84,7 @@ def test_ablation_switches_change_behaviour(cohort, result, change):
         np.testing.assert_array_equal(r.pseudo, r.initial.pseudo)
     else:
         assert not np.allclose(r.prob, result.prob)
-    if "use_local" in change or "use_global" in change:
+    if "use_local" in change or "use_global" in change or "use_oof" in change:
         assert not np.allclose(r.initial.proto_score, result.initial.proto_score)
 
 
