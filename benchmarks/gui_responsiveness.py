@@ -141,10 +141,11 @@ def main() -> None:
     rr, cc = np.nonzero(refined > 0)
     review.paint_cells(rr[:10], cc[:10], 1)
     rows.append(("retrain with corrections", Meter().measure(review.runner, review.retrain)))
-    print(f"{'step':32s} {'seconds':>8s} {'worker stall ms':>16s} {'incl. display ms':>17s}")
+    print(f"{'step':30s} {'seconds':>7s} {'worker ms':>9s} {'+display ms':>11s} {'own ms':>7s}")
     for name, r in rows:
         print(
-            f"{name:32s} {r['seconds']:8.1f} {r['worker_ms']:16.0f} {r['shown_ms']:17.0f}  {r['outcome']}"
+            f"{name:30s} {r['seconds']:7.1f} {r['worker_ms']:9.0f} {r['shown_ms']:11.0f}"
+            f" {r['own_ms']:7.0f}  {r['outcome']}"
         )
 
     # cancel latency during classifier training
