@@ -197,3 +197,21 @@ def test_checkpoint_roundtrip_and_bad_file(cohort, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ProtorefineError, match="bad.pt: checkpoint does not load"):
         load_checkpoint(bad)
+
+
+def test_fine_mask_follows_the_probability_inside_patches():
+    from protorefine.refine.postprocess import prob_to_fine_mask
+
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[2:8, 2:8] = 1.0
+    tissue = np.ones_like(prob, dtype=bool)
+    tissue[:, 9] = False
+    cfg = RefineConfig(min_area=0, max_hole=0)
+    fine = prob_to_fine_mask(prob, tissue=tissue, config=cfg, factor=4)
+    assert fine.shape == (40, 40)
+    assert fine[20, 20] and not fine[2, 2]  # centre of the block in, far corner out
+    assert not fine[:, 36:].any()  # never outside tissue
+    coarse = prob_to_mask(prob, tissue=tissue, config=cfg)
+    # the outline passes through the edge patches instead of along the grid lines
+    assert 0.5 * coarse.sum() < fine.sum() / 16 < 1.2 * coarse.sum()
+    assert prob_to_fine_mask(prob, tissue=tissue, config=cfg, factor=1).shape == (10, 10)

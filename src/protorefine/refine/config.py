@@ -53,6 +53,7 @@ _STAGE_OF: dict[str, str] = {
     "smooth_sigma": "output",
     "threshold": "output",
     "outside_threshold": "output",
+    "output_upsample": "output",
     "min_area": "output",
     "max_hole": "output",
     "device": "",
@@ -116,6 +117,7 @@ class RefineConfig:
     smooth_sigma: float = 0.7
     threshold: float = 0.6
     outside_threshold: float = 0.9
+    output_upsample: int = 4
     min_area: int = 2
     max_hole: int = 2
     # run

@@ -22,7 +22,7 @@ from protorefine.refine.classifier import (
 )
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
 from protorefine.refine.core import compute_device, final_probability
-from protorefine.refine.postprocess import context_features, prob_to_mask
+from protorefine.refine.postprocess import context_features, prob_to_fine_mask, prob_to_mask
 from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
 from protorefine.refine.pseudolabels import make_pseudo_labels
 
@@ -356,7 +356,9 @@ class Pipeline:
             tissue = grid.tissue.reshape(grid.rows, grid.cols)
             mask = prob_to_mask(pgrid, tissue=tissue, config=self.config)
             np.save(out / f"{s.id}_refined.npy", mask)
-            annset = vectorize(mask, grid.downsample)
+            f = max(1, int(self.config.output_upsample))
+            fine = prob_to_fine_mask(pgrid, tissue=tissue, config=self.config, factor=f)
+            annset = vectorize(fine, grid.downsample / f)
             h, w = grid.shape
             frame = box(0, 0, w, h)
             for ann in annset.annotations:
