@@ -136,6 +136,13 @@ def gui(make_napari_viewer, qtbot, tmp_path, cohort):
     return build
 
 
+def n_shapes(annset) -> int:
+    """How many napari shapes an annotation set becomes (one per polygon part)."""
+    from protorefine.annotations import annotations_to_shapes
+
+    return len(annotations_to_shapes(annset, 1.0)[0])
+
+
 class GapMeter:
     """Records the longest interval between 10 ms QTimer ticks: how long the event loop stalled.
 
@@ -294,7 +301,7 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui):
     from protorefine.napari.widgets._common import REFINED_OUTLINE
 
     outline = viewer.layers[REFINED_OUTLINE]
-    assert len(outline.data) == len(state.project.refined_annotations(state.slide_id))
+    assert len(outline.data) == n_shapes(state.project.refined_annotations(state.slide_id))
     assert np.allclose(outline.scale, state.image_layer.scale)
 
 
@@ -411,3 +418,33 @@ def test_run_unattended_saves_a_window_screenshot(qtbot, gui, tmp_path):
     assert viewer.layers[GLOBAL_PROTOTYPES].visible and viewer.layers[REFINED].visible
     assert (state.project.corrections(state.slide_id) >= 0).any()
     assert state.project.stage_done("output")
+
+
+def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, notes, tmp_path):
+    from protorefine.napari.widgets._common import REFINED_OUTLINE
+
+    viewer, state, _, refine, review = gui()
+    finish(qtbot, refine.runner, refine.run)
+    first, second = (s.id for s in state.project.slides)
+    rr, cc = np.nonzero(viewer.layers[REFINED].data == TUMOUR_LABEL)
+    state.show_slide(second)
+    outline = viewer.layers[REFINED_OUTLINE]
+    assert len(outline.data) == n_shapes(state.project.refined_annotations(second))
+    assert viewer.layers.index(outline) == len(viewer.layers) - 1  # drawn over the new slide
+    stored = state.project.result_grid(second, "refined")
+    assert np.array_equal(viewer.layers[REFINED].data == TUMOUR_LABEL, stored)
+    state.show_slide(first)
+    review.paint_cells(rr[:3], cc[:3], NORMAL_LABEL)
+    state.show_slide(second)
+    assert "No corrections" in review.count_label.text()
+    state.show_slide(first)
+    assert (viewer.layers[CORRECTIONS].data[rr[:3], cc[:3]] == NORMAL_LABEL).all()
+    assert "3 normal" in review.count_label.text()
+    # a ground truth that is not an annotation: one plain line, scores unchanged
+    bad = tmp_path / "truth.geojson"
+    bad.write_text("not json")
+    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
+    with qtbot.waitSignal(review.score_runner.finished, timeout=60_000):
+        assert review.load_truth(bad)
+    assert review.score_runner.last_outcome == "error"
+    assert any("truth.geojson" in n for n in notes)

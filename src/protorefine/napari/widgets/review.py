@@ -214,11 +214,16 @@ class ReviewWidget(QWidget):
         except ProtorefineError as exc:
             notify("error", str(exc))
             return False
-        n_t, n_n = int((values == 1).sum()), int((values == 0).sum())
+        self._show_count(values)
+        return True
+
+    def _show_count(self, values: np.ndarray | None) -> None:
+        """Say how many patches carry a correction (values: -1 none, 0 normal, 1 tumour)."""
+        n_t = 0 if values is None else int((values == 1).sum())
+        n_n = 0 if values is None else int((values == 0).sum())
         self.count_label.setText(
             f"{n_t} tumour and {n_n} normal patch(es) corrected" if n_t + n_n else "No corrections"
         )
-        return True
 
     def retrain(self) -> bool:
         """Save the corrections and rerun pseudo-labels, classifier and output in a worker thread."""
@@ -348,9 +353,8 @@ class ReviewWidget(QWidget):
         if truth and Path(truth).exists():
             self.truth_path = Path(truth)
             self.dice_label.setText(f"Ground truth: {self.truth_path.name}")
-        layer = self.corrections_layer(create=False)
-        if layer is not None:
-            self.save_corrections()
+        self.corrections_layer(create=False)  # listen to strokes on the restored layer
+        self._show_count(project.corrections(slide_id))
 
     def _on_results(self, _slide_id) -> None:
         self.corrections_layer(create=False)
