@@ -98,17 +98,25 @@ class RegionReader:
 
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """An ``(h, w, 3)`` uint8 region; outside the level is white."""
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        self.read_into(out, y, x)
+        return out
+
+    def read_into(self, out: np.ndarray, y: int, x: int) -> None:
+        """Fill ``out`` (h, w, 3) with the region at (y, x); outside the level is white."""
+        h, w = out.shape[:2]
         H, W = self.shape
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
         y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
+        if (y0, x0, y1, x1) != (y, x, y + h, x + w):
+            out[...] = 255
         if y1 <= y0 or x1 <= x0:
-            return out
+            return
         if not self.cached:
             part = self.arr[y0:y1, x0:x1, :3]
             if hasattr(part, "compute"):
                 part = part.compute(scheduler="synchronous")
             out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(part)
-            return out
+            return
         (ci0, ci1), (cj0, cj1) = self.chunk_of(np.array([y0, y1 - 1]), np.array([x0, x1 - 1]))
         for i in range(int(ci0), int(ci1) + 1):
             by0, by1 = int(self.ybounds[i]), int(self.ybounds[i + 1])
@@ -120,7 +128,6 @@ class RegionReader:
                 out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = chunk[
                     sy0 - by0 : sy1 - by0, sx0 - bx0 : sx1 - bx0
                 ]
-        return out
 
 
 def chunk_order(grid: PatchGrid, indices: np.ndarray, reader: RegionReader) -> np.ndarray:
@@ -145,7 +152,7 @@ def read_patches(
     out = np.empty((len(idx), rs, rs, 3), dtype=np.uint8)
     rows, cols = np.divmod(idx, grid.cols)
     for k in range(len(idx)):
-        out[k] = reader.read(int(rows[k]) * step, int(cols[k]) * step, rs, rs)
+        reader.read_into(out[k], int(rows[k]) * step, int(cols[k]) * step)
     return resize_batch(out, size)
 
 
