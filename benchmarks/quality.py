@@ -4,8 +4,8 @@ For every cohort (see ``cohorts.py``) and encoder it extracts patch features (ca
 then scores, by pixel-level Dice and IoU within tissue against the true tumour map:
 the coarse outline itself; the coarse labels on the patch grid; a classifier trained on
 the coarse labels; DkNN; the refinement; and its ablations. Every patch-level
-prediction goes through the engine's own postprocess (``masks_per_slide`` ->
-``prob_to_mask``). Prints one markdown table and writes it to
+prediction goes through the engine's own output path (``prob_to_fine_mask``, the
+one the pipeline's polygons come from). Prints one markdown table and writes it to
 ``benchmarks/results/quality.md`` with the details in ``quality.json``.
 
     python benchmarks/quality.py [--cohorts a,b] [--encoders a,b] [--quick] [--seeds 0,1]
@@ -120,6 +120,39 @@ def to_eval(labels: np.ndarray, pd: PatchData, k: int, s: C.BenchSlide) -> np.nd
     return grid[np.ix_(rr, cc)]
 
 
+def output_masks(prob: np.ndarray, pd: PatchData, cohort: C.Cohort, config) -> list[np.ndarray]:
+    """Per-patch probability -> the pipeline's output mask per slide, on each evaluation raster.
+
+    Same path as the refined polygons the pipeline writes: the probability grid goes
+    through ``prob_to_fine_mask`` at ``config.output_upsample`` x the grid resolution
+    (``prob_to_mask`` on the grid itself when the factor is 1).
+    """
+    from protorefine.refine import postprocess as pp
+
+    f = max(1, int(getattr(config, "output_upsample", 1)))
+    out = []
+    for k, s in enumerate(cohort.slides):
+        sel = pd.slide_index == k
+        pgrid = np.zeros(pd.grid_shapes[k], np.float32)
+        valid = np.zeros(pd.grid_shapes[k], bool)
+        pgrid[pd.rc[sel, 0], pd.rc[sel, 1]] = prob[sel]
+        valid[pd.rc[sel, 0], pd.rc[sel, 1]] = True
+        if f > 1 and hasattr(pp, "prob_to_fine_mask"):
+            mask = pp.prob_to_fine_mask(pgrid, tissue=valid, config=config, factor=f)
+        else:
+            mask, f = pp.prob_to_mask(pgrid, tissue=valid, config=config), 1
+        h, w = s.truth.shape
+        cell = pd.cells[k] / f
+        rr = np.minimum(
+            ((np.arange(h) + 0.5) * s.eval_downsample // cell).astype(int), mask.shape[0] - 1
+        )
+        cc = np.minimum(
+            ((np.arange(w) + 0.5) * s.eval_downsample // cell).astype(int), mask.shape[1] - 1
+        )
+        out.append(mask[np.ix_(rr, cc)])
+    return out
+
+
 def truth_fraction(pd: PatchData, cohort: C.Cohort) -> np.ndarray:
     """Share of each tissue patch that is truly tumour, from the slides' truth rasters."""
     out = np.zeros(len(pd.slide_index), np.float32)
@@ -158,23 +191,22 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     from protorefine.refine.baselines import coarse_classifier, dknn
     from protorefine.refine.config import RefineConfig
     from protorefine.refine.core import refine_patches
-    from protorefine.refine.postprocess import masks_per_slide
 
     base = RefineConfig(patch_size=cohort.patch_size, encoder=pd.encoder, device="cpu")
     coarse = (pd.inside >= 0.5).astype(np.uint8)
     out: dict[str, dict] = {}
 
-    def record(name: str, labels_per_seed: list[np.ndarray], seconds: float) -> None:
+    def record(name: str, probs_per_seed: list[np.ndarray], seconds: float) -> None:
         per_seed = []
-        for labels in labels_per_seed:
-            pred = [to_eval(labels, pd, k, s) for k, s in enumerate(cohort.slides)]
+        for prob in probs_per_seed:
+            pred = output_masks(np.asarray(prob, np.float32), pd, cohort, base)
             per_seed.append(scores(pred, cohort))
         res = {
             "dice": float(np.mean([r["dice"] for r in per_seed])),
             "iou": float(np.mean([r["iou"] for r in per_seed])),
             "dice_seeds": [round(r["dice"], 4) for r in per_seed],
             "dice_per_slide": per_seed[0]["dice_per_slide"],
-            "seconds": round(seconds / max(len(labels_per_seed), 1), 2),
+            "seconds": round(seconds / max(len(probs_per_seed), 1), 2),
         }
         out[name] = res
         log(
@@ -182,40 +214,27 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
         )
 
     truth = (truth_fraction(pd, cohort) >= 0.5).astype(np.float32)
-    record(
-        "true labels on the patch grid (ceiling)",
-        [masks_per_slide(truth, pd.slide_index, pd.rc, base)],
-        0.0,
-    )
-    t = time.perf_counter()
-    grid_coarse = masks_per_slide(coarse.astype(np.float32), pd.slide_index, pd.rc, base)
-    record("coarse labels on the patch grid", [grid_coarse], time.perf_counter() - t)
+    record("true labels on the patch grid (reference)", [truth], 0.0)
+    record("coarse labels on the patch grid", [coarse.astype(np.float32)], 0.0)
 
     t = time.perf_counter()
-    labs = []
-    for seed in seeds:
-        prob = coarse_classifier(pd.features, coarse, seed=seed, config=base)
-        labs.append(masks_per_slide(prob, pd.slide_index, pd.rc, base))
-    record("classifier on coarse labels", labs, time.perf_counter() - t)
+    probs = [coarse_classifier(pd.features, coarse, seed=seed, config=base) for seed in seeds]
+    record("classifier on coarse labels", probs, time.perf_counter() - t)
 
     t = time.perf_counter()
     lab = dknn(pd.features, coarse, k=5)
-    record(
-        "DkNN (k=5)",
-        [masks_per_slide(lab.astype(np.float32), pd.slide_index, pd.rc, base)],
-        time.perf_counter() - t,
-    )
+    record("DkNN (k=5)", [lab.astype(np.float32)], time.perf_counter() - t)
 
     for name, change in ABLATIONS.items():
         t = time.perf_counter()
-        labs = []
+        probs = []
         for seed in seeds:
             cfg = base.replace(seed=seed, **change)
             res = refine_patches(
                 pd.features, pd.inside, pd.slide_index, pd.rc, distance=pd.distance, config=cfg
             )
-            labs.append(np.asarray(res.refined, bool))
-        record(name, labs, time.perf_counter() - t)
+            probs.append(np.asarray(res.prob, np.float32))  # final probability, as the pipeline
+        record(name, probs, time.perf_counter() - t)
     return out
 
 
