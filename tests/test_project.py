@@ -79,3 +79,14 @@ def test_missing_slide_file_is_named(tmp_path, case):
     src.unlink()
     with pytest.raises(ProtorefineError, match="copy.png: slide file"):
         Project.open(p.folder).open_slide("copy")
+
+
+def test_erased_coarse_outline_reads_back_empty(tmp_path, case):
+    """A user who deletes every shape keeps a loadable project: the outline reads back empty."""
+    from protorefine.annotations import AnnotationSet
+
+    p = Project.create(tmp_path / "proj", RefineConfig(patch_size=64, encoder="colour-texture"))
+    p.add_slide(case["slide"])
+    p.set_coarse("s1", AnnotationSet())
+    again = Project.open(tmp_path / "proj").coarse("s1")
+    assert again is not None and len(again) == 0

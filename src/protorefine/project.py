@@ -216,7 +216,7 @@ class Project:
 
         self.slide(slide_id)
         path = self.coarse_path(slide_id)
-        return read_geojson(path) if path.exists() else None
+        return read_geojson(path, allow_empty=True) if path.exists() else None
 
     def coarse_path(self, slide_id: str) -> Path:
         """Where the coarse annotation of a slide is stored."""
@@ -413,7 +413,7 @@ class Project:
         """The refined tumour polygons of a slide (level-0 pixels)."""
         from protorefine.annotations import read_geojson
 
-        return read_geojson(self._require("output") / f"{slide_id}.geojson")
+        return read_geojson(self._require("output") / f"{slide_id}.geojson", allow_empty=True)
 
     def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:
         """Folder of cached features for an encoder on the current grid parameters."""
