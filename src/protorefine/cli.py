@@ -75,37 +75,66 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert slides to OME-Zarr pyramids")
-    p.add_argument("slides", nargs="+", help="slide files (SVS, TIFF, OME-TIFF, PNG, JPEG, OME-Zarr)")
+    p.add_argument(
+        "slides", nargs="+", help="slide files (SVS, TIFF, OME-TIFF, PNG, JPEG, OME-Zarr)"
+    )
     p.add_argument("--out", required=True, help="output folder; writes OUT/<stem>.zarr")
     p.add_argument("--tile", type=int, default=1024, help="chunk size in pixels (default 1024)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("refine", help="refine coarse annotations")
     p.add_argument("slides", nargs="+", help="slide files")
-    p.add_argument("--coarse", nargs="+", required=True, help="coarse annotations (GeoJSON, ASAP XML or mask), paired by stem")
+    p.add_argument(
+        "--coarse",
+        nargs="+",
+        required=True,
+        help="coarse annotations (GeoJSON, ASAP XML or mask), paired by stem",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patch-size", type=int, default=None, help="patch size in pixels at the chosen level")
+    p.add_argument(
+        "--patch-size", type=int, default=None, help="patch size in pixels at the chosen level"
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
     g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")
     p.add_argument("--encoder", default=None, help="feature encoder name or TorchScript file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--project", default=None, help="project folder (default OUT/project); reused to resume")
+    p.add_argument(
+        "--project", default=None, help="project folder (default OUT/project); reused to resume"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_refine)
 
-    p = sub.add_parser("evaluate", help="Dice/IoU/precision/recall of predictions against ground truth")
-    p.add_argument("--pred", required=True, help="folder of predictions (GeoJSON or mask PNG), by stem")
-    p.add_argument("--gt", required=True, help="folder of ground truth (GeoJSON, ASAP XML or mask), by stem")
+    p = sub.add_parser(
+        "evaluate", help="Dice/IoU/precision/recall of predictions against ground truth"
+    )
+    p.add_argument(
+        "--pred", required=True, help="folder of predictions (GeoJSON or mask PNG), by stem"
+    )
+    p.add_argument(
+        "--gt", required=True, help="folder of ground truth (GeoJSON, ASAP XML or mask), by stem"
+    )
     p.add_argument("--coarse", default=None, help="folder of coarse annotations to report beside")
     p.add_argument("--slides", default=None, help="folder of slides (for tissue masks and sizes)")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="open napari with a sample cohort (headless: convert + overlay PNG)")
-    p.add_argument("--screenshot", default=None, help="run the whole flow unattended and save a screenshot here")
-    p.add_argument("--headless", action="store_true", help="do not open a window: convert the sample and write an overlay PNG")
-    p.add_argument("--out", default=None, help="folder for the demo project (default: a new temporary folder)")
+    p = sub.add_parser(
+        "demo", help="open napari with a sample cohort (headless: convert + overlay PNG)"
+    )
+    p.add_argument(
+        "--screenshot",
+        default=None,
+        help="run the whole flow unattended and save a screenshot here",
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="do not open a window: convert the sample and write an overlay PNG",
+    )
+    p.add_argument(
+        "--out", default=None, help="folder for the demo project (default: a new temporary folder)"
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -119,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"protorefine: cancelled: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("protorefine: interrupted; finished stages are kept and a rerun resumes", file=sys.stderr)
+        print(
+            "protorefine: interrupted; finished stages are kept and a rerun resumes",
+            file=sys.stderr,
+        )
         return 130
     except ProtorefineError as exc:
         print(f"protorefine: error: {exc}", file=sys.stderr)
