@@ -20,6 +20,7 @@ _STAGE_OF: dict[str, str] = {
     "encoder": "features",
     "batch_size": "features",
     "feature_norm": "prototypes",
+    "slide_norm": "prototypes",
     "local_k_max": "prototypes",
     "local_k_div": "prototypes",
     "merge_threshold": "prototypes",
@@ -81,6 +82,7 @@ class RefineConfig:
     batch_size: int = 64
     # local prototypes (per slide)
     feature_norm: str = "standardize"
+    slide_norm: bool = True
     local_k_max: int = 16
     local_k_div: float = 8.0
     merge_threshold: float = 0.95
@@ -110,7 +112,7 @@ class RefineConfig:
     dynamic_sampling: bool = True
     min_weight: float = 0.0
     class_balance: bool = True
-    rounds: int = 3
+    rounds: int = 1
     update_confidence: float = 0.8
     correction_weight: float = 4.0
     # output

@@ -12,7 +12,12 @@ from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import context_features, masks_per_slide
-from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
+from protorefine.refine.prototypes import (
+    Prototypes,
+    build_prototypes,
+    embed_for_cosine,
+    standardize_per_slide,
+)
 from protorefine.refine.pseudolabels import PseudoLabels, make_pseudo_labels
 
 Progress = Callable[[int, int, str], None] | None
@@ -130,6 +135,8 @@ def refine_patches(
     slide_index = np.asarray(slide_index)
     rc = np.asarray(rc, dtype=np.int64)
     check_inputs(features, coarse, slide_index, rc)
+    if config.slide_norm:
+        features = standardize_per_slide(features, slide_index)
     device = compute_device(config.device)
     steps = 4
 

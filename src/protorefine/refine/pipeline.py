@@ -23,7 +23,12 @@ from protorefine.refine.classifier import (
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
 from protorefine.refine.core import compute_device, final_probability
 from protorefine.refine.postprocess import context_features, prob_to_fine_mask, prob_to_mask
-from protorefine.refine.prototypes import Prototypes, build_prototypes, embed_for_cosine
+from protorefine.refine.prototypes import (
+    Prototypes,
+    build_prototypes,
+    embed_for_cosine,
+    standardize_per_slide,
+)
 from protorefine.refine.pseudolabels import make_pseudo_labels
 
 Progress = Callable[[int, int, str], None] | None
@@ -215,6 +220,12 @@ class Pipeline:
             "index": index,
         }
 
+    def _refine_features(self, coh: dict[str, np.ndarray]) -> np.ndarray:
+        """The cohort's features as the refinement sees them (z-scored per slide with ``slide_norm``)."""
+        if self.config.slide_norm:
+            return standardize_per_slide(coh["features"], coh["slide_index"])
+        return coh["features"]
+
     def _stage_prototypes(self, out: Path, prog, check, on_round) -> dict:
         coh = self.cohort()
         coarse, dist = [], []
@@ -232,7 +243,9 @@ class Pipeline:
         if not coarse_a.any():
             raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
         device = compute_device(self.config.device)
-        x = embed_for_cosine(torch.from_numpy(coh["features"]).to(device), self.config.feature_norm)
+        x = embed_for_cosine(
+            torch.from_numpy(self._refine_features(coh)).to(device), self.config.feature_norm
+        )
         gen = torch.Generator().manual_seed(self.config.seed)
         protos = build_prototypes(
             x,
@@ -280,7 +293,8 @@ class Pipeline:
         protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
         device = compute_device(self.config.device)
         x = embed_for_cosine(
-            torch.from_numpy(self.cohort()["features"]).to(device), self.config.feature_norm
+            torch.from_numpy(self._refine_features(self.cohort())).to(device),
+            self.config.feature_norm,
         )
         prog(0, 1, "scoring patches")
         pl = make_pseudo_labels(
@@ -308,7 +322,8 @@ class Pipeline:
     def _classifier_input(self) -> np.ndarray:
         """Features the head sees: the patch's own, plus its grid neighbourhood when ``context`` > 0."""
         coh = self.cohort()
-        return context_features(coh["features"], coh["slide_index"], coh["rc"], self.config.context)
+        feats = self._refine_features(coh)
+        return context_features(feats, coh["slide_index"], coh["rc"], self.config.context)
 
     def _stage_classifier(self, out: Path, prog, check, on_round) -> dict:
         pl = self._load("pseudo_labels", "pseudo.npz")

@@ -24,6 +24,17 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 FEATURE_NORMS = ("none", "center", "standardize")
 
 
+def standardize_per_slide(features: np.ndarray, slide_index: np.ndarray) -> np.ndarray:
+    """Z-score every feature within each slide, so stain and scanner shifts between slides cancel."""
+    f = np.asarray(features, dtype=np.float32)
+    out = np.empty_like(f)
+    for s in np.unique(slide_index):
+        m = slide_index == s
+        part = f[m]
+        out[m] = (part - part.mean(0)) / np.maximum(part.std(0), 1e-6)
+    return out
+
+
 def embed_for_cosine(features: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
     """Unit rows for cosine comparisons after optional centring or z-scoring over the cohort.
 
