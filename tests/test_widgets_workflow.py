@@ -180,7 +180,7 @@ class GapMeter:
 
     def check(self) -> None:
         """Assert the quality bar: no stall of the event loop longer than MAX_GAP_S."""
-        assert self.ticks > 5
+        assert self.ticks >= 1, "the event loop never turned while the run was in progress"
         assert self.longest_own < MAX_GAP_S, (
             f"event loop blocked {self.longest_own * 1000:.0f} ms "
             f"(wall-clock gap {self.longest * 1000:.0f} ms)"
