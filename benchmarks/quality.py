@@ -31,10 +31,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ENCODERS = ("efficientnet-lite0", "colour-texture")
 ABLATIONS = {
     "ours": {},
-    "ours: local prototypes only": {"use_global": False},
-    "ours: global prototypes only": {"use_local": False},
+    "ours: + global prototype evidence": {"use_global": True},
+    "ours: global prototypes only": {"use_local": False, "use_global": True},
+    "ours: no per-slide standardisation": {"slide_norm": False},
     "ours: no dynamic sampling": {"dynamic_sampling": False},
-    "ours: no re-finetuning": {"rounds": 1},
+    "ours: 3 rounds of re-finetuning": {"rounds": 3},
 }
 
 
@@ -191,6 +192,7 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     from protorefine.refine.baselines import coarse_classifier, dknn
     from protorefine.refine.config import RefineConfig
     from protorefine.refine.core import refine_patches
+    from protorefine.refine.prototypes import standardize_per_slide
 
     base = RefineConfig(patch_size=cohort.patch_size, encoder=pd.encoder, device="cpu")
     coarse = (pd.inside >= 0.5).astype(np.uint8)
@@ -224,6 +226,15 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     t = time.perf_counter()
     lab = dknn(pd.features, coarse, k=5)
     record("DkNN (k=5)", [lab.astype(np.float32)], time.perf_counter() - t)
+
+    # the same baselines on the features ours sees (z-scored within each slide), for fairness
+    zf = standardize_per_slide(pd.features, pd.slide_index)
+    t = time.perf_counter()
+    probs = [coarse_classifier(zf, coarse, seed=seed, config=base) for seed in seeds]
+    record("classifier on coarse labels, per-slide z-scored", probs, time.perf_counter() - t)
+    t = time.perf_counter()
+    lab = dknn(zf, coarse, k=5)
+    record("DkNN (k=5), per-slide z-scored", [lab.astype(np.float32)], time.perf_counter() - t)
 
     for name, change in ABLATIONS.items():
         t = time.perf_counter()

@@ -70,19 +70,21 @@ def test_deterministic(cohort, result):
 @pytest.mark.parametrize(
     "change",
     [
-        {"use_local": False},
-        {"use_global": False},
+        {"use_local": False, "use_global": True},
+        {"use_global": True},
         {"dynamic_sampling": False},
-        {"rounds": 1},
+        {"rounds": 3},
         {"use_oof": True},
+        {"slide_norm": False},
     ],
 )
 def test_ablation_switches_change_behaviour(cohort, result, change):
     f, c, t, s, rc, d = cohort
     r = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, **change))
     if "rounds" in change:
-        assert len(r.history) == 1
-        np.testing.assert_array_equal(r.pseudo, r.initial.pseudo)
+        assert len(r.history) == 3
+        assert len(result.history) == 1
+        np.testing.assert_array_equal(result.pseudo, result.initial.pseudo)
     else:
         assert not np.allclose(r.prob, result.prob)
     if "use_local" in change or "use_global" in change or "use_oof" in change:

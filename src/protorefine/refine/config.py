@@ -93,7 +93,7 @@ class RefineConfig:
     boundary_width: float = 2.0
     # pseudo-labels
     use_local: bool = True
-    use_global: bool = True
+    use_global: bool = False
     use_oof: bool = False
     oof_folds: int = 5
     temperature: float = 0.05
