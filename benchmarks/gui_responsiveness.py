@@ -149,18 +149,22 @@ def main() -> None:
         )
 
     # cancel latency during classifier training
-    project.set_config(project.config.replace(epochs=60, samples_per_epoch=8192))
+    project.set_config(project.config.replace(epochs=600, samples_per_epoch=16384))
     refine.run(invalidate="classifier")
     deadline = time.monotonic() + 120
     while "classifier" not in refine.runner.status.text() and time.monotonic() < deadline:
         process_events(0.05)
-    process_events(0.5)
+    process_events(0.2)
     refine.runner.cancel()
     wait_for(refine.runner)
-    latency = refine.runner.finished_at - refine.runner.cancel_requested_at
-    print(
-        f"cancel during training: stopped after {latency * 1000:.0f} ms ({refine.runner.last_outcome})"
-    )
+    if refine.runner.cancel_requested_at is None:
+        print("cancel during training: training ended before the cancel was sent")
+    else:
+        latency = refine.runner.finished_at - refine.runner.cancel_requested_at
+        print(
+            f"cancel during training: stopped after {latency * 1000:.0f} ms"
+            f" ({refine.runner.last_outcome})"
+        )
     viewer.close()
 
 
