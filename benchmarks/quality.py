@@ -36,6 +36,7 @@ ABLATIONS = {
     "ours: no per-slide standardisation": {"slide_norm": False},
     "ours: no dynamic sampling": {"dynamic_sampling": False},
     "ours: 3 rounds of re-finetuning": {"rounds": 3},
+    "ours: no early stopping (10 epochs)": {"early_stop": 0.0, "epochs": 10},
 }
 
 

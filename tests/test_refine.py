@@ -76,6 +76,7 @@ def test_deterministic(cohort, result):
         {"rounds": 3},
         {"use_oof": True},
         {"slide_norm": False},
+        {"early_stop": 0.0},
     ],
 )
 def test_ablation_switches_change_behaviour(cohort, result, change):
@@ -149,6 +150,8 @@ def test_bad_inputs(cohort):
         refine_patches(f, c, s, rc[:10])
     with pytest.raises(ProtorefineError, match="temperature"):
         RefineConfig(temperature=0)
+    with pytest.raises(ProtorefineError, match="early_stop=1.0"):
+        RefineConfig(early_stop=1.0)
     with pytest.raises(ProtorefineError, match="unknown setting"):
         RefineConfig.from_dict({"bogus": 1})
 

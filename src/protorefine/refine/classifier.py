@@ -84,11 +84,25 @@ def _train_epochs(
     config: RefineConfig,
     generator: torch.Generator,
     cancel: Cancel,
+    held_out: np.ndarray | None = None,
 ) -> float:
-    """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss."""
+    """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss.
+
+    With ``held_out`` (bool per row), those rows are not trained on; after each epoch the
+    weighted loss on them is measured and the head ends with the weights of the best epoch.
+    """
     opt = torch.optim.AdamW(
         model.parameters(), lr=lr, weight_decay=config.weight_decay, foreach=True
     )
+    val = None
+    if held_out is not None and (weights[held_out] > 0).any() and (weights[~held_out] > 0).any():
+        vi = np.flatnonzero(held_out & (weights > 0))
+        val = (
+            torch.from_numpy(vi).to(x.device),
+            torch.from_numpy(weights[vi]).float().to(x.device),
+        )
+        weights = np.where(held_out, 0.0, weights)
+    best, best_state = float("inf"), None
     p = torch.from_numpy(weights / weights.sum()).float()
     m = int(min(config.samples_per_epoch, max(config.train_batch, 2 * int((weights > 0).sum()))))
     loss_fn = nn.BCEWithLogitsLoss()
@@ -110,6 +124,19 @@ def _train_epochs(
             total += float(loss.detach()) * len(b)
             count += len(b)
         last = total / max(count, 1)
+        if val is not None:
+            model.eval()
+            with torch.no_grad():
+                vl = nn.functional.binary_cross_entropy_with_logits(
+                    model(x[val[0]]), y[val[0]], reduction="none"
+                )
+                score = float((vl * val[1].to(vl.dtype)).sum() / val[1].sum())
+            model.train()
+            if score < best:
+                best = score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return last
 
 
@@ -126,6 +153,10 @@ def train_classifier(
     on_round: OnRound = None,
 ) -> ClassifierResult:
     """Train the head on pseudo-labels for ``config.rounds`` rounds.
+
+    Round 1 holds out a random ``early_stop`` share of the patches (never corrected
+    ones) and keeps the epoch whose confidence-weighted loss on them is lowest, so the
+    head stops before it memorises the noisy labels.
 
     After each round but the last, a patch's pseudo-label takes the classifier's
     label where the classifier is confident (``|2p-1| >= update_confidence``) and
@@ -158,7 +189,10 @@ def train_classifier(
                 )
             epochs = config.epochs if r == 0 else config.finetune_epochs
             lr = config.lr if r == 0 else config.lr * 0.5
-            loss = _train_epochs(model, features, y, w, epochs, lr, config, gen, cancel)
+            held = None
+            if config.early_stop > 0 and r == 0:
+                held = (torch.rand(n, generator=gen).numpy() < config.early_stop) & ~corrected
+            loss = _train_epochs(model, features, y, w, epochs, lr, config, gen, cancel, held)
             prob = predict(model, features)
             lab = (prob >= 0.5).astype(np.int8)
             used = confidence > 0

@@ -39,6 +39,7 @@ _STAGE_OF: dict[str, str] = {
     "final_blend": "classifier",
     "hidden": "classifier",
     "epochs": "classifier",
+    "early_stop": "classifier",
     "finetune_epochs": "classifier",
     "lr": "classifier",
     "weight_decay": "classifier",
@@ -103,7 +104,8 @@ class RefineConfig:
     context: float = 0.0
     final_blend: float = 0.0
     hidden: int = 128
-    epochs: int = 10
+    epochs: int = 20
+    early_stop: float = 0.2
     finetune_epochs: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -139,6 +141,10 @@ class RefineConfig:
         for name in ("temperature", "local_k_div", "boundary_width", "lr"):
             if float(getattr(self, name)) <= 0:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
+        if not 0.0 <= float(self.early_stop) < 1.0:
+            raise ProtorefineError(
+                f"config early_stop={self.early_stop!r}: must be >= 0 and below 1"
+            )
         if float(self.context) < 0:
             raise ProtorefineError(f"config context={self.context!r}: must be >= 0")
         for name in (
