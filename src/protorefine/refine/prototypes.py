@@ -272,10 +272,9 @@ def build_prototypes(
             votes.append(float((local_scores[ms] * wts).sum() / max(wts.sum(), 1e-9)))
         gscore[g] = (sum(votes) + 0.5 * config.global_prior) / (len(votes) + config.global_prior)
         gcount[g] = local_counts[members].sum()
-    global_proto = np.zeros(n, dtype=np.int64)
-    step = 65536
-    for a in range(0, n, step):
-        global_proto[a : a + step] = (features[a : a + step] @ gcen.T).argmax(dim=1).cpu().numpy()
+    # A patch belongs to the global prototype of its local prototype: global prototypes
+    # are clusters of local ones, so both layers, the counts and relabels agree exactly.
+    global_proto = l2g_np[local_proto].astype(np.int64)
     if progress is not None:
         progress(total, total, f"{L} local, {K} global prototypes")
     return Prototypes(
