@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ] && [ "$(uname)" = Linux ]; then
-  echo "protorefine: no display found: running the headless demo (convert the sample, write an overlay PNG)"
-  exec .venv/bin/protorefine demo --headless --out "${DEMO_OUT:-out/demo}" "$@"
+  # the demo says in one line that there is no display and runs headless
+  exec .venv/bin/protorefine demo --out "${DEMO_OUT:-out/demo}" "$@"
 fi
 exec .venv/bin/protorefine demo "$@"
