@@ -13,19 +13,18 @@ import concurrent.futures as cf
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features.encoders import Encoder, resize_batch
 from protorefine.features.grid import PatchGrid
 from protorefine.slides.base import Slide
 
-Progress = Callable[[int, int, str], None]
-Cancel = Callable[[], bool]
 #: Loader kinds: ``thread`` (background threads), ``process`` (DataLoader worker processes),
 #: ``inline`` (read, then embed, in the calling thread).
 LOADERS = ("thread", "process", "inline")

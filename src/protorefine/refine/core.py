@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
@@ -19,9 +20,6 @@ from protorefine.refine.prototypes import (
     standardize_per_slide,
 )
 from protorefine.refine.pseudolabels import PseudoLabels, make_pseudo_labels
-
-Progress = Callable[[int, int, str], None] | None
-Cancel = Callable[[], bool] | None
 
 
 def compute_device(name: str) -> torch.device:
@@ -118,8 +116,8 @@ def refine_patches(
     corrections: np.ndarray | None = None,
     prototype_labels: dict[int, str] | None = None,
     config: RefineConfig | None = None,
-    progress: Progress = None,
-    cancel: Cancel = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
     on_round: Callable[[dict], None] | None = None,
 ) -> RefineResult:
     """Refine coarse patch labels: prototypes -> pseudo-labels -> classifier -> cleaned mask.

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from protorefine._atomic import atomic_path
+from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.project import Project, write_npz
 from protorefine.refine.classifier import (
@@ -30,9 +31,6 @@ from protorefine.refine.prototypes import (
     standardize_per_slide,
 )
 from protorefine.refine.pseudolabels import make_pseudo_labels
-
-Progress = Callable[[int, int, str], None] | None
-Cancel = Callable[[], bool] | None
 
 
 class Pipeline:
@@ -57,8 +55,8 @@ class Pipeline:
         self,
         until: str | None = None,
         *,
-        progress: Progress = None,
-        cancel: Cancel = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
         on_round: Callable[[dict], None] | None = None,
     ) -> None:
         """Run every stage up to ``until`` (default all) that is not done for the current inputs."""
@@ -76,7 +74,9 @@ class Pipeline:
         for name in self.STAGES[self._index(from_stage) :]:
             self.project.clear_stage(name)
 
-    def update_pseudo_labels(self, *, progress: Progress = None, cancel: Cancel = None) -> None:
+    def update_pseudo_labels(
+        self, *, progress: Progress | None = None, cancel: Cancel | None = None
+    ) -> None:
         """Re-make pseudo-labels (prototype relabels, corrections) without retraining."""
         for name in self.STAGES[: self._index("prototypes") + 1]:
             if not self.project.stage_done(name):

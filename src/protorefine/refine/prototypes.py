@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError
 from protorefine.refine.config import RefineConfig
-
-Progress = Callable[[int, int, str], None] | None
-Cancel = Callable[[], bool] | None
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -182,8 +179,8 @@ def build_prototypes(
     distance: np.ndarray | None = None,
     config: RefineConfig,
     generator: torch.Generator,
-    progress: Progress = None,
-    cancel: Cancel = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
 ) -> Prototypes:
     """Local prototypes per slide and coarse class, then global prototypes across slides.
 

@@ -23,11 +23,9 @@ from ome_zarr.format import FormatV04
 from ome_zarr.writer import write_multiscales_metadata
 
 from protorefine._atomic import atomic_path
+from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.slides.base import Slide
-
-Progress = Callable[[int, int, str], None]
-Cancel = Callable[[], bool]
 
 # LZ4 in Blosc: about 4x faster to write than zstd-1 for ~10% more bytes on H&E tiles
 # (benchmarks/convert_bench.py); every zarr reader has Blosc.
