@@ -116,32 +116,23 @@ def test_slide_without_coarse_names_it(case, tmp_path, capsys):
     assert "s1.png" in line and "'s1'" in line and "other" in line
 
 
-def test_annotation_without_tumour_class(case, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("classification", "size", "message"),
+    [("Exclusion", 300, "no tumour region"), ("Tumor", 1024, "covers all tissue")],
+    ids=["no-tumour-class", "covers-all-tissue"],
+)
+def test_unusable_coarse_annotation(case, tmp_path, capsys, classification, size, message):
     from shapely.geometry import box
 
     from protorefine.annotations import Annotation, AnnotationSet
 
     bad = tmp_path / "s1.geojson"
-    write_geojson(AnnotationSet([Annotation(box(0, 0, 300, 300), "Exclusion")]), bad)
+    write_geojson(AnnotationSet([Annotation(box(0, 0, size, size), classification)]), bad)
     rc = main(
         ["refine", str(case["slide"]), "--coarse", str(bad), "--out", str(tmp_path / "o"), *FAST]
     )
     assert rc == 2
-    assert "no tumour region" in one_error_line(capsys)
-
-
-def test_annotation_covering_all_tissue(case, tmp_path, capsys):
-    from shapely.geometry import box
-
-    from protorefine.annotations import Annotation, AnnotationSet
-
-    bad = tmp_path / "s1.geojson"
-    write_geojson(AnnotationSet([Annotation(box(0, 0, 1024, 1024), "Tumor")]), bad)
-    rc = main(
-        ["refine", str(case["slide"]), "--coarse", str(bad), "--out", str(tmp_path / "o"), *FAST]
-    )
-    assert rc == 2
-    assert "covers all tissue" in one_error_line(capsys)
+    assert message in one_error_line(capsys)
 
 
 def test_slide_without_tissue(case, tmp_path, capsys):
