@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from qtpy.QtWidgets import QWidget
 
-from protorefine.napari.state import CONFIDENCE, GRID_LAYERS, ProtorefineState
+from protorefine.napari.state import CONFIDENCE, GRID_LAYERS, ProtorefineState, get_state
 from protorefine.napari.widgets._worker import notify
 
 if TYPE_CHECKING:
+    import napari
+
     from protorefine.annotations.model import AnnotationSet
 
 #: Shapes layer with the refined polygons (what is exported), and its colour.
@@ -55,6 +58,16 @@ def warm_up() -> threading.Event:
         _warm_started = True
     threading.Thread(target=_warm, name="protorefine-warm-up", daemon=True).start()
     return WARMED
+
+
+class WorkflowWidget(QWidget):
+    """Base of the workflow dock widgets: the viewer, its shared protorefine state, warm imports."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state: ProtorefineState = get_state(napari_viewer)
+        warm_up()
 
 
 def _warm() -> None:

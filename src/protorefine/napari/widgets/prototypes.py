@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from protorefine.napari.state import (
@@ -35,17 +34,15 @@ from protorefine.napari.state import (
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
     PSEUDO_LABELS,
-    ProtorefineState,
-    get_state,
 )
 from protorefine.napari.widgets._colours import global_colormap, local_colormap, swatch_hex
 from protorefine.napari.widgets._common import (
     SlideResults,
+    WorkflowWidget,
     check_coarse,
     load_results,
     pipeline_for,
     show_results,
-    warm_up,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -124,14 +121,11 @@ def _pixmap(rgb: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(image.copy())
 
 
-class PrototypesWidget(QWidget):
+class PrototypesWidget(WorkflowWidget):
     """Compute, show and relabel the prototypes of every slide in the project."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state: ProtorefineState = get_state(napari_viewer)
-        warm_up()
+        super().__init__(napari_viewer)
         self.cards: list[PrototypeCard] = []
         self._styled: tuple | None = None
 

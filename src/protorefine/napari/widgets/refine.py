@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import napari
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
 
-from protorefine.napari.state import CONFIDENCE, REFINED, ProtorefineState, get_state
+from protorefine.napari.state import CONFIDENCE, REFINED
 from protorefine.napari.widgets._common import (
     SlideResults,
+    WorkflowWidget,
     check_coarse,
     load_results,
     pipeline_for,
     show_outline,
     show_results,
     style_result_layers,
-    warm_up,
 )
 from protorefine.napari.widgets._plot import LinePlot
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
@@ -45,14 +45,11 @@ def device_text(name: str) -> str:
     return "CPU (no GPU found)" if name == "auto" else "CPU"
 
 
-class RefineWidget(QWidget):
+class RefineWidget(WorkflowWidget):
     """Train the patch classifier on prototype-guided pseudo-labels and show the refined annotation."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state: ProtorefineState = get_state(napari_viewer)
-        warm_up()
+        super().__init__(napari_viewer)
         self.history: list[dict] = []
 
         intro = QLabel(

@@ -39,16 +39,15 @@ from protorefine.napari.state import (
     PSEUDO_LABELS,
     REFINED,
     ProtorefineState,
-    get_state,
 )
 from protorefine.napari.widgets._common import (
     REFINED_OUTLINE,
     SlideResults,
+    WorkflowWidget,
     check_coarse,
     load_results,
     pipeline_for,
     show_results,
-    warm_up,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
@@ -58,14 +57,11 @@ TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)
 NGFF_LABELS_NAME = "refined"
 
 
-class ReviewWidget(QWidget):
+class ReviewWidget(WorkflowWidget):
     """Correct the refined outline by painting patches, retrain, export, and score against truth."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state: ProtorefineState = get_state(napari_viewer)
-        warm_up()
+        super().__init__(napari_viewer)
         self.truth_path: Path | None = None
         self.scores: dict[str, float] = {}
         self._painted_layer = None
