@@ -16,6 +16,11 @@ from refine_synth import write_slide_case
 FAST = ["--patch-size", "64", "--encoder", "colour-texture", "--device", "cpu"]
 
 
+def refine_args(slide, coarse, out, *extra: str) -> list[str]:
+    """``protorefine refine SLIDE --coarse COARSE --out OUT`` plus ``extra``."""
+    return ["refine", str(slide), "--coarse", str(coarse), "--out", str(out), *extra]
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     return write_slide_case(tmp_path_factory.mktemp("case"), size=1024)
@@ -24,9 +29,7 @@ def case(tmp_path_factory):
 @pytest.fixture(scope="module")
 def refined(case, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    rc = main(
-        ["refine", str(case["slide"]), "--coarse", str(case["coarse"]), "--out", str(out), *FAST]
-    )
+    rc = main(refine_args(case["slide"], case["coarse"], out, *FAST))
     assert rc == 0
     return out
 
@@ -108,9 +111,7 @@ def test_evaluate_prints_table(refined, case, capsys, tmp_path):
 def test_slide_without_coarse_names_it(case, tmp_path, capsys):
     other = tmp_path / "other.geojson"
     shutil.copy(case["coarse"], other)
-    rc = main(
-        ["refine", str(case["slide"]), "--coarse", str(other), "--out", str(tmp_path / "o"), *FAST]
-    )
+    rc = main(refine_args(case["slide"], other, tmp_path / "o", *FAST))
     assert rc == 2
     line = one_error_line(capsys)
     assert "s1.png" in line and "'s1'" in line and "other" in line
@@ -128,9 +129,7 @@ def test_unusable_coarse_annotation(case, tmp_path, capsys, classification, size
 
     bad = tmp_path / "s1.geojson"
     write_geojson(AnnotationSet([Annotation(box(0, 0, size, size), classification)]), bad)
-    rc = main(
-        ["refine", str(case["slide"]), "--coarse", str(bad), "--out", str(tmp_path / "o"), *FAST]
-    )
+    rc = main(refine_args(case["slide"], bad, tmp_path / "o", *FAST))
     assert rc == 2
     assert message in one_error_line(capsys)
 
@@ -140,26 +139,23 @@ def test_slide_without_tissue(case, tmp_path, capsys):
     iio.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8))
     coarse = tmp_path / "blank.geojson"
     shutil.copy(case["coarse"], coarse)
-    rc = main(["refine", str(blank), "--coarse", str(coarse), "--out", str(tmp_path / "o"), *FAST])
+    rc = main(refine_args(blank, coarse, tmp_path / "o", *FAST))
     assert rc == 2
     assert "no tissue" in one_error_line(capsys)
 
 
 def test_unknown_encoder(case, tmp_path, capsys):
-    args = [
-        "refine",
-        str(case["slide"]),
-        "--coarse",
-        str(case["coarse"]),
-        "--out",
-        str(tmp_path / "o"),
+    args = refine_args(
+        case["slide"],
+        case["coarse"],
+        tmp_path / "o",
         "--patch-size",
         "64",
         "--encoder",
         "nope",
         "--device",
         "cpu",
-    ]
+    )
     assert main(args) == 2
     line = one_error_line(capsys)
     assert "unknown encoder 'nope'" in line and "colour-texture" in line
@@ -170,16 +166,6 @@ def test_damaged_checkpoint(refined, case, tmp_path, capsys):
     shutil.copytree(refined / "project", proj)
     (proj / "stages" / "classifier" / "model.pt").write_bytes(b"garbage")
     (proj / "stages" / "output" / "done.json").unlink()
-    args = [
-        "refine",
-        str(case["slide"]),
-        "--coarse",
-        str(case["coarse"]),
-        "--out",
-        str(tmp_path / "o"),
-        "--project",
-        str(proj),
-        *FAST,
-    ]
+    args = refine_args(case["slide"], case["coarse"], tmp_path / "o", "--project", str(proj), *FAST)
     assert main(args) == 2
     assert "model.pt: checkpoint does not load" in one_error_line(capsys)
