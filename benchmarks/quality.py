@@ -45,6 +45,8 @@ class PatchData:
     """Everything the methods see for one cohort and encoder: one row per tissue patch."""
 
     features: np.ndarray
+    patch_size: int
+    stride: int
     inside: np.ndarray
     distance: np.ndarray
     slide_index: np.ndarray
@@ -56,17 +58,33 @@ class PatchData:
 
 
 def patch_data(
-    cohort: C.Cohort, encoder_name: str, *, cache: Path = C.CACHE, log=print
+    cohort: C.Cohort,
+    encoder_name: str,
+    *,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    cache: Path = C.CACHE,
+    log=print,
 ) -> PatchData:
-    """Grid, coarse labels and features of every slide of a cohort (features cached on disk)."""
+    """Grid, coarse labels and features of every slide of a cohort (features cached on disk).
+
+    ``patch_size`` (encoder window) and ``stride`` (grid cell) default to the cohort's patch size.
+    """
     from protorefine.features import coarse_labels, extract_features, get_encoder, make_grid
 
+    patch_size = patch_size or cohort.patch_size
+    stride = stride or cohort.patch_size
     encoder = get_encoder(encoder_name, device="cpu")
-    path = cache / "features" / f"{cohort.key}-{encoder_name}-{encoder.weight_hash[:10]}.npz"
+    geometry = (
+        "" if (patch_size, stride) == (cohort.patch_size,) * 2 else f"-p{patch_size}s{stride}"
+    )
+    path = (
+        cache / "features" / f"{cohort.key}{geometry}-{encoder_name}-{encoder.weight_hash[:10]}.npz"
+    )
     grids = []
     for s in cohort.slides:
         tissue = None if cohort.name == "synthetic" else True  # real cohorts are crops of tissue
-        grids.append(make_grid(s.slide(), patch_size=cohort.patch_size, tissue=tissue))
+        grids.append(make_grid(s.slide(), patch_size=patch_size, stride=stride, tissue=tissue))
     feats: list[np.ndarray] = []
     seconds = 0.0
     if path.exists():
@@ -99,6 +117,8 @@ def patch_data(
         rows["rc"].append(g.rc[idx])
     return PatchData(
         features=np.concatenate(rows["features"]),
+        patch_size=patch_size,
+        stride=stride,
         inside=np.concatenate(rows["inside"]).astype(np.float32),
         distance=np.concatenate(rows["distance"]).astype(np.float32),
         slide_index=np.concatenate(rows["slide"]),
@@ -195,7 +215,9 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     from protorefine.refine.core import refine_patches
     from protorefine.refine.prototypes import standardize_per_slide
 
-    base = RefineConfig(patch_size=cohort.patch_size, encoder=pd.encoder, device="cpu")
+    base = RefineConfig(
+        patch_size=pd.patch_size, stride=pd.stride, encoder=pd.encoder, device="cpu"
+    )
     coarse = (pd.inside >= 0.5).astype(np.uint8)
     out: dict[str, dict] = {}
 
@@ -336,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated encoder names")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds for the trained methods")
     ap.add_argument("--quick", action="store_true", help="small cohorts, for a smoke run")
+    ap.add_argument("--patch-size", type=int, help="encoder window in pixels (default: cohort's)")
+    ap.add_argument("--stride", type=int, help="grid cell in pixels (default: the cohort's patch)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.md and quality.json")
     ap.add_argument(
         "--merge",
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "patches": {},
         }
         for enc in encoders:
-            pd = patch_data(cohort, enc)
+            pd = patch_data(cohort, enc, patch_size=args.patch_size, stride=args.stride)
             entry["patches"][enc] = {
                 "n": int(len(pd.features)),
                 "feature_seconds": round(pd.seconds, 1),

@@ -65,6 +65,24 @@ def test_refine_writes_outputs(refined, case):
     assert report["encoder"]["name"] == "colour-texture"
 
 
+def test_refine_on_a_finer_grid(case, tmp_path):
+    out = tmp_path / "out"
+    rc = main(refine_args(case["slide"], case["coarse"], out, *FAST, "--stride", "32"))
+    assert rc == 0
+    png = iio.imread(out / "s1_refined.png")
+    assert png.shape == (32, 32) and png.max() == 255  # one pixel per 32 px cell
+    assert json.loads((out / "report.json").read_text())["config"]["stride"] == 32
+    js = tmp_path / "eval.json"
+    folders = {k: str(case[k].parent) for k in ("gt", "coarse", "slide")}
+    rc = main(
+        ["evaluate", "--pred", str(out), "--gt", folders["gt"], "--coarse", folders["coarse"]]
+        + ["--slides", folders["slide"], "--json", str(js)]
+    )
+    assert rc == 0
+    row = json.loads(js.read_text())["slides"][0]
+    assert row["refined"]["dice"] > row["coarse"]["dice"]
+
+
 def test_rerun_resumes_without_recomputing(refined, case):
     rc = main(
         [

@@ -23,6 +23,7 @@ from protorefine.features import (
     resolve_device,
 )
 from protorefine.features.encoders import efficientnet_lite0_weights
+from protorefine.features.extract import read_patches
 from protorefine.slides import Slide
 
 
@@ -186,6 +187,25 @@ def test_coarse_labels_partial_cells_and_exclusion() -> None:
     assert inside[:, 3].max() == 0.0
     empty, d_empty = coarse_labels(grid, AnnotationSet([]))
     assert empty.max() == 0.0 and (d_empty < 0).all()
+
+
+def test_finer_grid_reads_a_centred_window_and_labels_the_cell() -> None:
+    img = _tissue_image(128, 128)
+    slide = Slide.from_array(img)
+    grid = make_grid(slide, patch_size=32, stride=16, tissue=True)  # 8 x 8 cells of 16 px
+    assert (grid.rows, grid.cols, grid.downsample, grid.read_offset) == (8, 8, 16.0, 8)
+    # cell (3, 5) sees the 32 px window around it: rows 40..71, columns 72..103
+    patch = read_patches(slide, grid, [3 * 8 + 5])[0]
+    np.testing.assert_array_equal(patch, img[40:72, 72:104])
+    # a corner cell's window overhangs the slide: the outside reads as white glass
+    corner = read_patches(slide, grid, [0])[0]
+    assert (corner[:8] == 255).all() and (corner[:, :8] == 255).all()
+    np.testing.assert_array_equal(corner[8:, 8:], img[:24, :24])
+    # labels belong to the cell, not to its wider window
+    ann = AnnotationSet([Annotation(box(0, 0, 48, 128), "Tumor")])  # columns 0..2 exactly
+    inside, _ = coarse_labels(grid, ann)
+    assert inside.reshape(8, 8)[:, :3].min() == pytest.approx(1.0)
+    assert inside.reshape(8, 8)[:, 3:].max() == pytest.approx(0.0)
 
 
 # ---- device and encoders -----------------------------------------------------------------

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patch-size", type=int, default=None, help="patch size in pixels at the chosen level"
     )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="grid cell in pixels (default: the patch size); half the patch size gives a "
+        "finer grid, each cell seen with context (4x the features)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
     g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")

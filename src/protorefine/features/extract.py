@@ -132,7 +132,10 @@ class RegionReader:
 def chunk_order(grid: PatchGrid, indices: np.ndarray, reader: RegionReader) -> np.ndarray:
     """Permutation of ``indices`` that visits patches chunk by chunk (row-major inside a chunk)."""
     rows, cols = np.divmod(np.asarray(indices, dtype=np.int64), grid.cols)
-    cy, cx = reader.chunk_of(rows * grid.read_stride, cols * grid.read_stride)
+    off = grid.read_offset
+    cy, cx = reader.chunk_of(
+        np.maximum(rows * grid.read_stride - off, 0), np.maximum(cols * grid.read_stride - off, 0)
+    )
     return np.lexsort((cols, rows, cx, cy))
 
 
@@ -143,15 +146,15 @@ def read_patches(
     size: int | None = None,
     reader: RegionReader | None = None,
 ) -> np.ndarray:
-    """uint8 (B, size, size, 3) patches ``indices`` of ``grid`` (``size`` default: ``grid.patch_size``)."""
+    """uint8 (B, size, size, 3) encoder windows of cells ``indices`` (``size`` default: ``grid.patch_size``)."""
     idx = np.asarray(indices, dtype=np.int64)
     size = grid.patch_size if size is None else int(size)
     reader = reader or RegionReader(slide.levels[grid.level])
-    rs, step = grid.read_size, grid.read_stride
+    rs, step, off = grid.read_size, grid.read_stride, grid.read_offset
     out = np.empty((len(idx), rs, rs, 3), dtype=np.uint8)
     rows, cols = np.divmod(idx, grid.cols)
     for k in range(len(idx)):
-        reader.read_into(out[k], int(rows[k]) * step, int(cols[k]) * step)
+        reader.read_into(out[k], int(rows[k]) * step - off, int(cols[k]) * step - off)
     return resize_batch(out, size)
 
 

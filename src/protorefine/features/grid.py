@@ -19,13 +19,15 @@ MIN_TISSUE = 0.25
 
 @dataclass
 class PatchGrid:
-    """A regular grid of square patches covering the whole level-0 extent of a slide.
+    """A regular grid of square cells covering the whole level-0 extent of a slide.
 
-    Patches are read at ``level`` as ``read_size`` pixels every ``read_stride``
-    pixels and resized to ``patch_size`` (equal when the level matches the target
-    resolution). ``yx`` is each patch's level-0 top-left, ``rc`` its grid row and
-    column, ``downsample`` the level-0 pixels per grid cell (napari ``scale``).
-    Patches are listed row-major; ``tissue`` flags those with enough tissue.
+    Cells are ``read_stride`` pixels of ``level`` apart; each cell is one patch
+    (one feature vector, one label). The encoder sees a ``read_size`` window
+    centred on the cell, resized to ``patch_size``: the window equals the cell by
+    default and is larger when ``stride < patch_size`` (more context around a
+    finer grid). ``yx`` is each cell's level-0 top-left, ``rc`` its grid row and
+    column, ``downsample`` the level-0 pixels per cell (napari ``scale``). Cells
+    are listed row-major; ``tissue`` flags those with enough tissue.
     """
 
     level: int
@@ -54,8 +56,13 @@ class PatchGrid:
 
     @property
     def patch_level0(self) -> float:
-        """Side of one patch in level-0 pixels."""
+        """Side of the window the encoder sees, in level-0 pixels."""
         return self.read_size * self.level_downsample
+
+    @property
+    def read_offset(self) -> int:
+        """Pixels of ``level`` from a cell's top-left back to its window's (centres coincide)."""
+        return (self.read_size - self.read_stride) // 2
 
     @property
     def rc(self) -> np.ndarray:
@@ -65,12 +72,12 @@ class PatchGrid:
 
     @property
     def yx_level(self) -> np.ndarray:
-        """(N, 2) int top-left of each patch in pixels of ``level``."""
+        """(N, 2) int top-left of each cell in pixels of ``level``."""
         return self.rc * self.read_stride
 
     @property
     def yx(self) -> np.ndarray:
-        """(N, 2) int top-left of each patch in level-0 pixels."""
+        """(N, 2) int top-left of each cell in level-0 pixels."""
         return np.round(self.yx_level * self.level_downsample).astype(np.int64)
 
     @property
@@ -228,7 +235,7 @@ def _tissue_fraction(slide: Slide, grid: PatchGrid, tissue: Any) -> np.ndarray:
             raise ProtorefineError(f"tissue mask of shape {mask.shape}: expected a 2-D mask")
         mask_ds = slide.shape[1] / mask.shape[1]
     mask = np.asarray(mask, dtype=bool)
-    frac = _box_means(mask, float(mask_ds), grid.yx.astype(np.float64), grid.patch_level0)
+    frac = _box_means(mask, float(mask_ds), grid.yx.astype(np.float64), grid.downsample)
     return frac.astype(np.float32)
 
 
@@ -244,10 +251,11 @@ def make_grid(
 ) -> PatchGrid:
     """Lay a patch grid over ``slide`` at ``level`` or the target ``mpp`` and flag tissue patches.
 
-    ``stride`` is in target pixels (default ``patch_size``: no overlap). ``tissue``
+    ``stride`` is the cell size in target pixels (default ``patch_size``); a smaller
+    stride gives a finer grid whose windows overlap. ``tissue``
     is ``None`` (compute :func:`protorefine.slides.tissue_mask`), ``True`` (every
     patch counts), a ``(mask, downsample)`` pair or a 2-D bool mask spanning the
-    slide. A patch is tissue when at least ``min_tissue`` of it is.
+    slide. A cell is tissue when at least ``min_tissue`` of it is.
     """
     if int(patch_size) < 1:
         raise ProtorefineError(f"patch size {patch_size}: must be at least 1 pixel")

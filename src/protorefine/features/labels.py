@@ -27,7 +27,7 @@ def _raster(annset: AnnotationSet, shape: tuple[int, int], pixel: float) -> np.n
 
 
 def coarse_labels(grid: PatchGrid, annset: AnnotationSet) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (all N): share inside the coarse tumour outline, and signed distance to it.
+    """Per cell (all N): share inside the coarse tumour outline, and signed distance to it.
 
     The distance is in grid cells from the patch centre to the outline, positive
     inside. Computed on a raster ``SUPERSAMPLE`` times finer than the grid.
@@ -37,7 +37,7 @@ def coarse_labels(grid: PatchGrid, annset: AnnotationSet) -> tuple[np.ndarray, n
     pixel = grid.downsample / s
     inside = _raster(annset, shape, pixel)
     yx = grid.yx.astype(np.float64)
-    fraction = _box_means(inside, pixel, yx, grid.patch_level0).astype(np.float32)
+    fraction = _box_means(inside, pixel, yx, grid.downsample).astype(np.float32)
     big = float(grid.rows + grid.cols)
     if not inside.any():
         return fraction, np.full(grid.n, -big, dtype=np.float32)
@@ -46,7 +46,7 @@ def coarse_labels(grid: PatchGrid, annset: AnnotationSet) -> tuple[np.ndarray, n
     d_in = ndimage.distance_transform_edt(inside)
     d_out = ndimage.distance_transform_edt(~inside)
     signed = np.where(inside, d_in - 0.5, 0.5 - d_out) / s
-    centre = np.floor((yx + grid.patch_level0 / 2) / pixel).astype(np.int64)
+    centre = np.floor((yx + grid.downsample / 2) / pixel).astype(np.int64)
     cy = np.clip(centre[:, 0], 0, shape[0] - 1)
     cx = np.clip(centre[:, 1], 0, shape[1] - 1)
     return fraction, signed[cy, cx].astype(np.float32)

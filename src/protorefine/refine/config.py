@@ -145,6 +145,8 @@ class RefineConfig:
             raise ProtorefineError(
                 f"config early_stop={self.early_stop!r}: must be >= 0 and below 1"
             )
+        if self.stride is not None and int(self.stride) < 1:
+            raise ProtorefineError(f"config stride={self.stride!r}: must be >= 1")
         if float(self.context) < 0:
             raise ProtorefineError(f"config context={self.context!r}: must be >= 0")
         for name in (

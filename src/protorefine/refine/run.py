@@ -57,6 +57,8 @@ def config_from_args(args: argparse.Namespace, base: RefineConfig | None = None)
     changes: dict = {}
     if getattr(args, "patch_size", None) is not None:
         changes["patch_size"] = int(args.patch_size)
+    if getattr(args, "stride", None) is not None:
+        changes["stride"] = int(args.stride)
     if getattr(args, "level", None) is not None:
         changes.update(level=int(args.level), mpp=None)
     if getattr(args, "mpp", None) is not None:
