@@ -104,7 +104,10 @@ def _train_epochs(
         weights = np.where(held_out, 0.0, weights)
     best, best_state = float("inf"), None
     p = torch.from_numpy(weights / weights.sum()).float()
-    m = int(min(config.samples_per_epoch, max(config.train_batch, 2 * int((weights > 0).sum()))))
+    # samples per epoch: ``samples_per_epoch``, or half the training patches on big
+    # cohorts (finer grids), never more than twice the patches there are
+    n_train = int((weights > 0).sum())
+    m = max(config.train_batch, min(2 * n_train, max(config.samples_per_epoch, n_train // 2)))
     loss_fn = nn.BCEWithLogitsLoss()
     last = 0.0
     model.train()
