@@ -122,6 +122,9 @@ def main() -> None:
     state.set_project(project)
     state.show_slide(project.slides[0].id)
     WARMED.wait(300)
+    deadline = time.monotonic() + 60
+    while state.placeholders_pending and time.monotonic() < deadline:
+        process_events(0.05)
     process_events(0.5)
     n = sum(int(project.grid(s.id).tissue.sum()) for s in project.slides)
     print(

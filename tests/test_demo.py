@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,18 @@ def test_demo_window_has_project_and_docked_widgets(small_cohort, tmp_path: Path
         assert {"Project and slides", "Coarse annotation"} <= set(docked)
         assert len(state.project.slides) == 3
         assert state.slide_id == "synthetic_01"
+        # the result layers come as empty, hidden placeholders, one per event-loop turn
+        from qtpy.QtWidgets import QApplication
+
+        deadline = time.monotonic() + 30
+        while state.placeholders_pending and time.monotonic() < deadline:
+            QApplication.processEvents()
+        assert not state.placeholders_pending
         images = [layer for layer in viewer.layers if isinstance(layer, Image)]
-        assert [im.name for im in images] == ["synthetic_01"]
+        shown = [im.name for im in images if not state.is_placeholder(im)]
+        assert shown == ["synthetic_01"]
+        assert state.grid_layers() == {}  # no results yet: nothing a user could take for one
+        assert all(not im.visible for im in images if state.is_placeholder(im))
         coarse = viewer.layers["coarse"]
         assert isinstance(coarse, Shapes) and len(coarse.data) > 0
         table = docked["Project and slides"].table

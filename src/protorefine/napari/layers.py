@@ -259,12 +259,60 @@ def corrections_from_labels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def grid_layer_values(name: str, values: np.ndarray) -> np.ndarray:
+    """The array grid layer ``name`` holds for ``values``: label values, or float32 confidence."""
+    if name == CONFIDENCE:
+        return np.asarray(values, dtype=np.float32)
+    return to_label_values(name, values)
+
+
+#: dtype of each grid layer's data (placeholders are made with it, so filling them keeps it).
+def _grid_dtype(name: str) -> np.dtype:
+    if name == CONFIDENCE:
+        return np.dtype(np.float32)
+    if name in PROTOTYPE_LAYERS:
+        return np.dtype(np.int32)
+    return np.dtype(np.uint8)
+
+
 def grid_layer(name: str, values: np.ndarray, grid: PatchGrid, s: float, **kwargs: Any) -> Layer:
     """A grid layer over the slide: Image for "confidence", Labels otherwise."""
+    scale, translate = grid_transform(grid, s)
+    return _grid_layer(name, grid_layer_values(name, values), scale, translate, s, **kwargs)
+
+
+def placeholder_grid_layer(
+    name: str, grid: PatchGrid | None, s: float, *, title: str | None = None, **kwargs: Any
+) -> Layer:
+    """An empty, hidden grid layer ``name`` (shown as ``title``) to be filled with results later.
+
+    On ``grid`` when known; else one cell over the slide's origin (filling it sets
+    the grid's shape, scale and translate).
+    """
+    if grid is not None:
+        scale, translate = grid_transform(grid, s)
+        shape = (grid.rows, grid.cols)
+    else:
+        scale, translate, shape = (s, s), (0.0, 0.0), (1, 1)
+    data = np.zeros(shape, dtype=_grid_dtype(name))
+    layer = _grid_layer(name, data, scale, translate, s, visible=False, **kwargs)
+    if title is not None:
+        layer.name = title
+    return layer
+
+
+def _grid_layer(
+    name: str,
+    data: np.ndarray,
+    scale: tuple[float, float],
+    translate: tuple[float, float],
+    s: float,
+    **kwargs: Any,
+) -> Layer:
+    """Image ("confidence") or Labels layer ``name`` of grid-layer ``data`` with its look."""
     from napari.layers import Image, Labels
     from napari.utils.colormaps import DirectLabelColormap
 
-    scale, translate = grid_transform(grid, s)
     units = ("micrometer", "micrometer") if s != 1.0 else ("pixel", "pixel")
     common = {"name": name, "scale": scale, "translate": translate, "units": units}
     if name == CONFIDENCE:
@@ -275,13 +323,12 @@ def grid_layer(name: str, values: np.ndarray, grid: PatchGrid, s: float, **kwarg
             "blending": "translucent",
         }
         opts.update(kwargs)
-        return Image(np.asarray(values, dtype=np.float32), **common, **opts)
-    labels = to_label_values(name, values)
+        return Image(data, **common, **opts)
     opts: dict[str, Any] = {"opacity": 0.5}
     if name in CLASS_LAYERS:
         opts["colormap"] = DirectLabelColormap(color_dict=CLASS_COLORS)
     opts.update(kwargs)
-    return Labels(labels, **common, **opts)
+    return Labels(data, **common, **opts)
 
 
 def stored_grid_values(project: Project, slide_id: str, name: str) -> np.ndarray | None:

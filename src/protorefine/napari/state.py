@@ -13,6 +13,7 @@ the tissue in that world unit.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,14 @@ GRID_LAYERS = (LOCAL_PROTOTYPES, GLOBAL_PROTOTYPES, PSEUDO_LABELS, REFINED, CONF
 
 #: Name of the coarse-annotation Shapes layer of the current slide.
 COARSE = "coarse"
+#: Shapes layer with the refined polygons (what is exported).
+REFINED_OUTLINE = "refined outline"
+#: Layers created empty and hidden when a slide is shown, filled in place when results arrive.
+PLACEHOLDER_LAYERS = (*GRID_LAYERS, REFINED_OUTLINE)
+#: Appended to a placeholder's name in the layer list, so nobody mistakes it for a result.
+PLACEHOLDER_SUFFIX = " (no results yet)"
+#: ``Layer.metadata`` key marking a placeholder layer.
+META_PLACEHOLDER = "protorefine_placeholder"
 
 _STATES: weakref.WeakKeyDictionary[Any, ProtorefineState] = weakref.WeakKeyDictionary()
 
@@ -49,6 +58,14 @@ class ProtorefineState:
     Signals: ``project_changed(project | None)`` after a project is opened or created,
     ``slide_changed(slide_id | None)`` after the slide's layers are swapped in,
     ``results_changed(slide_id)`` after a pipeline stage wrote new results.
+
+    Placeholders: adding a napari layer costs 0.1-0.6 s of the event loop (vispy
+    visual, overlays, layer controls), updating one's data ~0.05 s. So once a slide
+    is shown, every layer of :data:`PLACEHOLDER_LAYERS` it has no results for is
+    created empty and hidden, one per event-loop turn, and results later fill it in
+    place (:meth:`set_grid_layer`, :meth:`take_placeholder`). Placeholders are
+    named ``"<name> (no results yet)"``; :meth:`layer` and :meth:`grid_layers`
+    return only layers that hold results.
     """
 
     project_changed = Signal(object)
@@ -63,6 +80,9 @@ class ProtorefineState:
         self.image_layer: Image | None = None
         self.coarse_layer: Shapes | None = None
         self.grid_layer_names: tuple[str, ...] = GRID_LAYERS
+        self._placeholders: dict[str, Layer] = {}
+        self._pending: list[str] = []
+        self._generation = 0
 
     @property
     def viewer(self) -> napari.Viewer:
@@ -123,6 +143,7 @@ class ProtorefineState:
         viewer.layers.selection.active = self.coarse_layer
         viewer.reset_view()
         self.slide_changed.emit(slide_id)
+        self._schedule_placeholders()
 
     def add_result_layers(self) -> None:
         """Add (or refresh) the grid layers the project has results for on the current slide."""
@@ -138,30 +159,163 @@ class ProtorefineState:
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
         """Show ``values`` (rows, cols) as the grid layer ``name`` over the current slide.
 
-        Updates the layer's data in place when it exists (keeping the user's colour
-        and visibility choices), else adds a Labels layer (Image for "confidence").
+        Replaces the data of the existing layer or fills its placeholder in place
+        (keeping the user's colour and visibility choices; a filled placeholder is
+        made visible); only when neither exists is a new Labels layer (Image for
+        "confidence") added, which is slow.
+        """
+        steps = self.grid_layer_steps(name, values, **kwargs)
+        for _ in steps:
+            pass
+        layer = self.layer(name)
+        assert layer is not None
+        return layer
+
+    def grid_layer_steps(self, name: str, values: np.ndarray, **kwargs: Any) -> Iterator[None]:
+        """:meth:`set_grid_layer` one event-loop turn at a time: yields between data and reveal.
+
+        Filling a hidden placeholder and then revealing it (new name, visible) are
+        two separate repaints, each well under the 200 ms the window may stall.
         """
         from protorefine.napari import layers as L
 
         self.require_slide()
         project = self.require_project()
-        existing = self.layer(name)
-        if existing is not None and existing.data.shape == values.shape:
-            existing.data = L.to_label_values(name, values)
-            return existing
-        if existing is not None:
-            self.viewer.layers.remove(existing)
         grid = project.grid(self.slide_id)
-        layer = L.grid_layer(name, values, grid, self.pixel_scale, **kwargs)
-        return self.viewer.add_layer(layer)
+        scale, translate = L.grid_transform(grid, self.pixel_scale)
+        existing = self.layer(name)
+        target = existing if existing is not None else self._placeholders.get(name)
+        if target is None:
+            layer = L.grid_layer(name, values, grid, self.pixel_scale, **kwargs)
+            self._add_below_outline(layer)
+            return
+        if not np.allclose(target.scale[-2:], scale):
+            target.scale = scale
+        if not np.allclose(target.translate[-2:], translate):
+            target.translate = translate
+        target.data = L.grid_layer_values(name, values)
+        if existing is None:
+            yield
+            if self.take_placeholder(name) is None:  # the slide changed meanwhile
+                return
+
+    def take_placeholder(self, name: str) -> Layer | None:
+        """The placeholder of ``name``, now counted as holding results: renamed and made visible.
+
+        The caller fills it (data, shapes) in the same event-loop turn. None when
+        ``name`` has no placeholder (not created yet, or results already shown).
+        """
+        layer = self._placeholders.pop(name, None)
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        layer.metadata.pop(META_PLACEHOLDER, None)
+        layer.name = name
+        layer.visible = True
+        # napari does not refresh hidden layers: the extent is still the placeholder's
+        layer.refresh(thumbnail=False, data_displayed=False, highlight=False)
+        return layer
+
+    def placeholder(self, name: str) -> Layer | None:
+        """The empty, hidden placeholder layer standing in for ``name``, or None."""
+        return self._placeholders.get(name)
+
+    def is_placeholder(self, layer: Layer) -> bool:
+        """True when ``layer`` is a placeholder that holds no results."""
+        return any(layer is p for p in self._placeholders.values())
+
+    @property
+    def placeholders_pending(self) -> bool:
+        """True while placeholders of the current slide are still being created."""
+        return bool(self._pending)
+
+    def _schedule_placeholders(self) -> None:
+        """Create the missing placeholders of the current slide, one per event-loop turn."""
+        from qtpy.QtCore import QTimer
+
+        self._generation += 1
+        self._pending = [n for n in PLACEHOLDER_LAYERS if self._needs_placeholder(n)]
+        if self._pending:
+            generation = self._generation
+            QTimer.singleShot(0, lambda: self._create_next_placeholder(generation))
+
+    def _needs_placeholder(self, name: str) -> bool:
+        return (
+            self.slide is not None and self.layer(name) is None and name not in self._placeholders
+        )
+
+    def _create_next_placeholder(self, generation: int) -> None:
+        """Add one pending placeholder (a slide switch in between cancels the rest)."""
+        from qtpy.QtCore import QTimer
+
+        if generation != self._generation or self._viewer_ref() is None:
+            return
+        while self._pending and not self._needs_placeholder(self._pending[0]):
+            self._pending.pop(0)
+        if not self._pending:
+            return
+        name = self._pending.pop(0)
+        layer = self._placeholder_layer(name)
+        layer.metadata[META_PLACEHOLDER] = True
+        viewer = self.viewer
+        active = viewer.layers.selection.active
+        self._add_below_outline(layer, activate=False)
+        self._placeholders[name] = layer
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+        if self._pending:
+            QTimer.singleShot(0, lambda: self._create_next_placeholder(generation))
+
+    def _placeholder_layer(self, name: str) -> Layer:
+        """An empty layer for ``name`` over the current slide (on the grid when it is known)."""
+        from protorefine.napari import layers as L
+
+        assert self.slide is not None
+        title = name + PLACEHOLDER_SUFFIX
+        if name == REFINED_OUTLINE:
+            from napari.layers import Layer as NapariLayer
+
+            data, meta, kind = L.shapes_layer_data(
+                None, self.pixel_scale, name=title, mpp=self.slide.mpp
+            )
+            # visible but empty: draws nothing, and showing the outline later costs no shader build
+            return NapariLayer.create(data, meta, kind)
+        grid = None
+        project = self.project
+        if project is not None and self.slide_id is not None and project.stage_done("grid"):
+            try:
+                grid = project.grid(self.slide_id)
+            except (ProtorefineError, KeyError, FileNotFoundError):
+                grid = None
+        style: dict[str, Any] = {}
+        if name == CONFIDENCE:  # styled up front: restyling a shown layer costs a slow repaint
+            from protorefine.napari.widgets._colours import confidence_colormap
+
+            style = {"colormap": confidence_colormap(), "opacity": 1.0}
+        return L.placeholder_grid_layer(name, grid, self.pixel_scale, title=title, **style)
+
+    def _add_below_outline(self, layer: Layer, *, activate: bool = True) -> Layer:
+        """Add ``layer`` under the refined outline (which stays on top), else on top."""
+        layers = self.viewer.layers
+        index = len(layers)
+        for top in (REFINED_OUTLINE, REFINED_OUTLINE + PLACEHOLDER_SUFFIX):
+            if top in layers:
+                index = min(index, layers.index(top))
+        previous = layers._activate_on_insert  # adding selects the layer: not for placeholders
+        layers._activate_on_insert = activate
+        try:
+            layers.insert(index, layer)
+        finally:
+            layers._activate_on_insert = previous
+        return layer
 
     def layer(self, name: str) -> Layer | None:
-        """The viewer layer called ``name``, or None."""
+        """The viewer layer called ``name`` holding results, or None (placeholders are not)."""
         viewer = self.viewer
-        return viewer.layers[name] if name in viewer.layers else None
+        layer = viewer.layers[name] if name in viewer.layers else None
+        return None if layer is None or self.is_placeholder(layer) else layer
 
     def grid_layers(self) -> dict[str, Layer]:
-        """The grid layers currently shown, by name."""
+        """The grid layers holding results, by name (placeholders left out)."""
         return {n: layer for n in self.grid_layer_names if (layer := self.layer(n)) is not None}
 
     def coarse_annotations(self) -> AnnotationSet:
@@ -174,12 +328,21 @@ class ProtorefineState:
         return L.layer_annotations(self.coarse_layer, self.pixel_scale)
 
     def clear_slide_layers(self) -> None:
-        """Remove the layers this state added for the current slide."""
+        """Remove the layers this state added for the current slide, placeholders included."""
+        self._generation += 1  # placeholders still pending belong to the old slide
+        self._pending = []
+        placeholders = list(self._placeholders.values())
+        self._placeholders = {}
         try:
             viewer = self.viewer
         except ProtorefineError:
             return
-        for layer in [self.image_layer, self.coarse_layer, *self.grid_layers().values()]:
+        for layer in [
+            self.image_layer,
+            self.coarse_layer,
+            *self.grid_layers().values(),
+            *placeholders,
+        ]:
             if layer is not None and layer in viewer.layers:
                 viewer.layers.remove(layer)
         self.image_layer = None

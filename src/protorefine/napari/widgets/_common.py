@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtWidgets import QWidget
 
-from protorefine.napari.state import CONFIDENCE, GRID_LAYERS, ProtorefineState, get_state
+from protorefine.napari.state import (
+    CONFIDENCE,
+    GRID_LAYERS,
+    REFINED_OUTLINE,
+    ProtorefineState,
+    get_state,
+)
 from protorefine.napari.widgets._worker import notify
 
 if TYPE_CHECKING:
@@ -19,8 +25,7 @@ if TYPE_CHECKING:
 
     from protorefine.annotations.model import AnnotationSet
 
-#: Shapes layer with the refined polygons (what is exported), and its colour.
-REFINED_OUTLINE = "refined outline"
+#: Colour of the "refined outline" Shapes layer (the polygons that get exported).
 OUTLINE_COLOUR = "#ff1a1a"
 
 #: Modules the pipeline imports lazily. A first import holds the GIL for up to seconds
@@ -145,42 +150,68 @@ def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYE
 
 
 def show_results(
-    state: ProtorefineState, results: SlideResults | None = None, show: Iterable[str] = ()
+    state: ProtorefineState,
+    results: SlideResults | None = None,
+    show: Iterable[str] = (),
+    *,
+    emit: bool = True,
 ) -> Iterator[None]:
-    """Show loaded results as the current slide's grid layers, one new layer per ``yield``.
+    """Show loaded results as the current slide's grid layers, one layer per ``yield``.
 
-    Existing layers get their data replaced (fast); adding a napari layer is slow,
-    so the generator yields after each layer and :class:`TaskRunner` resumes it on
-    the next event-loop turn. Then ``show`` layers are made visible and
-    ``results_changed`` is emitted. ``results`` come from :func:`load_results` in the
-    worker; when missing (or the user switched slides meanwhile) the layers are
-    reloaded from the project.
+    Each result fills its layer's placeholder, or replaces an existing layer's data,
+    in place; only a layer with neither is added (slow). The generator yields after
+    each layer and :class:`TaskRunner` resumes it on the next event-loop turn, so
+    no turn updates more than one layer. Then ``show`` layers are made visible and
+    ``results_changed`` is emitted (unless ``emit`` is False: the caller emits it
+    after its own steps). ``results`` come from :func:`load_results` in the worker;
+    when missing (or the user switched slides meanwhile) each layer is reloaded
+    from the project.
     """
+    from protorefine.napari.layers import stored_grid_values
+
     if state.project is None or state.slide_id is None:
         return
     if results is None or results.slide_id != state.slide_id:
-        state.add_result_layers()
+        results = SlideResults(state.slide_id)
+        for name in state.grid_layer_names:
+            values = stored_grid_values(state.project, state.slide_id, name)
+            if values is not None:
+                yield from state.grid_layer_steps(name, values)
+                yield
     else:
         for name, values in results.values.items():
-            state.set_grid_layer(name, values)
+            yield from state.grid_layer_steps(name, values)
             yield
         if results.outline is not None:
-            show_outline(state, results.outline)
-            yield
+            yield from outline_steps(state, results.outline)
     style_result_layers(state)
     yield
     for name in show:
         layer = state.layer(name)
-        if layer is not None:
+        if layer is not None and not layer.visible:
             layer.visible = True
-    state.results_changed.emit(state.slide_id)
+            yield
+    if emit:
+        state.results_changed.emit(state.slide_id)
 
 
 def show_outline(state: ProtorefineState, annset: AnnotationSet | None) -> None:
-    """Show the red "refined outline" Shapes layer (the polygons that get exported).
+    """Show the red "refined outline" Shapes layer (the polygons that get exported) at once."""
+    for _ in outline_steps(state, annset):
+        pass
 
-    An existing layer at the same scale gets its shapes replaced in place (a new
-    Shapes layer costs several hundred ms of the event loop; replacing ~0.1 s).
+
+#: Polygon vertices added to the outline layer per event-loop turn (napari triangulates them).
+OUTLINE_VERTICES_PER_TURN = 1500
+
+
+def outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Iterator[None]:
+    """Show the refined outline, yielding between chunks of polygons (one repaint each).
+
+    An existing layer (or the slide's outline placeholder) at the same scale gets
+    its shapes replaced in place: a new Shapes layer costs several hundred ms of
+    the event loop. napari triangulates every added polygon, so the shapes go in
+    chunks of about :data:`OUTLINE_VERTICES_PER_TURN` vertices.
     """
     from napari.layers import Layer
 
@@ -196,16 +227,26 @@ def show_outline(state: ProtorefineState, annset: AnnotationSet | None) -> None:
     data, meta, kind = shapes_layer_data(
         annset, state.pixel_scale, name=REFINED_OUTLINE, mpp=state.slide.mpp, edge_width=width
     )
+    if old is None:
+        placeholder = state.placeholder(REFINED_OUTLINE)
+        if placeholder is not None and np.allclose(placeholder.scale[-2:], meta["scale"]):
+            old = state.take_placeholder(REFINED_OUTLINE)
+            yield
     if old is not None and np.allclose(old.scale[-2:], meta["scale"]):
-        old.data = []
-        if data:
+        if len(old.data):
+            old.data = []
+            yield
+        types = meta["shape_type"]
+        types = [types] * len(data) if isinstance(types, str) else list(types)
+        for chunk in _chunks(data, OUTLINE_VERTICES_PER_TURN):
             old.add(
-                data,
-                shape_type=meta["shape_type"],
+                [data[i] for i in chunk],
+                shape_type=[types[i] for i in chunk],
                 edge_width=width,
                 edge_color=OUTLINE_COLOUR,
                 face_color="transparent",
             )
+            yield
         return
     if old is not None:
         viewer.layers.remove(old)
@@ -214,6 +255,20 @@ def show_outline(state: ProtorefineState, annset: AnnotationSet | None) -> None:
     layer.edge_color = OUTLINE_COLOUR
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active
+
+
+def _chunks(shapes: list[np.ndarray], budget: int) -> Iterator[list[int]]:
+    """Indices of ``shapes`` in consecutive groups of at most ``budget`` vertices (or one shape)."""
+    chunk: list[int] = []
+    count = 0
+    for i, shape in enumerate(shapes):
+        if chunk and count + len(shape) > budget:
+            yield chunk
+            chunk, count = [], 0
+        chunk.append(i)
+        count += len(shape)
+    if chunk:
+        yield chunk
 
 
 def style_result_layers(state: ProtorefineState) -> None:

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
 
-#: Minimum seconds between two progress signals from the worker (keeps the event loop light).
-PROGRESS_INTERVAL = 0.05
+#: Minimum seconds between two progress signals from the worker (keeps the event loop light:
+#: each one repaints the bar, the status line and napari's activity bar).
+PROGRESS_INTERVAL = 0.1
 
 #: The runner currently busy in each group (one pipeline run per viewer at a time).
 _ACTIVE: weakref.WeakKeyDictionary[object, TaskRunner] = weakref.WeakKeyDictionary()

@@ -243,9 +243,11 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_cards(self, result: tuple[list[PrototypeCard], SlideResults]) -> Iterator[None]:
         self.cards, results = result
-        yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,))
-        self.style_layers()
+        yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,), emit=False)
+        yield from self._style_steps()  # a new colormap costs a slow repaint: one per turn
         self._fill_table()
+        yield
+        self.state.results_changed.emit(self.state.slide_id)
 
     def _on_marked(self, result: tuple[int, str | None, SlideResults]) -> Iterator[None]:
         gid, label, results = result
@@ -310,6 +312,11 @@ class PrototypesWidget(WorkflowWidget):
 
     def style_layers(self) -> None:
         """Colour the prototype layers: one hue per global prototype, shades for its local ones."""
+        for _ in self._style_steps():
+            pass
+
+    def _style_steps(self) -> Iterator[None]:
+        """Give each prototype layer its colormap, yielding after each one that changed."""
         glob = self.state.layer(GLOBAL_PROTOTYPES)
         loc = self.state.layer(LOCAL_PROTOTYPES)
         if glob is None:
@@ -322,9 +329,11 @@ class PrototypesWidget(WorkflowWidget):
         glob.colormap = global_colormap(gid)
         glob.opacity = 0.6
         if loc is not None and loc.data.shape == glob.data.shape:
+            yield
             lid = np.asarray(loc.data).astype(np.int64) - 1
             loc.colormap = local_colormap(lid, gid)
             loc.opacity = 0.6
+        yield
 
     # ----- state signals -------------------------------------------------------------------
 
