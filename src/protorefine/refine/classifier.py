@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,40 @@ from protorefine.refine.config import RefineConfig
 Progress = Callable[[int, int, str], None] | None
 Cancel = Callable[[], bool] | None
 OnRound = Callable[[dict], None] | None
+OnEpoch = Callable[[dict], None] | None
+
+_EPOCH_RE = re.compile(
+    r"round (?P<round>\d+)/\d+, epoch (?P<epoch>\d+)/\d+: loss (?P<loss>[-+.\deE]+|nan)"
+    r"(?:, held-out loss (?P<held_out_loss>[-+.\deE]+|nan), "
+    r"held-out agreement (?P<held_out_agreement>[-+.\deE]+|nan))?"
+)
+
+
+def epoch_message(rec: dict, rounds: int, epochs: int) -> str:
+    """The progress message of one epoch record (parsed back by :func:`parse_epoch_message`)."""
+    text = f"round {rec['round']}/{rounds}, epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.6g}"
+    if "held_out_loss" in rec:
+        text += (
+            f", held-out loss {rec['held_out_loss']:.6g},"
+            f" held-out agreement {rec['held_out_agreement']:.6g}"
+        )
+    return text
+
+
+def parse_epoch_message(message: str) -> dict | None:
+    """The epoch record in a progress message from :func:`train_classifier`, or None.
+
+    Lets a caller that only sees progress (a pipeline run) plot training per epoch
+    as it happens; the same values end up in the round records' ``epochs``.
+    """
+    m = _EPOCH_RE.search(message)
+    if m is None:
+        return None
+    rec: dict = {"round": int(m["round"]), "epoch": int(m["epoch"]), "loss": float(m["loss"])}
+    if m["held_out_loss"] is not None:
+        rec["held_out_loss"] = float(m["held_out_loss"])
+        rec["held_out_agreement"] = float(m["held_out_agreement"])
+    return rec
 
 
 class PatchHead(nn.Module):
@@ -85,11 +120,14 @@ def _train_epochs(
     generator: torch.Generator,
     cancel: Cancel,
     held_out: np.ndarray | None = None,
+    on_epoch: OnEpoch = None,
 ) -> float:
     """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss.
 
     With ``held_out`` (bool per row), those rows are not trained on; after each epoch the
     weighted loss on them is measured and the head ends with the weights of the best epoch.
+    ``on_epoch`` gets ``{epoch, loss}`` after each epoch, plus ``held_out_loss`` and
+    ``held_out_agreement`` (confidence-weighted) when rows are held out.
     """
     opt = torch.optim.AdamW(
         model.parameters(), lr=lr, weight_decay=config.weight_decay, foreach=True
@@ -111,7 +149,7 @@ def _train_epochs(
     loss_fn = nn.BCEWithLogitsLoss()
     last = 0.0
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if cancel is not None and cancel():
             raise CancelledError("classifier stage cancelled")
         idx = torch.multinomial(p, m, replacement=True, generator=generator).to(x.device)
@@ -127,17 +165,25 @@ def _train_epochs(
             total += float(loss.detach()) * len(b)
             count += len(b)
         last = total / max(count, 1)
+        rec: dict = {"epoch": epoch + 1, "loss": last}
         if val is not None:
             model.eval()
             with torch.no_grad():
+                logits = model(x[val[0]])
                 vl = nn.functional.binary_cross_entropy_with_logits(
-                    model(x[val[0]]), y[val[0]], reduction="none"
+                    logits, y[val[0]], reduction="none"
                 )
-                score = float((vl * val[1].to(vl.dtype)).sum() / val[1].sum())
+                vw = val[1].to(vl.dtype)
+                score = float((vl * vw).sum() / val[1].sum())
+                right = ((logits >= 0).to(vl.dtype) == y[val[0]]).to(vl.dtype)
+                agree = float((right * vw).sum() / val[1].sum())
             model.train()
+            rec.update(held_out_loss=score, held_out_agreement=agree)
             if score < best:
                 best = score
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(rec)
     if best_state is not None:
         model.load_state_dict(best_state)
     return last
@@ -165,7 +211,10 @@ def train_classifier(
     label where the classifier is confident (``|2p-1| >= update_confidence``) and
     the prototype evidence agrees with it; the head is then finetuned at half the
     learning rate. Corrections never change. ``history`` holds loss, agreement with
-    the current pseudo-labels and number of changed labels per round.
+    the current pseudo-labels and number of changed labels per round, and under
+    ``epochs`` that round's per-epoch records (``epoch``, ``loss``, and with held-out
+    rows ``held_out_loss``, ``held_out_agreement``). ``progress`` is called after every
+    epoch with :func:`epoch_message` text, so a live plot can follow the epochs.
     """
     pseudo = np.asarray(pseudo, dtype=np.int8).copy()
     confidence = np.asarray(confidence, dtype=np.float32).copy()
@@ -175,6 +224,18 @@ def train_classifier(
         pseudo[corrected] = np.asarray(corrections)[corrected]
         confidence[corrected] = 1.0
     history: list[dict] = []
+    total_epochs = config.epochs + config.finetune_epochs * max(config.rounds - 1, 0)
+    epoch_recs: list[dict] = []  # this round's
+    current = {"round": 0, "epochs": 0, "done": 0}
+
+    def on_epoch(rec: dict) -> None:
+        rec = {"round": current["round"], **rec}
+        epoch_recs.append(rec)
+        current["done"] += 1
+        if progress is not None:
+            text = epoch_message(rec, config.rounds, current["epochs"])
+            progress(current["done"], total_epochs, text)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed + 1)
@@ -195,7 +256,11 @@ def train_classifier(
             held = None
             if config.early_stop > 0 and r == 0:
                 held = (torch.rand(n, generator=gen).numpy() < config.early_stop) & ~corrected
-            loss = _train_epochs(model, features, y, w, epochs, lr, config, gen, cancel, held)
+            epoch_recs.clear()
+            current.update(round=r + 1, epochs=epochs)
+            loss = _train_epochs(
+                model, features, y, w, epochs, lr, config, gen, cancel, held, on_epoch
+            )
             prob = predict(model, features)
             lab = (prob >= 0.5).astype(np.int8)
             used = confidence > 0
@@ -209,12 +274,15 @@ def train_classifier(
                 pseudo[upd] = lab[upd]
                 confidence[upd] = np.maximum(confidence[upd], np.abs(2 * prob[upd] - 1))
             rec = {"round": r + 1, "loss": loss, "agreement": agreement, "changed": changed}
+            rec["epochs"] = [{k: v for k, v in e.items() if k != "round"} for e in epoch_recs]
             history.append(rec)
             if on_round is not None:
                 on_round(dict(rec))
             if progress is not None:
                 progress(
-                    r + 1, config.rounds, f"round {r + 1}: loss {loss:.3f}, agree {agreement:.3f}"
+                    current["done"],
+                    total_epochs,
+                    f"round {r + 1}: loss {loss:.3f}, agree {agreement:.3f}",
                 )
     if corrected.any():
         prob = prob.copy()

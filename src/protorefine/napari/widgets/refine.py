@@ -2,8 +2,10 @@
 
 Runs the rest of the pipeline (features and prototypes when missing,
 pseudo-labels, classifier rounds, output) in a worker thread on the configured
-device, plots training loss and agreement per round as they arrive, and shows the
-result as the "refined" Labels layer and the "confidence" image layer.
+device, plots training loss (and held-out loss and agreement) per epoch as the
+epochs finish, with round boundaries and the agreement with the pseudo-labels
+after each round, and shows the result as the "refined" Labels layer and the
+"confidence" image layer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from protorefine.napari.widgets._common import (
 )
 from protorefine.napari.widgets._plot import LinePlot
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+
+#: Plot series: loss per epoch, held-out loss and agreement per epoch (first round, when
+#: patches are held out), agreement with the pseudo-labels after each round.
+PLOT_SERIES = ("loss", "held-out loss", "agreement", "held-out agreement")
+PLOT_GROUPS = ("loss", "loss", "agreement", "agreement")
 
 
 def device_text(name: str) -> str:
@@ -65,7 +72,9 @@ class RefineWidget(WorkflowWidget):
         self.run_button.setToolTip("Pseudo-labels, classifier training and the refined outline")
         self.run_button.clicked.connect(self.run)
         self.runner = TaskRunner(self.state)
-        self.plot = LinePlot(("loss", "agreement"))
+        #: Epoch records of the current run in order, each with its ``round`` (the plot's points).
+        self.epochs: list[dict] = []
+        self.plot = LinePlot(PLOT_SERIES, PLOT_GROUPS, x_label="epoch")
 
         form = QFormLayout()
         form.addRow("Device", self.device_label)
@@ -75,7 +84,7 @@ class RefineWidget(WorkflowWidget):
         lay.addLayout(form)
         lay.addWidget(self.run_button)
         lay.addWidget(self.runner)
-        lay.addWidget(QLabel("Training per round"))
+        lay.addWidget(QLabel("Training per epoch (dashed: held-out patches)"))
         lay.addWidget(self.plot)
         lay.addStretch(1)
 
@@ -113,14 +122,23 @@ class RefineWidget(WorkflowWidget):
         config = project.config.replace(rounds=int(self.rounds.value()))
         pipeline = pipeline_for(project, config)
         self.history = []
+        self.epochs = []
         self.plot.clear()
 
         slide_id = self.state.slide_id
 
         def task(ctx: TaskContext) -> SlideResults:
+            from protorefine.refine.classifier import parse_epoch_message
+
+            def progress(done: int, total: int, message: str) -> None:
+                epoch = parse_epoch_message(message) if message.startswith("classifier") else None
+                if epoch is not None:
+                    ctx.send(epoch)  # every epoch reaches the plot; progress is thinned out
+                ctx.progress(done, total, message)
+
             if invalidate:
                 pipeline.invalidate(invalidate)
-            pipeline.run(progress=ctx.progress, cancel=ctx.cancel, on_round=ctx.send)
+            pipeline.run(progress=progress, cancel=ctx.cancel, on_round=ctx.send)
             return load_results(project, slide_id)
 
         return self.runner.start(
@@ -128,10 +146,44 @@ class RefineWidget(WorkflowWidget):
         )
 
     def _on_round(self, info: object) -> None:
+        """An epoch record (``epoch`` key) or a round record from the worker: update the plot."""
         if not isinstance(info, dict):
             return
-        self.history.append(dict(info))
-        self.plot.add_point(loss=info.get("loss"), agreement=info.get("agreement"))
+        if "epoch" in info:
+            self.epochs.append(dict(info))
+        else:
+            self.history.append(dict(info))
+            # the round record carries its epochs exactly: it wins over what arrived live
+            r = info.get("round")
+            if info.get("epochs"):
+                others = [e for e in self.epochs if e.get("round") != r]
+                self.epochs = others + [{"round": r, **e} for e in info["epochs"]]
+        self.draw_plot()
+
+    def draw_plot(self) -> None:
+        """Plot :attr:`epochs` one point per epoch, rounds marked, agreement after each round."""
+        plot = self.plot
+        plot.clear()
+        last_of_round: dict[int, int] = {}
+        previous = None
+        for x, rec in enumerate(self.epochs, start=1):
+            r = rec.get("round")
+            if previous is not None and r != previous:
+                plot.add_mark(x - 0.5, f"round {r}")
+            previous = r
+            last_of_round[r] = x
+            plot.add_point(
+                x,
+                loss=rec.get("loss"),
+                **{
+                    "held-out loss": rec.get("held_out_loss"),
+                    "held-out agreement": rec.get("held_out_agreement"),
+                },
+            )
+        for rec in self.history:
+            x = last_of_round.get(rec.get("round"))
+            if x is not None:
+                plot.add_point(x, agreement=rec.get("agreement"))
 
     def _on_done(self, results: SlideResults) -> Iterator[None]:
         yield from show_results(self.state, results, show=(REFINED, CONFIDENCE))

@@ -1,0 +1,95 @@
+"""The classifier reports training per epoch (history and progress) without changing its results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protorefine.refine.classifier import epoch_message, parse_epoch_message, train_classifier
+from protorefine.refine.config import RefineConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Features with a learnable tumour direction and 15 % noisy pseudo-labels."""
+    rng = np.random.default_rng(0)
+    n, d = 2000, 16
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    truth = (x[:, 0] + 0.3 * rng.normal(size=n)) > 0
+    pseudo = np.where(rng.random(n) < 0.15, ~truth, truth).astype(np.int8)
+    confidence = rng.random(n).astype(np.float32)
+    score = truth * 0.8 + 0.1
+    return torch.from_numpy(x), pseudo, confidence, score
+
+
+def test_history_and_progress_per_epoch(data):
+    x, pseudo, confidence, score = data
+    config = RefineConfig(epochs=5, finetune_epochs=3, rounds=3, samples_per_epoch=1024)
+    seen: list[tuple[int, int, str]] = []
+    rounds: list[dict] = []
+    result = train_classifier(
+        x,
+        pseudo,
+        confidence,
+        score,
+        config=config,
+        progress=lambda d, t, m: seen.append((d, t, m)),
+        on_round=rounds.append,
+    )
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert [len(h["epochs"]) for h in result.history] == [5, 3, 3]
+    assert [e["epoch"] for e in result.history[1]["epochs"]] == [1, 2, 3]
+    # the first round holds patches out: their loss and agreement per epoch
+    first = result.history[0]["epochs"]
+    assert all("held_out_loss" in e and 0.0 <= e["held_out_agreement"] <= 1.0 for e in first)
+    assert all("held_out_loss" not in e for e in result.history[1]["epochs"])
+    assert first[-1]["loss"] == pytest.approx(result.history[0]["loss"])
+    assert first[-1]["loss"] < first[0]["loss"]  # it learns
+    # on_round gets the same records, epochs included
+    assert rounds == result.history
+    # progress: one message per epoch (counting up to all epochs), parsed back exactly
+    epochs = [(d, t, parse_epoch_message(m)) for d, t, m in seen if parse_epoch_message(m)]
+    assert [d for d, _, _ in epochs] == list(range(1, 12)) and {t for _, t, _ in epochs} == {11}
+    parsed = [rec for _, _, rec in epochs]
+    expected = [{"round": h["round"], **e} for h in result.history for e in h["epochs"]]
+    assert [(p["round"], p["epoch"]) for p in parsed] == [
+        (e["round"], e["epoch"]) for e in expected
+    ]
+    for p, e in zip(parsed, expected, strict=True):
+        assert p.keys() == e.keys()
+        assert all(p[k] == pytest.approx(e[k], rel=1e-5) for k in e)
+
+
+def test_epoch_message_round_trip_and_other_text():
+    rec = {"round": 2, "epoch": 7, "loss": 0.123456789}
+    assert parse_epoch_message("classifier: " + epoch_message(rec, 3, 9)) == {
+        "round": 2,
+        "epoch": 7,
+        "loss": pytest.approx(0.123457),
+    }
+    held = {**rec, "held_out_loss": 0.5, "held_out_agreement": 0.875}
+    assert parse_epoch_message(epoch_message(held, 3, 9))["held_out_agreement"] == 0.875
+    assert parse_epoch_message("classifier: round 1: loss 0.543, agree 0.762") is None
+    assert parse_epoch_message("features: slide s1") is None
+
+
+def test_results_do_not_depend_on_who_listens(data):
+    x, pseudo, confidence, score = data
+    config = RefineConfig(epochs=4, finetune_epochs=2, rounds=2, samples_per_epoch=1024)
+    corrections = np.full(len(pseudo), -1, np.int8)
+    corrections[:10] = 1
+    quiet = train_classifier(x, pseudo, confidence, score, corrections=corrections, config=config)
+    loud = train_classifier(
+        x,
+        pseudo,
+        confidence,
+        score,
+        corrections=corrections,
+        config=config,
+        progress=lambda *_: None,
+        on_round=lambda _: None,
+    )
+    assert np.array_equal(quiet.prob, loud.prob)
+    assert np.array_equal(quiet.pseudo, loud.pseudo)
+    assert quiet.history == loud.history
