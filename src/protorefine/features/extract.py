@@ -129,13 +129,27 @@ class RegionReader:
                 ]
 
 
+def window_origins(
+    grid: PatchGrid, indices: Sequence[int] | np.ndarray, level_shape: tuple[int, int]
+) -> np.ndarray:
+    """(B, 2) top-left, in pixels of ``grid.level``, of the encoder window of cells ``indices``.
+
+    A window wider than its cell is centred on it, but shifted back inside the level
+    near the slide's edges (where it fits), so edge cells see tissue rather than padding.
+    """
+    rc = np.stack(np.divmod(np.asarray(indices, dtype=np.int64), grid.cols), axis=1)
+    yx = rc * grid.read_stride - grid.read_offset
+    if grid.read_offset > 0:
+        hi = np.asarray(level_shape, dtype=np.int64) - grid.read_size
+        yx = np.where(hi >= 0, np.clip(yx, 0, np.maximum(hi, 0)), yx)
+    return yx
+
+
 def chunk_order(grid: PatchGrid, indices: np.ndarray, reader: RegionReader) -> np.ndarray:
     """Permutation of ``indices`` that visits patches chunk by chunk (row-major inside a chunk)."""
     rows, cols = np.divmod(np.asarray(indices, dtype=np.int64), grid.cols)
-    off = grid.read_offset
-    cy, cx = reader.chunk_of(
-        np.maximum(rows * grid.read_stride - off, 0), np.maximum(cols * grid.read_stride - off, 0)
-    )
+    yx = window_origins(grid, indices, reader.shape)
+    cy, cx = reader.chunk_of(np.maximum(yx[:, 0], 0), np.maximum(yx[:, 1], 0))
     return np.lexsort((cols, rows, cx, cy))
 
 
@@ -150,11 +164,10 @@ def read_patches(
     idx = np.asarray(indices, dtype=np.int64)
     size = grid.patch_size if size is None else int(size)
     reader = reader or RegionReader(slide.levels[grid.level])
-    rs, step, off = grid.read_size, grid.read_stride, grid.read_offset
+    rs = grid.read_size
     out = np.empty((len(idx), rs, rs, 3), dtype=np.uint8)
-    rows, cols = np.divmod(idx, grid.cols)
-    for k in range(len(idx)):
-        reader.read_into(out[k], int(rows[k]) * step - off, int(cols[k]) * step - off)
+    for k, (y, x) in enumerate(window_origins(grid, idx, reader.shape)):
+        reader.read_into(out[k], int(y), int(x))
     return resize_batch(out, size)
 
 

@@ -23,11 +23,12 @@ class PatchGrid:
 
     Cells are ``read_stride`` pixels of ``level`` apart; each cell is one patch
     (one feature vector, one label). The encoder sees a ``read_size`` window
-    centred on the cell, resized to ``patch_size``: the window equals the cell by
-    default and is larger when ``stride < patch_size`` (more context around a
-    finer grid). ``yx`` is each cell's level-0 top-left, ``rc`` its grid row and
-    column, ``downsample`` the level-0 pixels per cell (napari ``scale``). Cells
-    are listed row-major; ``tissue`` flags those with enough tissue.
+    centred on the cell (shifted inside the slide at its edges), resized to
+    ``patch_size``: the window equals the cell by default and is larger when
+    ``stride < patch_size`` (a finer grid, each cell seen with context). ``yx`` is
+    each cell's level-0 top-left, ``rc`` its grid row and column, ``downsample``
+    the level-0 pixels per cell (napari ``scale``). Cells are listed row-major;
+    ``tissue`` flags those with enough tissue.
     """
 
     level: int

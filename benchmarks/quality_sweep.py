@@ -1,0 +1,121 @@
+"""Tuning aid: score config variants of the refinement, and what the features allow at all.
+
+Reuses ``quality.py``'s cached cohorts and features. For each cohort and encoder it
+prints the mean pixel Dice (seeds 0 and 1, the pipeline's output path) of ours under
+each variant, a dict of ``RefineConfig`` changes. ``--probe`` adds what a classifier
+trained on the *true* patch labels reaches (5-fold over patches of all slides mixed,
+so every slide is seen in training): logistic regression and the engine's own head,
+on raw and per-slide z-scored features. No method that only sees coarse labels can
+be expected to beat that probe by much; it tells features from method.
+
+    python benchmarks/quality_sweep.py --cohorts camelyon-tiles --stride 32 \\
+        --variants '{"base": {}, "spe8k": {"samples_per_epoch": 8192}}' --probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cohorts as C  # noqa: E402
+import quality as Q  # noqa: E402
+
+
+def dice_of(prob: np.ndarray, pd: Q.PatchData, cohort: C.Cohort, config) -> float:
+    """Mean pixel Dice of a per-patch probability through the pipeline's output path."""
+    masks = Q.output_masks(np.asarray(prob, np.float32), pd, cohort, config)
+    return Q.scores(masks, cohort)["dice"]
+
+
+def probe(pd: Q.PatchData, cohort: C.Cohort, config, folds: int = 5) -> dict[str, float]:
+    """Dice of classifiers trained on the true patch labels, out of fold."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from protorefine.refine.classifier import predict, train_classifier
+    from protorefine.refine.prototypes import standardize_per_slide
+
+    y = (Q.truth_fraction(pd, cohort) >= 0.5).astype(np.int8)
+    fold = np.random.default_rng(0).integers(0, folds, len(y))
+    head_cfg = config.replace(early_stop=0.0, epochs=30, samples_per_epoch=8192)
+    out = {}
+    for name, x in (("raw", pd.features), ("z-scored", None)):
+        if x is None:
+            x = standardize_per_slide(pd.features, pd.slide_index)
+        xt = torch.from_numpy(np.asarray(x, np.float32))
+        p_lr = np.zeros(len(y), np.float32)
+        p_head = np.zeros(len(y), np.float32)
+        for f in range(folds):
+            tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            lr = LogisticRegression(C=0.1, max_iter=2000).fit(x[tr], y[tr])
+            p_lr[te] = lr.predict_proba(x[te])[:, 1]
+            res = train_classifier(
+                xt[tr],
+                y[tr],
+                np.ones(len(tr), np.float32),
+                y[tr].astype(np.float32),
+                config=head_cfg,
+            )
+            p_head[te] = predict(res.model, xt[te])
+        out[f"logistic, {name}"] = dice_of(p_lr, pd, cohort, config)
+        out[f"head, {name}"] = dice_of(p_head, pd, cohort, config)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print ours under each variant (and the true-label probe) per cohort and encoder."""
+    from protorefine.refine.config import RefineConfig
+    from protorefine.refine.core import refine_patches
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cohorts", default="camelyon-canvas,camelyon-tiles")
+    ap.add_argument("--encoders", default=",".join(Q.ENCODERS))
+    ap.add_argument("--patch-size", type=int, help="encoder window (default: cohort's)")
+    ap.add_argument("--stride", type=int, help="grid cell (default: the cohort's patch)")
+    ap.add_argument("--variants", default='{"default": {}}', help="JSON {name: config changes}")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--probe", action="store_true", help="also train on the true labels")
+    args = ap.parse_args(argv)
+    variants = json.loads(args.variants)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in args.cohorts.split(","):
+        cohort = C.build_cohort(name)
+        if cohort is None:
+            continue
+        for enc in args.encoders.split(","):
+            pd = Q.patch_data(
+                cohort, enc, patch_size=args.patch_size, stride=args.stride, log=lambda *a: None
+            )
+            base = RefineConfig(
+                patch_size=pd.patch_size, stride=pd.stride, encoder=enc, device="cpu"
+            )
+            head = f"{name} {enc} p{pd.patch_size}/s{pd.stride}"
+            for vname, change in variants.items():
+                cfg = base.replace(**change)
+                probs = [
+                    refine_patches(
+                        pd.features,
+                        pd.inside,
+                        pd.slide_index,
+                        pd.rc,
+                        distance=pd.distance,
+                        config=cfg.replace(seed=s),
+                    ).prob
+                    for s in seeds
+                ]
+                d = np.mean([dice_of(p, pd, cohort, cfg) for p in probs])
+                print(f"{head}  {vname:28s} {d:.3f}", flush=True)
+            if args.probe:
+                for pname, d in probe(pd, cohort, base).items():
+                    print(f"{head}  true-label probe, {pname:14s} {d:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
