@@ -8,10 +8,12 @@ A 10 ms QTimer records the longest gap between ticks (the longest time the
 window could not repaint or take a click) while each step runs: the Prototypes
 run, the Refine and train run, a prototype relabel, and a retrain with
 corrections. "worker" is the longest wall-clock stall while the worker thread
-computes; "+display" adds showing the results (adding a new napari layer is the
-slow part); "own" is the longest stall counting only the time this process ran
-(CPU time over the gap), which leaves out stalls of a machine shared with other
-jobs. Then it times a cancel during classifier training.
+computes; "+display" runs until the results are on screen (first runs fill the
+hidden placeholder layers made when the slide was shown); "own" is the longest
+stall counting only the time this process ran (CPU time over the gap), which
+leaves out stalls of a machine shared with other jobs. Then it times switching
+slides (image, outline and stored result layers added at once, then the missing
+placeholders one per event-loop turn) and a cancel during classifier training.
 """
 
 from __future__ import annotations
@@ -71,6 +73,31 @@ class Meter:
             self.worker_gap = max(self.worker_gap, gap)
         self.shown_gap = max(self.shown_gap, gap)
         self.own_gap = max(self.own_gap, own)
+
+    def measure_switch(self, state, slide_id: str) -> dict:
+        """Show ``slide_id`` from the event loop and wait until its placeholders exist."""
+        from qtpy.QtCore import QTimer
+
+        from protorefine.napari.widgets.review import process_events
+
+        self.computing = False
+        self.last, self.last_cpu = time.perf_counter(), time.process_time()
+        self.timer.start()
+        t0 = time.perf_counter()
+        QTimer.singleShot(0, lambda: state.show_slide(slide_id))
+        process_events(0.1)
+        while state.placeholders_pending:
+            process_events(0.02)
+        seconds = time.perf_counter() - t0
+        process_events(0.3)
+        self.timer.stop()
+        return {
+            "seconds": seconds,
+            "worker_ms": 0.0,
+            "shown_ms": self.shown_gap * 1000,
+            "own_ms": self.own_gap * 1000,
+            "outcome": "done",
+        }
 
     def measure(self, runner, start) -> dict:
         """Run ``start()`` and wait for ``runner`` with the event loop live; return the stalls."""
@@ -144,6 +171,14 @@ def main() -> None:
     rr, cc = np.nonzero(refined > 0)
     review.paint_cells(rr[:10], cc[:10], 1)
     rows.append(("retrain with corrections", Meter().measure(review.runner, review.retrain)))
+    second = project.slides[1].id if len(project.slides) > 1 else project.slides[0].id
+    rows.append((f"switch to slide {second}", Meter().measure_switch(state, second)))
+    rows.append(
+        (
+            f"switch back to {project.slides[0].id}",
+            Meter().measure_switch(state, project.slides[0].id),
+        )
+    )
     print(f"{'step':30s} {'seconds':>7s} {'worker ms':>9s} {'+display ms':>11s} {'own ms':>7s}")
     for name, r in rows:
         print(

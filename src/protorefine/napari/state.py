@@ -247,7 +247,11 @@ class ProtorefineState:
         """Add one pending placeholder (a slide switch in between cancels the rest)."""
         from qtpy.QtCore import QTimer
 
-        if generation != self._generation or self._viewer_ref() is None:
+        if generation != self._generation:  # another slide was shown meanwhile
+            return
+        viewer = self._viewer_ref()
+        if viewer is None or not _window_open(viewer):
+            self._pending = []
             return
         while self._pending and not self._needs_placeholder(self._pending[0]):
             self._pending.pop(0)
@@ -256,9 +260,8 @@ class ProtorefineState:
         name = self._pending.pop(0)
         layer = self._placeholder_layer(name)
         layer.metadata[META_PLACEHOLDER] = True
-        viewer = self.viewer
-        active = viewer.layers.selection.active
-        self._add_below_outline(layer, activate=False)
+        active = viewer.layers.selection.active  # adding selects the new layer: keep the user's
+        self._add_below_outline(layer)
         self._placeholders[name] = layer
         if active is not None and active in viewer.layers:
             viewer.layers.selection.active = active
@@ -293,19 +296,14 @@ class ProtorefineState:
             style = {"colormap": confidence_colormap(), "opacity": 1.0}
         return L.placeholder_grid_layer(name, grid, self.pixel_scale, title=title, **style)
 
-    def _add_below_outline(self, layer: Layer, *, activate: bool = True) -> Layer:
+    def _add_below_outline(self, layer: Layer) -> Layer:
         """Add ``layer`` under the refined outline (which stays on top), else on top."""
         layers = self.viewer.layers
         index = len(layers)
         for top in (REFINED_OUTLINE, REFINED_OUTLINE + PLACEHOLDER_SUFFIX):
             if top in layers:
                 index = min(index, layers.index(top))
-        previous = layers._activate_on_insert  # adding selects the layer: not for placeholders
-        layers._activate_on_insert = activate
-        try:
-            layers.insert(index, layer)
-        finally:
-            layers._activate_on_insert = previous
+        layers.insert(index, layer)
         return layer
 
     def layer(self, name: str) -> Layer | None:
@@ -347,6 +345,12 @@ class ProtorefineState:
                 viewer.layers.remove(layer)
         self.image_layer = None
         self.coarse_layer = None
+
+
+def _window_open(viewer: napari.Viewer) -> bool:
+    """False once the viewer's window was closed (napari then drops ``window._qt_window``)."""
+    window = getattr(viewer, "window", None)
+    return window is not None and getattr(window, "_qt_window", None) is not None
 
 
 def get_state(viewer: napari.Viewer) -> ProtorefineState:

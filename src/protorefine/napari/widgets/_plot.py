@@ -39,7 +39,7 @@ class LinePlot(QWidget):
         self.x_label = x_label
         self.series: dict[str, list[tuple[float, float]]] = {n: [] for n in self.names}
         self.marks: list[tuple[float, str]] = []
-        self.setMinimumHeight(self._legend_height() + 110)
+        self.setMinimumHeight(self._legend_height() + 150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip(
             "Training loss per epoch (held-out: patches kept out of training), "
@@ -48,7 +48,7 @@ class LinePlot(QWidget):
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
         """Preferred size: wide and short, to sit under the buttons."""
-        return QSize(320, self._legend_height() + 120)
+        return QSize(320, self._legend_height() + 160)
 
     def _legend_height(self) -> int:
         return 16 * math.ceil(len(self.names) / 2) + 4
@@ -115,29 +115,29 @@ class LinePlot(QWidget):
         if x_span > 0:
             p.drawText(bottom, int(Qt.AlignmentFlag.AlignRight), f"{x_hi:g}")
 
+        # y ranges: the first group's on the left, the second's on the right, in its colour
         ranges = self._group_ranges()
         group_names = list(dict.fromkeys(self.groups))
         for side, group in zip(("left", "right"), group_names[:2], strict=False):
             lo, hi = ranges[group]
-            x0 = 0 if side == "left" else rect.right() + 3
+            colour = QColor(SERIES_COLOURS[self.groups.index(group) % len(SERIES_COLOURS)])
+            p.setPen(QPen(colour, 1))
+            x0 = 0.0 if side == "left" else rect.right() + 3
             align = Qt.AlignmentFlag.AlignRight if side == "left" else Qt.AlignmentFlag.AlignLeft
             width = rect.left() - 3 if side == "left" else self.width() - x0
             for value, y in ((hi, rect.top()), (lo, rect.bottom())):
-                text = metrics.elidedText(f"{value:.3g}", Qt.TextElideMode.ElideRight, int(width))
+                text = metrics.elidedText(f"{value:.2g}", Qt.TextElideMode.ElideRight, int(width))
                 p.drawText(
                     QRectF(x0, y - 8, width, 16), int(align | Qt.AlignmentFlag.AlignVCenter), text
                 )
 
         # round marks
-        for x, label in self.marks:
+        for x, _label in self.marks:
             if x_span <= 0 or not x_lo <= x <= x_hi:
                 continue
             pen = QPen(faint, 1, Qt.PenStyle.DashLine)
             p.setPen(pen)
             p.drawLine(QPointF(px(x), rect.top()), QPointF(px(x), rect.bottom()))
-            if label:
-                p.setPen(QPen(fg, 1))
-                p.drawText(QPointF(px(x) + 3, rect.top() + 12), label)
 
         for i, name in enumerate(self.names):
             values = self.series[name]
@@ -161,6 +161,19 @@ class LinePlot(QWidget):
             style = Qt.PenStyle.DashLine if name.startswith(_DASHED) else Qt.PenStyle.SolidLine
             p.setPen(QPen(colour, 1.6, style))
             p.drawPath(path)
+
+        # round labels on top of the curves, on a backing box, beside their line
+        back = QColor(self.palette().window().color())
+        back.setAlpha(210)
+        for x, label in self.marks:
+            if not label or x_span <= 0 or not x_lo <= x <= x_hi:
+                continue
+            w = metrics.horizontalAdvance(label) + 6
+            left = px(x) + 2 if px(x) + 2 + w < rect.right() else px(x) - 2 - w
+            box = QRectF(left, rect.top() + 1, w, metrics.height())
+            p.fillRect(box, back)
+            p.setPen(QPen(fg, 1))
+            p.drawText(box, int(Qt.AlignmentFlag.AlignCenter), label)
         p.end()
 
     def _group_ranges(self) -> dict[str, tuple[float, float]]:
