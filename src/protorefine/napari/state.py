@@ -349,8 +349,12 @@ class ProtorefineState:
 
 def _window_open(viewer: napari.Viewer) -> bool:
     """False once the viewer's window was closed (napari then drops ``window._qt_window``)."""
+    import warnings
+
     window = getattr(viewer, "window", None)
-    return window is not None and getattr(window, "_qt_window", None) is not None
+    with warnings.catch_warnings():  # napari has no public "closed" flag; reading is harmless
+        warnings.simplefilter("ignore", FutureWarning)
+        return window is not None and getattr(window, "_qt_window", None) is not None
 
 
 def get_state(viewer: napari.Viewer) -> ProtorefineState:
