@@ -103,14 +103,10 @@ def prototype_cards(
 
 
 def _patch_thumb(slide, grid, r: int, c: int, size: int) -> np.ndarray:
-    """The patch at grid cell (r, c) read at the grid's level and shrunk to ``size`` pixels."""
-    y, x = r * grid.read_stride, c * grid.read_stride
-    patch = slide.read_region(grid.level, y, x, grid.read_size, grid.read_size)
-    step = max(1, grid.read_size // size)
-    small = patch[::step, ::step][:size, :size]
-    out = np.full((size, size, 3), 255, dtype=np.uint8)
-    out[: small.shape[0], : small.shape[1]] = small
-    return out
+    """What the encoder saw for grid cell (r, c), shrunk to ``size`` pixels."""
+    from protorefine.features.extract import read_patches
+
+    return read_patches(slide, grid, [r * grid.cols + c], size)[0]
 
 
 def _pixmap(rgb: np.ndarray) -> QPixmap:
