@@ -335,14 +335,12 @@ class ProtorefineState:
             viewer = self.viewer
         except ProtorefineError:
             return
-        for layer in [
-            self.image_layer,
-            self.coarse_layer,
-            *self.grid_layers().values(),
-            *placeholders,
-        ]:
-            if layer is not None and layer in viewer.layers:
-                viewer.layers.remove(layer)
+        gone = [self.image_layer, self.coarse_layer, *self.grid_layers().values(), *placeholders]
+        # one batch: napari then cleans the scene graph (a full gc.collect, ~0.3 s) once, not per layer
+        with viewer.layers.batched_update():
+            for layer in gone:
+                if layer is not None and layer in viewer.layers:
+                    viewer.layers.remove(layer)
         self.image_layer = None
         self.coarse_layer = None
 
