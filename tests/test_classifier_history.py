@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from protorefine.refine.classifier import epoch_message, parse_epoch_message, train_classifier
+from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
 
 
@@ -28,6 +28,7 @@ def test_history_and_progress_per_epoch(data):
     config = RefineConfig(epochs=5, finetune_epochs=3, rounds=3, samples_per_epoch=1024)
     seen: list[tuple[int, int, str]] = []
     rounds: list[dict] = []
+    live: list[dict] = []
     result = train_classifier(
         x,
         pseudo,
@@ -36,6 +37,7 @@ def test_history_and_progress_per_epoch(data):
         config=config,
         progress=lambda d, t, m: seen.append((d, t, m)),
         on_round=rounds.append,
+        on_epoch=live.append,
     )
     assert [h["round"] for h in result.history] == [1, 2, 3]
     assert [len(h["epochs"]) for h in result.history] == [5, 3, 3]
@@ -48,30 +50,15 @@ def test_history_and_progress_per_epoch(data):
     assert first[-1]["loss"] < first[0]["loss"]  # it learns
     # on_round gets the same records, epochs included
     assert rounds == result.history
-    # progress: one message per epoch (counting up to all epochs), parsed back exactly
-    epochs = [(d, t, parse_epoch_message(m)) for d, t, m in seen if parse_epoch_message(m)]
-    assert [d for d, _, _ in epochs] == list(range(1, 12)) and {t for _, t, _ in epochs} == {11}
-    parsed = [rec for _, _, rec in epochs]
+    # progress: one message per epoch, counting up to all epochs
+    epochs = [(d, t) for d, t, m in seen if ", epoch " in m]
+    assert [d for d, _ in epochs] == list(range(1, 12)) and {t for _, t in epochs} == {11}
+    # on_epoch: each epoch's record as it happens, the same values as the history
     expected = [{"round": h["round"], **e} for h in result.history for e in h["epochs"]]
-    assert [(p["round"], p["epoch"]) for p in parsed] == [
-        (e["round"], e["epoch"]) for e in expected
-    ]
-    for p, e in zip(parsed, expected, strict=True):
+    assert [(p["round"], p["epoch"]) for p in live] == [(e["round"], e["epoch"]) for e in expected]
+    for p, e in zip(live, expected, strict=True):
         assert p.keys() == e.keys()
         assert all(p[k] == pytest.approx(e[k], rel=1e-5) for k in e)
-
-
-def test_epoch_message_round_trip_and_other_text():
-    rec = {"round": 2, "epoch": 7, "loss": 0.123456789}
-    assert parse_epoch_message("classifier: " + epoch_message(rec, 3, 9)) == {
-        "round": 2,
-        "epoch": 7,
-        "loss": pytest.approx(0.123457),
-    }
-    held = {**rec, "held_out_loss": 0.5, "held_out_agreement": 0.875}
-    assert parse_epoch_message(epoch_message(held, 3, 9))["held_out_agreement"] == 0.875
-    assert parse_epoch_message("classifier: round 1: loss 0.543, agree 0.762") is None
-    assert parse_epoch_message("features: slide s1") is None
 
 
 def test_results_do_not_depend_on_who_listens(data):
@@ -89,6 +76,7 @@ def test_results_do_not_depend_on_who_listens(data):
         config=config,
         progress=lambda *_: None,
         on_round=lambda _: None,
+        on_epoch=lambda _: None,
     )
     assert np.array_equal(quiet.prob, loud.prob)
     assert np.array_equal(quiet.pseudo, loud.pseudo)

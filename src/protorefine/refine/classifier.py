@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,39 +17,6 @@ Progress = Callable[[int, int, str], None] | None
 Cancel = Callable[[], bool] | None
 OnRound = Callable[[dict], None] | None
 OnEpoch = Callable[[dict], None] | None
-
-_EPOCH_RE = re.compile(
-    r"round (?P<round>\d+)/\d+, epoch (?P<epoch>\d+)/\d+: loss (?P<loss>[-+.\deE]+|nan)"
-    r"(?:, held-out loss (?P<held_out_loss>[-+.\deE]+|nan), "
-    r"held-out agreement (?P<held_out_agreement>[-+.\deE]+|nan))?"
-)
-
-
-def epoch_message(rec: dict, rounds: int, epochs: int) -> str:
-    """The progress message of one epoch record (parsed back by :func:`parse_epoch_message`)."""
-    text = f"round {rec['round']}/{rounds}, epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.6g}"
-    if "held_out_loss" in rec:
-        text += (
-            f", held-out loss {rec['held_out_loss']:.6g},"
-            f" held-out agreement {rec['held_out_agreement']:.6g}"
-        )
-    return text
-
-
-def parse_epoch_message(message: str) -> dict | None:
-    """The epoch record in a progress message from :func:`train_classifier`, or None.
-
-    Lets a caller that only sees progress (a pipeline run) plot training per epoch
-    as it happens; the same values end up in the round records' ``epochs``.
-    """
-    m = _EPOCH_RE.search(message)
-    if m is None:
-        return None
-    rec: dict = {"round": int(m["round"]), "epoch": int(m["epoch"]), "loss": float(m["loss"])}
-    if m["held_out_loss"] is not None:
-        rec["held_out_loss"] = float(m["held_out_loss"])
-        rec["held_out_agreement"] = float(m["held_out_agreement"])
-    return rec
 
 
 class PatchHead(nn.Module):
@@ -200,6 +166,7 @@ def train_classifier(
     progress: Progress = None,
     cancel: Cancel = None,
     on_round: OnRound = None,
+    on_epoch: OnEpoch = None,
 ) -> ClassifierResult:
     """Train the head on pseudo-labels for ``config.rounds`` rounds.
 
@@ -213,8 +180,9 @@ def train_classifier(
     learning rate. Corrections never change. ``history`` holds loss, agreement with
     the current pseudo-labels and number of changed labels per round, and under
     ``epochs`` that round's per-epoch records (``epoch``, ``loss``, and with held-out
-    rows ``held_out_loss``, ``held_out_agreement``). ``progress`` is called after every
-    epoch with :func:`epoch_message` text, so a live plot can follow the epochs.
+    rows ``held_out_loss``, ``held_out_agreement``). ``on_epoch`` gets each of those
+    records (with ``round``) as it happens, so a live plot can follow the epochs;
+    ``progress`` counts epochs.
     """
     pseudo = np.asarray(pseudo, dtype=np.int8).copy()
     confidence = np.asarray(confidence, dtype=np.float32).copy()
@@ -228,13 +196,15 @@ def train_classifier(
     epoch_recs: list[dict] = []  # this round's
     current = {"round": 0, "epochs": 0, "done": 0}
 
-    def on_epoch(rec: dict) -> None:
+    def record_epoch(rec: dict) -> None:
         rec = {"round": current["round"], **rec}
         epoch_recs.append(rec)
         current["done"] += 1
+        if on_epoch is not None:
+            on_epoch(dict(rec))
         if progress is not None:
-            text = epoch_message(rec, config.rounds, current["epochs"])
-            progress(current["done"], total_epochs, text)
+            text = f"round {rec['round']}/{config.rounds}, epoch {rec['epoch']}/{current['epochs']}"
+            progress(current["done"], total_epochs, f"{text}: loss {rec['loss']:.3f}")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -259,7 +229,7 @@ def train_classifier(
             epoch_recs.clear()
             current.update(round=r + 1, epochs=epochs)
             loss = _train_epochs(
-                model, features, y, w, epochs, lr, config, gen, cancel, held, on_epoch
+                model, features, y, w, epochs, lr, config, gen, cancel, held, record_epoch
             )
             prob = predict(model, features)
             lab = (prob >= 0.5).astype(np.int8)

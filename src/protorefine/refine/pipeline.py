@@ -58,8 +58,12 @@ class Pipeline:
         progress: Progress | None = None,
         cancel: Cancel | None = None,
         on_round: Callable[[dict], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
-        """Run every stage up to ``until`` (default all) that is not done for the current inputs."""
+        """Run every stage up to ``until`` (default all) that is not done for the current inputs.
+
+        ``on_round`` and ``on_epoch`` get the classifier's round and epoch records live.
+        """
         last = self._index(until or self.STAGES[-1])
         if not self.project.slides:
             raise ProtorefineError(f"project {self.project.folder} has no slides")
@@ -67,7 +71,7 @@ class Pipeline:
         for name in self.STAGES[: last + 1]:
             if self.project.stage_done(name):
                 continue
-            self._run_stage(name, progress, cancel, on_round)
+            self._run_stage(name, progress, cancel, on_round, on_epoch)
 
     def invalidate(self, from_stage: str) -> None:
         """Forget the output of ``from_stage`` and every later stage."""
@@ -80,15 +84,17 @@ class Pipeline:
         """Re-make pseudo-labels (prototype relabels, corrections) without retraining."""
         for name in self.STAGES[: self._index("prototypes") + 1]:
             if not self.project.stage_done(name):
-                self._run_stage(name, progress, cancel, None)
-        self._run_stage("pseudo_labels", progress, cancel, None)
+                self._run_stage(name, progress, cancel)
+        self._run_stage("pseudo_labels", progress, cancel)
 
     def _index(self, name: str) -> int:
         if name not in self.STAGES:
             raise ProtorefineError(f"unknown stage {name!r}: stages are {', '.join(self.STAGES)}")
         return self.STAGES.index(name)
 
-    def _run_stage(self, name: str, progress: Progress, cancel: Cancel, on_round) -> None:
+    def _run_stage(
+        self, name: str, progress: Progress, cancel: Cancel, on_round=None, on_epoch=None
+    ) -> None:
         def prog(done: int, total: int, msg: str = "") -> None:
             if progress is not None:
                 progress(done, total, f"{name}: {msg}" if msg else name)
@@ -101,7 +107,7 @@ class Pipeline:
         t0 = time.perf_counter()
         fn = getattr(self, f"_stage_{name}")
         with self._stage_writer(name) as out:
-            info = fn(out, prog, check, on_round) or {}
+            info = fn(out, prog, check, on_round, on_epoch) or {}
             seconds = time.perf_counter() - t0
             info.update(fingerprint=self.project.fingerprint(name), seconds=seconds)
             (out / "done.json").write_text(json.dumps(info, indent=2, default=str))
@@ -131,7 +137,7 @@ class Pipeline:
                 )
 
     # ---- stage bodies -----------------------------------------------------------------
-    def _stage_grid(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_grid(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         counts = {}
         n = len(self.project.slides)
         for i, s in enumerate(self.project.slides):
@@ -151,7 +157,7 @@ class Pipeline:
 
         return get_encoder(self.config.encoder, device=self.config.device)
 
-    def _stage_features(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_features(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         from protorefine.features import extract_features
 
         encoder = self._encoder()
@@ -226,7 +232,7 @@ class Pipeline:
             return standardize_per_slide(coh["features"], coh["slide_index"])
         return coh["features"]
 
-    def _stage_prototypes(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort()
         coarse, dist = [], []
         for s in self.project.slides:
@@ -288,7 +294,7 @@ class Pipeline:
                 any_set = any_set or bool((corr >= 0).any())
         return np.concatenate(parts) if any_set else None
 
-    def _stage_pseudo_labels(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_pseudo_labels(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self._load("prototypes", "cohort.npz")
         protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
         device = compute_device(self.config.device)
@@ -325,7 +331,7 @@ class Pipeline:
         feats = self._refine_features(coh)
         return context_features(feats, coh["slide_index"], coh["rc"], self.config.context)
 
-    def _stage_classifier(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_classifier(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         pl = self._load("pseudo_labels", "pseudo.npz")
         device = compute_device(self.config.device)
         feats = torch.from_numpy(self._classifier_input()).to(device)
@@ -339,6 +345,7 @@ class Pipeline:
             progress=prog,
             cancel=check,
             on_round=on_round,
+            on_epoch=on_epoch,
         )
         save_checkpoint(cr.model, out / "model.pt")
         write_npz(out / "prob.npz", prob=cr.prob)
@@ -346,7 +353,7 @@ class Pipeline:
         (out / "history.json").write_text(json.dumps(cr.history, indent=2))
         return {"history": cr.history, "device": str(device)}
 
-    def _stage_output(self, out: Path, prog, check, on_round) -> dict:
+    def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         from shapely.geometry import box
 
         from protorefine.annotations import vectorize, write_geojson

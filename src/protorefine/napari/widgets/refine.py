@@ -128,17 +128,12 @@ class RefineWidget(WorkflowWidget):
         slide_id = self.state.slide_id
 
         def task(ctx: TaskContext) -> SlideResults:
-            from protorefine.refine.classifier import parse_epoch_message
-
-            def progress(done: int, total: int, message: str) -> None:
-                epoch = parse_epoch_message(message) if message.startswith("classifier") else None
-                if epoch is not None:
-                    ctx.send(epoch)  # every epoch reaches the plot; progress is thinned out
-                ctx.progress(done, total, message)
-
             if invalidate:
                 pipeline.invalidate(invalidate)
-            pipeline.run(progress=progress, cancel=ctx.cancel, on_round=ctx.send)
+            # every epoch reaches the plot (progress updates are thinned out)
+            pipeline.run(
+                progress=ctx.progress, cancel=ctx.cancel, on_round=ctx.send, on_epoch=ctx.send
+            )
             return load_results(project, slide_id)
 
         return self.runner.start(
