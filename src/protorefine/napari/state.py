@@ -46,8 +46,6 @@ REFINED_OUTLINE = "refined outline"
 PLACEHOLDER_LAYERS = (*GRID_LAYERS, REFINED_OUTLINE)
 #: Appended to a placeholder's name in the layer list, so nobody mistakes it for a result.
 PLACEHOLDER_SUFFIX = " (no results yet)"
-#: ``Layer.metadata`` key marking a placeholder layer.
-META_PLACEHOLDER = "protorefine_placeholder"
 
 _STATES: weakref.WeakKeyDictionary[Any, ProtorefineState] = weakref.WeakKeyDictionary()
 
@@ -208,7 +206,6 @@ class ProtorefineState:
         layer = self._placeholders.pop(name, None)
         if layer is None or layer not in self.viewer.layers:
             return None
-        layer.metadata.pop(META_PLACEHOLDER, None)
         layer.name = name
         layer.visible = True
         # napari does not refresh hidden layers: the extent is still the placeholder's
@@ -259,7 +256,6 @@ class ProtorefineState:
             return
         name = self._pending.pop(0)
         layer = self._placeholder_layer(name)
-        layer.metadata[META_PLACEHOLDER] = True
         active = viewer.layers.selection.active  # adding selects the new layer: keep the user's
         self._add_below_outline(layer)
         self._placeholders[name] = layer
