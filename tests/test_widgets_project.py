@@ -131,6 +131,24 @@ def test_switching_slides_swaps_layers(widgets, slides, tmp_path: Path) -> None:
     assert saved["current_slide"] == "case_b"
 
 
+def test_switching_between_pyramid_and_plain_image(widgets, slides, tmp_path: Path) -> None:
+    """A plain image (one level, no mpp) after a pyramid: the image layer is replaced in place."""
+    from skimage.io import imsave
+
+    viewer, pw, _ = widgets
+    plain = tmp_path / "slides" / "plain.png"
+    imsave(plain, np.random.default_rng(2).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides([slides[0], plain])
+    for row, name, multiscale, scale in ((1, "plain", False, 1.0), (0, "case_a", True, MPP)):
+        pw.table.selectRow(row)
+        (image,) = _images(viewer)
+        assert (image.name, image.multiscale) == (name, multiscale)
+        assert viewer.layers.index(image) == 0  # still under the outline
+        for layer in (image, viewer.layers["coarse"]):
+            assert tuple(layer.scale) == pytest.approx((scale, scale))
+
+
 def test_reopen_restores_slide_and_view(
     make_napari_viewer, widgets, slides, tmp_path: Path
 ) -> None:

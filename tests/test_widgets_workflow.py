@@ -497,7 +497,17 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
     finish(qtbot, refine.runner, refine.run)
     first, second = (s.id for s in state.project.slides)
     rr, cc = np.nonzero(viewer.layers[REFINED].data == TUMOUR_LABEL)
+    viewer.layers[CONFIDENCE].visible = False  # the user hid it: stays hidden on the next slide
+    before = list(viewer.layers)
+    coarse_file = state.project.coarse_path(second).read_bytes()
     state.show_slide(second)
+    # the same layers, in the same order, now over the second slide (adding layers is slow)
+    assert list(viewer.layers) == before
+    assert state.image_layer.metadata["protorefine_path"] == str(state.slide.path)
+    assert state.slide.name == state.project.open_slide(second).name
+    assert state.project.coarse_path(second).read_bytes() == coarse_file  # swap saved nothing
+    assert len(state.coarse_layer.data) == len(state.project.coarse(second))
+    assert not viewer.layers[CONFIDENCE].visible and viewer.layers[REFINED].visible
     outline = viewer.layers[REFINED_OUTLINE]
     assert len(outline.data) == n_shapes(state.project.refined_annotations(second))
     assert viewer.layers.index(outline) == len(viewer.layers) - 1  # drawn over the new slide

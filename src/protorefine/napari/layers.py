@@ -33,7 +33,7 @@ from protorefine.napari.state import (
 )
 
 if TYPE_CHECKING:
-    from napari.layers import Layer, Shapes
+    from napari.layers import Image, Layer, Shapes
 
     from protorefine.annotations.model import AnnotationSet
     from protorefine.features.grid import PatchGrid
@@ -100,6 +100,24 @@ def image_layer(slide: Slide) -> Layer:
     return Layer.create(*image_layer_data(slide))
 
 
+def retarget_image_layer(layer: Image, slide: Slide) -> bool:
+    """Show ``slide`` in an existing image layer, in place; False when napari cannot.
+
+    Swapping data costs a repaint; a new layer costs ~0.5 s of the event loop. napari
+    does not switch a layer between single- and multiscale, so that case is refused.
+    """
+    data, meta, _ = image_layer_data(slide)
+    if not layer.rgb or bool(layer.multiscale) != meta["multiscale"]:
+        return False
+    layer.data = data
+    layer.scale = meta["scale"]
+    layer.units = meta["units"]
+    layer.contrast_limits = meta["contrast_limits"]
+    layer.metadata = meta["metadata"]
+    layer.name = meta["name"]
+    return True
+
+
 def shapes_layer_data(
     annset: AnnotationSet | None,
     s: float,
@@ -156,6 +174,37 @@ def coarse_shapes_layer(
     layer.current_edge_color = "#ffd400"
     layer.current_face_color = "transparent"
     return layer
+
+
+def replace_shapes(
+    layer: Shapes, annset: AnnotationSet | None, slide: Slide, *, edge_width: float | None = None
+) -> None:
+    """Put ``annset`` (level-0 pixels) in ``layer`` in place of its shapes, at ``slide``'s scale.
+
+    The layer's ``data`` events are blocked meanwhile: listeners (the coarse widget
+    saves every edit) see neither the emptied layer nor the half-filled one.
+    """
+    width = edge_width_for(slide.shape) if edge_width is None else edge_width
+    data, meta, _ = shapes_layer_data(
+        annset, pixel_scale(slide.mpp), name=layer.name, mpp=slide.mpp, edge_width=width
+    )
+    with layer.events.data.blocker():
+        layer.selected_data = set()
+        if len(layer.data):
+            layer.data = []
+        layer.scale = meta["scale"]
+        layer.units = meta["units"]
+        layer.metadata = {**layer.metadata, **meta["metadata"]}
+        if data:
+            layer.add(
+                data,
+                shape_type=meta["shape_type"],
+                edge_width=width,
+                edge_color=meta["edge_color"],
+                face_color="transparent",
+            )
+        layer.features = meta["features"]
+    layer.current_edge_width = width
 
 
 def edge_width_for(shape: tuple[int, int]) -> float:
@@ -289,16 +338,40 @@ def placeholder_grid_layer(
     On ``grid`` when known; else one cell over the slide's origin (filling it sets
     the grid's shape, scale and translate).
     """
-    if grid is not None:
-        scale, translate = grid_transform(grid, s)
-        shape = (grid.rows, grid.cols)
-    else:
-        scale, translate, shape = (s, s), (0.0, 0.0), (1, 1)
+    scale, translate, shape = _grid_geometry(grid, s)
     data = np.zeros(shape, dtype=_grid_dtype(name))
     layer = _grid_layer(name, data, scale, translate, s, visible=False, **kwargs)
     if title is not None:
         layer.name = title
     return layer
+
+
+def _grid_geometry(
+    grid: PatchGrid | None, s: float
+) -> tuple[tuple[float, float], tuple[float, float], tuple[int, int]]:
+    """``(scale, translate, shape)`` of a grid layer over ``grid``; one cell at the origin when None."""
+    if grid is None:
+        return (s, s), (0.0, 0.0), (1, 1)
+    scale, translate = grid_transform(grid, s)
+    return scale, translate, (grid.rows, grid.cols)
+
+
+def retarget_grid_layer(
+    layer: Layer, name: str, grid: PatchGrid | None, s: float, values: np.ndarray | None = None
+) -> None:
+    """Lay grid layer ``name`` over ``grid`` in place, holding ``values`` (empty when None).
+
+    Scale and translate are set only when they change: each set repaints the layer.
+    """
+    scale, translate, shape = _grid_geometry(grid, s)
+    if values is None:
+        layer.data = np.zeros(shape, dtype=_grid_dtype(name))
+    else:
+        layer.data = grid_layer_values(name, values)
+    if not np.allclose(layer.scale[-2:], scale):
+        layer.scale = scale
+    if not np.allclose(layer.translate[-2:], translate):
+        layer.translate = translate
 
 
 def _grid_layer(

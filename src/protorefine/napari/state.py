@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Layer, Shapes
 
     from protorefine.annotations.model import AnnotationSet
+    from protorefine.features.grid import PatchGrid
     from protorefine.project import Project
     from protorefine.slides.base import Slide
 
@@ -81,6 +82,7 @@ class ProtorefineState:
         self._placeholders: dict[str, Layer] = {}
         self._pending: list[str] = []
         self._generation = 0
+        self._visible: dict[str, bool] = {}  # the user's show/hide choice per result layer
 
     @property
     def viewer(self) -> napari.Viewer:
@@ -119,48 +121,105 @@ class ProtorefineState:
         self.project_changed.emit(project)
 
     def show_slide(self, slide_id: str | None) -> None:
-        """Swap the viewer's layers to ``slide_id`` (image, coarse Shapes, stored results)."""
+        """Swap the viewer's layers to ``slide_id`` (image, coarse Shapes, stored results).
+
+        The layers of the slide on screen are reused: the image, the outline and every
+        result layer get the new slide's data, scale and translate in place (a result
+        layer the new slide has nothing for becomes its placeholder). Adding a layer
+        costs 0.1-0.6 s of the event loop each; swapping data costs a repaint.
+        """
         from protorefine.napari import layers as L
 
         project = self.require_project()
         if slide_id is not None and slide_id not in {s.id for s in project.slides}:
             raise ProtorefineError(f"slide {slide_id!r} is not in the project {project.folder}")
-        self.clear_slide_layers()
-        self.slide_id = slide_id
-        self.slide = None
         if slide_id is None:
+            self.clear_slide_layers()
+            self.slide_id = self.slide = None
             self.slide_changed.emit(None)
             return
         slide = project.open_slide(slide_id)
-        self.slide = slide
-        viewer = self.viewer
-        self.image_layer = viewer.add_layer(L.image_layer(slide))
         coarse = project.coarse(slide_id)
-        self.coarse_layer = viewer.add_layer(L.coarse_shapes_layer(coarse, slide, name=COARSE))
-        self.add_result_layers()
+        self._generation += 1  # placeholders still pending belong to the old slide
+        self._pending = []
+        self.slide_id, self.slide = slide_id, slide
+        viewer = self.viewer
+        self._show_image(slide)
+        if self.coarse_layer is not None and self.coarse_layer in viewer.layers:
+            L.replace_shapes(self.coarse_layer, coarse, slide)
+        else:
+            layer = L.coarse_shapes_layer(coarse, slide, name=COARSE)
+            self.coarse_layer = viewer.add_layer(layer)
+        self._retarget_result_layers()
         viewer.layers.selection.active = self.coarse_layer
         viewer.reset_view()
         self.slide_changed.emit(slide_id)
         self._schedule_placeholders()
 
-    def add_result_layers(self) -> None:
-        """Add (or refresh) the grid layers the project has results for on the current slide."""
+    def _show_image(self, slide: Slide) -> None:
+        """Show ``slide`` in the image layer: in place, or a new layer at the old one's position."""
         from protorefine.napari import layers as L
 
-        if self.project is None or self.slide_id is None or self.slide is None:
+        layers = self.viewer.layers
+        old = self.image_layer if self.image_layer in layers else None
+        if old is not None and L.retarget_image_layer(old, slide):
             return
-        for name in self.grid_layer_names:
-            values = L.stored_grid_values(self.project, self.slide_id, name)
-            if values is not None:
-                self.set_grid_layer(name, values)
+        layer = L.image_layer(slide)
+        if old is None:
+            self.image_layer = self.viewer.add_layer(layer)
+            return
+        index = layers.index(old)
+        layers.remove(old)
+        layers.insert(index, layer)
+        self.image_layer = layer
+
+    def _retarget_result_layers(self) -> None:
+        """Show the current slide's stored results in the result layers already on screen.
+
+        A result layer the slide has results for gets them in place; one it has none
+        for becomes the slide's placeholder (emptied, hidden, renamed); a stored
+        result with no layer yet gets a new one (slow: the first slide shown only).
+        The refined outline is emptied here and filled by the Refine widget.
+        """
+        from protorefine.napari import layers as L
+
+        assert self.project is not None and self.slide_id is not None and self.slide is not None
+        grid = self._current_grid()
+        for name in PLACEHOLDER_LAYERS:
+            values = None
+            if name in self.grid_layer_names and grid is not None:
+                values = L.stored_grid_values(self.project, self.slide_id, name)
+            layer = self.layer(name)
+            if layer is not None and values is not None:
+                L.retarget_grid_layer(layer, name, grid, self.pixel_scale, values)
+                continue
+            if layer is None and values is not None:
+                self.set_grid_layer(name, values)  # fills the placeholder, or adds a layer
+                continue
+            if layer is not None:  # results of the old slide only: keep the user's visibility
+                self._visible[name] = layer.visible
+            else:
+                layer = self._placeholders.get(name)
+                if layer is None or layer not in self.viewer.layers:
+                    self._placeholders.pop(name, None)
+                    continue
+            if name == REFINED_OUTLINE:
+                L.replace_shapes(layer, None, self.slide)
+            else:
+                L.retarget_grid_layer(layer, name, grid, self.pixel_scale)
+            if layer.visible:
+                layer.visible = False
+            layer.name = name + PLACEHOLDER_SUFFIX
+            self._placeholders[name] = layer
 
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
         """Show ``values`` (rows, cols) as the grid layer ``name`` over the current slide.
 
         Replaces the data of the existing layer or fills its placeholder in place
-        (keeping the user's colour and visibility choices; a filled placeholder is
-        made visible); only when neither exists is a new Labels layer (Image for
-        "confidence") added, which is slow.
+        (keeping the user's colour and visibility choices: a filled placeholder is
+        shown unless the user hid that layer on the previous slide); only when
+        neither exists is a new Labels layer (Image for "confidence") added, which
+        is slow.
         """
         steps = self.grid_layer_steps(name, values, **kwargs)
         for _ in steps:
@@ -180,25 +239,20 @@ class ProtorefineState:
         self.require_slide()
         project = self.require_project()
         grid = project.grid(self.slide_id)
-        scale, translate = L.grid_transform(grid, self.pixel_scale)
         existing = self.layer(name)
         target = existing if existing is not None else self._placeholders.get(name)
         if target is None:
             layer = L.grid_layer(name, values, grid, self.pixel_scale, **kwargs)
             self._add_below_outline(layer)
             return
-        if not np.allclose(target.scale[-2:], scale):
-            target.scale = scale
-        if not np.allclose(target.translate[-2:], translate):
-            target.translate = translate
-        target.data = L.grid_layer_values(name, values)
+        L.retarget_grid_layer(target, name, grid, self.pixel_scale, values)
         if existing is None:
             yield
             if self.take_placeholder(name) is None:  # the slide changed meanwhile
                 return
 
     def take_placeholder(self, name: str) -> Layer | None:
-        """The placeholder of ``name``, now counted as holding results: renamed and made visible.
+        """The placeholder of ``name``, now counted as holding results: renamed and shown.
 
         The caller fills it (data, shapes) in the same event-loop turn. None when
         ``name`` has no placeholder (not created yet, or results already shown).
@@ -207,7 +261,7 @@ class ProtorefineState:
         if layer is None or layer not in self.viewer.layers:
             return None
         layer.name = name
-        layer.visible = True
+        layer.visible = self._visible.get(name, True)
         # napari does not refresh hidden layers: the extent is still the placeholder's
         layer.refresh(thumbnail=False, data_displayed=False, highlight=False)
         return layer
@@ -278,19 +332,23 @@ class ProtorefineState:
             )
             # visible but empty: draws nothing, and showing the outline later costs no shader build
             return NapariLayer.create(data, meta, kind)
-        grid = None
-        project = self.project
-        if project is not None and self.slide_id is not None and project.stage_done("grid"):
-            try:
-                grid = project.grid(self.slide_id)
-            except (ProtorefineError, KeyError, FileNotFoundError):
-                grid = None
+        grid = self._current_grid()
         style: dict[str, Any] = {}
         if name == CONFIDENCE:  # styled up front: restyling a shown layer costs a slow repaint
             from protorefine.napari.widgets._colours import confidence_colormap
 
             style = {"colormap": confidence_colormap(), "opacity": 1.0}
         return L.placeholder_grid_layer(name, grid, self.pixel_scale, title=title, **style)
+
+    def _current_grid(self) -> PatchGrid | None:
+        """The current slide's patch grid, or None before features were computed."""
+        project = self.project
+        if project is None or self.slide_id is None or not project.stage_done("grid"):
+            return None
+        try:
+            return project.grid(self.slide_id)
+        except (ProtorefineError, KeyError, FileNotFoundError):
+            return None
 
     def _add_below_outline(self, layer: Layer) -> Layer:
         """Add ``layer`` under the refined outline (which stays on top), else on top."""
@@ -327,6 +385,7 @@ class ProtorefineState:
         self._pending = []
         placeholders = list(self._placeholders.values())
         self._placeholders = {}
+        self._visible = {}
         try:
             viewer = self.viewer
         except ProtorefineError:

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
-from protorefine.napari.layers import edge_width_for, shapes_layer_data
+from protorefine.napari.layers import replace_shapes
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +50,6 @@ class CoarseWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self._layer: Shapes | None = None
-        self._muted = False
         self.last_saved: float | None = None
 
         self.slide_label = QLabel("No slide")
@@ -155,7 +154,7 @@ class CoarseWidget(QWidget):
             return False
         for warning in annset.warnings:
             show_warning(warning if path.name in warning else f"{path.name}: {warning}")
-        self._replace_shapes(annset)
+        replace_shapes(self._layer, annset, slide)
         if self.save():
             show_info(f"imported {len(annset)} outline(s) from {path.name}")
         return True
@@ -182,27 +181,6 @@ class CoarseWidget(QWidget):
 
     # ---- internals ------------------------------------------------------------------
 
-    def _replace_shapes(self, annset: AnnotationSet) -> None:
-        layer = self._layer
-        assert layer is not None and self.state.slide is not None
-        width = edge_width_for(self.state.slide.shape)
-        data, meta, _ = shapes_layer_data(annset, self.state.pixel_scale, edge_width=width)
-        self._muted = True
-        try:
-            layer.selected_data = set(range(len(layer.data)))
-            layer.remove_selected()
-            if data:
-                layer.add(
-                    data,
-                    shape_type=meta["shape_type"],
-                    edge_width=width,
-                    edge_color=meta["edge_color"],
-                    face_color="transparent",
-                )
-                layer.features = meta["features"]
-        finally:
-            self._muted = False
-
     def _on_slide_changed(self, slide_id: str | None) -> None:
         if self._layer is not None:
             self._layer.events.data.disconnect(self._on_data)
@@ -228,7 +206,7 @@ class CoarseWidget(QWidget):
             button.setEnabled(self._layer is not None)
 
     def _on_data(self, event: Any) -> None:
-        if self._muted or getattr(event, "action", "changed") not in FINISHED_ACTIONS:
+        if getattr(event, "action", "changed") not in FINISHED_ACTIONS:
             return
         self.save()
         if self._layer is not None:

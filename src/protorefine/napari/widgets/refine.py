@@ -98,7 +98,6 @@ class RefineWidget(WorkflowWidget):
         outline = None
         if project is not None and slide_id is not None and project.stage_done("output"):
             outline = project.refined_annotations(slide_id)
-        show_outline(self.state, None)  # the new slide's layers went on top: re-add above them
         show_outline(self.state, outline)
         style_result_layers(self.state)
 
