@@ -176,15 +176,13 @@ def coarse_shapes_layer(
     return layer
 
 
-def replace_shapes(
-    layer: Shapes, annset: AnnotationSet | None, slide: Slide, *, edge_width: float | None = None
-) -> None:
+def replace_shapes(layer: Shapes, annset: AnnotationSet | None, slide: Slide) -> None:
     """Put ``annset`` (level-0 pixels) in ``layer`` in place of its shapes, at ``slide``'s scale.
 
     The layer's ``data`` events are blocked meanwhile: listeners (the coarse widget
     saves every edit) see neither the emptied layer nor the half-filled one.
     """
-    width = edge_width_for(slide.shape) if edge_width is None else edge_width
+    width = edge_width_for(slide.shape)
     data, meta, _ = shapes_layer_data(
         annset, pixel_scale(slide.mpp), name=layer.name, mpp=slide.mpp, edge_width=width
     )
