@@ -143,15 +143,8 @@ class RefineWidget(WorkflowWidget):
         """An epoch record (``epoch`` key) or a round record from the worker: update the plot."""
         if not isinstance(info, dict):
             return
-        if "epoch" in info:
-            self.epochs.append(dict(info))
-        else:
-            self.history.append(dict(info))
-            # the round record carries its epochs exactly: it wins over what arrived live
-            r = info.get("round")
-            if info.get("epochs"):
-                others = [e for e in self.epochs if e.get("round") != r]
-                self.epochs = others + [{"round": r, **e} for e in info["epochs"]]
+        # both arrive in order through one queued signal: every epoch, then its round
+        (self.epochs if "epoch" in info else self.history).append(dict(info))
         self.draw_plot()
 
     def draw_plot(self) -> None:
