@@ -18,7 +18,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cohorts as C  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ENCODERS = ("efficientnet-lite0", "colour-texture")
+ENCODERS = ("efficientnet-lite0", "colour-texture", "efficientnet-lite0+colour-texture")
 ABLATIONS = {
     "ours": {},
     "ours: + global prototype evidence": {"use_global": True},
@@ -55,6 +55,7 @@ class PatchData:
     cells: list[float]
     encoder: str
     seconds: float
+    blocks: tuple[int, ...] | None = None
 
 
 def patch_data(
@@ -74,6 +75,18 @@ def patch_data(
 
     patch_size = patch_size or cohort.patch_size
     stride = stride or cohort.patch_size
+    if "+" in encoder_name:  # a combined encoder: its parts' cached features side by side
+        parts = [
+            patch_data(cohort, n, patch_size=patch_size, stride=stride, cache=cache, log=log)
+            for n in encoder_name.split("+")
+        ]
+        return replace(
+            parts[0],
+            features=np.concatenate([p.features for p in parts], axis=1),
+            encoder=encoder_name,
+            seconds=sum(p.seconds for p in parts),
+            blocks=tuple(p.features.shape[1] for p in parts),
+        )
     encoder = get_encoder(encoder_name, device="cpu")
     geometry = (
         "" if (patch_size, stride) == (cohort.patch_size,) * 2 else f"-p{patch_size}s{stride}"
@@ -243,20 +256,25 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     record("coarse labels on the patch grid", [coarse.astype(np.float32)], 0.0)
 
     t = time.perf_counter()
-    probs = [coarse_classifier(pd.features, coarse, seed=seed, config=base) for seed in seeds]
+    probs = [
+        coarse_classifier(pd.features, coarse, seed=seed, config=base, blocks=pd.blocks)
+        for seed in seeds
+    ]
     record("classifier on coarse labels", probs, time.perf_counter() - t)
 
     t = time.perf_counter()
-    lab = dknn(pd.features, coarse, k=5)
+    lab = dknn(pd.features, coarse, k=5, blocks=pd.blocks)
     record("DkNN (k=5)", [lab.astype(np.float32)], time.perf_counter() - t)
 
     # the same baselines on the features ours sees (z-scored within each slide), for fairness
     zf = standardize_per_slide(pd.features, pd.slide_index)
     t = time.perf_counter()
-    probs = [coarse_classifier(zf, coarse, seed=seed, config=base) for seed in seeds]
+    probs = [
+        coarse_classifier(zf, coarse, seed=seed, config=base, blocks=pd.blocks) for seed in seeds
+    ]
     record("classifier on coarse labels, per-slide z-scored", probs, time.perf_counter() - t)
     t = time.perf_counter()
-    lab = dknn(zf, coarse, k=5)
+    lab = dknn(zf, coarse, k=5, blocks=pd.blocks)
     record("DkNN (k=5), per-slide z-scored", [lab.astype(np.float32)], time.perf_counter() - t)
 
     for name, change in ABLATIONS.items():
@@ -265,7 +283,13 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
         for seed in seeds:
             cfg = base.replace(seed=seed, **change)
             res = refine_patches(
-                pd.features, pd.inside, pd.slide_index, pd.rc, distance=pd.distance, config=cfg
+                pd.features,
+                pd.inside,
+                pd.slide_index,
+                pd.rc,
+                distance=pd.distance,
+                config=cfg,
+                blocks=pd.blocks,
             )
             probs.append(np.asarray(res.prob, np.float32))  # final probability, as the pipeline
         record(name, probs, time.perf_counter() - t)

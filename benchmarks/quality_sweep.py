@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         pd.rc,
                         distance=pd.distance,
                         config=cfg.replace(seed=s),
+                        blocks=pd.blocks,
                     ).prob
                     for s in seeds
                 ]

@@ -30,6 +30,16 @@ def test_dknn_repairs_flipped_labels():
     assert (out == truth).mean() > 0.9
 
 
+def test_dknn_weighs_encoder_blocks_equally():
+    """A wide block of noise beside a narrow informative one: blocks keep the neighbours right."""
+    feats, coarse, truth = _clouds(dim=8)
+    noise = np.random.default_rng(1).standard_normal((len(feats), 1000)).astype(np.float32)
+    both = np.concatenate([feats, noise], axis=1)
+    plain = (dknn(both, coarse, k=5) == truth).mean()
+    balanced = (dknn(both, coarse, k=5, blocks=(8, 1000)) == truth).mean()
+    assert balanced > 0.95 and balanced > plain + 0.05
+
+
 def test_dknn_excludes_the_patch_itself():
     # Three identical points labelled 1 and one far point labelled 0 near them in angle:
     # with k=1 the lone 0 must take its nearest other neighbour's label, not its own.

@@ -282,6 +282,25 @@ def test_unknown_encoder_lists_known() -> None:
         assert get_encoder(name, device="cpu", input_size=32).dim > 0
 
 
+def test_combined_encoder_puts_its_parts_side_by_side() -> None:
+    enc = get_encoder("efficientnet-lite0+colour-texture", device="cpu", input_size=32)
+    eff = get_encoder("efficientnet-lite0", device="cpu", input_size=32)
+    ct = get_encoder("colour-texture", device="cpu", input_size=32)
+    assert enc.name == "efficientnet-lite0+colour-texture"
+    assert (enc.dim, enc.blocks, eff.blocks) == (1357, (1280, 77), (1280,))
+    assert len(enc.weight_hash) == 64 and enc.weight_hash not in (eff.weight_hash, ct.weight_hash)
+    slide = _two_level_slide()
+    grid = make_grid(slide, patch_size=32, level=1, tissue=True)
+    feats = extract_features(slide, grid, enc, batch_size=8)
+    parts = [extract_features(slide, grid, e, batch_size=8) for e in (eff, ct)]
+    np.testing.assert_allclose(feats, np.concatenate(parts, axis=1), rtol=1e-4, atol=1e-4)
+    for bad in ("efficientnet-lite0+", "colour-texture + colour-texture"):
+        with pytest.raises(ProtorefineError, match="join distinct encoder names"):
+            get_encoder(bad, device="cpu")
+    with pytest.raises(ProtorefineError, match="unknown encoder 'nope': known are"):
+        get_encoder("colour-texture+nope", device="cpu")
+
+
 def test_torchscript_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -129,6 +129,20 @@ def test_encoder_change_reuses_feature_cache(done):
     assert p.stage_done("features")
 
 
+def test_combined_encoder_runs_through_the_pipeline(tmp_path, case):
+    p = new_project(tmp_path / "p", case)
+    p.set_config(p.config.replace(encoder="efficientnet-lite0+colour-texture", rounds=1))
+    Pipeline(p).run()
+    assert p.encoder_info["blocks"] == [1280, 77]
+    assert Project.open(p.folder).feature_blocks == [1280, 77]
+    from protorefine.refine.classifier import load_checkpoint
+
+    model = load_checkpoint(p.stage_dir("classifier") / "model.pt")
+    assert [net[0].in_features for net in model.nets] == [1280, 77]
+    refined = p.result_grid("s1", "refined")
+    assert refined.any() and not refined.all()
+
+
 def test_damaged_checkpoint_is_one_line_error(tmp_path, case):
     p = new_project(tmp_path / "p", case)
     Pipeline(p).run(until="classifier")

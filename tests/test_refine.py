@@ -205,6 +205,64 @@ def test_checkpoint_roundtrip_and_bad_file(cohort, tmp_path):
         load_checkpoint(bad)
 
 
+def test_feature_blocks_train_one_net_per_encoder(cohort, tmp_path):
+    """Features of two encoders side by side: one net each, probabilities averaged, saved whole."""
+    import torch
+
+    f, c, t, s, rc, d = cohort
+    rng = np.random.default_rng(0)
+    weak = (f[:, :6] + rng.normal(0, 2, (len(f), 6))).astype(np.float32)  # a noisier encoder
+    both = np.concatenate([f, weak], axis=1)
+    blocks = (f.shape[1], 6)
+    res = refine_patches(both, c, s, rc, distance=d, config=RefineConfig(epochs=8), blocks=blocks)
+    assert dice(res.refined, t) > dice(c >= 0.5, t) + 0.1
+    x = torch.from_numpy(both)
+    cr = train_classifier(
+        x,
+        (c >= 0.5).astype(np.int8),
+        np.ones(len(c), np.float32),
+        c,
+        config=RefineConfig(rounds=1, epochs=3),
+        blocks=blocks,
+    )
+    model = cr.model.eval()
+    assert [net[0].in_features for net in model.nets] == [f.shape[1], 6]
+    with torch.no_grad():
+        per_net = torch.sigmoid(model.group_logits(x)).numpy()
+    np.testing.assert_allclose(cr.prob, per_net.mean(1), atol=1e-5)
+    assert not np.allclose(per_net[:, 0], per_net[:, 1], atol=0.05)  # two different nets
+    path = tmp_path / "two.pt"
+    save_checkpoint(cr.model, path)
+    with torch.no_grad():
+        again = torch.sigmoid(load_checkpoint(path).eval()(x)).numpy()
+    np.testing.assert_allclose(again, cr.prob, atol=1e-5)
+    with pytest.raises(ProtorefineError, match=r"feature blocks \(10, 10\)"):
+        refine_patches(both, c, s, rc, distance=d, config=RefineConfig(epochs=1), blocks=(10, 10))
+
+
+def test_single_net_checkpoint_of_an_earlier_version_loads(cohort, tmp_path):
+    import torch
+
+    f, c, *_ = cohort
+    x = torch.from_numpy(f)
+    cr = train_classifier(
+        x,
+        (c >= 0.5).astype(np.int8),
+        np.ones(len(c), np.float32),
+        c,
+        config=RefineConfig(rounds=1, epochs=1),
+    )
+    old = {
+        k.replace("nets.0.", "net.", 1): v
+        for k, v in cr.model.state_dict().items()
+        if k != "groups"
+    }
+    torch.save(old, tmp_path / "old.pt")
+    with torch.no_grad():
+        p = torch.sigmoid(load_checkpoint(tmp_path / "old.pt").eval()(x)).numpy()
+    np.testing.assert_allclose(p, cr.prob, atol=1e-5)
+
+
 def test_fine_mask_follows_the_probability_inside_patches():
     from protorefine.refine.postprocess import prob_to_fine_mask
 

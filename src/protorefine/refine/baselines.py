@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from protorefine.errors import ProtorefineError
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.prototypes import embed_for_cosine
 
 
 def _check(features: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +49,6 @@ def _device(device: str) -> torch.device:
         raise ProtorefineError(f"device {device!r}: not a torch device") from exc
 
 
-def _normalise(f: torch.Tensor) -> torch.Tensor:
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def coarse_classifier(
     features: np.ndarray,
     coarse: np.ndarray,
@@ -57,6 +56,7 @@ def coarse_classifier(
     seed: int = 0,
     device: str = "cpu",
     config: RefineConfig | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Tumour probability per patch from the engine's patch classifier trained on the coarse labels.
 
@@ -64,6 +64,7 @@ def coarse_classifier(
     round (``config``, default :class:`RefineConfig`), but every patch is trained
     with its coarse label at full confidence and there is no re-finetuning: the
     refinement without prototypes. Predicts on every patch, as the refinement does.
+    ``blocks``: widths of features from separate encoders, one net each, as the refinement.
     """
     f, c = _check(features, coarse)
     if c.min() == c.max():
@@ -76,6 +77,7 @@ def coarse_classifier(
         np.ones(len(c), dtype=np.float32),
         c.astype(np.float32),
         config=cfg,
+        blocks=blocks,
     )
     return np.asarray(res.prob, dtype=np.float32)
 
@@ -87,11 +89,14 @@ def dknn(
     k: int = 5,
     *,
     chunk: int = 2048,
+    blocks: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Relabel each patch by the majority coarse label of its ``k`` nearest neighbours (cosine, self excluded).
 
     With ``slide_index`` the neighbours are searched within the patch's own slide
-    only; without it, across all patches given. Returns ``(N,)`` uint8 labels.
+    only; without it, across all patches given. ``blocks`` (widths of features from
+    separate encoders) weighs each encoder's block equally in the cosine. Returns
+    ``(N,)`` uint8 labels.
     """
     f, c = _check(features, coarse)
     if int(k) < 1:
@@ -111,7 +116,7 @@ def dknn(
         if len(g) < 2:
             continue  # a lone patch has no neighbours: keep its coarse label
         kk = min(int(k), len(g) - 1)
-        x = _normalise(torch.from_numpy(f[g]))
+        x = embed_for_cosine(torch.from_numpy(f[g]), "none", blocks)
         lab = torch.from_numpy(c[g]).float()
         for start in range(0, len(g), chunk):
             sim = x[start : start + chunk] @ x.T

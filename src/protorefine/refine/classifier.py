@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,19 +20,50 @@ OnEpoch = Callable[[dict], None] | None
 
 
 class PatchHead(nn.Module):
-    """Standardise features, then Linear-ReLU-Dropout-Linear to one tumour logit."""
+    """Standardise features, then Linear-ReLU-Dropout-Linear to one tumour logit.
 
-    def __init__(self, dim: int, hidden: int = 128) -> None:
+    ``groups`` (one int per input column) splits the columns into features of separate
+    encoders: each group gets its own small net, trained on its own loss, and the
+    head's probability is the mean of theirs (an ensemble over encoders).
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, groups: torch.Tensor | None = None) -> None:
         super().__init__()
+        g = torch.zeros(dim, dtype=torch.long) if groups is None else torch.as_tensor(groups)
+        if g.shape != (dim,) or int(g.min()) != 0:
+            raise ProtorefineError(f"column groups must label each of the {dim} columns from 0")
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1)
+        self.register_buffer("groups", g.long())
+        widths = torch.bincount(self.groups).tolist()
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(w, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+            for w in widths
         )
 
+    def group_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, groups) tumour logits, one column per group's net."""
+        z = (x - self.mean) / self.scale
+        if len(self.nets) == 1:
+            return self.nets[0](z)
+        return torch.cat([net(z[:, self.groups == j]) for j, net in enumerate(self.nets)], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tumour logit per row of ``x``."""
-        return self.net((x - self.mean) / self.scale).squeeze(1)
+        """Tumour logit per row of ``x`` (of the groups' mean probability)."""
+        logits = self.group_logits(x)
+        if logits.shape[1] == 1:
+            return logits[:, 0]
+        return torch.logit(torch.sigmoid(logits).mean(1), eps=1e-6)
+
+
+def block_groups(blocks: Sequence[int] | None, dim: int) -> torch.Tensor | None:
+    """Column groups for feature blocks of these widths, repeated when context doubled the columns."""
+    if blocks is None or len(blocks) < 2:
+        return None
+    g = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor([int(b) for b in blocks]))
+    if dim % len(g) or dim < len(g):
+        raise ProtorefineError(f"feature blocks {tuple(blocks)} do not fit {dim} feature columns")
+    return g.repeat(dim // len(g))
 
 
 @dataclass
@@ -91,7 +122,8 @@ def _train_epochs(
     """Train for some epochs on samples drawn by ``weights``; returns the last epoch's mean loss.
 
     With ``held_out`` (bool per row), those rows are not trained on; after each epoch the
-    weighted loss on them is measured and the head ends with the weights of the best epoch.
+    weighted loss on them is measured and the head ends with the weights of the best epoch
+    (each group's net its own best epoch: encoders overfit at different speeds).
     ``on_epoch`` gets ``{epoch, loss}`` after each epoch, plus ``held_out_loss`` and
     ``held_out_agreement`` (confidence-weighted) when rows are held out.
     """
@@ -106,7 +138,9 @@ def _train_epochs(
             torch.from_numpy(weights[vi]).float().to(x.device),
         )
         weights = np.where(held_out, 0.0, weights)
-    best, best_state = float("inf"), None
+    k = len(model.nets)
+    best = [float("inf")] * k
+    best_state: list[dict | None] = [None] * k
     p = torch.from_numpy(weights / weights.sum()).float()
     # samples per epoch: ``samples_per_epoch``, or half the training patches on big
     # cohorts (finer grids), never more than twice the patches there are
@@ -125,7 +159,8 @@ def _train_epochs(
                 raise CancelledError("classifier stage cancelled")
             b = idx[a : a + config.train_batch]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[b]), y[b])
+            logits = model.group_logits(x[b])  # every group's net learns on its own loss
+            loss = loss_fn(logits, y[b, None].expand_as(logits))
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b)
@@ -135,23 +170,28 @@ def _train_epochs(
         if val is not None:
             model.eval()
             with torch.no_grad():
-                logits = model(x[val[0]])
-                vl = nn.functional.binary_cross_entropy_with_logits(
-                    logits, y[val[0]], reduction="none"
-                )
-                vw = val[1].to(vl.dtype)
-                score = float((vl * vw).sum() / val[1].sum())
-                right = ((logits >= 0).to(vl.dtype) == y[val[0]]).to(vl.dtype)
-                agree = float((right * vw).sum() / val[1].sum())
+                yv, vw = y[val[0]], val[1]
+                per_group = model.group_logits(x[val[0]])
+                bce = nn.functional.binary_cross_entropy_with_logits
+                group_loss = (
+                    bce(per_group, yv[:, None].expand_as(per_group), reduction="none") * vw[:, None]
+                ).sum(0) / vw.sum()
+                logits = model(x[val[0]]) if k > 1 else per_group[:, 0]
+                score = float((bce(logits, yv, reduction="none") * vw).sum() / vw.sum())
+                agree = float((((logits >= 0).float() == yv).float() * vw).sum() / vw.sum())
             model.train()
             rec.update(held_out_loss=score, held_out_agreement=agree)
-            if score < best:
-                best = score
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            for j, gl in enumerate(group_loss.tolist()):
+                if gl < best[j]:
+                    best[j] = gl
+                    best_state[j] = {
+                        n: v.detach().clone() for n, v in model.nets[j].state_dict().items()
+                    }
         if on_epoch is not None:
             on_epoch(rec)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    for net, state in zip(model.nets, best_state, strict=True):
+        if state is not None:
+            net.load_state_dict(state)
     return last
 
 
@@ -167,8 +207,12 @@ def train_classifier(
     cancel: Cancel = None,
     on_round: OnRound = None,
     on_epoch: OnEpoch = None,
+    blocks: Sequence[int] | None = None,
 ) -> ClassifierResult:
     """Train the head on pseudo-labels for ``config.rounds`` rounds.
+
+    ``blocks`` (widths of features from separate encoders, in column order) trains one
+    net per encoder and averages them (see :class:`PatchHead`).
 
     Round 1 holds out a random ``early_stop`` share of the patches (never corrected
     ones) and keeps the epoch whose confidence-weighted loss on them is lowest, so the
@@ -210,7 +254,7 @@ def train_classifier(
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed + 1)
         dim = features.shape[1]
-        model = PatchHead(dim, config.hidden).to(features.device)
+        model = PatchHead(dim, config.hidden, block_groups(blocks, dim)).to(features.device)
         model.mean.copy_(features.mean(0))
         model.scale.copy_(features.std(0).clamp_min(1e-4))
         for r in range(config.rounds):
@@ -280,9 +324,12 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if "net.0.weight" in state:  # a single-net head saved before column groups
+            state = {k.replace("net.", "nets.0.", 1): v for k, v in state.items()}
+            state["groups"] = torch.zeros(int(state["mean"].shape[0]), dtype=torch.long)
         dim = int(state["mean"].shape[0])
-        hidden = int(state["net.0.weight"].shape[0])
-        model = PatchHead(dim, hidden)
+        hidden = int(state["nets.0.0.weight"].shape[0])
+        model = PatchHead(dim, hidden, state["groups"])
         model.load_state_dict(state)
     except FileNotFoundError as exc:
         raise ProtorefineError(f"{path}: checkpoint not found") from exc

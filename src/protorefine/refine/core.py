@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,13 +119,16 @@ def refine_patches(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     on_round: Callable[[dict], None] | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> RefineResult:
     """Refine coarse patch labels: prototypes -> pseudo-labels -> classifier -> cleaned mask.
 
     ``features (N, D)``, ``coarse (N,)`` in {0, 1} (or inside fraction), ``slide_index (N,)``,
     ``rc (N, 2)`` grid row/col, ``distance (N,)`` signed distance to the outline in
     patches, ``corrections (N,)`` int8 (-1 none, 0 normal, 1 tumour),
-    ``prototype_labels`` {global id: "tumour" | "normal" | "ignore"}.
+    ``prototype_labels`` {global id: "tumour" | "normal" | "ignore"}, ``blocks`` the
+    widths of features from separate encoders (``Encoder.blocks``): prototypes weigh
+    the blocks equally and the classifier trains one net per block.
     """
     config = config or RefineConfig()
     features = np.asarray(features, dtype=np.float32)
@@ -145,7 +148,7 @@ def refine_patches(
             progress(i, steps, msg)
 
     step(0, "prototypes")
-    x = embed_for_cosine(torch.from_numpy(features).to(device), config.feature_norm)
+    x = embed_for_cosine(torch.from_numpy(features).to(device), config.feature_norm, blocks)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     protos = build_prototypes(
         x, coarse, slide_index, distance=distance, config=config, generator=gen, cancel=cancel
@@ -173,6 +176,7 @@ def refine_patches(
         config=config,
         cancel=cancel,
         on_round=on_round,
+        blocks=blocks,
     )
     step(3, "output")
     prob = final_probability(cr.prob, pl.score, corrections, config, coarse)

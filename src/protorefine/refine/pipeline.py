@@ -161,7 +161,7 @@ class Pipeline:
         from protorefine.features import extract_features
 
         encoder = self._encoder()
-        self.project.set_encoder_info(encoder.name, encoder.weight_hash)
+        self.project.set_encoder_info(encoder.name, encoder.weight_hash, encoder.blocks)
         cache = self.project.feature_cache(encoder.name, encoder.weight_hash)
         n = len(self.project.slides)
         reused = 0
@@ -250,7 +250,9 @@ class Pipeline:
             raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
         device = compute_device(self.config.device)
         x = embed_for_cosine(
-            torch.from_numpy(self._refine_features(coh)).to(device), self.config.feature_norm
+            torch.from_numpy(self._refine_features(coh)).to(device),
+            self.config.feature_norm,
+            self.project.feature_blocks,
         )
         gen = torch.Generator().manual_seed(self.config.seed)
         protos = build_prototypes(
@@ -301,6 +303,7 @@ class Pipeline:
         x = embed_for_cosine(
             torch.from_numpy(self._refine_features(self.cohort())).to(device),
             self.config.feature_norm,
+            self.project.feature_blocks,
         )
         prog(0, 1, "scoring patches")
         pl = make_pseudo_labels(
@@ -346,6 +349,7 @@ class Pipeline:
             cancel=check,
             on_round=on_round,
             on_epoch=on_epoch,
+            blocks=self.project.feature_blocks,
         )
         save_checkpoint(cr.model, out / "model.pt")
         write_npz(out / "prob.npz", prob=cr.prob)

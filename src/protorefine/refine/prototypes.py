@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from protorefine._types import Cancel, Progress
-from protorefine.errors import CancelledError
+from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import RefineConfig
 
 
@@ -32,11 +33,15 @@ def standardize_per_slide(features: np.ndarray, slide_index: np.ndarray) -> np.n
     return out
 
 
-def embed_for_cosine(features: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
+def embed_for_cosine(
+    features: torch.Tensor, mode: str = "standardize", blocks: Sequence[int] | None = None
+) -> torch.Tensor:
     """Unit rows for cosine comparisons after optional centring or z-scoring over the cohort.
 
     Encoder features are mostly non-negative (ReLU, statistics), so raw cosines all sit
     near 1; centring (and z-scoring, for features of mixed units) spreads them out.
+    With ``blocks`` (widths of features from separate encoders) every block is scaled to
+    the same mean row norm first, so a 1280-d block does not drown a 77-d one.
     """
     x = features.float()
     if mode == "center":
@@ -45,7 +50,19 @@ def embed_for_cosine(features: torch.Tensor, mode: str = "standardize") -> torch
         x = (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp_min(1e-6)
     elif mode != "none":
         raise ValueError(f"feature_norm {mode!r}: must be one of {', '.join(FEATURE_NORMS)}")
+    if blocks is not None and len(blocks) > 1:
+        check_blocks(blocks, x.shape[1])
+        parts = torch.split(x, list(blocks), dim=1)
+        x = torch.cat([p / p.norm(dim=1).mean().clamp_min(1e-6) for p in parts], dim=1)
     return normalize(x)
+
+
+def check_blocks(blocks: Sequence[int], dim: int) -> None:
+    """Feature block widths must be positive and add up to the feature width."""
+    if any(int(b) < 1 for b in blocks) or sum(int(b) for b in blocks) != dim:
+        raise ProtorefineError(
+            f"feature blocks {tuple(blocks)} do not add up to the {dim} feature columns"
+        )
 
 
 def spherical_kmeans(
