@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
     g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")
-    p.add_argument("--encoder", default=None, help="feature encoder name or TorchScript file")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="feature encoder: a name (list in docs/user-guide.md), a TorchScript file, "
+        "timm:<model>@<weights>, or names joined by '+' (one head net each, averaged)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument(
         "--project", default=None, help="project folder (default OUT/project); reused to resume"

@@ -358,6 +358,9 @@ def register_encoder(name: str, factory: Callable[[torch.device, int | None], En
     _REGISTRY[name] = factory
 
 
+#: Combinations worth offering in menus: each part's features get their own head net.
+COMBINED_ENCODERS = ("efficientnet-lite0+colour-texture",)
+
 #: The other accepted encoder names, for messages.
 USER_MODEL_FORMS = "a TorchScript file (.pt, .pth, .ts) or timm:<model>@<weights.pth>"
 

@@ -335,9 +335,10 @@ class PrototypesWidget(WorkflowWidget):
 
     def _fill_encoders(self) -> None:
         from protorefine.features import list_encoders
+        from protorefine.features.encoders import COMBINED_ENCODERS
 
         self.encoder.clear()
-        self.encoder.addItems(list_encoders())
+        self.encoder.addItems([*list_encoders(), *COMBINED_ENCODERS])
         project = self.state.project
         if project is not None:
             self.encoder.setCurrentText(project.config.encoder)
