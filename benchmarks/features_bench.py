@@ -13,7 +13,8 @@ each encoder at its default input size it measures
 
 alternating the runs ``--repeats`` times (the best of each counts, as the machine
 is shared), and prints the ratio whole / best alone (target >= 0.8: reading and resizing hidden
-behind the encoder). Usage::
+behind the encoder). ``--loaders thread:1@1`` pins the encoder to one thread
+(the default lets ``extract_features`` choose, see ``cpu_threads``). Usage::
 
     .venv/bin/python benchmarks/features_bench.py [--patches 2000] [--json out.json]
 """
@@ -109,11 +110,19 @@ def time_alone(encoder, patches: np.ndarray, batch_size: int, threads: int) -> f
         torch.set_num_threads(before)
 
 
-def time_whole(slide, grid, encoder, batch_size: int, loader: str, workers: int) -> float:
+def time_whole(
+    slide, grid, encoder, batch_size: int, loader: str, workers: int, threads: int | None = None
+) -> float:
     """Patches/s of extract_features over the grid's tissue patches."""
     t = time.perf_counter()
     feats = extract_features(
-        slide, grid, encoder, batch_size=batch_size, loader=loader, num_workers=workers
+        slide,
+        grid,
+        encoder,
+        batch_size=batch_size,
+        loader=loader,
+        num_workers=workers,
+        threads=threads,
     )
     return _rate(len(feats), time.perf_counter() - t)
 
@@ -123,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patches", type=int, default=2000, help="tissue patches wanted (about)")
     ap.add_argument("--encoders", default="efficientnet-lite0,colour-texture")
-    ap.add_argument("--loaders", default="thread:1,inline:0,process:1")
+    ap.add_argument(
+        "--loaders",
+        default="thread:1,inline:0,process:1",
+        help="loader:readers[@threads] (threads: the encoder's; default extract_features' choice)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument(
         "--repeats",
@@ -176,9 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 alone[t].append(time_alone(enc, patches, args.batch_size, t))
             for spec in specs:
-                loader, _, w = spec.partition(":")
+                loader, _, rest = spec.partition(":")
+                w, _, th = rest.partition("@")
                 whole[spec].append(
-                    time_whole(slide, grid, enc, args.batch_size, loader, int(w or 1))
+                    time_whole(
+                        slide,
+                        grid,
+                        enc,
+                        args.batch_size,
+                        loader,
+                        int(w or 1),
+                        int(th) if th else None,
+                    )
                 )
             print(
                 f"{name} @{enc.input_size} {enc.device} rep {rep + 1}: alone "

@@ -388,6 +388,17 @@ def test_extract_level1_all_patches_with_efficientnet() -> None:
     np.testing.assert_allclose(feats[i], ref, rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_threads_use_every_core_only_on_an_idle_machine() -> None:
+    from protorefine.features.extract import cpu_threads
+
+    assert cpu_threads(2, 1, 2, load=0.3) == 2  # idle: the encoder gets both cores
+    assert cpu_threads(2, 1, 2, load=6.0) == 1  # busy: the reader keeps its own core
+    assert cpu_threads(2, 2, 2, load=9.0) == 1  # never fewer than one
+    assert cpu_threads(16, 1, 4, load=0.0) == 4  # never above the process's setting
+    assert cpu_threads(16, 1, 16, load=14.0) == 15
+    assert 1 <= cpu_threads(2, 1, 2) <= 2  # reads the real load average
+
+
 def test_extract_cancel_raises() -> None:
     slide = Slide.from_array(_tissue_image(128, 128))
     grid = make_grid(slide, patch_size=16, tissue=True)

@@ -233,6 +233,23 @@ def _iter_processes(ds: PatchBatches, workers: int, pin: bool) -> Iterator[torch
         del it
 
 
+def cpu_threads(cores: int, readers: int, current: int, load: float | None = None) -> int:
+    """Intra-op threads for a CPU encoder: all cores on an otherwise idle machine, else the
+    cores the reader threads leave; never more than ``current``.
+
+    On an idle 2-core machine the encoder on both cores with the reader beside it ran
+    1.2-1.3x faster than on one; under load, oversubscribed OpenMP threads were several
+    times slower (docs/benchmarks.md). ``load`` is the 1-minute load average (read when None).
+    """
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows): assume busy
+            load = float(cores)
+    want = cores if load < 0.75 * cores else cores - readers
+    return max(1, min(int(current), want))
+
+
 def extract_features(
     slide: Slide,
     grid: PatchGrid,
@@ -254,9 +271,8 @@ def extract_features(
     as a worker process on 2 cores, see docs/benchmarks.md, and no fork) and
     ``min(8, cores - 1)`` DataLoader worker processes on CUDA. ``num_workers``
     sets the readers (0 means inline).
-    On a CPU the encoder runs with ``threads`` intra-op threads (default: the
-    cores left over by the readers, at most the current setting), restored
-    afterwards: oversubscribed OpenMP threads are many times slower.
+    On a CPU the encoder runs with ``threads`` intra-op threads (default:
+    :func:`cpu_threads`), restored afterwards.
     ``progress(done, total, msg)`` is called per batch; ``cancel()`` is checked
     per batch and raises :class:`CancelledError` when it returns True.
     """
@@ -299,8 +315,8 @@ def extract_features(
         stream = _iter_processes(ds, workers, pin)
     before = torch.get_num_threads()
     if encoder.device.type == "cpu":
-        spare = cores - (0 if kind == "inline" else workers)
-        want = threads if threads is not None else min(before, spare)
+        readers = 0 if kind == "inline" else workers
+        want = threads if threads is not None else cpu_threads(cores, readers, before)
         torch.set_num_threads(max(1, int(want)))
     done = 0
     try:
