@@ -289,6 +289,9 @@ def test_prototypes_show_consistent_layers_and_gallery_without_blocking(qtbot, g
 
 def test_prototype_relabel_updates_pseudo_labels(qtbot, gui):
     viewer, state, protos, _, _ = gui()
+    offered = [protos.encoder.itemText(i) for i in range(protos.encoder.count())]
+    assert offered == ["efficientnet-lite0", "colour-texture", "efficientnet-lite0+colour-texture"]
+    assert protos.encoder.currentText() == "colour-texture"  # the project's encoder
     finish(qtbot, protos.runner, protos.run)
     pseudo = viewer.layers[PSEUDO_LABELS]
     glob = viewer.layers[GLOBAL_PROTOTYPES]
