@@ -6,6 +6,7 @@ patterns per slide) laid on grids of ``--slides`` slides; the timing does not
 depend on what the features mean.
 
     python benchmarks/stages_bench.py [--patches 10000] [--dim 1280] [--slides 4] [--threads 2]
+    python benchmarks/stages_bench.py --blocks 1280,77   # efficientnet-lite0+colour-texture
 """
 
 from __future__ import annotations
@@ -51,20 +52,23 @@ def cohort(n: int, dim: int, slides: int, seed: int = 0):
     )
 
 
-def run(n: int, dim: int, slides: int) -> dict:
-    """Run each stage once (after a small warm-up) and return the seconds per stage."""
+def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) -> dict:
+    """Run each stage once (after a small warm-up) and return the seconds per stage.
+
+    ``blocks``: feature widths of a combined encoder (``dim`` is then their sum).
+    """
     from protorefine.annotations import vectorize
     from protorefine.refine.classifier import train_classifier
     from protorefine.refine.config import RefineConfig
     from protorefine.refine.postprocess import prob_to_mask, scatter_grid
-    from protorefine.refine.prototypes import build_prototypes, normalize
+    from protorefine.refine.prototypes import build_prototypes, embed_for_cosine
     from protorefine.refine.pseudolabels import make_pseudo_labels
 
     f, c, d, s, rc = cohort(n, dim, slides)
     cfg = RefineConfig(device="cpu")
     times: dict[str, float] = {}
     t = time.perf_counter()
-    x = normalize(torch.from_numpy(f))
+    x = embed_for_cosine(torch.from_numpy(f), "none", blocks)
     protos = build_prototypes(
         x, c, s, distance=d, config=cfg, generator=torch.Generator().manual_seed(0)
     )
@@ -73,7 +77,9 @@ def run(n: int, dim: int, slides: int) -> dict:
     pl = make_pseudo_labels(x, c, s, rc, protos, distance=d, config=cfg)
     times["pseudo_labels"] = time.perf_counter() - t
     t = time.perf_counter()
-    cr = train_classifier(torch.from_numpy(f), pl.pseudo, pl.confidence, pl.proto_score, config=cfg)
+    cr = train_classifier(
+        torch.from_numpy(f), pl.pseudo, pl.confidence, pl.proto_score, config=cfg, blocks=blocks
+    )
     times["classifier"] = time.perf_counter() - t
     t = time.perf_counter()
     polygons = 0
@@ -100,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--slides", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is 2)")
+    ap.add_argument(
+        "--blocks", default=None, help="feature widths of a combined encoder, e.g. 1280,77"
+    )
     args = ap.parse_args(argv)
+    blocks = tuple(int(b) for b in args.blocks.split(",")) if args.blocks else None
+    dim = sum(blocks) if blocks else args.dim
     torch.set_num_threads(args.threads)
     run(500, 64, 2)  # warm-up: first-call costs of torch kernels
-    res = run(args.patches, args.dim, args.slides)
+    res = run(args.patches, dim, args.slides, blocks)
     res.update(
         patches=args.patches,
-        dim=args.dim,
+        dim=dim,
+        blocks=list(blocks) if blocks else None,
         slides=args.slides,
         threads=torch.get_num_threads(),
         machine=platform.processor() or platform.machine(),
