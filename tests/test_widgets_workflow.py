@@ -491,6 +491,40 @@ def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):
     )
 
 
+def test_a_typed_encoder_that_names_nothing_is_refused_in_one_line(qtbot, gui, notes):
+    viewer, state, protos, _, _ = gui()
+    before = state.project.config
+    for typed, words in (
+        ("resnet-9000", "unknown encoder 'resnet-9000': known are"),
+        ("/nowhere/model.pt", "no such TorchScript file"),
+        ("colour-texture+", "join distinct encoder names"),
+    ):
+        protos.encoder.setEditText(typed)
+        assert protos.run() is False
+        assert any(words in n and "\n" not in n for n in notes), (typed, notes)
+    assert not protos.runner.running and state.project.config == before
+
+
+def test_a_typed_torchscript_file_combined_with_colour_texture_runs(qtbot, gui, tmp_path):
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+    ).eval()
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(net).save(str(path))
+    viewer, state, protos, _, _ = gui()
+    typed = f"{path}+colour-texture"
+    protos.encoder.setEditText(typed)
+    finish(qtbot, protos.runner, protos.run)
+    assert protos.runner.last_outcome == "done", protos.runner.last_message
+    project = state.project
+    assert project.config.encoder == typed
+    assert project.encoder_info["blocks"] == [5, 77]
+    assert protos.encoder.currentText() == typed
+    assert len(protos.cards) == len(project.global_scores()) > 0
+
+
 def test_one_run_at_a_time(qtbot, gui, notes):
     viewer, state, protos, refine, _ = gui()
     assert protos.run() is True

@@ -274,8 +274,6 @@ def _colour_texture(device: torch.device, input_size: int | None) -> Encoder:
 
 def _torchscript(path: Path, device: torch.device, input_size: int | None) -> Encoder:
     """A user's scripted model taking ImageNet-normalised (B, 3, S, S) input."""
-    if not path.is_file():
-        raise ProtorefineError(f"encoder {str(path)!r}: no such TorchScript file")
     try:
         net = torch.jit.load(str(path), map_location=device)
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a usable model
@@ -370,6 +368,34 @@ def list_encoders() -> list[str]:
     return list(_REGISTRY)
 
 
+def parse_encoder_name(name: str) -> list[tuple[str, str]]:
+    """``(kind, key)`` per encoder that ``name`` names, kind ``registry``, ``timm`` or
+    ``torchscript``, without building anything; a one-line error when it names none.
+
+    Cheap enough for a GUI to check what a user typed before starting a run.
+    """
+    key = name.strip()
+    if "+" in key and not Path(key).expanduser().is_file():
+        names = [part.strip() for part in key.split("+")]
+        if any(not part for part in names) or len(set(names)) < len(names):
+            raise ProtorefineError(
+                f"encoder {name!r}: join distinct encoder names with '+', "
+                "e.g. efficientnet-lite0+colour-texture"
+            )
+        return [part for n in names for part in parse_encoder_name(n)]
+    if key.lower() in _REGISTRY:
+        return [("registry", key.lower())]
+    if key.startswith("timm:"):
+        return [("timm", key)]
+    if key.lower().endswith(TORCHSCRIPT_SUFFIXES):
+        if not Path(key).expanduser().is_file():
+            raise ProtorefineError(f"encoder {key!r}: no such TorchScript file")
+        return [("torchscript", key)]
+    raise ProtorefineError(
+        f"unknown encoder {name!r}: known are {', '.join(list_encoders())}, or {USER_MODEL_FORMS}"
+    )
+
+
 def get_encoder(
     name: str = DEFAULT_ENCODER,
     *,
@@ -380,21 +406,12 @@ def get_encoder(
     dev = resolve_device(device)
     if input_size is not None and int(input_size) < 16:
         raise ProtorefineError(f"input size {input_size}: must be at least 16 pixels")
-    key = name.strip()
-    if "+" in key and not Path(key).expanduser().is_file():
-        names = [part.strip() for part in key.split("+")]
-        if any(not part for part in names) or len(set(names)) < len(names):
-            raise ProtorefineError(
-                f"encoder {name!r}: join distinct encoder names with '+', "
-                "e.g. efficientnet-lite0+colour-texture"
-            )
-        return CompositeEncoder([get_encoder(n, device=dev, input_size=input_size) for n in names])
-    if key.lower() in _REGISTRY:
-        return _REGISTRY[key.lower()](dev, input_size)
-    if key.startswith("timm:"):
-        return _timm(key, dev, input_size)
-    if key.lower().endswith(TORCHSCRIPT_SUFFIXES):
-        return _torchscript(Path(key).expanduser(), dev, input_size)
-    raise ProtorefineError(
-        f"unknown encoder {name!r}: known are {', '.join(list_encoders())}, or {USER_MODEL_FORMS}"
-    )
+    built = []
+    for kind, key in parse_encoder_name(name):
+        if kind == "registry":
+            built.append(_REGISTRY[key](dev, input_size))
+        elif kind == "timm":
+            built.append(_timm(key, dev, input_size))
+        else:
+            built.append(_torchscript(Path(key).expanduser(), dev, input_size))
+    return built[0] if len(built) == 1 else CompositeEncoder(built)

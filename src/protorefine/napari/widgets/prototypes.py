@@ -131,7 +131,13 @@ class PrototypesWidget(WorkflowWidget):
         )
         intro.setWordWrap(True)
         self.encoder = QComboBox()
-        self.encoder.setToolTip("Patch feature encoder (changing it recomputes the features)")
+        self.encoder.setEditable(True)  # a TorchScript file, a timm spec or a '+' combination
+        self.encoder.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.encoder.setToolTip(
+            "Patch feature encoder: pick one, or type a TorchScript file, "
+            "timm:<model>@<weights.pth>, or names joined by '+' "
+            "(changing it recomputes the features)"
+        )
         self.run_button = QPushButton("Compute prototypes")
         self.run_button.setToolTip(
             "Features, local and global prototypes and pseudo-labels for all slides"
@@ -196,9 +202,16 @@ class PrototypesWidget(WorkflowWidget):
             return False
         if not check_coarse(self.state):
             return False
-        config = project.config.replace(
-            encoder=self.encoder.currentText() or project.config.encoder
-        )
+        from protorefine.errors import ProtorefineError
+        from protorefine.features.encoders import parse_encoder_name
+
+        encoder = self.encoder.currentText().strip() or project.config.encoder
+        try:
+            parse_encoder_name(encoder)
+        except ProtorefineError as exc:
+            notify("warning", str(exc))
+            return False
+        config = project.config.replace(encoder=encoder)
         pipeline = pipeline_for(project, config)
 
         slide_id = self.state.slide_id
@@ -341,7 +354,7 @@ class PrototypesWidget(WorkflowWidget):
         self.encoder.addItems([*list_encoders(), *COMBINED_ENCODERS])
         project = self.state.project
         if project is not None:
-            self.encoder.setCurrentText(project.config.encoder)
+            self.encoder.setCurrentText(project.config.encoder)  # typed names show as text
 
     def _on_project(self, project) -> None:
         self.cards = []
