@@ -11,6 +11,8 @@ import pytest
 
 from protorefine.annotations import read_geojson, write_geojson
 from protorefine.cli import main
+from protorefine.project import Project
+from protorefine.refine.pipeline import Pipeline
 from refine_synth import write_slide_case
 
 FAST = ["--patch-size", "64", "--encoder", "colour-texture", "--device", "cpu"]
@@ -177,6 +179,19 @@ def test_unknown_encoder(case, tmp_path, capsys):
     assert main(args) == 2
     line = one_error_line(capsys)
     assert "unknown encoder 'nope'" in line and "colour-texture" in line
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_encoder_typo_on_a_finished_project_keeps_its_results(refined, case, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    shutil.copytree(refined / "project", proj)
+    args = refine_args(case["slide"], case["coarse"], tmp_path / "o", *FAST, "--project", str(proj))
+    args[args.index("colour-texture")] = "colour-texture+efficientnet-lit0"
+    assert main(args) == 2
+    assert "unknown encoder 'efficientnet-lit0'" in one_error_line(capsys)
+    project = Project.open(proj)
+    assert project.config.encoder == "colour-texture"
+    assert all(project.stage_done(s) for s in Pipeline.STAGES)
 
 
 def test_damaged_checkpoint(refined, case, tmp_path, capsys):

@@ -105,6 +105,10 @@ def refine_command(args: argparse.Namespace) -> int:
     from protorefine.annotations import read_annotations, write_geojson
 
     pairs = pair_by_stem(list(args.slides), list(args.coarse))
+    if getattr(args, "encoder", None):  # before the project changes: a typo keeps its results
+        from protorefine.features.encoders import parse_encoder_name
+
+        parse_encoder_name(args.encoder)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ProtorefineError(f"{out}: output path exists and is not a folder")
