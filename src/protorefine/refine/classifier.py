@@ -12,6 +12,7 @@ from torch import nn
 
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.prototypes import check_blocks
 
 Progress = Callable[[int, int, str], None] | None
 Cancel = Callable[[], bool] | None
@@ -48,22 +49,27 @@ class PatchHead(nn.Module):
             return self.nets[0](z)
         return torch.cat([net(z[:, self.groups == j]) for j, net in enumerate(self.nets)], dim=1)
 
+    @staticmethod
+    def combine(group_logits: torch.Tensor) -> torch.Tensor:
+        """One logit per row: the logit of the groups' mean probability."""
+        if group_logits.shape[1] == 1:
+            return group_logits[:, 0]
+        return torch.logit(torch.sigmoid(group_logits).mean(1), eps=1e-6)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tumour logit per row of ``x`` (of the groups' mean probability)."""
-        logits = self.group_logits(x)
-        if logits.shape[1] == 1:
-            return logits[:, 0]
-        return torch.logit(torch.sigmoid(logits).mean(1), eps=1e-6)
+        return self.combine(self.group_logits(x))
 
 
 def block_groups(blocks: Sequence[int] | None, dim: int) -> torch.Tensor | None:
     """Column groups for feature blocks of these widths, repeated when context doubled the columns."""
     if blocks is None or len(blocks) < 2:
         return None
-    g = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor([int(b) for b in blocks]))
-    if dim % len(g) or dim < len(g):
-        raise ProtorefineError(f"feature blocks {tuple(blocks)} do not fit {dim} feature columns")
-    return g.repeat(dim // len(g))
+    widths = [int(b) for b in blocks]
+    repeats = max(1, dim // max(sum(widths), 1))
+    check_blocks(widths * repeats, dim)
+    groups = torch.arange(len(widths)).repeat(repeats)
+    return torch.repeat_interleave(groups, torch.tensor(widths * repeats))
 
 
 @dataclass
@@ -176,7 +182,7 @@ def _train_epochs(
                 group_loss = (
                     bce(per_group, yv[:, None].expand_as(per_group), reduction="none") * vw[:, None]
                 ).sum(0) / vw.sum()
-                logits = model(x[val[0]]) if k > 1 else per_group[:, 0]
+                logits = model.combine(per_group)
                 score = float((bce(logits, yv, reduction="none") * vw).sum() / vw.sum())
                 agree = float((((logits >= 0).float() == yv).float() * vw).sum() / vw.sum())
             model.train()
