@@ -5,11 +5,16 @@ prints the mean pixel Dice (seeds 0 and 1, the pipeline's output path) of ours u
 each variant, a dict of ``RefineConfig`` changes. ``--probe`` adds what a classifier
 trained on the *true* patch labels reaches (5-fold over patches of all slides mixed,
 so every slide is seen in training): logistic regression and the engine's own head,
-on raw and per-slide z-scored features. No method that only sees coarse labels can
-be expected to beat that probe by much; it tells features from method.
+on raw and per-slide z-scored features; it tells features from method. Ours can
+beat it, because it also uses where the coarse outline runs. ``--outline-probe``
+trains on the true labels of the *other* slides with the features, the outline's
+prior (inside flag, distance) or both: the last has the true labels ours never gets,
+but not the test slide's own patches, which ours learns from.
 
     python benchmarks/quality_sweep.py --cohorts camelyon-tiles --stride 32 \\
         --variants '{"base": {}, "spe8k": {"samples_per_epoch": 8192}}' --probe
+    python benchmarks/quality_sweep.py --cohorts camelyon-tiles \\
+        --encoders efficientnet-lite0+colour-texture --outline-probe
 """
 
 from __future__ import annotations
@@ -68,6 +73,48 @@ def probe(pd: Q.PatchData, cohort: C.Cohort, config, folds: int = 5) -> dict[str
     return out
 
 
+def outline_probe(pd: Q.PatchData, cohort: C.Cohort, config) -> dict[str, float]:
+    """Dice of classifiers trained on the true labels of the *other* slides (folds by slide).
+
+    Inputs: the per-slide z-scored features (blocks scaled to equal norm), the coarse
+    outline's prior alone (inside flag and distance terms), or both: what supervision
+    adds to the inputs ours has, short of labels on the slide itself.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from protorefine.refine.prototypes import standardize_per_slide
+
+    y = (Q.truth_fraction(pd, cohort) >= 0.5).astype(np.int8)
+    x = standardize_per_slide(pd.features, pd.slide_index)
+    blocks = pd.blocks or (x.shape[1],)
+    start = 0
+    for width in blocks:
+        x[:, start : start + width] *= np.sqrt(min(blocks) / width)
+        start += width
+    d = np.clip(pd.distance, -3, 3)
+    prior = 3 * np.stack(
+        [pd.inside, d, np.abs(d), (d > 0) * np.minimum(d, 1.5), np.exp(-(d**2))], axis=1
+    )
+    fold = pd.slide_index % min(5, len(cohort.slides))
+    models = {
+        "logistic": lambda: LogisticRegression(C=0.05, max_iter=3000),
+        "MLP": lambda: MLPClassifier((256,), alpha=0.1, early_stopping=True, random_state=0),
+    }
+    out = {}
+    inputs = {"features": x, "outline": prior, "features+outline": np.concatenate([x, prior], 1)}
+    for iname, xin in inputs.items():
+        for mname, make in models.items():
+            if iname == "outline" and mname == "MLP":
+                continue
+            p = np.zeros(len(y), np.float32)
+            for f in np.unique(fold):
+                tr, te = fold != f, fold == f
+                p[te] = make().fit(xin[tr], y[tr]).predict_proba(xin[te])[:, 1]
+            out[f"{mname}, {iname}"] = dice_of(p, pd, cohort, config.replace(threshold=0.5))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print ours under each variant (and the true-label probe) per cohort and encoder."""
     from protorefine.refine.config import RefineConfig
@@ -81,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default='{"default": {}}', help="JSON {name: config changes}")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--probe", action="store_true", help="also train on the true labels")
+    ap.add_argument(
+        "--outline-probe",
+        action="store_true",
+        help="also train on the other slides' true labels, with and without the coarse outline",
+    )
     args = ap.parse_args(argv)
     variants = json.loads(args.variants)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -115,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.probe:
                 for pname, d in probe(pd, cohort, base).items():
                     print(f"{head}  true-label probe, {pname:14s} {d:.3f}", flush=True)
+            if args.outline_probe:
+                for pname, d in outline_probe(pd, cohort, base).items():
+                    print(f"{head}  other slides' labels, {pname:26s} {d:.3f}", flush=True)
     return 0
 
 
