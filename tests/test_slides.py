@@ -449,3 +449,40 @@ def test_region_reads_are_thread_safe(slides_dir: Path) -> None:
         results = list(pool.map(read, boxes))
     for (y, x, h, w), got in zip(boxes, results, strict=True):
         np.testing.assert_array_equal(got, ref[y : y + h, x : x + w])
+
+
+def test_reads_stay_out_of_global_dask_callbacks() -> None:
+    """napari's global dask cache is not thread-safe (two threads on one chunk raise
+    KeyError): reads from worker threads must not run global dask callbacks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.cache import Cache
+    from dask.callbacks import Callback
+
+    from protorefine.features.extract import RegionReader
+
+    image = np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    slide = Slide.from_array(image, chunk=64)
+    seen: list = []
+
+    class Spy(Callback):
+        def _pretask(self, key, dsk, state) -> None:
+            seen.append(key)
+
+    def read(k: int):
+        y, x = (k * 37) % 400, (k * 53) % 400
+        return (
+            y,
+            x,
+            slide.read_region(0, y, x, 96, 96),
+            RegionReader(slide.levels[0]).read(y, x, 96, 96),
+        )
+
+    with Cache(10**7), Spy():
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(read, range(64)))
+        tissue_mask(slide)
+    assert seen == []
+    for y, x, a, b in results:
+        np.testing.assert_array_equal(a, image[y : y + 96, x : x + 96])
+        np.testing.assert_array_equal(b, image[y : y + 96, x : x + 96])

@@ -23,7 +23,7 @@ from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features.encoders import Encoder, resize_batch
 from protorefine.features.grid import PatchGrid
-from protorefine.slides.base import Slide
+from protorefine.slides.base import Slide, compute
 
 #: Loader kinds: ``thread`` (background threads), ``process`` (DataLoader worker processes),
 #: ``inline`` (read, then embed, in the calling thread).
@@ -85,7 +85,7 @@ class RegionReader:
                 self._cache.move_to_end(key)
                 return hit
         block = self.arr.blocks[i, j]
-        data = np.asarray(block.compute(scheduler="synchronous"))[..., :3]
+        data = compute(block)[..., :3]
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = data
@@ -111,10 +111,7 @@ class RegionReader:
         if y1 <= y0 or x1 <= x0:
             return
         if not self.cached:
-            part = self.arr[y0:y1, x0:x1, :3]
-            if hasattr(part, "compute"):
-                part = part.compute(scheduler="synchronous")
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(part)
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = compute(self.arr[y0:y1, x0:x1, :3])
             return
         (ci0, ci1), (cj0, cj1) = self.chunk_of(np.array([y0, y1 - 1]), np.array([x0, x1 - 1]))
         for i in range(int(ci0), int(ci1) + 1):

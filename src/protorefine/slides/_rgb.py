@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 
 from protorefine.errors import ProtorefineError
+from protorefine.slides.base import compute
 
 # Axis letters used by tifffile and NGFF: sample/channel axes and spatial axes.
 _CHANNEL = "SC"
@@ -71,4 +72,4 @@ def rgb_numpy(image: np.ndarray, path: Path) -> np.ndarray:
     axes = "YX" if image.ndim == 2 else "YXC"
     if image.ndim not in (2, 3):
         raise ProtorefineError(f"{path}: expected a 2-D gray or RGB image, got shape {image.shape}")
-    return np.asarray(to_rgb(da.from_array(image), axes, path).compute())
+    return compute(to_rgb(da.from_array(image), axes, path), "threads")

@@ -10,6 +10,18 @@ import dask.array as da
 import numpy as np
 
 
+def compute(arr: da.Array | np.ndarray, scheduler: str = "synchronous") -> np.ndarray:
+    """Materialise a (dask) array without dask's global callbacks.
+
+    napari registers a global dask cache callback that is not thread-safe: two threads
+    computing the same chunk at once make it raise ``KeyError``. An explicit empty
+    callback list keeps reads from worker threads out of it.
+    """
+    if isinstance(arr, da.Array):
+        return np.asarray(arr.compute(scheduler=scheduler, callbacks=[]))
+    return np.asarray(arr)
+
+
 @dataclass
 class Slide:
     """A whole-slide image as a pyramid of lazy ``(H, W, 3)`` uint8 dask arrays.
@@ -68,7 +80,7 @@ class Slide:
             if self.region_reader is not None:
                 fast = self.region_reader(level, y0, x0, y1 - y0, x1 - x0)
             if fast is None:
-                fast = np.asarray(arr[y0:y1, x0:x1, :3])
+                fast = compute(arr[y0:y1, x0:x1, :3])
             out[y0 - y : y1 - y, x0 - x : x1 - x] = fast
         return out
 

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 
-from protorefine.slides.base import Slide
+from protorefine.slides.base import Slide, compute
 
 # Saturation at or below _MIN_SAT is never tissue; pixels whose darkest channel is
 # at least _WHITE are background; a low-saturation class whose median darkest channel
@@ -36,7 +36,7 @@ def _thumbnail(slide: Slide, max_size: int) -> tuple[np.ndarray, float]:
     )
     if small_enough:
         lvl = slide.levels[fits]
-        return np.asarray(lvl.compute()), w0 / lvl.shape[1]
+        return compute(lvl, "threads"), w0 / lvl.shape[1]
     # No level fits (or the fitting one is needlessly small): area-average the
     # smallest level larger than max_size by an integer factor, chunk by chunk.
     i = fits - 1 if fits is not None else len(slide.levels) - 1
@@ -51,7 +51,7 @@ def _thumbnail(slide: Slide, max_size: int) -> tuple[np.ndarray, float]:
         )
     )
     small = da.coarsen(np.mean, cropped.astype(np.float32), {0: factor, 1: factor})
-    thumb = np.round(small.compute()).astype(np.uint8)
+    thumb = np.round(compute(small, "threads")).astype(np.uint8)
     return thumb, (w0 / lvl.shape[1]) * factor
 
 
