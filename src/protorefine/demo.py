@@ -23,6 +23,7 @@ import numpy as np
 
 from protorefine._atomic import atomic_path
 from protorefine.errors import ProtorefineError
+from protorefine.slides.base import compute
 
 #: The dock widgets of the manifest, in docking order.
 WIDGETS = (
@@ -152,7 +153,7 @@ def overlay_png(
         if max(lvl.shape[:2]) <= max_size:
             level = i
             break
-    thumb = np.asarray(slide.levels[level][..., :3]).astype(np.uint8)
+    thumb = compute(slide.levels[level][..., :3], "threads").astype(np.uint8)
     if max(thumb.shape[:2]) > max_size:
         f = max_size / max(thumb.shape[:2])
         size = (round(thumb.shape[0] * f), round(thumb.shape[1] * f))

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 
 from protorefine.errors import ProtorefineError
-from protorefine.slides.base import Slide
+from protorefine.slides.base import Slide, compute
 
 _CHUNK = 1024
 
@@ -57,7 +57,7 @@ def open_openslide(path: Path, name: str) -> Slide:
     try:
         osr = openslide.OpenSlide(str(path))
         levels = [_level_array(osr, i) for i in range(osr.level_count)]
-        levels[0][:16, :16].compute()
+        compute(levels[0][:16, :16])
     except Exception as exc:
         raise ProtorefineError(
             f"{path}: OpenSlide cannot read it ({' '.join(str(exc).split())})"
