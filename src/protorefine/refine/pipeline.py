@@ -232,6 +232,14 @@ class Pipeline:
             return standardize_per_slide(coh["features"], coh["slide_index"])
         return coh["features"]
 
+    def _cosine_features(self, coh: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
+        """Unit rows for prototype cosines, each encoder's block weighed equally."""
+        return embed_for_cosine(
+            torch.from_numpy(self._refine_features(coh)).to(device),
+            self.config.feature_norm,
+            self.project.feature_blocks,
+        )
+
     def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort()
         coarse, dist = [], []
@@ -249,11 +257,7 @@ class Pipeline:
         if not coarse_a.any():
             raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
         device = compute_device(self.config.device)
-        x = embed_for_cosine(
-            torch.from_numpy(self._refine_features(coh)).to(device),
-            self.config.feature_norm,
-            self.project.feature_blocks,
-        )
+        x = self._cosine_features(coh, device)
         gen = torch.Generator().manual_seed(self.config.seed)
         protos = build_prototypes(
             x,
@@ -300,11 +304,7 @@ class Pipeline:
         coh = self._load("prototypes", "cohort.npz")
         protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
         device = compute_device(self.config.device)
-        x = embed_for_cosine(
-            torch.from_numpy(self._refine_features(self.cohort())).to(device),
-            self.config.feature_norm,
-            self.project.feature_blocks,
-        )
+        x = self._cosine_features(self.cohort(), device)
         prog(0, 1, "scoring patches")
         pl = make_pseudo_labels(
             x,

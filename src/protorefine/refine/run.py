@@ -105,7 +105,7 @@ def refine_command(args: argparse.Namespace) -> int:
     from protorefine.annotations import read_annotations, write_geojson
 
     pairs = pair_by_stem(list(args.slides), list(args.coarse))
-    if getattr(args, "encoder", None):  # before the project changes: a typo keeps its results
+    if args.encoder:  # before the project changes: a typo keeps its results
         from protorefine.features.encoders import parse_encoder_name
 
         parse_encoder_name(args.encoder)
