@@ -26,6 +26,7 @@ from protorefine.annotations import (
     AnnotationSet,
     rasterize,
     read_annotations,
+    smooth_outline,
     vectorize,
     write_asap_xml,
     write_geojson,
@@ -37,6 +38,13 @@ def _timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t
+
+
+def _rings(geom):
+    """Every ring (exterior and holes) of a polygon or multipolygon."""
+    for p in getattr(geom, "geoms", [geom]):
+        yield p.exterior
+        yield from p.interiors
 
 
 def run(side: int, vertices: int) -> dict:
@@ -56,6 +64,13 @@ def run(side: int, vertices: int) -> dict:
     )
     back, res["rasterize_mask_s"] = _timed(rasterize, annset, mask.shape, 1)
     res["mask_round_trip_exact"] = bool(np.array_equal(back, mask))
+    smooth, res["smooth_outline_s"] = _timed(
+        lambda: AnnotationSet([Annotation(smooth_outline(a.geometry, 1.0)) for a in annset])
+    )
+    res["smooth_vertices"] = int(
+        sum(len(np.asarray(r.coords)) for a in smooth for r in _rings(a.geometry))
+    )
+    res["smooth_round_trip_exact"] = bool(np.array_equal(rasterize(smooth, mask.shape, 1), mask))
 
     t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
     r = 35_000 + 8_000 * np.sin(9 * t) + 2_000 * np.cos(57 * t)

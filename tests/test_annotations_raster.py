@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from scipy import ndimage as ndi
 from shapely.geometry import MultiPolygon, Polygon, box
 
@@ -18,6 +19,7 @@ from protorefine.annotations import (
     is_tumour_class,
     mask_shape,
     rasterize,
+    smooth_outline,
     tumour_geometry,
     vectorize,
 )
@@ -213,3 +215,44 @@ def test_tumour_geometry_tolerates_invalid_geometry_built_in_code() -> None:
     s = AnnotationSet([Annotation(bowtie, TUMOR), Annotation(box(20, 20, 30, 30), TUMOR)])
     g = tumour_geometry(s)
     assert g.is_valid and g.area == pytest.approx(50 + 100)
+
+
+def _axis_parallel_share(geom) -> float:
+    """Share of outline edges that run exactly along x or y (1.0 for a pixel staircase)."""
+    edges = np.concatenate(
+        [
+            np.diff(shapely.get_coordinates(r), axis=0)
+            for r in shapely.get_rings(shapely.get_parts(geom))
+        ]
+    )
+    return float(np.mean((np.abs(edges) < 1e-9).any(axis=1)))
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3, 6])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_smoothed_outline_keeps_every_pixel_and_topology(seed: int, passes: int) -> None:
+    m = blobby_mask((61, 77), seed)
+    d = 4.0
+    exact = vectorize(m, d)
+    smoothed = [smooth_outline(a.geometry, d, passes) for a in exact]
+    assert all(g.is_valid and not g.is_empty for g in smoothed)
+    # same parts, same holes: nothing merges, nothing disappears
+    assert [len(shapely.get_parts(g)) for g in smoothed] == [1] * len(exact)
+    assert [len(g.interiors) for g in smoothed] == [len(a.geometry.interiors) for a in exact]
+    back = rasterize(shapely.union_all(smoothed), (61 * 4, 77 * 4), d)
+    np.testing.assert_array_equal(back, m)
+
+
+def test_smoothed_circle_loses_its_stairs() -> None:
+    yy, xx = np.mgrid[:60, :60]
+    m = (yy - 29.5) ** 2 + (xx - 29.5) ** 2 <= 25**2
+    d = 16.0
+    exact = vectorize(m, d).annotations[0].geometry
+    smooth = smooth_outline(exact, d)
+    true_length = 2 * np.sqrt(np.pi * exact.area)  # the circle of the mask's area
+    assert exact.length / true_length > 1.25  # a staircase is 4/pi too long
+    assert smooth.length / true_length == pytest.approx(1.0, abs=0.05)
+    assert smooth.area / exact.area == pytest.approx(1.0, abs=0.01)
+    assert _axis_parallel_share(exact) == 1.0 and _axis_parallel_share(smooth) < 0.1
+    assert smooth.hausdorff_distance(exact) <= d / 2 + 1e-6
+    assert smooth_outline(exact, d, 0).equals(exact)

@@ -8,6 +8,7 @@ import shutil
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import shapely
 
 from protorefine.annotations import read_geojson, write_geojson
 from protorefine.cli import main
@@ -48,6 +49,11 @@ def test_refine_writes_outputs(refined, case):
     assert len(ann) >= 1 and all(a.classification == "Tumor" for a in ann)
     minx, miny, maxx, maxy = ann.union().bounds
     assert minx >= 0 and miny >= 0 and maxx <= 1024 and maxy <= 1024
+    # a drawn outline, not the pixel staircase of the mask it was traced from
+    edges = np.diff(
+        shapely.get_coordinates(shapely.get_rings(shapely.get_parts(ann.union()))), axis=0
+    )
+    assert np.mean((np.abs(edges) < 1e-9).any(axis=1)) < 0.3
     raw = json.loads((refined / "s1.geojson").read_text())
     assert raw["type"] == "FeatureCollection"
     assert raw["features"][0]["properties"]["objectType"] == "annotation"

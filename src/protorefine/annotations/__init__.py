@@ -21,7 +21,7 @@ from protorefine.annotations.model import (
     Annotation,
     AnnotationSet,
 )
-from protorefine.annotations.raster import mask_shape, rasterize, vectorize
+from protorefine.annotations.raster import mask_shape, rasterize, smooth_outline, vectorize
 from protorefine.annotations.shapes import annotations_to_shapes, shapes_to_annotations
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "read_mask",
     "read_mask_array",
     "shapes_to_annotations",
+    "smooth_outline",
     "tumour_geometry",
     "vectorize",
     "write_annotations",

@@ -56,6 +56,7 @@ _STAGE_OF: dict[str, str] = {
     "threshold": "output",
     "outside_threshold": "output",
     "output_upsample": "output",
+    "outline_smoothing": "output",
     "min_area": "output",
     "max_hole": "output",
     "device": "",
@@ -122,6 +123,7 @@ class RefineConfig:
     threshold: float = 0.6
     outside_threshold: float = 0.9
     output_upsample: int = 4
+    outline_smoothing: int = 3
     min_area: int = 2
     max_hole: int = 2
     # run
@@ -147,6 +149,11 @@ class RefineConfig:
             )
         if self.stride is not None and int(self.stride) < 1:
             raise ProtorefineError(f"config stride={self.stride!r}: must be >= 1")
+        if not 0 <= int(self.outline_smoothing) <= 6:
+            raise ProtorefineError(
+                f"config outline_smoothing={self.outline_smoothing!r}: must be 0 (pixel "
+                "outline) to 6"
+            )
         if float(self.context) < 0:
             raise ProtorefineError(f"config context={self.context!r}: must be >= 0")
         for name in (

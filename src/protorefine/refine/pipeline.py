@@ -360,7 +360,7 @@ class Pipeline:
     def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         from shapely.geometry import box
 
-        from protorefine.annotations import vectorize, write_geojson
+        from protorefine.annotations import smooth_outline, vectorize, write_geojson
 
         device = compute_device(self.config.device)
         model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
@@ -384,11 +384,13 @@ class Pipeline:
             np.save(out / f"{s.id}_refined.npy", mask)
             f = max(1, int(self.config.output_upsample))
             fine = prob_to_fine_mask(pgrid, tissue=tissue, config=self.config, factor=f)
-            annset = vectorize(fine, grid.downsample / f)
+            step = grid.downsample / f
+            annset = vectorize(fine, step)
             h, w = grid.shape
             frame = box(0, 0, w, h)
             for ann in annset.annotations:
-                ann.geometry = _polygonal(ann.geometry.intersection(frame))
+                smooth = smooth_outline(ann.geometry, step, self.config.outline_smoothing)
+                ann.geometry = _polygonal(smooth.intersection(frame))
             annset.annotations = [a_ for a_ in annset.annotations if not a_.geometry.is_empty]
             write_geojson(annset, out / f"{s.id}.geojson")
             counts[s.id] = {"refined_patches": int(mask.sum()), "tissue": int(tissue.sum())}
