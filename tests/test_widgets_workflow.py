@@ -587,3 +587,20 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
         assert review.load_truth(bad)
     assert review.score_runner.last_outcome == "error"
     assert any("truth.geojson" in n for n in notes)
+
+
+@pytest.mark.parametrize("which", [2, 3, 4])
+def test_short_docks_scroll_instead_of_squeezing_controls(qtbot, gui, which):
+    from protorefine.napari.widgets._worker import TaskRunner
+
+    widget = gui()[which]
+    widget.setParent(None)  # out of its dock: a bare pane we can make short
+    widget.resize(420, 160)  # a tabbed pane on a laptop screen
+    widget.show()
+    bar = widget.scroll.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0, timeout=5_000)  # the rest is one scroll away
+    assert widget.height() <= 200 < widget.body.height()
+    for runner in widget.findChildren(TaskRunner):  # progress bar and status never overlap
+        if runner.isVisibleTo(widget):
+            assert runner.height() >= runner.minimumSizeHint().height()
+    widget.close()

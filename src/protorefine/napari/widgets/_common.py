@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from protorefine.napari.state import (
     CONFIDENCE,
@@ -66,12 +67,26 @@ def warm_up() -> threading.Event:
 
 
 class WorkflowWidget(QWidget):
-    """Base of the workflow dock widgets: the viewer, its shared protorefine state, warm imports."""
+    """Base of the workflow dock widgets: the viewer, its shared protorefine state, warm imports.
+
+    Subclasses lay out their controls on ``self.body``, which scrolls when the dock is
+    shorter than the controls (three workflow steps share one tabbed pane), so nothing
+    is ever squeezed on top of something else.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.state: ProtorefineState = get_state(napari_viewer)
+        self.body = QWidget()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
         warm_up()
 
 

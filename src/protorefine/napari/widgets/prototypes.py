@@ -176,7 +176,7 @@ class PrototypesWidget(WorkflowWidget):
 
         form = QFormLayout()
         form.addRow("Encoder", self.encoder)
-        lay = QVBoxLayout(self)
+        lay = QVBoxLayout(self.body)
         lay.addWidget(intro)
         lay.addLayout(form)
         lay.addWidget(self.run_button)

@@ -79,7 +79,7 @@ class RefineWidget(WorkflowWidget):
         form = QFormLayout()
         form.addRow("Device", self.device_label)
         form.addRow("Rounds", self.rounds)
-        lay = QVBoxLayout(self)
+        lay = QVBoxLayout(self.body)
         lay.addWidget(intro)
         lay.addLayout(form)
         lay.addWidget(self.run_button)

@@ -122,7 +122,7 @@ class ReviewWidget(WorkflowWidget):
         tb.addWidget(self.score_runner)
         tb.addWidget(self.dice_label)
 
-        lay = QVBoxLayout(self)
+        lay = QVBoxLayout(self.body)
         lay.addWidget(intro)
         lay.addWidget(paint_box)
         lay.addWidget(self.retrain_button)
