@@ -152,6 +152,8 @@ def test_bad_inputs(cohort):
         RefineConfig(temperature=0)
     with pytest.raises(ProtorefineError, match="early_stop=1.0"):
         RefineConfig(early_stop=1.0)
+    with pytest.raises(ProtorefineError, match="outline_smoothing=7"):
+        RefineConfig(outline_smoothing=7)
     with pytest.raises(ProtorefineError, match="unknown setting"):
         RefineConfig.from_dict({"bogus": 1})
 
@@ -161,6 +163,7 @@ def test_config_roundtrip_and_invalidation():
     assert RefineConfig.from_json(cfg.to_json()) == cfg
     assert first_changed_stage(cfg, cfg) is None
     assert first_changed_stage(cfg, cfg.replace(threshold=0.4)) == "output"
+    assert first_changed_stage(cfg, cfg.replace(outline_smoothing=0)) == "output"
     assert first_changed_stage(cfg, cfg.replace(rounds=1)) == "classifier"
     assert first_changed_stage(cfg, cfg.replace(encoder="colour-texture")) == "features"
     assert first_changed_stage(cfg, cfg.replace(patch_size=64, rounds=1)) == "grid"
