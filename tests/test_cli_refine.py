@@ -208,3 +208,24 @@ def test_damaged_checkpoint(refined, case, tmp_path, capsys):
     args = refine_args(case["slide"], case["coarse"], tmp_path / "o", "--project", str(proj), *FAST)
     assert main(args) == 2
     assert "model.pt: checkpoint does not load" in one_error_line(capsys)
+
+
+def test_refine_a_real_svs_tightens_the_outline(slides_dir, tmp_path):
+    """A quick outline around one tumour region of the TCGA slide (JPEG 2000 SVS): the refined
+    outline stays in that region and drops part of it (the stroma), as a pathologist expects."""
+    from shapely.geometry import Polygon
+
+    from protorefine.annotations import Annotation, AnnotationSet
+
+    slide = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    corners = [(146, 1528), (546, 873), (1274, 728), (1601, 1092), (1528, 2183), (1092, 2620)]
+    outline = Polygon([*corners, (437, 2474), (146, 2038)])
+    coarse = tmp_path / f"{slide.stem}.geojson"
+    write_geojson(AnnotationSet([Annotation(outline)]), coarse)
+    out = tmp_path / "out"
+    grid = ["--patch-size", "64", "--level", "1"]
+    assert main(refine_args(slide, coarse, out, *grid, "--encoder", "colour-texture")) == 0
+    refined = read_geojson(out / f"{slide.stem}.geojson").union()
+    assert refined.is_valid and not refined.is_empty
+    assert refined.difference(outline.buffer(128)).area < 0.02 * refined.area
+    assert 0.25 < refined.area / outline.area < 0.9
