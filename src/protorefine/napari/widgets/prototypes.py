@@ -155,7 +155,7 @@ class PrototypesWidget(WorkflowWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.table.verticalHeader().setDefaultSectionSize(THUMB + 6)
-        self.table.setMinimumHeight(4 * (THUMB + 6) + 28)
+        self.table.setMinimumHeight(3 * (THUMB + 6) + 28)  # the pane fits a 1080p screen
         self.table.itemSelectionChanged.connect(self._on_selection)
 
         self.mark_buttons: dict[str | None, QPushButton] = {}
