@@ -604,3 +604,45 @@ def test_short_docks_scroll_instead_of_squeezing_controls(qtbot, gui, which):
         if runner.isVisibleTo(widget):
             assert runner.height() >= runner.minimumSizeHint().height()
     widget.close()
+
+
+def test_patch_grid_is_chosen_in_the_prototypes_pane(qtbot, gui):
+    viewer, state, protos, _, _ = gui()
+    grid_ui = protos.grid
+    assert grid_ui.size.value() == 32 and grid_ui.resolution.currentText().startswith("level 0")
+    options = [grid_ui.resolution.itemText(i) for i in range(grid_ui.resolution.count())]
+    # the slides record 0.5 µm/px: nothing finer than that is offered
+    assert "1 µm/px" in options and "0.5 µm/px" in options and "0.25 µm/px" not in options
+    grid_ui.size.setValue(48)
+    grid_ui.resolution.setCurrentIndex(options.index("1 µm/px"))
+    grid_ui.finer.setChecked(True)
+    # said before running: 768 px at 0.5 µm/px, 24 µm cells -> 16 x 16 cells
+    assert grid_ui.info.text() == "16 × 16 = 256 cells of 24 µm"
+    finish(qtbot, protos.runner, protos.run)
+    cfg = state.project.config
+    assert (cfg.patch_size, cfg.level, cfg.mpp, cfg.stride) == (48, None, 1.0, 24)
+    grid = state.project.grid(state.slide_id)
+    assert (grid.rows, grid.cols, grid.stride) == (16, 16, 24)
+    assert viewer.layers[GLOBAL_PROTOTYPES].data.shape == (16, 16)
+
+
+def test_grid_choices_follow_the_projects_slides(qtbot, tmp_path):
+    from types import SimpleNamespace
+
+    from protorefine.napari.widgets._grid import GridControls
+    from protorefine.project import SlideEntry
+
+    controls = GridControls()
+    qtbot.addWidget(controls)
+    slides = [
+        SlideEntry("a", "a.svs", (40_000, 30_000), levels=4, mpp=0.25),
+        SlideEntry("b", "b.tif", (20_000, 20_000), levels=3, mpp=None),  # no µm/px recorded
+    ]
+    project = SimpleNamespace(config=small_config(level=2, stride=8), slides=slides)
+    controls.sync(project)
+    options = [controls.resolution.itemText(i) for i in range(controls.resolution.count())]
+    assert options == ["level 0 (full res.)", "level 1", "level 2"]  # what both slides have
+    assert controls.resolution.currentText() == "level 2" and controls.finer.isChecked()
+    assert controls.changes() == {"patch_size": 32, "level": 2, "mpp": None, "stride": 8}
+    controls.finer.setChecked(False)
+    assert controls.changes()["stride"] is None

@@ -44,6 +44,7 @@ from protorefine.napari.widgets._common import (
     pipeline_for,
     show_results,
 )
+from protorefine.napari.widgets._grid import GridControls
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
 #: Example patches shown per prototype and their side in screen pixels.
@@ -174,8 +175,17 @@ class PrototypesWidget(WorkflowWidget):
         self.show_all_button = QPushButton("Show all prototypes")
         self.show_all_button.clicked.connect(self.show_all)
 
+        self.grid = GridControls()
+        for signal in (
+            self.grid.size.valueChanged,
+            self.grid.resolution.currentIndexChanged,
+            self.grid.finer.toggled,
+        ):
+            signal.connect(self._show_grid)
+
         form = QFormLayout()
         form.addRow("Encoder", self.encoder)
+        form.addRow("Patches", self.grid)
         lay = QVBoxLayout(self.body)
         lay.addWidget(intro)
         lay.addLayout(form)
@@ -211,7 +221,12 @@ class PrototypesWidget(WorkflowWidget):
         except ProtorefineError as exc:
             notify("warning", str(exc))
             return False
-        config = project.config.replace(encoder=encoder)
+        try:
+            config = project.config.replace(encoder=encoder, **self.grid.changes())
+            config.validate()
+        except ProtorefineError as exc:
+            notify("warning", str(exc))
+            return False
         pipeline = pipeline_for(project, config)
 
         slide_id = self.state.slide_id
@@ -362,6 +377,8 @@ class PrototypesWidget(WorkflowWidget):
         if project is None:
             return
         self.encoder.setCurrentText(project.config.encoder)
+        self.grid.sync(project)
+        self._show_grid()
         if project.stage_done("prototypes"):
             self.runner.start(
                 "Prototype gallery",
@@ -375,6 +392,11 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_slide(self, slide_id) -> None:
         self.style_layers()
+        self._show_grid()
+
+    def _show_grid(self, *_args) -> None:
+        """Say what the chosen grid gives on the slide on screen."""
+        self.grid.info.setText(self.grid.describe(self.state.slide))
 
     def _on_results(self, slide_id) -> None:
         self.style_layers()

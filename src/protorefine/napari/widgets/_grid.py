@@ -1,0 +1,111 @@
+"""Patch-grid controls: patch size, resolution (pyramid level or microns per pixel), finer grid.
+
+The grid decides what a "patch" is for every later step, so the pathologist picks it
+where the features are computed, and sees how many cells of what size it gives on
+the slide on screen before starting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QGridLayout, QLabel, QSpinBox, QWidget
+
+from protorefine.errors import ProtorefineError
+
+#: Microns per pixel offered when every slide of the project records its own.
+MPP_CHOICES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class GridControls(QWidget):
+    """Patch size, resolution and finer-grid switch; ``changes()`` gives the config fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stride: int | None = None  # a stride set elsewhere (CLI, config.json), kept as is
+        self.size = QSpinBox()
+        self.size.setRange(16, 2048)
+        self.size.setSingleStep(16)
+        self.size.setSuffix(" px")
+        self.size.setToolTip("Patch size in pixels at the chosen resolution")
+        self.resolution = QComboBox()
+        self.resolution.setToolTip(
+            "Where patches are cut: a pyramid level (valid for every slide) or a target "
+            "resolution in microns per pixel (offered when every slide records its own)"
+        )
+        self.finer = QCheckBox("finer grid")
+        self.finer.setToolTip(
+            "Cells of half the patch size, each seen through the patch around it: finer "
+            "outlines for 4x the feature time"
+        )
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        self.info.setToolTip("The grid this gives on the slide on screen, before tissue detection")
+        self.resolution.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.resolution.setMinimumContentsLength(9)
+        lay = QGridLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.size, 0, 0)
+        lay.addWidget(self.resolution, 0, 1)
+        lay.addWidget(self.finer, 1, 0)
+        lay.addWidget(self.info, 1, 1)
+        lay.setColumnStretch(1, 1)
+
+    def sync(self, project: Any) -> None:
+        """Offer the resolutions every slide of ``project`` has and show its current grid."""
+        cfg = project.config
+        entries = project.slides
+        levels = min((e.levels for e in entries), default=1)
+        choices: list[tuple[str, tuple[str, float]]] = [
+            (f"level {k}" + (" (full res.)" if k == 0 else ""), ("level", k))
+            for k in range(max(1, levels))
+        ]
+        if entries and all(e.mpp for e in entries):
+            finest = min(e.mpp for e in entries)
+            mpps = {m for m in MPP_CHOICES if m >= 0.95 * finest}
+            if cfg.mpp is not None:
+                mpps.add(float(cfg.mpp))
+            choices += [(f"{m:g} µm/px", ("mpp", m)) for m in sorted(mpps)]
+        current = ("mpp", float(cfg.mpp)) if cfg.mpp is not None else ("level", cfg.level or 0)
+        self.resolution.blockSignals(True)
+        self.resolution.clear()
+        for text, data in choices:
+            self.resolution.addItem(text, data)
+        index = next((i for i, (_, d) in enumerate(choices) if d == current), 0)
+        self.resolution.setCurrentIndex(index)
+        self.resolution.blockSignals(False)
+        self.size.setValue(int(cfg.patch_size))
+        fine = cfg.stride is not None and int(cfg.stride) < int(cfg.patch_size)
+        self._stride = int(cfg.stride) if fine else None
+        self.finer.setChecked(fine)
+
+    def changes(self) -> dict[str, Any]:
+        """The grid fields of a RefineConfig as the controls set them."""
+        size = int(self.size.value())
+        kind, value = self.resolution.currentData() or ("level", 0)
+        stride = None
+        if self.finer.isChecked():
+            keep = self._stride is not None and self._stride < size
+            stride = self._stride if keep else max(1, size // 2)
+        return {
+            "patch_size": size,
+            "level": int(value) if kind == "level" else None,
+            "mpp": float(value) if kind == "mpp" else None,
+            "stride": stride,
+        }
+
+    def describe(self, slide: Any) -> str:
+        """What the grid gives on ``slide``: cells across and down, and their size."""
+        if slide is None:
+            return ""
+        from protorefine.features import make_grid
+
+        ch = self.changes()
+        try:
+            grid = make_grid(slide, tissue=True, **ch)
+        except ProtorefineError as exc:
+            return str(exc)
+        cell = f" of {grid.mpp * grid.stride:.0f} µm" if grid.mpp else ""
+        return f"{grid.cols} × {grid.rows} = {grid.rows * grid.cols:,} cells{cell}"
