@@ -646,3 +646,30 @@ def test_grid_choices_follow_the_projects_slides(qtbot, tmp_path):
     assert controls.changes() == {"patch_size": 32, "level": 2, "mpp": None, "stride": 8}
     controls.finer.setChecked(False)
     assert controls.changes()["stride"] is None
+
+
+def test_outline_threshold_redraws_without_retraining(qtbot, gui):
+    from protorefine.napari.widgets._common import REFINED_OUTLINE
+
+    viewer, state, protos, refine, _ = gui()
+    finish(qtbot, protos.runner, protos.run)
+    finish(qtbot, refine.runner, refine.run)
+    assert refine.threshold.value() == pytest.approx(state.project.config.threshold)
+    checkpoint = state.project.stage_dir("classifier") / "model.pt"
+    trained = checkpoint.stat().st_mtime_ns
+    points = refine.plot.count("loss")
+
+    def outline_area() -> float:
+        return state.project.refined_annotations(state.slide_id).union().area
+
+    areas, shown = {}, {}
+    for value in (0.85, 0.35):
+        refine.threshold.setValue(value)
+        finish(qtbot, refine.runner, refine.run)
+        assert state.project.config.threshold == value
+        areas[value] = outline_area()
+        shown[value] = np.concatenate(viewer.layers[REFINED_OUTLINE].data)
+    assert areas[0.85] < areas[0.35]  # higher threshold, tighter outline
+    assert shown[0.85].shape != shown[0.35].shape  # and the viewer shows the new one
+    assert checkpoint.stat().st_mtime_ns == trained  # no retraining, and the plot still shows it
+    assert refine.plot.count("loss") == points > 0

@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import napari
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from protorefine.napari.state import CONFIDENCE, REFINED
 from protorefine.napari.widgets._common import (
@@ -68,6 +75,15 @@ class RefineWidget(WorkflowWidget):
         self.rounds = QSpinBox()
         self.rounds.setRange(1, 20)
         self.rounds.setToolTip("Rounds of re-finetuning on updated pseudo-labels (1 = train once)")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setToolTip(
+            "Tumour probability a patch needs to fall inside the refined outline: lower gives "
+            "a looser outline, higher a tighter one. Changing only this redraws the outline "
+            "without retraining."
+        )
         self.run_button = QPushButton("Refine and train")
         self.run_button.setToolTip("Pseudo-labels, classifier training and the refined outline")
         self.run_button.clicked.connect(self.run)
@@ -79,6 +95,7 @@ class RefineWidget(WorkflowWidget):
         form = QFormLayout()
         form.addRow("Device", self.device_label)
         form.addRow("Rounds", self.rounds)
+        form.addRow("Outline threshold", self.threshold)
         lay = QVBoxLayout(self.body)
         lay.addWidget(intro)
         lay.addLayout(form)
@@ -108,6 +125,7 @@ class RefineWidget(WorkflowWidget):
             self.rounds.setValue(3)
             return
         self.rounds.setValue(int(project.config.rounds))
+        self.threshold.setValue(float(project.config.threshold))
         self.device_label.setText(device_text(project.config.device))
 
     def run(self, *, invalidate: str | None = None) -> bool:
@@ -118,11 +136,21 @@ class RefineWidget(WorkflowWidget):
             return False
         if not check_coarse(self.state):
             return False
-        config = project.config.replace(rounds=int(self.rounds.value()))
+        from protorefine.refine.config import first_changed_stage
+
+        config = project.config.replace(
+            rounds=int(self.rounds.value()), threshold=round(float(self.threshold.value()), 2)
+        )
+        redraw_only = (
+            not invalidate
+            and project.stage_done("classifier")
+            and first_changed_stage(project.config, config) in (None, "output")
+        )
         pipeline = pipeline_for(project, config)
-        self.history = []
-        self.epochs = []
-        self.plot.clear()
+        if not redraw_only:  # the plot keeps the training it shows when nothing retrains
+            self.history = []
+            self.epochs = []
+            self.plot.clear()
 
         slide_id = self.state.slide_id
 
