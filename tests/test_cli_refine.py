@@ -229,3 +229,15 @@ def test_refine_a_real_svs_tightens_the_outline(slides_dir, tmp_path):
     assert refined.is_valid and not refined.is_empty
     assert refined.difference(outline.buffer(128)).area < 0.02 * refined.area
     assert 0.25 < refined.area / outline.area < 0.9
+
+
+def test_threshold_rerun_redraws_only_the_outline(refined, case, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(refined, out)
+    before = read_geojson(out / "s1.geojson").union().area
+    args = refine_args(case["slide"], case["coarse"], out, *FAST, "--threshold", "0.85")
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output"]
+    assert report["config"]["threshold"] == 0.85
+    assert read_geojson(out / "s1.geojson").union().area < before

@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--project", default=None, help="project folder (default OUT/project); reused to resume"
     )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="tumour probability a patch needs to be inside the refined outline (default 0.6; "
+        "lower: looser, higher: tighter); a rerun with only this changed redraws the outline "
+        "without retraining",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_refine)
 

@@ -69,6 +69,8 @@ def config_from_args(args: argparse.Namespace, base: RefineConfig | None = None)
         changes["device"] = str(args.device)
     if getattr(args, "seed", None) is not None:
         changes["seed"] = int(args.seed)
+    if getattr(args, "threshold", None) is not None:
+        changes["threshold"] = float(args.threshold)
     return cfg.replace(**changes) if changes else cfg
 
 
