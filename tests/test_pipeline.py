@@ -168,3 +168,40 @@ def test_bad_annotations(tmp_path, case):
     with pytest.raises(ProtorefineError, match="covers all tissue"):
         Pipeline(p).run()
     assert p.stage_done("features")  # earlier work is kept
+
+
+def test_marks_follow_the_tissue_when_prototypes_are_rebuilt(tmp_path, case):
+    p = new_project(tmp_path / "p", case)
+    Pipeline(p).run(until="prototypes")
+
+    def patches_of(gid: int) -> set[tuple[float, float]]:
+        """Level-0 squares (x0, y0) of 16 px covered by the patches of a global prototype."""
+        grid = p.grid("s1")
+        rr, cc = np.nonzero(p.result_grid("s1", "global_proto") == gid)
+        d, k = grid.downsample, range(int(grid.downsample // 16))
+        cells = zip(rr.tolist(), cc.tolist(), strict=True)
+        return {(c * d + 16 * i, r * d + 16 * j) for r, c in cells for i in k for j in k}
+
+    gp = p.result_grid("s1", "global_proto")
+    g = int(np.bincount(gp[gp >= 0]).argmax())  # the biggest prototype
+    p.set_prototype_label(g, "normal")
+    marked = patches_of(g)
+    for change in ({"seed": 5}, {"stride": 32}):  # a new build, then a new grid as well
+        Pipeline(p, p.config.replace(**change)).run(until="pseudo_labels")
+        info = p.stage_info("prototypes")
+        assert info["marks_before"] == 1 and info["marks_carried"] >= 1
+        labels = p.prototype_labels()
+        assert set(labels.values()) == {"normal"}
+        for h in labels:  # each carried mark sits on tissue that was marked
+            here = patches_of(h)
+            assert len(here & marked) > 0.5 * len(here)
+        gp = p.result_grid("s1", "global_proto")
+        free = np.isin(gp, list(labels))
+        assert (p.result_grid("s1", "pseudo")[free] == 0).all()
+        marked = set().union(*(patches_of(h) for h in labels))
+    # marking again starts from the carried marks and belongs to this build
+    h = next(iter(labels))
+    p.set_prototype_label(h, None)
+    assert h not in p.prototype_labels() and Project.open(p.folder).prototype_labels() == {
+        k: v for k, v in labels.items() if k != h
+    }

@@ -282,3 +282,16 @@ def test_fine_mask_follows_the_probability_inside_patches():
     # the outline passes through the edge patches instead of along the grid lines
     assert 0.5 * coarse.sum() < fine.sum() / 16 < 1.2 * coarse.sum()
     assert prob_to_fine_mask(prob, tissue=tissue, config=cfg, factor=1).shape == (10, 10)
+
+
+def test_carry_marks_follows_patches_not_ids():
+    from protorefine.refine.prototypes import carry_marks
+
+    xy = np.array([[x, 0.0] for x in range(0, 800, 100)])  # eight patches in a row
+    old = {"s": (xy, np.array([0, 0, 0, 0, 1, 1, 1, 1]))}
+    # rebuilt: ids swapped, and a third prototype straddling both old ones
+    new = {"s": (xy + 10, np.array([1, 1, 1, 2, 2, 0, 0, 0]))}
+    marks = carry_marks({0: "normal", 1: "tumour"}, old, new, radius=75)
+    assert marks == {1: "normal", 0: "tumour"}  # the straddling prototype 2 is left unmarked
+    assert carry_marks({0: "normal"}, old, {"s": (xy + 500, new["s"][1])}, radius=75) == {}
+    assert carry_marks({}, old, new, radius=75) == {}

@@ -673,3 +673,18 @@ def test_outline_threshold_redraws_without_retraining(qtbot, gui):
     assert shown[0.85].shape != shown[0.35].shape  # and the viewer shows the new one
     assert checkpoint.stat().st_mtime_ns == trained  # no retraining, and the plot still shows it
     assert refine.plot.count("loss") == points > 0
+
+
+def test_marks_survive_a_rebuild_and_the_pathologist_is_told(qtbot, gui, notes):
+    viewer, state, protos, _, _ = gui()
+    finish(qtbot, protos.runner, protos.run)
+    biggest = max(protos.cards, key=lambda c: c.size)
+    assert protos.mark(biggest.global_id, "tumour")
+    qtbot.waitUntil(lambda: not protos.runner.running, timeout=60_000)
+    protos.grid.finer.setChecked(True)  # a new grid: prototypes are rebuilt, ids change
+    finish(qtbot, protos.runner, protos.run)
+    marks = state.project.prototype_labels()
+    assert marks and set(marks.values()) == {"tumour"}
+    assert any("rebuilt" in n and "marks of 1 prototype" in n for n in notes)
+    rows = [protos.table.item(r, 3).text() for r in range(protos.table.rowCount())]
+    assert sum("Tumour" in t for t in rows) == len(marks)

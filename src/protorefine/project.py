@@ -6,7 +6,7 @@ Layout::
     slides.json              the slides (id, path, shape, levels, mpp)
     coarse/<id>.geojson      coarse annotations
     corrections/<id>.npy     painted corrections, (rows, cols) int8
-    prototype_labels.json    pathologist's relabels of global prototypes
+    prototype_labels.json    pathologist's marks of global prototypes (of one build of them)
     ui_state.json            free-form widget state
     features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid
     stages/<stage>/          each stage's output, moved in atomically with done.json
@@ -261,24 +261,39 @@ class Project:
 
     def set_prototype_label(self, global_id: int, label: str | None) -> None:
         """Relabel a global prototype: "tumour", "normal", "ignore", or None to clear."""
-        labels = self.prototype_labels()
-        if label is None:
-            labels.pop(int(global_id), None)
-        elif label not in PROTOTYPE_LABELS:
+        if label is not None and label not in PROTOTYPE_LABELS:
             raise ProtorefineError(
                 f"prototype label {label!r}: must be one of {', '.join(PROTOTYPE_LABELS)}"
             )
+        labels = self.prototype_labels()
+        if label is None:
+            labels.pop(int(global_id), None)
         else:
             labels[int(global_id)] = label
-        data = {str(k): v for k, v in sorted(labels.items())}
+        data = {
+            "run": self.stage_info("prototypes").get("run"),
+            "labels": {str(k): v for k, v in sorted(labels.items())},
+        }
         atomic_write_text(self.folder / "prototype_labels.json", json.dumps(data, indent=2))
 
     def prototype_labels(self) -> dict[int, str]:
-        """The pathologist's relabels of global prototypes, {global id: label}."""
+        """The pathologist's marks of the current global prototypes, {global id: label}.
+
+        Marks belong to one build of the prototypes (ids change when they are rebuilt);
+        after a rebuild the marks carried over to the new prototypes by the tissue they
+        cover (``stages/prototypes/marks.json``) apply until the pathologist marks again.
+        """
+        run = self.stage_info("prototypes").get("run")
         path = self.folder / "prototype_labels.json"
-        if not path.exists():
-            return {}
-        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if "labels" in data:
+            mine = data["run"] == run
+        else:  # written before builds were recorded: valid only for such a build
+            mine, data = run is None, {"labels": data}
+        carried = self.stage_dir("prototypes") / "marks.json"
+        if not mine:
+            data = {"labels": json.loads(carried.read_text()) if carried.exists() else {}}
+        return {int(k): v for k, v in data["labels"].items()}
 
     # ---- stages ---------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
@@ -299,7 +314,7 @@ class Project:
                 extra = [
                     _file_hash(self.folder / "corrections" / f"{s.id}.npy") for s in self.slides
                 ]
-                extra.append(_file_hash(self.folder / "prototype_labels.json"))
+                extra.append(sorted(self.prototype_labels().items()))
             fp = _hash([fp, stage, own, extra])
             if stage == name:
                 return fp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from protorefine.refine.postprocess import context_features, prob_to_fine_mask, 
 from protorefine.refine.prototypes import (
     Prototypes,
     build_prototypes,
+    carry_marks,
     embed_for_cosine,
     standardize_per_slide,
 )
@@ -269,6 +271,9 @@ class Pipeline:
             progress=prog,
             cancel=check,
         )
+        centres, cells = self._patch_centres(coh)
+        marks = self.project.prototype_labels()  # of the build this one replaces
+        carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh["index"])
         write_npz(out / "prototypes.npz", **protos.to_arrays())
         write_npz(
             out / "cohort.npz",
@@ -276,9 +281,15 @@ class Pipeline:
             distance=np.concatenate(dist),
             slide_index=coh["slide_index"],
             rc=coh["rc"],
+            centres=centres,
+            cells=cells,
         )
         (out / "index.json").write_text(json.dumps(coh["index"]))
+        (out / "marks.json").write_text(json.dumps({str(k): v for k, v in carried.items()}))
         return {
+            "run": uuid.uuid4().hex,
+            "marks_before": len(marks),
+            "marks_carried": len(carried),
             "local": int(len(protos.local_centers)),
             "global": int(len(protos.global_centers)),
             "patches": int(len(coarse_a)),
@@ -299,6 +310,37 @@ class Pipeline:
                 parts.append(grid.from_image(corr).astype(np.int8))
                 any_set = any_set or bool((corr >= 0).any())
         return np.concatenate(parts) if any_set else None
+
+    def _patch_centres(self, coh: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 (x, y) centre and cell size of every tissue patch of the cohort."""
+        centres, cells = [], []
+        for s in self.project.slides:
+            grid = self.project.grid(s.id)
+            a, b = coh["index"][s.id]
+            rc = coh["rc"][a:b].astype(np.float64)
+            centres.append((rc[:, ::-1] + 0.5) * grid.downsample)
+            cells.append(np.full(b - a, grid.downsample, dtype=np.float64))
+        return np.concatenate(centres), np.concatenate(cells)
+
+    def _carry_marks(
+        self, marks: dict, global_proto: np.ndarray, centres, cells, index: dict
+    ) -> dict[int, str]:
+        """The marks of the previous prototypes moved to these (empty when there were none)."""
+        if not marks:
+            return {}
+        old_dir = self.project.stage_dir("prototypes")
+        try:
+            with np.load(old_dir / "prototypes.npz") as data:
+                old_gid = data["global_proto"]
+            with np.load(old_dir / "cohort.npz") as data:
+                old_xy, old_cells = data["centres"], data["cells"]
+            old_index = json.loads((old_dir / "index.json").read_text())
+        except (OSError, KeyError, ValueError):
+            return {}  # no earlier build with patch positions: nothing to carry
+        old = {sid: (old_xy[a:b], old_gid[a:b]) for sid, (a, b) in old_index.items()}
+        new = {sid: (centres[a:b], global_proto[a:b]) for sid, (a, b) in index.items()}
+        radius = 0.75 * max(float(old_cells.max(initial=0)), float(cells.max(initial=0)))
+        return carry_marks(marks, old, new, radius)
 
     def _stage_pseudo_labels(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self._load("prototypes", "cohort.npz")

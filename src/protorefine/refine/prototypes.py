@@ -304,3 +304,42 @@ def build_prototypes(
         local_proto=local_proto,
         global_proto=global_proto,
     )
+
+
+def carry_marks(
+    marks: dict[int, str],
+    old: dict[str, tuple[np.ndarray, np.ndarray]],
+    new: dict[str, tuple[np.ndarray, np.ndarray]],
+    radius: float,
+) -> dict[int, str]:
+    """Move a pathologist's marks of global prototypes onto recomputed prototypes.
+
+    ``old`` and ``new`` map slide id -> (patch centres (n, 2) in level-0 pixels, global
+    prototype id of each patch). A new prototype takes the mark of the old one that more than
+    half of its patches lie on (nearest old patch within ``radius``); prototypes
+    without such a majority stay unmarked. Ids change whenever prototypes are rebuilt
+    (another encoder, grid, seed or outline), so marks must follow the tissue, not the id.
+    """
+    from scipy.spatial import cKDTree
+
+    if not marks:
+        return {}
+    votes: dict[int, dict[int, int]] = {}
+    sizes: dict[int, int] = {}
+    for slide_id, (xy, gid) in new.items():
+        for h in gid.tolist():
+            sizes[h] = sizes.get(h, 0) + 1
+        if slide_id not in old or len(old[slide_id][0]) == 0 or len(xy) == 0:
+            continue
+        oxy, ogid = old[slide_id]
+        dist, idx = cKDTree(oxy).query(xy, distance_upper_bound=radius)
+        found = np.isfinite(dist)
+        for h, g in zip(gid[found].tolist(), ogid[idx[found]].tolist(), strict=True):
+            votes.setdefault(h, {})
+            votes[h][g] = votes[h].get(g, 0) + 1
+    out = {}
+    for h, counts in votes.items():
+        g, n = max(counts.items(), key=lambda kv: kv[1])
+        if g in marks and n > 0.5 * sizes[h]:
+            out[int(h)] = marks[g]
+    return out

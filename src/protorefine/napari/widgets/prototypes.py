@@ -125,6 +125,7 @@ class PrototypesWidget(WorkflowWidget):
         super().__init__(napari_viewer)
         self.cards: list[PrototypeCard] = []
         self._styled: tuple | None = None
+        self._build: str | None = None  # the prototypes build the gallery shows
 
         intro = QLabel(
             "Patterns found in the tissue of every slide. Colours are shared by both layers; "
@@ -267,6 +268,7 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_cards(self, result: tuple[list[PrototypeCard], SlideResults]) -> Iterator[None]:
         self.cards, results = result
+        self._say_carried_marks()
         yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,), emit=False)
         yield from self._style_steps()  # a new colormap costs a slow repaint: one per turn
         self._fill_table()
@@ -377,6 +379,7 @@ class PrototypesWidget(WorkflowWidget):
         if project is None:
             return
         self.encoder.setCurrentText(project.config.encoder)
+        self._build = project.stage_info("prototypes").get("run")
         self.grid.sync(project)
         self._show_grid()
         if project.stage_done("prototypes"):
@@ -384,6 +387,20 @@ class PrototypesWidget(WorkflowWidget):
                 "Prototype gallery",
                 lambda ctx: prototype_cards(project, cancel=ctx.cancel),
                 on_done=self._on_gallery,
+            )
+
+    def _say_carried_marks(self) -> None:
+        """After a rebuild, say where the pathologist's marks went (ids changed)."""
+        info = self.state.project.stage_info("prototypes")
+        if info.get("run") == self._build:
+            return
+        self._build = info.get("run")
+        before, after = info.get("marks_before", 0), info.get("marks_carried", 0)
+        if before:
+            notify(
+                "info",
+                f"Prototypes were rebuilt: your marks of {before} prototype(s) now apply to "
+                f"{after} new prototype(s) covering the same tissue (see the list).",
             )
 
     def _on_gallery(self, cards: list[PrototypeCard]) -> None:
