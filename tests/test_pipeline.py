@@ -205,3 +205,22 @@ def test_marks_follow_the_tissue_when_prototypes_are_rebuilt(tmp_path, case):
     assert h not in p.prototype_labels() and Project.open(p.folder).prototype_labels() == {
         k: v for k, v in labels.items() if k != h
     }
+
+
+def test_corrections_follow_the_tissue_to_a_new_grid(tmp_path, case):
+    p = new_project(tmp_path / "p", case)
+    grid = p.grid("s1")
+    painted = np.full((grid.rows, grid.cols), -1, np.int8)
+    tissue = grid.tissue.reshape(grid.rows, grid.cols)
+    r, c = np.argwhere(tissue)[len(np.argwhere(tissue)) // 2]
+    painted[r, c] = 1
+    p.set_corrections("s1", painted)
+    p.set_config(p.config.replace(stride=32))  # cells of half the size
+    fine = p.corrections("s1")
+    finer = p.grid("s1")
+    assert fine.shape == (finer.rows, finer.cols) == (2 * grid.rows, 2 * grid.cols)
+    assert (fine[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == 1).all() and (fine == 1).sum() == 4
+    Pipeline(p).run(until="pseudo_labels")
+    assert (p.result_grid("s1", "pseudo")[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == 1).all()
+    p.set_config(p.config.replace(stride=None))  # and back: the painting is as it was
+    np.testing.assert_array_equal(p.corrections("s1"), painted)

@@ -5,7 +5,7 @@ Layout::
     config.json              RefineConfig + encoder name and weight hash
     slides.json              the slides (id, path, shape, levels, mpp)
     coarse/<id>.geojson      coarse annotations
-    corrections/<id>.npy     painted corrections, (rows, cols) int8
+    corrections/<id>.npz     painted corrections, (rows, cols) int8 + the grid's cell size
     prototype_labels.json    pathologist's marks of global prototypes (of one build of them)
     ui_state.json            free-form widget state
     features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid
@@ -233,12 +233,21 @@ class Project:
         """Where the coarse annotation of a slide is stored."""
         return self.folder / "coarse" / f"{slide_id}.geojson"
 
+    def _corrections_path(self, slide_id: str) -> Path:
+        return self.folder / "corrections" / f"{slide_id}.npz"
+
     def set_corrections(self, slide_id: str, labels: np.ndarray | None) -> None:
-        """Save painted corrections, a (rows, cols) int8 grid: -1 none, 0 normal, 1 tumour."""
+        """Save painted corrections, a (rows, cols) int8 grid: -1 none, 0 normal, 1 tumour.
+
+        They are stored with the grid's cell size, so a later grid (another patch size,
+        level or stride) reads them back resampled by position instead of losing them.
+        """
         self.slide(slide_id)
-        path = self.folder / "corrections" / f"{slide_id}.npy"
+        path = self._corrections_path(slide_id)
+        legacy = path.with_suffix(".npy")
         if labels is None:
             path.unlink(missing_ok=True)
+            legacy.unlink(missing_ok=True)
             return
         arr = np.asarray(labels)
         if arr.ndim != 2:
@@ -250,14 +259,26 @@ class Project:
             raise ProtorefineError(
                 f"corrections of {slide_id!r}: shape {arr.shape}, grid is ({grid.rows}, {grid.cols})"
             )
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr.astype(np.int8))
+        write_npz(path, labels=arr.astype(np.int8), downsample=np.float64(grid.downsample))
+        legacy.unlink(missing_ok=True)
 
     def corrections(self, slide_id: str) -> np.ndarray | None:
-        """The painted corrections grid of a slide, or None."""
-        path = self.folder / "corrections" / f"{slide_id}.npy"
-        return np.load(path) if path.exists() else None
+        """The painted corrections on the slide's current grid (resampled by position), or None."""
+        path = self._corrections_path(slide_id)
+        legacy = path.with_suffix(".npy")
+        if not path.exists():
+            return np.load(legacy) if legacy.exists() else None  # saved on the current grid
+        with np.load(path) as data:
+            labels, ds = data["labels"], float(data["downsample"])
+        grid = self.grid(slide_id)
+        if labels.shape == (grid.rows, grid.cols) and abs(ds - grid.downsample) < 1e-6 * ds:
+            return labels
+        centre_r = ((np.arange(grid.rows) + 0.5) * grid.downsample / ds).astype(np.int64)
+        centre_c = ((np.arange(grid.cols) + 0.5) * grid.downsample / ds).astype(np.int64)
+        out = np.full((grid.rows, grid.cols), -1, dtype=np.int8)
+        rr, cc = centre_r < labels.shape[0], centre_c < labels.shape[1]
+        out[np.ix_(rr, cc)] = labels[np.ix_(centre_r[rr], centre_c[cc])]
+        return out
 
     def set_prototype_label(self, global_id: int, label: str | None) -> None:
         """Relabel a global prototype: "tumour", "normal", "ignore", or None to clear."""
@@ -312,7 +333,8 @@ class Project:
                 extra = [_file_hash(self.coarse_path(s.id)) for s in self.slides]
             elif stage == "pseudo_labels":
                 extra = [
-                    _file_hash(self.folder / "corrections" / f"{s.id}.npy") for s in self.slides
+                    [_file_hash(p) for p in (c, c.with_suffix(".npy"))]
+                    for c in (self._corrections_path(s.id) for s in self.slides)
                 ]
                 extra.append(sorted(self.prototype_labels().items()))
             fp = _hash([fp, stage, own, extra])
