@@ -688,3 +688,22 @@ def test_marks_survive_a_rebuild_and_the_pathologist_is_told(qtbot, gui, notes):
     assert any("rebuilt" in n and "marks of 1 prototype" in n for n in notes)
     rows = [protos.table.item(r, 3).text() for r in range(protos.table.rowCount())]
     assert sum("Tumour" in t for t in rows) == len(marks)
+
+
+def test_painted_corrections_move_with_a_new_grid(qtbot, gui):
+    from protorefine.napari.state import CORRECTIONS
+
+    viewer, state, protos, _, review = gui()
+    finish(qtbot, protos.runner, protos.run)
+    grid = state.project.grid(state.slide_id)
+    r, c = np.argwhere(grid.tissue.reshape(grid.rows, grid.cols))[0]
+    assert review.paint_cells(np.array([r]), np.array([c]), TUMOUR_LABEL) == 1
+    protos.grid.finer.setChecked(True)
+    finish(qtbot, protos.runner, protos.run)
+    layer = viewer.layers[CORRECTIONS]
+    finer = state.project.grid(state.slide_id)
+    assert layer.data.shape == (finer.rows, finer.cols) == (2 * grid.rows, 2 * grid.cols)
+    assert (layer.data[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == TUMOUR_LABEL).all()
+    # painting on the new grid is saved on it
+    assert review.paint_cells(np.array([0]), np.array([0]), NORMAL_LABEL) == 1
+    assert state.project.corrections(state.slide_id).shape == (finer.rows, finer.cols)
