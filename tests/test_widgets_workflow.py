@@ -707,3 +707,23 @@ def test_painted_corrections_move_with_a_new_grid(qtbot, gui):
     # painting on the new grid is saved on it
     assert review.paint_cells(np.array([0]), np.array([0]), NORMAL_LABEL) == 1
     assert state.project.corrections(state.slide_id).shape == (finer.rows, finer.cols)
+
+
+def test_grid_choices_on_screen_survive_a_refresh(qtbot):
+    from types import SimpleNamespace
+
+    from protorefine.napari.widgets._grid import GridControls
+    from protorefine.project import SlideEntry
+
+    controls = GridControls()
+    qtbot.addWidget(controls)
+    one = [SlideEntry("a", "a.svs", (40_000, 30_000), levels=4, mpp=0.25)]
+    project = SimpleNamespace(config=small_config(), slides=one)
+    controls.sync(project)
+    controls.size.setValue(96)
+    controls.resolution.setCurrentIndex(controls.resolution.findText("1 µm/px"))
+    project.slides = [*one, SlideEntry("b", "b.tif", (9_000, 9_000), levels=2, mpp=0.5)]
+    controls.sync(project, keep=True)  # a slide was added: choices stay, offers shrink
+    assert controls.changes()["patch_size"] == 96 and controls.changes()["mpp"] == 1.0
+    options = [controls.resolution.itemText(i) for i in range(controls.resolution.count())]
+    assert "level 2" not in options and "0.25 µm/px" not in options

@@ -53,8 +53,21 @@ class GridControls(QWidget):
         lay.addWidget(self.info, 1, 1)
         lay.setColumnStretch(1, 1)
 
-    def sync(self, project: Any) -> None:
-        """Offer the resolutions every slide of ``project`` has and show its current grid."""
+    def sync(self, project: Any, *, keep: bool = False) -> None:
+        """Offer the resolutions every slide of ``project`` has and show its current grid.
+
+        With ``keep`` the choices on screen stay (when still offered): the slide list
+        changed, not the project.
+        """
+        if keep and self.resolution.count():
+            size, finer, data = self.size.value(), self.finer.isChecked(), self._current()
+            self.sync(project)
+            self.size.setValue(size)
+            self.finer.setChecked(finer)
+            for index in range(self.resolution.count()):
+                if tuple(self.resolution.itemData(index)) == tuple(data):
+                    self.resolution.setCurrentIndex(index)
+            return
         cfg = project.config
         entries = project.slides
         levels = min((e.levels for e in entries), default=1)
@@ -63,8 +76,8 @@ class GridControls(QWidget):
             for k in range(max(1, levels))
         ]
         if entries and all(e.mpp for e in entries):
-            finest = min(e.mpp for e in entries)
-            mpps = {m for m in MPP_CHOICES if m >= 0.95 * finest}
+            coarsest = max(e.mpp for e in entries)  # every slide must reach the resolution
+            mpps = {m for m in MPP_CHOICES if m >= 0.95 * coarsest}
             if cfg.mpp is not None:
                 mpps.add(float(cfg.mpp))
             choices += [(f"{m:g} µm/px", ("mpp", m)) for m in sorted(mpps)]
@@ -84,7 +97,7 @@ class GridControls(QWidget):
     def changes(self) -> dict[str, Any]:
         """The grid fields of a RefineConfig as the controls set them."""
         size = int(self.size.value())
-        kind, value = self.resolution.currentData() or ("level", 0)
+        kind, value = self._current()
         stride = None
         if self.finer.isChecked():
             keep = self._stride is not None and self._stride < size
@@ -95,6 +108,9 @@ class GridControls(QWidget):
             "mpp": float(value) if kind == "mpp" else None,
             "stride": stride,
         }
+
+    def _current(self) -> tuple[str, float]:
+        return self.resolution.currentData() or ("level", 0)
 
     def describe(self, slide: Any) -> str:
         """What the grid gives on ``slide``: cells across and down, and their size."""

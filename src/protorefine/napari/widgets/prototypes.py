@@ -409,6 +409,8 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_slide(self, slide_id) -> None:
         self.style_layers()
+        if self.state.project is not None:  # slides may have been added or removed
+            self.grid.sync(self.state.project, keep=True)
         self._show_grid()
 
     def _show_grid(self, *_args) -> None:
