@@ -663,8 +663,13 @@ def test_outline_threshold_redraws_without_retraining(qtbot, gui):
         return state.project.refined_annotations(state.slide_id).union().area
 
     areas, shown = {}, {}
+    assert refine.run_button.text() == "Refine and train"
+    refine.rounds.setValue(3)
+    assert refine.run_button.text() == "Refine and train"  # that would retrain
+    refine.rounds.setValue(state.project.config.rounds)
     for value in (0.85, 0.35):
         refine.threshold.setValue(value)
+        assert refine.run_button.text() == "Redraw outline"
         finish(qtbot, refine.runner, refine.run)
         assert state.project.config.threshold == value
         areas[value] = outline_area()

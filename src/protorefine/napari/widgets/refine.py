@@ -87,6 +87,8 @@ class RefineWidget(WorkflowWidget):
         self.run_button = QPushButton("Refine and train")
         self.run_button.setToolTip("Pseudo-labels, classifier training and the refined outline")
         self.run_button.clicked.connect(self.run)
+        self.rounds.valueChanged.connect(self._name_button)
+        self.threshold.valueChanged.connect(self._name_button)
         self.runner = TaskRunner(self.state)
         #: Epoch records of the current run in order, each with its ``round`` (the plot's points).
         self.epochs: list[dict] = []
@@ -106,6 +108,7 @@ class RefineWidget(WorkflowWidget):
         lay.addStretch(1)
 
         self.state.project_changed.connect(self._on_project)
+        self.state.results_changed.connect(self._name_button)
         self.state.slide_changed.connect(self._on_slide)
         self._on_project(self.state.project)
 
@@ -126,6 +129,7 @@ class RefineWidget(WorkflowWidget):
             return
         self.rounds.setValue(int(project.config.rounds))
         self.threshold.setValue(float(project.config.threshold))
+        self._name_button()
         self.device_label.setText(device_text(project.config.device))
 
     def run(self, *, invalidate: str | None = None) -> bool:
@@ -136,16 +140,8 @@ class RefineWidget(WorkflowWidget):
             return False
         if not check_coarse(self.state):
             return False
-        from protorefine.refine.config import first_changed_stage
-
-        config = project.config.replace(
-            rounds=int(self.rounds.value()), threshold=round(float(self.threshold.value()), 2)
-        )
-        redraw_only = (
-            not invalidate
-            and project.stage_done("classifier")
-            and first_changed_stage(project.config, config) in (None, "output")
-        )
+        config = self._config(project)
+        redraw_only = not invalidate and self._redraw_only(project, config)
         pipeline = pipeline_for(project, config)
         if not redraw_only:  # the plot keeps the training it shows when nothing retrains
             self.history = []
@@ -166,6 +162,29 @@ class RefineWidget(WorkflowWidget):
         return self.runner.start(
             "Refine and train", task, on_done=self._on_done, on_event=self._on_round
         )
+
+    def _config(self, project):
+        """The project's config with this pane's settings."""
+        return project.config.replace(
+            rounds=int(self.rounds.value()), threshold=round(float(self.threshold.value()), 2)
+        )
+
+    @staticmethod
+    def _redraw_only(project, config, changed=(None, "output")) -> bool:
+        """True when the classifier is trained and at most output settings changed."""
+        from protorefine.refine.config import first_changed_stage
+
+        if not project.stage_done("classifier"):
+            return False
+        return first_changed_stage(project.config, config) in changed
+
+    def _name_button(self, *_args) -> None:
+        """Say on the button when a run would only redraw the outline, not retrain."""
+        project = self.state.project
+        redraw = project is not None and self._redraw_only(
+            project, self._config(project), changed=("output",)
+        )
+        self.run_button.setText("Redraw outline" if redraw else "Refine and train")
 
     def _on_round(self, info: object) -> None:
         """An epoch record (``epoch`` key) or a round record from the worker: update the plot."""
@@ -201,4 +220,5 @@ class RefineWidget(WorkflowWidget):
                 plot.add_point(x, agreement=rec.get("agreement"))
 
     def _on_done(self, results: SlideResults) -> Iterator[None]:
+        self._name_button()
         yield from show_results(self.state, results, show=(REFINED, CONFIDENCE))
