@@ -626,7 +626,7 @@ def test_patch_grid_is_chosen_in_the_prototypes_pane(qtbot, gui):
     assert viewer.layers[GLOBAL_PROTOTYPES].data.shape == (16, 16)
 
 
-def test_grid_choices_follow_the_projects_slides(qtbot, tmp_path):
+def test_grid_choices_follow_the_projects_slides(qtbot):
     from types import SimpleNamespace
 
     from protorefine.napari.widgets._grid import GridControls
