@@ -57,10 +57,10 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
 
     ``blocks``: feature widths of a combined encoder (``dim`` is then their sum).
     """
-    from protorefine.annotations import vectorize
+    from protorefine.annotations import smooth_outline, vectorize
     from protorefine.refine.classifier import train_classifier
     from protorefine.refine.config import RefineConfig
-    from protorefine.refine.postprocess import prob_to_mask, scatter_grid
+    from protorefine.refine.postprocess import prob_to_fine_mask, prob_to_mask, scatter_grid
     from protorefine.refine.prototypes import build_prototypes, embed_for_cosine
     from protorefine.refine.pseudolabels import make_pseudo_labels
 
@@ -87,8 +87,12 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
         idx = np.flatnonzero(s == k)
         grid = scatter_grid(cr.prob[idx], rc[idx])
         tissue = scatter_grid(np.ones(len(idx), bool), rc[idx], grid.shape, fill=False)
-        mask = prob_to_mask(grid, tissue=tissue, config=cfg)
-        polygons += len(vectorize(mask, 224.0))
+        prob_to_mask(grid, tissue=tissue, config=cfg)  # the per-patch mask, as the pipeline
+        fine = prob_to_fine_mask(grid, tissue=tissue, config=cfg)  # and its polygons' mask
+        step = 224.0 / cfg.output_upsample
+        for ann in vectorize(fine, step):
+            smooth_outline(ann.geometry, step, cfg.outline_smoothing)
+            polygons += 1
     times["output"] = time.perf_counter() - t
     times["total"] = sum(times.values())
     return {

@@ -320,26 +320,26 @@ def carry_marks(
     without such a majority stay unmarked. Ids change whenever prototypes are rebuilt
     (another encoder, grid, seed or outline), so marks must follow the tissue, not the id.
     """
+    from collections import Counter
+
     from scipy.spatial import cKDTree
 
     if not marks:
         return {}
-    votes: dict[int, dict[int, int]] = {}
-    sizes: dict[int, int] = {}
+    sizes: Counter[int] = Counter()
+    votes: dict[int, Counter[int]] = {}
     for slide_id, (xy, gid) in new.items():
-        for h in gid.tolist():
-            sizes[h] = sizes.get(h, 0) + 1
+        sizes.update(gid.tolist())
         if slide_id not in old or len(old[slide_id][0]) == 0 or len(xy) == 0:
             continue
         oxy, ogid = old[slide_id]
         dist, idx = cKDTree(oxy).query(xy, distance_upper_bound=radius)
         found = np.isfinite(dist)
         for h, g in zip(gid[found].tolist(), ogid[idx[found]].tolist(), strict=True):
-            votes.setdefault(h, {})
-            votes[h][g] = votes[h].get(g, 0) + 1
+            votes.setdefault(h, Counter())[g] += 1
     out = {}
     for h, counts in votes.items():
-        g, n = max(counts.items(), key=lambda kv: kv[1])
+        g, n = counts.most_common(1)[0]
         if g in marks and n > 0.5 * sizes[h]:
             out[int(h)] = marks[g]
     return out

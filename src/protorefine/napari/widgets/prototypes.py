@@ -222,9 +222,8 @@ class PrototypesWidget(WorkflowWidget):
         except ProtorefineError as exc:
             notify("warning", str(exc))
             return False
-        try:
+        try:  # replace() validates: a bad combination is one line, not a failed run
             config = project.config.replace(encoder=encoder, **self.grid.changes())
-            config.validate()
         except ProtorefineError as exc:
             notify("warning", str(exc))
             return False
