@@ -131,8 +131,12 @@ def test_switching_slides_swaps_layers(widgets, slides, tmp_path: Path) -> None:
     assert saved["current_slide"] == "case_b"
 
 
-def test_switching_between_pyramid_and_plain_image(widgets, slides, tmp_path: Path) -> None:
-    """A plain image (one level, no mpp) after a pyramid: the image layer is replaced in place."""
+def test_switching_between_pyramid_and_plain_image(
+    widgets, slides, tmp_path: Path, notes, qtbot
+) -> None:
+    """A plain image (one level, no mpp) after a pyramid and back: the image layer is
+    replaced in place, and every layer of the slide moves between micrometres and pixels
+    together (napari otherwise warns about mixed units and ignores them)."""
     from skimage.io import imsave
 
     viewer, pw, _ = widgets
@@ -140,13 +144,18 @@ def test_switching_between_pyramid_and_plain_image(widgets, slides, tmp_path: Pa
     imsave(plain, np.random.default_rng(2).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     pw.create_project(tmp_path / "proj")
     pw.add_slides([slides[0], plain])
-    for row, name, multiscale, scale in ((1, "plain", False, 1.0), (0, "case_a", True, MPP)):
+    steps = ((1, "plain", False, 1.0, "pixel"), (0, "case_a", True, MPP, "micrometer"))
+    for row, name, multiscale, scale, unit in steps * 2:
         pw.table.selectRow(row)
-        (image,) = _images(viewer)
+        qtbot.waitUntil(lambda: not pw.state.placeholders_pending, timeout=10_000)
+        (image,) = [layer for layer in _images(viewer) if layer.rgb]
         assert (image.name, image.multiscale) == (name, multiscale)
         assert viewer.layers.index(image) == 0  # still under the outline
         for layer in (image, viewer.layers["coarse"]):
             assert tuple(layer.scale) == pytest.approx((scale, scale))
+        assert len(viewer.layers) > 2  # the result placeholders are there too
+        assert {str(u) for layer in viewer.layers for u in layer.units} == {unit}
+    assert not [m for _, m in notes if "units" in m.lower()]
 
 
 def test_reopen_restores_slide_and_view(

@@ -73,7 +73,8 @@ def pixel_scale(mpp: float | None) -> float:
     return float(mpp) if mpp else 1.0
 
 
-def _units(mpp: float | None) -> tuple[str, str]:
+def world_units(mpp: float | bool | None) -> tuple[str, str]:
+    """World units of a slide's layers: micrometres when its mpp is known, else pixels."""
     return ("micrometer", "micrometer") if mpp else ("pixel", "pixel")
 
 
@@ -85,7 +86,7 @@ def image_layer_data(slide: Slide) -> LayerData:
         "rgb": True,
         "multiscale": len(levels) > 1,
         "scale": (s, s),
-        "units": _units(slide.mpp),
+        "units": world_units(slide.mpp),
         "name": slide.name,
         "contrast_limits": (0, 255),
         "metadata": {META_PATH: str(slide.path), META_MPP: slide.mpp, META_PIXEL_SCALE: s},
@@ -109,9 +110,9 @@ def retarget_image_layer(layer: Image, slide: Slide) -> bool:
     data, meta, _ = image_layer_data(slide)
     if not layer.rgb or bool(layer.multiscale) != meta["multiscale"]:
         return False
+    layer.units = meta["units"]  # first: the other layers of the slide already have them
     layer.data = data
     layer.scale = meta["scale"]
-    layer.units = meta["units"]
     layer.contrast_limits = meta["contrast_limits"]
     layer.metadata = meta["metadata"]
     layer.name = meta["name"]
@@ -139,7 +140,7 @@ def shapes_layer_data(
     meta: dict[str, Any] = {
         "name": name,
         "scale": (s, s),
-        "units": _units(mpp),
+        "units": world_units(mpp),
         "shape_type": list(types) if types else "polygon",
         "features": _class_features(classes),
         "feature_defaults": {"classification": "Tumor"},
@@ -370,6 +371,9 @@ def retarget_grid_layer(
         layer.scale = scale
     if not np.allclose(layer.translate[-2:], translate):
         layer.translate = translate
+    units = world_units(s != 1.0)
+    if tuple(str(u) for u in layer.units[-2:]) != units:  # slides differ in whether mpp is known
+        layer.units = units
 
 
 def _grid_layer(
@@ -384,8 +388,7 @@ def _grid_layer(
     from napari.layers import Image, Labels
     from napari.utils.colormaps import DirectLabelColormap
 
-    units = ("micrometer", "micrometer") if s != 1.0 else ("pixel", "pixel")
-    common = {"name": name, "scale": scale, "translate": translate, "units": units}
+    common = {"name": name, "scale": scale, "translate": translate, "units": world_units(s != 1.0)}
     if name == CONFIDENCE:
         opts = {
             "colormap": "viridis",

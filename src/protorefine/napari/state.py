@@ -144,6 +144,13 @@ class ProtorefineState:
         self._pending = []
         self.slide_id, self.slide = slide_id, slide
         viewer = self.viewer
+        units = L.world_units(slide.mpp)
+        # a slide with mpp after one without (or back): give every layer its new units
+        # first, else napari draws the swap half done and warns about mixed units
+        results = [self.layer(name) for name in PLACEHOLDER_LAYERS]
+        for layer in (self.coarse_layer, *results, *self._placeholders.values()):
+            if layer is not None and layer in viewer.layers and tuple(map(str, layer.units)) != units:
+                layer.units = units
         self._show_image(slide)
         if self.coarse_layer is not None and self.coarse_layer in viewer.layers:
             L.replace_shapes(self.coarse_layer, coarse, slide)
