@@ -149,7 +149,11 @@ class ProtorefineState:
         # first, else napari draws the swap half done and warns about mixed units
         results = [self.layer(name) for name in PLACEHOLDER_LAYERS]
         for layer in (self.coarse_layer, *results, *self._placeholders.values()):
-            if layer is not None and layer in viewer.layers and tuple(map(str, layer.units)) != units:
+            if (
+                layer is not None
+                and layer in viewer.layers
+                and tuple(map(str, layer.units)) != units
+            ):
                 layer.units = units
         self._show_image(slide)
         if self.coarse_layer is not None and self.coarse_layer in viewer.layers:
