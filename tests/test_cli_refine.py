@@ -241,3 +241,52 @@ def test_threshold_rerun_redraws_only_the_outline(refined, case, tmp_path):
     assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output"]
     assert report["config"]["threshold"] == 0.85
     assert read_geojson(out / "s1.geojson").union().area < before
+
+
+def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path, capsys):
+    """``--ome-zarr``: the slide as OME-Zarr with the refined outline as NGFF labels, which the
+    napari reader shows over it; a rerun keeps the copy; a folder in the way is refused."""
+    from protorefine.annotations import rasterize
+    from protorefine.napari.reader import read_paths
+    from protorefine.slides import open_slide
+
+    out = tmp_path / "out"
+    args = refine_args(case["slide"], case["coarse"], out, *FAST, "--ome-zarr")
+    assert main([*args, "--project", str(refined / "project")]) == 0
+    copy = out / "s1.ome.zarr"
+    source = iio.imread(case["slide"])
+    assert np.array_equal(np.asarray(open_slide(copy).levels[0]), source[..., :3])
+    layers = read_paths(str(copy))
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    labels, meta, _ = layers[1]
+    # the labels hold exactly the exported outline, at a quarter patch, over its pixels
+    outline = read_geojson(out / "s1.geojson")
+    assert np.array_equal(np.asarray(labels).astype(bool), rasterize(outline, (1024, 1024), 16))
+    assert tuple(meta["scale"]) == (16.0, 16.0) and tuple(meta["translate"]) == (7.5, 7.5)
+    stamp = (copy / "0" / ".zarray").stat().st_mtime_ns
+    assert main([*args, "--project", str(refined / "project")]) == 0
+    assert (copy / "0" / ".zarray").stat().st_mtime_ns == stamp  # kept, not converted again
+    capsys.readouterr()
+    other = tmp_path / "other"
+    (other / "s1.ome.zarr").mkdir(parents=True)
+    (other / "s1.ome.zarr" / "notes.txt").write_text("mine")
+    args = refine_args(case["slide"], case["coarse"], other, *FAST, "--ome-zarr")
+    assert main([*args, "--project", str(refined / "project")]) == 2
+    assert "is not an OME-Zarr copy of s1.png" in one_error_line(capsys)
+    assert (other / "s1.ome.zarr" / "notes.txt").read_text() == "mine"
+
+
+def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(
+    refined, tmp_path
+):
+    from protorefine.errors import CancelledError, ProtorefineError
+    from protorefine.labels_export import export_refined_labels
+
+    project = Project.open(refined / "project")
+    with pytest.raises(ProtorefineError, match="s1.png: not an OME-Zarr slide; name a .zarr"):
+        export_refined_labels(project, "s1")
+    target = tmp_path / "s1.ome.zarr"
+    with pytest.raises(CancelledError):
+        export_refined_labels(project, "s1", target, cancel=lambda: True)
+    assert not target.exists() and not list(tmp_path.iterdir())
+    assert project.stage_done("output")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gui
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
-from protorefine.annotations import read_geojson, vectorize, write_geojson  # noqa: E402
+from protorefine.annotations import rasterize, read_geojson, vectorize, write_geojson  # noqa: E402
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
 from protorefine.napari.state import (  # noqa: E402
     CONFIDENCE,
@@ -458,14 +458,18 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     area = sum(a.geometry.area for a in back)
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
     assert abs(area - mask_area) / mask_area < 0.1
-    # NGFF labels inside the slide's zarr
-    labels_dir = review.export_ngff()
+    # NGFF labels inside the slide's zarr, at the step the outline was traced at
+    finish(qtbot, review.export_runner, review.export_ngff)
+    labels_dir = review.labels_path
     import zarr
 
     assert labels_dir is not None
+    assert labels_dir.parent.parent == Path(state.project.slide(state.slide_id).path)
     ms = dict(zarr.open_group(labels_dir, mode="r").attrs)["multiscales"][0]
-    arr = zarr.open_array(labels_dir / ms["datasets"][0]["path"], mode="r")
-    assert arr.shape[-2:] == (grid.rows, grid.cols)
+    arr = np.asarray(zarr.open_array(labels_dir / ms["datasets"][0]["path"], mode="r"))[0]
+    f = state.project.config.output_upsample
+    assert arr.shape == (grid.rows * f, grid.cols * f)
+    assert np.array_equal(arr.astype(bool), rasterize(back, grid.shape, grid.downsample / f))
     # Dice against the cohort's ground truth (loaded from the project's ui_state)
     assert review.truth_path is not None
     # scoring starts by itself when the refined layer arrives; wait for it, then ask again

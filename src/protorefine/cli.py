@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         "without retraining",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ome-zarr",
+        action="store_true",
+        help="also write OUT/<stem>.ome.zarr: the slide as OME-Zarr with the refined outline as NGFF labels",
+    )
     p.set_defaults(func=_cmd_refine)
 
     p = sub.add_parser(

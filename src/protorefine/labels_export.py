@@ -1,10 +1,11 @@
-"""Write patch-grid results as NGFF labels inside a slide's OME-Zarr, so other NGFF viewers see them.
+"""Write refined outlines as NGFF labels in OME-Zarr, so napari and other NGFF viewers show them.
 
-The labels image keeps one pixel per grid cell (small, whatever the slide size)
-and carries a scale and translation that lay each cell over its patch in the
-parent image's physical units. It is written beside the slide in a temporary
-folder and moved into ``<slide>.zarr/labels/<name>`` only when complete; the
-``labels`` listing is then updated atomically.
+A labels image keeps one pixel per cell of a grid over the slide (small, whatever
+the slide size) and carries a scale and translation that lay each cell over its
+level-0 pixels in the parent image's physical units. It is written in a
+temporary folder inside the image and moved into ``<image>.zarr/labels/<name>``
+only when complete; the ``labels`` listing is then updated atomically. Slides that
+are not OME-Zarr get an OME-Zarr copy to hold them (:func:`export_refined_labels`).
 """
 
 from __future__ import annotations
@@ -133,23 +134,64 @@ def _list_label(labels_dir: Path, name: str) -> None:
     atomic_write_text(attrs_path, json.dumps(attrs, indent=2))
 
 
-def write_refined_labels(project, slide_id: str, name: str = "refined") -> Path:
-    """Write a project's refined mask of ``slide_id`` as NGFF labels into the slide's OME-Zarr."""
+def refined_labels(project, slide_id: str) -> tuple[np.ndarray, float]:
+    """The refined outline of ``slide_id`` rasterised at the step it was traced at, and that step.
+
+    The step is the patch grid's cell over ``output_upsample`` (a quarter patch by
+    default), so the labels cover exactly the pixels the exported GeoJSON does.
+    """
+    from protorefine.annotations import rasterize
+
+    grid = project.grid(slide_id)
+    step = grid.downsample / max(1, int(project.config.output_upsample))
+    mask = rasterize(project.refined_annotations(slide_id), grid.shape, step)
+    return mask.astype(np.uint8), step
+
+
+def export_refined_labels(
+    project,
+    slide_id: str,
+    target: str | os.PathLike[str] | None = None,
+    *,
+    name: str = "refined",
+    progress=None,
+    cancel=None,
+) -> Path:
+    """Write the refined outline of ``slide_id`` as NGFF labels ``name``; return the labels folder.
+
+    An OME-Zarr slide gets them inside (``target`` None). Any other slide (SVS, TIFF,
+    image) gets an OME-Zarr copy at ``target``, converted from the slide (streamed,
+    atomic; ``progress``/``cancel`` as in :func:`convert_to_ome_zarr`) unless ``target``
+    already holds that slide, so NGFF viewers show the labels over the tissue.
+    """
+    from protorefine.slides import convert_to_ome_zarr, open_slide
     from protorefine.slides.omezarr import is_ome_zarr
 
     entry = project.slide(slide_id)
     path = Path(entry.path)
-    if not (path.is_dir() and is_ome_zarr(path)):
+    labels, step = refined_labels(project, slide_id)
+    if path.is_dir() and is_ome_zarr(path):
+        if target is not None and Path(target).resolve() != path.resolve():
+            raise ProtorefineError(
+                f"{path}: the slide is an OME-Zarr already; its labels go inside it, not to {target}"
+            )
+        zarr_path = path
+    elif target is None:
         raise ProtorefineError(
-            f"{path}: labels can only be stored in an OME-Zarr slide; convert it first (protorefine convert)"
+            f"{path}: not an OME-Zarr slide; name a .zarr folder for an OME-Zarr copy with the labels"
         )
-    grid = project.grid(slide_id)
-    refined = np.asarray(project.result_grid(slide_id, "refined")).astype(np.uint8)
+    else:
+        zarr_path = Path(target)
+        if zarr_path.exists():
+            copy = open_slide(zarr_path) if is_ome_zarr(zarr_path) else None
+            if copy is None or copy.shape != tuple(entry.shape):
+                raise ProtorefineError(
+                    f"{zarr_path}: exists and is not an OME-Zarr copy of {path.name}; choose a new folder"
+                )
+        else:
+            convert_to_ome_zarr(
+                project.open_slide(slide_id), zarr_path, progress=progress, cancel=cancel
+            )
     return write_grid_labels(
-        path,
-        name,
-        refined,
-        grid.downsample,
-        colors=REFINED_COLORS,
-        properties=REFINED_PROPERTIES,
+        zarr_path, name, labels, step, colors=REFINED_COLORS, properties=REFINED_PROPERTIES
     )

@@ -48,6 +48,8 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
         p = Path(p)
         if _kind(p) == "slide":
             out.append(read_slide(p))
+            if p.is_dir():
+                out.extend(read_labels_layers(p, out[-1][1]))
         else:
             out.append(read_annotation_layer(p))
     return out
@@ -58,6 +60,33 @@ def read_slide(path: str | Path) -> LayerData:
     from protorefine.slides import open_slide
 
     return image_layer_data(open_slide(path))
+
+
+def read_labels_layers(path: str | Path, image_meta: dict) -> list[LayerData]:
+    """A Labels layer for each NGFF labels image of an OME-Zarr slide (e.g. exported refined
+    outlines), over the slide; labels that cannot be read are skipped with a warning."""
+    from protorefine.errors import ProtorefineError
+    from protorefine.slides.omezarr import read_ngff_labels
+
+    try:
+        found = read_ngff_labels(path)
+    except ProtorefineError as exc:
+        _warn(str(exc))
+        return []
+    layers = []
+    for lab in found:
+        meta = {
+            "name": f"{image_meta['name']} {lab.name}",
+            "scale": lab.scale,
+            "translate": lab.translation,
+            "units": image_meta["units"],
+            "opacity": 0.5,
+            "multiscale": len(lab.levels) > 1,
+        }
+        if lab.colors:
+            meta["colormap"] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), **lab.colors}
+        layers.append((lab.levels if len(lab.levels) > 1 else lab.levels[0], meta, "labels"))
+    return layers
 
 
 def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData:

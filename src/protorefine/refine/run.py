@@ -145,6 +145,19 @@ def refine_command(args: argparse.Namespace) -> int:
     for sid in ids:
         write_geojson(project.refined_annotations(sid), out / f"{sid}.geojson")
         _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
+    if getattr(args, "ome_zarr", False):
+        from protorefine.labels_export import export_refined_labels
+
+        for sid in ids:  # the slide as OME-Zarr (kept when rerun), labels/refined inside
+            try:
+                export_refined_labels(
+                    project,
+                    sid,
+                    out / f"{sid}.ome.zarr",
+                    progress=lambda d, t, m, s=sid: bars(d, t, f"{s}.ome.zarr: {m}"),
+                )
+            finally:
+                bars.close()
     report = make_report(project, pipe, total)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")

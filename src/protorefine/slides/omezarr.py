@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,52 @@ def open_ome_zarr(path: Path, name: str) -> Slide:
             f"{path}: cannot read OME-Zarr level ({' '.join(str(exc).split())})"
         ) from exc
     return Slide(path=path, name=name, levels=levels, mpp=mpp, backend="ome-zarr")
+
+
+@dataclass
+class NgffLabels:
+    """One NGFF labels image of an OME-Zarr slide: lazy 2-D levels and where they lie.
+
+    ``scale`` and ``translation`` (y, x) are in the slide image's physical units, as
+    stored; ``colors`` maps a label value to RGBA in 0-1.
+    """
+
+    name: str
+    levels: list[da.Array]
+    scale: tuple[float, float]
+    translation: tuple[float, float]
+    colors: dict[int, tuple[float, float, float, float]]
+
+
+def read_ngff_labels(path: str | Path) -> list[NgffLabels]:
+    """The labels images listed under ``<path>/labels`` (none when there is no such group)."""
+    path = Path(path)
+    try:
+        root = zarr.open_group(path, mode="r")
+        listed = ngff_attrs(root["labels"]).get("labels", []) if "labels" in root else []
+    except Exception as exc:
+        raise ProtorefineError(f"{path}: cannot read its labels listing ({exc})") from exc
+    out = []
+    for name in listed:
+        try:
+            group = root["labels"][name]
+            attrs = ngff_attrs(group)
+            ms = attrs["multiscales"][0]
+            levels, first = [], None
+            for ds in ms["datasets"]:
+                arr = da.from_zarr(group[ds["path"]])
+                levels.append(arr.reshape(arr.shape[-2:]))  # leading axes are singletons
+                first = first or ds.get("coordinateTransformations", [])
+            tfs = {t["type"]: t for t in first or []}
+            scale = tuple(float(v) for v in tfs.get("scale", {}).get("scale", [1.0, 1.0])[-2:])
+            shift = tfs.get("translation", {}).get("translation", [0.0, 0.0])
+            colors = {
+                int(c["label-value"]): tuple(v / 255.0 for v in c["rgba"])
+                for c in attrs.get("image-label", {}).get("colors", [])
+            }
+        except Exception as exc:
+            raise ProtorefineError(
+                f"{path}: labels {name!r} are not readable NGFF labels ({exc})"
+            ) from exc
+        out.append(NgffLabels(name, levels, scale, (float(shift[-2]), float(shift[-1])), colors))
+    return out

@@ -52,6 +52,7 @@ from protorefine.napari.widgets._common import (
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
+ZARR_FILTER = "OME-Zarr (*.zarr)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
@@ -104,10 +105,17 @@ class ReviewWidget(WorkflowWidget):
         ex = QVBoxLayout(export_box)
         self.geojson_button = QPushButton("Export refined outline (GeoJSON)…")
         self.geojson_button.clicked.connect(self._on_export_geojson)
-        self.ngff_button = QPushButton("Write refined labels into the slide's OME-Zarr")
-        self.ngff_button.clicked.connect(self.export_ngff)
+        self.ngff_button = QPushButton("Export refined labels (OME-Zarr)…")
+        self.ngff_button.setToolTip(
+            "NGFF labels over the slide: inside an OME-Zarr slide, else in an OME-Zarr copy of it"
+        )
+        self.ngff_button.clicked.connect(self._on_export_ngff)
+        # exporting only reads the project: its own runner, outside the one-pipeline-run lock
+        self.export_runner = TaskRunner()
+        self.labels_path: Path | None = None
         ex.addWidget(self.geojson_button)
         ex.addWidget(self.ngff_button)
+        ex.addWidget(self.export_runner)
 
         truth_box = QGroupBox("Ground truth")
         tb = QVBoxLayout(truth_box)
@@ -279,20 +287,51 @@ class ReviewWidget(WorkflowWidget):
         notify("info", f"Refined outline of {self.state.slide_id} written to {path}")
         return Path(path)
 
-    def export_ngff(self) -> Path | None:
-        """Write the refined mask as NGFF labels into the current slide's OME-Zarr."""
-        from protorefine.labels_export import write_refined_labels
+    def _on_export_ngff(self) -> None:
+        project, sid = self.state.project, self.state.slide_id
+        if project is None or sid is None or _is_ome_zarr(project.slide(sid).path):
+            self.export_ngff()
+            return
+        default = project.folder / "exports" / f"{sid}.ome.zarr"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "OME-Zarr copy of the slide, with the refined labels", str(default), ZARR_FILTER
+        )
+        if path:
+            self.export_ngff(path)
+
+    def export_ngff(self, target: str | Path | None = None) -> bool:
+        """Start writing the refined outline as NGFF labels: into the current slide's OME-Zarr,
+        or for another slide format into an OME-Zarr copy of it at ``target`` (converted in a
+        worker, with progress and Cancel). The folder lands in ``labels_path``."""
+        from protorefine.labels_export import export_refined_labels
 
         if self._refined_or_say() is None:
-            return None
+            return False
         project, sid = self.state.project, self.state.slide_id
-        try:
-            out = write_refined_labels(project, sid, name=NGFF_LABELS_NAME)
-        except ProtorefineError as exc:
-            notify("error", str(exc))
-            return None
+        if target is None and not _is_ome_zarr(project.slide(sid).path):
+            notify(
+                "warning",
+                f"{sid} is not an OME-Zarr slide: choose a folder for an OME-Zarr copy with the labels.",
+            )
+            return False
+        if target is not None:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+
+        def task(ctx: TaskContext) -> Path:
+            return export_refined_labels(
+                project,
+                sid,
+                target,
+                name=NGFF_LABELS_NAME,
+                progress=ctx.progress,
+                cancel=ctx.cancel,
+            )
+
+        return self.export_runner.start("Export labels", task, on_done=self._on_labels_written)
+
+    def _on_labels_written(self, out: Path) -> None:
+        self.labels_path = out
         notify("info", f"Refined labels written to {out}")
-        return out
 
     # ----- ground truth --------------------------------------------------------------------
 
@@ -536,3 +575,10 @@ def show_final_layers(state: ProtorefineState) -> None:
         state.viewer.layers.selection.active = glob
     if refined is not None:
         refined.opacity = 0.3
+
+
+def _is_ome_zarr(path: str | Path) -> bool:
+    from protorefine.slides.omezarr import is_ome_zarr
+
+    path = Path(path)
+    return path.is_dir() and is_ome_zarr(path)
