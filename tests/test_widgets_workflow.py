@@ -621,12 +621,15 @@ def test_patch_grid_is_chosen_in_the_prototypes_pane(qtbot, gui):
     grid_ui.resolution.setCurrentIndex(options.index("1 µm/px"))
     grid_ui.finer.setChecked(True)
     # said before running: 768 px at 0.5 µm/px, 24 µm cells -> 16 x 16 cells
-    assert grid_ui.info.text() == "16 × 16 = 256 cells of 24 µm"
+    info = grid_ui.info.text()
+    assert info.startswith("16 × 16 = 256 cells of 24 µm, ") and info.endswith(" on tissue")
     finish(qtbot, protos.runner, protos.run)
     cfg = state.project.config
     assert (cfg.patch_size, cfg.level, cfg.mpp, cfg.stride) == (48, None, 1.0, 24)
     grid = state.project.grid(state.slide_id)
     assert (grid.rows, grid.cols, grid.stride) == (16, 16, 24)
+    assert info == f"16 × 16 = 256 cells of 24 µm, {int(grid.tissue.sum())} on tissue"
+    assert 0 < grid.tissue.sum() < 256  # the synthetic slide has glass around the tissue
     assert viewer.layers[GLOBAL_PROTOTYPES].data.shape == (16, 16)
 
 

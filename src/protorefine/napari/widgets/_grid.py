@@ -23,6 +23,8 @@ class GridControls(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self._stride: int | None = None  # a stride set elsewhere (CLI, config.json), kept as is
+        self._min_tissue: float | None = None  # the project's tissue share per cell
+        self._tissue: dict[str, Any] = {}  # slide path -> (low-res tissue mask, downsample)
         self.size = QSpinBox()
         self.size.setRange(16, 2048)
         self.size.setSingleStep(16)
@@ -40,7 +42,10 @@ class GridControls(QWidget):
         )
         self.info = QLabel("")
         self.info.setWordWrap(True)
-        self.info.setToolTip("The grid this gives on the slide on screen, before tissue detection")
+        self.info.setToolTip(
+            "The grid this gives on the slide on screen, and how many of its cells hold "
+            "tissue (the patches whose features are computed)"
+        )
         self.resolution.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
@@ -69,6 +74,7 @@ class GridControls(QWidget):
                     self.resolution.setCurrentIndex(index)
             return
         cfg = project.config
+        self._min_tissue = float(cfg.tissue_threshold)
         entries = project.slides
         levels = min((e.levels for e in entries), default=1)
         choices: list[tuple[str, tuple[str, float]]] = [
@@ -113,15 +119,25 @@ class GridControls(QWidget):
         return self.resolution.currentData() or ("level", 0)
 
     def describe(self, slide: Any) -> str:
-        """What the grid gives on ``slide``: cells across and down, and their size."""
+        """What the grid gives on ``slide``: cells across and down, their size, how many hold tissue."""
         if slide is None:
             return ""
         from protorefine.features import make_grid
+        from protorefine.features.grid import MIN_TISSUE
+        from protorefine.slides import tissue_mask
 
-        ch = self.changes()
+        key = str(slide.path)
+        min_tissue = MIN_TISSUE if self._min_tissue is None else self._min_tissue
         try:
-            grid = make_grid(slide, tissue=True, **ch)
+            if key not in self._tissue:  # one low-resolution read per slide, not per keystroke
+                self._tissue[key] = tissue_mask(slide)
+            grid = make_grid(
+                slide, tissue=self._tissue[key], min_tissue=min_tissue, **self.changes()
+            )
         except ProtorefineError as exc:
             return str(exc)
         cell = f" of {grid.mpp * grid.stride:.0f} µm" if grid.mpp else ""
-        return f"{grid.cols} × {grid.rows} = {grid.rows * grid.cols:,} cells{cell}"
+        on = int(grid.tissue.sum())  # the patches whose features are computed
+        return (
+            f"{grid.cols} × {grid.rows} = {grid.rows * grid.cols:,} cells{cell}, {on:,} on tissue"
+        )
