@@ -14,6 +14,7 @@ one the pipeline's polygons come from). Prints one markdown table and writes it 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -91,13 +92,17 @@ def patch_data(
     geometry = (
         "" if (patch_size, stride) == (cohort.patch_size,) * 2 else f"-p{patch_size}s{stride}"
     )
-    path = (
-        cache / "features" / f"{cohort.key}{geometry}-{encoder_name}-{encoder.weight_hash[:10]}.npz"
-    )
-    grids = []
-    for s in cohort.slides:
-        tissue = None if cohort.name == "synthetic" else True  # real cohorts are crops of tissue
-        grids.append(make_grid(s.slide(), patch_size=patch_size, stride=stride, tissue=tissue))
+    detect = cohort.name == "synthetic"  # real cohorts are crops of tissue: every patch counts
+    tissue = None if detect else True
+    grids = [
+        make_grid(s.slide(), patch_size=patch_size, stride=stride, tissue=tissue)
+        for s in cohort.slides
+    ]
+    name = f"{cohort.key}{geometry}-{encoder_name}-{encoder.weight_hash[:10]}"
+    if detect:  # other tissue detection, other patches: their features go to another file
+        packed = b"".join(np.packbits(g.tissue).tobytes() for g in grids)
+        name += f"-t{hashlib.sha1(packed).hexdigest()[:8]}"
+    path = cache / "features" / f"{name}.npz"
     feats: list[np.ndarray] = []
     seconds = 0.0
     if path.exists():
@@ -361,7 +366,8 @@ def merge(folders: list[str], out: Path) -> int:
     table = markdown(results, names, encoders)
     wall = max(r["wall_seconds"] for r in runs)
     info = runs[0]["machine"]
-    cmds = "; ".join(f"`{r['command']}`" for r in runs)
+    # a merged result lists its own runs under "commands": merging into it keeps them
+    cmds = "; ".join(f"`{c}`" for r in runs for c in r.get("commands", [r.get("command")]))
     header = (
         f"Pixel-level Dice / IoU within tissue, mean over slides (seeds {runs[0]['seeds']}). "
         f"{info['date']}, {info['cpu']}, {info['nproc']} cores; {len(runs)} runs in parallel, "
@@ -369,7 +375,8 @@ def merge(folders: list[str], out: Path) -> int:
     )
     print(table)
     atomic_write_text(out / "quality.md", header + "\n\n" + table + "\n")
-    merged = {"machine": info, "commands": [r["command"] for r in runs], "wall_seconds": wall}
+    commands = [c for r in runs for c in r.get("commands", [r.get("command")])]
+    merged = {"machine": info, "commands": commands, "wall_seconds": wall}
     merged.update({"seeds": runs[0]["seeds"], "cohorts": results})
     atomic_write_text(out / "quality.json", json.dumps(merged, indent=1))
     return 0
