@@ -290,3 +290,35 @@ def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel
         export_refined_labels(project, "s1", target, cancel=lambda: True)
     assert not target.exists() and not list(tmp_path.iterdir())
     assert project.stage_done("output")
+
+
+def test_a_moved_slide_keeps_its_project(refined, case, tmp_path):
+    """A slide file moved (another folder, another computer) is found again: relocating it keeps
+    outlines and every finished stage; a file of another size is refused; the CLI given the
+    moved file resumes without recomputing."""
+    from protorefine.errors import ProtorefineError
+
+    folder = tmp_path / "project"
+    shutil.copytree(refined / "project", folder)
+    moved = tmp_path / "elsewhere" / "s1.png"
+    moved.parent.mkdir()
+    shutil.copy(case["slide"], moved)
+    project = Project.open(folder)
+    coarse_before = project.coarse("s1").union()
+    project.relocate_slide("s1", moved)
+    again = Project.open(folder)
+    assert again.slide("s1").path == str(moved.resolve()) and not again.slide_missing("s1")
+    assert all(again.stage_done(s) for s in Pipeline.STAGES)
+    assert again.coarse("s1").union().equals(coarse_before)
+    small = tmp_path / "small.png"
+    iio.imwrite(small, iio.imread(case["slide"])[:512])
+    with pytest.raises(ProtorefineError, match=r"small.png: 1024 × 512 px, but slide 's1' is 1024 × 1024 px"):
+        again.relocate_slide("s1", small)
+    assert Project.open(folder).slide("s1").path == str(moved.resolve())
+    # the command line, given the slide at its new place, resumes
+    args = refine_args(moved, case["coarse"], tmp_path / "out", *FAST, "--project", str(folder))
+    (folder.parent / "elsewhere" / "s1.png").rename(tmp_path / "s1.png")  # moved once more
+    args[1] = str(tmp_path / "s1.png")
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not any(s["ran_now"] for s in report["stages"].values())

@@ -300,3 +300,47 @@ def test_coarse_layer_follows_the_slide(widgets, slides, tmp_path: Path) -> None
     assert cw.layer is viewer.layers["coarse"]
     pw.select_slide("case_a")
     assert len(viewer.layers["coarse"].data) == 1
+
+
+def test_a_moved_slide_file_is_found_again(widgets, slides, tmp_path: Path, notes, monkeypatch):
+    """The project is opened after a slide file moved: the slide is marked, the others open;
+    clicking it asks where it is now, and the answer brings back the slide with its outline."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from protorefine.napari.widgets.project import MISSING_COLOUR
+
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides)
+    assert cw.import_file(_geojson(tmp_path / "a.geojson", 100, 100, 400, 400))
+    moved = tmp_path / "moved" / "case_a.tif"
+    moved.parent.mkdir()
+    slides[0].rename(moved)
+    pw.open_project(tmp_path / "proj")
+    assert any("not found: case_a" in m for _, m in notes)
+    (image,) = [layer for layer in _images(viewer) if layer.rgb]
+    assert image.name == "case_b"  # the slide that is there
+    item = pw.table.item(0, 0)
+    assert item.text() == "case_a" and item.foreground().color().name() == MISSING_COLOUR
+    assert "file missing" in item.toolTip()
+    asked = []
+
+    def answer(*args, **kwargs):
+        asked.append(args[1])
+        return (answers.pop(0), "")
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", answer)
+    answers = ["", str(slides[1])]  # cancelled, then case_b's file: refused (not the same slide)
+    pw.table.selectRow(0)
+    assert asked == ["Where is the slide file of case_a?"] and pw.state.slide_id == "case_b"
+    pw.table.selectRow(0)
+    assert any("not the same slide" in m for _, m in notes) and pw.state.slide_id == "case_b"
+    answers = [str(moved)]
+    pw.table.selectRow(0)
+    assert pw.state.slide_id == "case_a"
+    (image,) = [layer for layer in _images(viewer) if layer.rgb]
+    assert image.name == "case_a"
+    assert len(viewer.layers["coarse"].data) == 1  # its outline came back with it
+    assert pw.table.item(0, 0).foreground().color().name() != MISSING_COLOUR
+    saved = json.loads((tmp_path / "proj" / "slides.json").read_text())
+    assert str(moved.resolve()) in json.dumps(saved)

@@ -196,6 +196,39 @@ class Project:
         self._save_slides()
         return entry
 
+    def relocate_slide(self, slide_id: str, path: str | Path) -> SlideEntry:
+        """Point ``slide_id`` at its file's new place (moved, renamed, another computer).
+
+        The file must hold the same slide: same level-0 size and, when both record one,
+        the same mpp. Outlines, corrections and every finished stage are kept.
+        """
+        from protorefine.slides import open_slide
+
+        entry = self.slide(slide_id)
+        path = Path(path).resolve()
+        slide = open_slide(path)
+        h, w = entry.shape
+        if tuple(slide.shape) != (h, w):
+            sh, sw = slide.shape
+            raise ProtorefineError(
+                f"{path}: {sw} × {sh} px, but slide {slide_id!r} is {w} × {h} px: not the same slide"
+            )
+        if entry.mpp and slide.mpp and abs(slide.mpp - entry.mpp) > 0.01 * entry.mpp:
+            raise ProtorefineError(
+                f"{path}: {slide.mpp:.3f} µm/px, but slide {slide_id!r} has {entry.mpp:.3f}: not the same slide"
+            )
+        other = next((s for s in self.slides if s.id != slide_id and Path(s.path) == path), None)
+        if other is not None:
+            raise ProtorefineError(f"{path}: already in the project as slide {other.id!r}")
+        entry.path, entry.levels = str(path), len(slide.levels)
+        entry.mpp = entry.mpp or slide.mpp
+        self._save_slides()
+        return entry
+
+    def slide_missing(self, slide_id: str) -> bool:
+        """True when the slide file of ``slide_id`` is not where the project says."""
+        return not Path(self.slide(slide_id).path).exists()
+
     def remove_slide(self, slide_id: str) -> None:
         """Drop a slide from the project (its coarse annotation and corrections are kept on disk)."""
         entry = self.slide(slide_id)
@@ -327,8 +360,10 @@ class Project:
         for stage in STAGE_ORDER:
             own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
             extra: Any = None
-            if stage == "grid":
-                extra = [(s.id, s.path, list(s.shape)) for s in self.slides]
+            if (
+                stage == "grid"
+            ):  # the slide, not where its file lies: a moved file keeps its results
+                extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in self.slides]
             elif stage == "prototypes":
                 extra = [_file_hash(self.coarse_path(s.id)) for s in self.slides]
             elif stage == "pseudo_labels":

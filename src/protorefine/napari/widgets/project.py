@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from protorefine.project import Project
 
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
+#: Text colour of a slide whose file is not where the project says.
+MISSING_COLOUR = "#ef4444"
 COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
 #: File patterns dropped on the viewer that should open with the protorefine reader
 #: (napari asks which reader to use otherwise); a choice the user made is kept.
@@ -191,14 +194,38 @@ class ProjectWidget(QWidget):
             self.refresh()
 
     def select_slide(self, slide_id: str | None) -> None:
-        """Show ``slide_id``: swap the layers and remember it as the current slide."""
-        if self.state.project is None or slide_id == self.state.slide_id:
+        """Show ``slide_id``: swap the layers and remember it as the current slide.
+
+        A slide whose file is not where the project says (moved, renamed, another
+        computer) asks for its new place first.
+        """
+        project = self.state.project
+        if project is None or slide_id == self.state.slide_id:
             self._select_row(slide_id)
+            return
+        if slide_id is not None and project.slide_missing(slide_id):
+            self._select_row(self.state.slide_id)
+            path, _ = QFileDialog.getOpenFileName(
+                self, f"Where is the slide file of {slide_id}?", "", SLIDE_FILTER
+            )
+            if path:
+                self.locate_slide(slide_id, path)
             return
         self.save_view()
         if _guard(lambda: self.state.show_slide(slide_id), ok=True):
             self._restore_view(slide_id)
             self.save_view()
+
+    def locate_slide(self, slide_id: str, path: str | Path) -> bool:
+        """Point a slide whose file moved at ``path`` (the same slide: checked) and show it;
+        its outlines and results are kept."""
+        project = self._project_or_error()
+        if project is None or not _guard(lambda: project.relocate_slide(slide_id, path), ok=True):
+            return False
+        self.refresh()
+        show_info(f"slide {slide_id} found at {path}")
+        self.select_slide(slide_id)
+        return True
 
     def refresh(self) -> None:
         """Refill the slide table from the project."""
@@ -214,9 +241,16 @@ class ProjectWidget(QWidget):
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
                 values = (entry.id, f"{w} × {h}", str(entry.levels), mpp)
+                missing = project.slide_missing(entry.id)
                 for col, text in enumerate(values):
                     item = QTableWidgetItem(text)
-                    item.setToolTip(str(entry.path))
+                    item.setToolTip(
+                        f"file missing: {entry.path}; click to say where it is now"
+                        if missing
+                        else str(entry.path)
+                    )
+                    if missing:
+                        item.setForeground(QColor(MISSING_COLOUR))
                     self.table.setItem(row, col, item)
             self._select_row(self.state.slide_id)
         finally:
@@ -247,7 +281,13 @@ class ProjectWidget(QWidget):
         self.save_view()
         self.state.set_project(project)
         saved = project.ui_state.get("current_slide")
-        ids = [s.id for s in project.slides]
+        missing = [s.id for s in project.slides if project.slide_missing(s.id)]
+        ids = [s.id for s in project.slides if s.id not in missing]
+        if missing:
+            show_warning(
+                f"slide file(s) not found: {', '.join(missing)} (red in the list); "
+                "click one to say where it is now"
+            )
         target = saved if saved in ids else (ids[0] if ids else None)
         if target is not None:
             self.select_slide(target)
