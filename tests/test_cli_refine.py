@@ -276,9 +276,7 @@ def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path,
     assert (other / "s1.ome.zarr" / "notes.txt").read_text() == "mine"
 
 
-def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(
-    refined, tmp_path
-):
+def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(refined, tmp_path):
     from protorefine.errors import CancelledError, ProtorefineError
     from protorefine.labels_export import export_refined_labels
 
@@ -312,7 +310,9 @@ def test_a_moved_slide_keeps_its_project(refined, case, tmp_path):
     assert again.coarse("s1").union().equals(coarse_before)
     small = tmp_path / "small.png"
     iio.imwrite(small, iio.imread(case["slide"])[:512])
-    with pytest.raises(ProtorefineError, match=r"small.png: 1024 × 512 px, but slide 's1' is 1024 × 1024 px"):
+    with pytest.raises(
+        ProtorefineError, match=r"small.png: 1024 × 512 px, but slide 's1' is 1024 × 1024 px"
+    ):
         again.relocate_slide("s1", small)
     assert Project.open(folder).slide("s1").path == str(moved.resolve())
     # the command line, given the slide at its new place, resumes

@@ -23,7 +23,7 @@ from protorefine.features import (
     resolve_device,
 )
 from protorefine.features.encoders import efficientnet_lite0_weights
-from protorefine.features.extract import read_patches
+from protorefine.features.extract import read_level, read_patches
 from protorefine.slides import Slide
 
 
@@ -361,13 +361,12 @@ def test_extract_matches_one_by_one(loader: str) -> None:
     )
     idx = np.flatnonzero(grid.tissue)
     assert feats.shape == (len(idx), enc.dim)
+    # 80 px windows for a 20 px input: read from level 1, which holds them 4x smaller
+    assert read_level(slide, grid, 20) == (1, 4)
+    size = grid.read_size // 4
     one_by_one = np.stack(
         [
-            enc.embed(
-                slide.read_region(grid.level, *(grid.yx_level[i]), grid.read_size, grid.read_size)[
-                    None
-                ]
-            )[0]
+            enc.embed(slide.read_region(1, *(grid.yx_level[i] // 4), size, size)[None])[0]
             for i in idx
         ]
     )
@@ -458,3 +457,37 @@ def test_real_svs_grid_and_features(slides_dir: Path) -> None:
     assert g1.tissue.any()
     with pytest.raises(ProtorefineError, match="microns per pixel"):
         make_grid(two, mpp=1.0)
+
+
+@pytest.mark.parametrize(
+    ("pyramid", "stride", "expect"),
+    [((2, 4), None, (1, 2)), ((4,), None, (0, 1)), ((2,), 30, (0, 1)), ((2, 4), 32, (1, 2))],
+    ids=["2x pyramid", "4x pyramid", "odd stride", "finer grid"],
+)
+def test_large_windows_are_read_from_the_coarser_level_that_averages_them(
+    pyramid, stride, expect
+) -> None:
+    """64 px windows fed to a 32 px encoder: a 2x level below holds exactly their 2x box
+    average, so the windows are read there (a quarter of the pixels), and the encoder gets
+    the same input as from full resolution; a 4x step, or windows off the 2 px lattice,
+    keep the full-resolution read."""
+    from PIL import Image
+
+    from protorefine.features.extract import PatchBatches
+    from protorefine.slides.base import Slide as S
+
+    img = _tissue_image(256, 256)
+    levels = [img]
+    for d in pyramid:
+        levels.append(np.asarray(Image.fromarray(img).reduce(d)))
+    slide = S(path=Path("p"), name="p", levels=[da.from_array(lvl) for lvl in levels])
+    flat = Slide.from_array(img)
+    grid = make_grid(slide, patch_size=64, stride=stride, tissue=True)
+    assert read_level(slide, grid, 32) == expect
+    idx = np.arange(grid.n)
+    expected = read_patches(
+        flat, make_grid(flat, patch_size=64, stride=stride, tissue=True), idx, 32
+    )
+    np.testing.assert_array_equal(read_patches(slide, grid, idx, 32), expected)
+    ds = PatchBatches(slide, grid, [idx], 32)
+    np.testing.assert_array_equal(ds[0].numpy(), expected)

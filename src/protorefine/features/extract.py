@@ -142,11 +142,41 @@ def window_origins(
     return yx
 
 
-def chunk_order(grid: PatchGrid, indices: np.ndarray, reader: RegionReader) -> np.ndarray:
-    """Permutation of ``indices`` that visits patches chunk by chunk (row-major inside a chunk)."""
+def read_level(slide: Slide, grid: PatchGrid, size: int) -> tuple[int, int]:
+    """The pyramid level to read ``size``-px encoder inputs from, and its shrink against the grid's.
+
+    Windows larger than the encoder input are box-averaged down by an integer factor;
+    when a coarser level is exactly that average (an integer step of the pyramid that
+    divides the factor, as in 2x pyramids), reading it gives the same pixels from a
+    fraction of the data: a quarter for 224-px windows fed at 112. Otherwise the
+    grid's own level and 1.
+    """
+    level, rs = grid.level, grid.read_size
+    if rs % size or rs == size:
+        return level, 1
+    factor = rs // size
+    h, w = (int(v) for v in slide.levels[level].shape[:2])
+    best = (level, 1)
+    for k in range(level + 1, len(slide.levels)):
+        ratio = slide.downsamples[k] / slide.downsamples[level]
+        r = round(ratio)
+        kh, kw = (int(v) for v in slide.levels[k].shape[:2])
+        exact = r > 1 and abs(ratio - r) < 1e-3 * r and abs(kh * r - h) < r and abs(kw * r - w) < r
+        aligned = grid.read_stride % r == 0 and grid.read_offset % r == 0
+        if exact and aligned and factor % r == 0:
+            best = (k, r)
+    return best
+
+
+def chunk_order(
+    grid: PatchGrid, indices: np.ndarray, origins: np.ndarray, reader: RegionReader
+) -> np.ndarray:
+    """Permutation of ``indices`` that visits patches chunk by chunk (row-major inside a chunk).
+
+    ``origins``: the windows' top-left corners in pixels of the ``reader``'s level.
+    """
     rows, cols = np.divmod(np.asarray(indices, dtype=np.int64), grid.cols)
-    yx = window_origins(grid, indices, reader.shape)
-    cy, cx = reader.chunk_of(np.maximum(yx[:, 0], 0), np.maximum(yx[:, 1], 0))
+    cy, cx = reader.chunk_of(np.maximum(origins[:, 0], 0), np.maximum(origins[:, 1], 0))
     return np.lexsort((cols, rows, cx, cy))
 
 
@@ -156,14 +186,22 @@ def read_patches(
     indices: Sequence[int] | np.ndarray,
     size: int | None = None,
     reader: RegionReader | None = None,
+    shrink: int = 1,
 ) -> np.ndarray:
-    """uint8 (B, size, size, 3) encoder windows of cells ``indices`` (``size`` default: ``grid.patch_size``)."""
+    """uint8 (B, size, size, 3) encoder windows of cells ``indices`` (``size`` default: ``grid.patch_size``).
+
+    ``reader`` with ``shrink`` > 1 reads a level that many times coarser than the grid's
+    (see :func:`read_level`).
+    """
     idx = np.asarray(indices, dtype=np.int64)
     size = grid.patch_size if size is None else int(size)
-    reader = reader or RegionReader(slide.levels[grid.level])
-    rs = grid.read_size
+    if reader is None:
+        level, shrink = read_level(slide, grid, size)
+        reader = RegionReader(slide.levels[level])
+    rs = grid.read_size // shrink
     out = np.empty((len(idx), rs, rs, 3), dtype=np.uint8)
-    for k, (y, x) in enumerate(window_origins(grid, idx, reader.shape)):
+    origins = window_origins(grid, idx, slide.levels[grid.level].shape[:2]) // shrink
+    for k, (y, x) in enumerate(origins):
         reader.read_into(out[k], int(y), int(x))
     return resize_batch(out, size)
 
@@ -173,13 +211,16 @@ class PatchBatches(Dataset):
 
     def __init__(self, slide: Slide, grid: PatchGrid, batches: list[np.ndarray], size: int) -> None:
         self.slide, self.grid, self.batches, self.size = slide, grid, batches, size
-        self.reader = RegionReader(slide.levels[grid.level])
+        level, self.shrink = read_level(slide, grid, size)
+        self.reader = RegionReader(slide.levels[level])
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        batch = read_patches(self.slide, self.grid, self.batches[i], self.size, self.reader)
+        batch = read_patches(
+            self.slide, self.grid, self.batches[i], self.size, self.reader, self.shrink
+        )
         return torch.from_numpy(batch)
 
 
@@ -291,8 +332,10 @@ def extract_features(
         kind = "inline"
     workers = min(max(workers, 1), os.cpu_count() or 1, 16)
     out = np.empty((len(idx), encoder.dim), dtype=np.float32)
-    reader = RegionReader(slide.levels[grid.level])
-    order = chunk_order(grid, idx, reader)  # positions in ``out``, visited chunk by chunk
+    level, shrink = read_level(slide, grid, encoder.input_size)
+    reader = RegionReader(slide.levels[level])
+    origins = window_origins(grid, idx, slide.levels[grid.level].shape[:2]) // shrink
+    order = chunk_order(grid, idx, origins, reader)  # positions in ``out``, chunk by chunk
     slots = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = [idx[p] for p in slots]
     total = len(idx)
