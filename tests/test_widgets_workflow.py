@@ -458,6 +458,15 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     area = sum(a.geometry.area for a in back)
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
     assert abs(area - mask_area) / mask_area < 0.1
+    # every slide's outline at once, for QuPath
+    written = review.export_all(tmp_path / "all")
+    assert sorted(p.name for p in written) == sorted(
+        f"{s.id}.geojson" for s in state.project.slides
+    )
+    for path in written:
+        sid = path.name.removesuffix(".geojson")
+        expected = state.project.refined_annotations(sid).union()
+        assert read_geojson(path).union().symmetric_difference(expected).area < 1e-6
     # NGFF labels inside the slide's zarr, at the step the outline was traced at
     finish(qtbot, review.export_runner, review.export_ngff)
     labels_dir = review.labels_path

@@ -498,6 +498,19 @@ class Project:
 
         return read_geojson(self._require("output") / f"{slide_id}.geojson", allow_empty=True)
 
+    def export_refined(self, folder: str | Path) -> list[Path]:
+        """Write every slide's refined outline to ``folder/<slide>.geojson`` (QuPath GeoJSON,
+        level-0 pixels, each file atomic); returns the files."""
+        from protorefine.annotations import write_geojson
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for s in self.slides:
+            write_geojson(self.refined_annotations(s.id), folder / f"{s.id}.geojson")
+            written.append(folder / f"{s.id}.geojson")
+        return written
+
     def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:
         """Folder of cached features for an encoder on the current grid parameters."""
         cfg = self.config

@@ -104,7 +104,7 @@ class StageBars:
 
 def refine_command(args: argparse.Namespace) -> int:
     """Run ``protorefine refine`` and write DIR/<stem>.geojson, DIR/<stem>_refined.png, DIR/report.json."""
-    from protorefine.annotations import read_annotations, write_geojson
+    from protorefine.annotations import read_annotations
 
     pairs = pair_by_stem(list(args.slides), list(args.coarse))
     if args.encoder:  # before the project changes: a typo keeps its results
@@ -142,8 +142,8 @@ def refine_command(args: argparse.Namespace) -> int:
         bars.close()
     total = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
+    project.export_refined(out)  # the project's slides are exactly the given ones
     for sid in ids:
-        write_geojson(project.refined_annotations(sid), out / f"{sid}.geojson")
         _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):
         from protorefine.labels_export import export_refined_labels

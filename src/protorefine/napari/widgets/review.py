@@ -105,6 +105,9 @@ class ReviewWidget(WorkflowWidget):
         ex = QVBoxLayout(export_box)
         self.geojson_button = QPushButton("Export refined outline (GeoJSON)…")
         self.geojson_button.clicked.connect(self._on_export_geojson)
+        self.all_button = QPushButton("Export every slide's outline (GeoJSON) to a folder…")
+        self.all_button.setToolTip("<slide>.geojson for each slide of the project, for QuPath")
+        self.all_button.clicked.connect(self._on_export_all)
         self.ngff_button = QPushButton("Export refined labels (OME-Zarr)…")
         self.ngff_button.setToolTip(
             "NGFF labels over the slide: inside an OME-Zarr slide, else in an OME-Zarr copy of it"
@@ -114,6 +117,7 @@ class ReviewWidget(WorkflowWidget):
         self.export_runner = TaskRunner()
         self.labels_path: Path | None = None
         ex.addWidget(self.geojson_button)
+        ex.addWidget(self.all_button)
         ex.addWidget(self.ngff_button)
         ex.addWidget(self.export_runner)
 
@@ -286,6 +290,23 @@ class ReviewWidget(WorkflowWidget):
             return None
         notify("info", f"Refined outline of {self.state.slide_id} written to {path}")
         return Path(path)
+
+    def _on_export_all(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for every slide's refined outline")
+        if folder:
+            self.export_all(folder)
+
+    def export_all(self, folder: str | Path) -> list[Path]:
+        """Write every slide's refined outline to ``folder/<slide>.geojson``."""
+        if self._refined_or_say() is None:
+            return []
+        try:
+            written = self.state.project.export_refined(folder)
+        except (ProtorefineError, OSError) as exc:
+            notify("error", f"{folder}: could not write the outlines ({exc})")
+            return []
+        notify("info", f"{len(written)} refined outline(s) written to {folder}")
+        return written
 
     def _on_export_ngff(self) -> None:
         project, sid = self.state.project, self.state.slide_id
