@@ -322,3 +322,13 @@ def test_a_moved_slide_keeps_its_project(refined, case, tmp_path):
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert not any(s["ran_now"] for s in report["stages"].values())
+
+
+def test_ome_zarr_output_for_an_ome_zarr_slide_leaves_the_input_alone(case, tmp_path):
+    from protorefine.slides import convert_to_ome_zarr
+
+    slide = convert_to_ome_zarr(case["slide"], tmp_path / "in" / "s1.zarr")
+    out = tmp_path / "out"
+    assert main(refine_args(slide, case["coarse"], out, *FAST, "--ome-zarr")) == 0
+    assert (out / "s1.ome.zarr" / "labels" / "refined").is_dir()
+    assert not (slide / "labels").exists()  # the user's slide is not written to

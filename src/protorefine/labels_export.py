@@ -159,10 +159,11 @@ def export_refined_labels(
 ) -> Path:
     """Write the refined outline of ``slide_id`` as NGFF labels ``name``; return the labels folder.
 
-    An OME-Zarr slide gets them inside (``target`` None). Any other slide (SVS, TIFF,
-    image) gets an OME-Zarr copy at ``target``, converted from the slide (streamed,
-    atomic; ``progress``/``cancel`` as in :func:`convert_to_ome_zarr`) unless ``target``
-    already holds that slide, so NGFF viewers show the labels over the tissue.
+    With ``target`` None an OME-Zarr slide gets them inside. Otherwise (any slide:
+    SVS, TIFF, image, OME-Zarr) they go into an OME-Zarr copy of the slide at
+    ``target``, converted from it (streamed, atomic; ``progress``/``cancel`` as in
+    :func:`convert_to_ome_zarr`) unless ``target`` already holds that slide, so NGFF
+    viewers show the labels over the tissue.
     """
     from protorefine.slides import convert_to_ome_zarr, open_slide
     from protorefine.slides.omezarr import is_ome_zarr
@@ -170,11 +171,8 @@ def export_refined_labels(
     entry = project.slide(slide_id)
     path = Path(entry.path)
     labels, step = refined_labels(project, slide_id)
-    if path.is_dir() and is_ome_zarr(path):
-        if target is not None and Path(target).resolve() != path.resolve():
-            raise ProtorefineError(
-                f"{path}: the slide is an OME-Zarr already; its labels go inside it, not to {target}"
-            )
+    inside = path.is_dir() and is_ome_zarr(path)
+    if inside and (target is None or Path(target).resolve() == path.resolve()):
         zarr_path = path
     elif target is None:
         raise ProtorefineError(
