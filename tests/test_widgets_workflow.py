@@ -630,8 +630,10 @@ def test_patch_grid_is_chosen_in_the_prototypes_pane(qtbot, gui):
     grid_ui.resolution.setCurrentIndex(options.index("1 µm/px"))
     grid_ui.finer.setChecked(True)
     # said before running: 768 px at 0.5 µm/px, 24 µm cells -> 16 x 16 cells
+    # said at once; how many cells hold tissue follows from a background thread
+    qtbot.waitUntil(lambda: grid_ui.info.text().endswith(" on tissue"), timeout=10_000)
     info = grid_ui.info.text()
-    assert info.startswith("16 × 16 = 256 cells of 24 µm, ") and info.endswith(" on tissue")
+    assert info.startswith("16 × 16 = 256 cells of 24 µm, ")
     finish(qtbot, protos.runner, protos.run)
     cfg = state.project.config
     assert (cfg.patch_size, cfg.level, cfg.mpp, cfg.stride) == (48, None, 1.0, 24)

@@ -7,12 +7,16 @@ the slide on screen before starting.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from typing import Any
 
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QGridLayout, QLabel, QSpinBox, QWidget
 
 from protorefine.errors import ProtorefineError
 
+#: Marks a slide whose tissue mask is being found.
+_PENDING = "pending"
 #: Microns per pixel offered when every slide of the project records its own.
 MPP_CHOICES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -20,11 +24,19 @@ MPP_CHOICES = (0.25, 0.5, 1.0, 2.0, 4.0)
 class GridControls(QWidget):
     """Patch size, resolution and finer-grid switch; ``changes()`` gives the config fields."""
 
+    #: A slide's tissue mask is ready (its path): emitted from the background thread.
+    tissue_ready = Signal(str)
+
     def __init__(self) -> None:
         super().__init__()
         self._stride: int | None = None  # a stride set elsewhere (CLI, config.json), kept as is
         self._min_tissue: float | None = None  # the project's tissue share per cell
-        self._tissue: dict[str, Any] = {}  # slide path -> (low-res tissue mask, downsample)
+        # slide path -> (low-res tissue mask, downsample), or None when it could not be read;
+        # found in a background thread (0.7 s on a real slide), never in the event loop
+        self._tissue: dict[str, Any] = {}
+        self._slide: Any = None
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="protorefine-tissue")
+        self.tissue_ready.connect(self._on_tissue)
         self.size = QSpinBox()
         self.size.setRange(16, 2048)
         self.size.setSingleStep(16)
@@ -118,26 +130,47 @@ class GridControls(QWidget):
     def _current(self) -> tuple[str, float]:
         return self.resolution.currentData() or ("level", 0)
 
+    def show_for(self, slide: Any) -> None:
+        """Say what the grid gives on ``slide``; its tissue count follows once the mask is found."""
+        self._slide = slide
+        self.info.setText(self.describe(slide))
+        key = None if slide is None else str(slide.path)
+        if key is not None and key not in self._tissue:
+            self._tissue[key] = _PENDING
+            self._pool.submit(self._find_tissue, slide, key)
+
+    def _find_tissue(self, slide: Any, key: str) -> None:
+        from protorefine.slides import tissue_mask
+
+        try:
+            self._tissue[key] = tissue_mask(slide)
+        except Exception:  # the count is a courtesy: the run itself reports a bad slide
+            self._tissue[key] = None
+        self.tissue_ready.emit(key)
+
+    def _on_tissue(self, key: str) -> None:
+        if self._slide is not None and str(self._slide.path) == key:
+            self.info.setText(self.describe(self._slide))
+
     def describe(self, slide: Any) -> str:
-        """What the grid gives on ``slide``: cells across and down, their size, how many hold tissue."""
+        """What the grid gives on ``slide``: cells across and down, their size, and how many
+        hold tissue once its mask is known."""
         if slide is None:
             return ""
         from protorefine.features import make_grid
         from protorefine.features.grid import MIN_TISSUE
-        from protorefine.slides import tissue_mask
 
-        key = str(slide.path)
+        tissue = self._tissue.get(str(slide.path))
+        known = isinstance(tissue, tuple)
         min_tissue = MIN_TISSUE if self._min_tissue is None else self._min_tissue
         try:
-            if key not in self._tissue:  # one low-resolution read per slide, not per keystroke
-                self._tissue[key] = tissue_mask(slide)
             grid = make_grid(
-                slide, tissue=self._tissue[key], min_tissue=min_tissue, **self.changes()
+                slide, tissue=tissue if known else True, min_tissue=min_tissue, **self.changes()
             )
         except ProtorefineError as exc:
             return str(exc)
         cell = f" of {grid.mpp * grid.stride:.0f} µm" if grid.mpp else ""
-        on = int(grid.tissue.sum())  # the patches whose features are computed
-        return (
-            f"{grid.cols} × {grid.rows} = {grid.rows * grid.cols:,} cells{cell}, {on:,} on tissue"
-        )
+        text = f"{grid.cols} × {grid.rows} = {grid.rows * grid.cols:,} cells{cell}"
+        if known:  # the patches whose features are computed
+            text += f", {int(grid.tissue.sum()):,} on tissue"
+        return text

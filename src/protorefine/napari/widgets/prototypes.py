@@ -414,7 +414,7 @@ class PrototypesWidget(WorkflowWidget):
 
     def _show_grid(self, *_args) -> None:
         """Say what the chosen grid gives on the slide on screen."""
-        self.grid.info.setText(self.grid.describe(self.state.slide))
+        self.grid.show_for(self.state.slide)
 
     def _on_results(self, slide_id) -> None:
         self.style_layers()
