@@ -200,7 +200,9 @@ class Project:
         """Point ``slide_id`` at its file's new place (moved, renamed, another computer).
 
         The file must hold the same slide: same level-0 size and, when both record one,
-        the same mpp. Outlines, corrections and every finished stage are kept.
+        the same mpp. Outlines, corrections and every finished stage are kept (stages
+        from the patch grid on rerun only when the new file brings other pyramid levels
+        or an mpp the old one lacked, which the grid depends on).
         """
         from protorefine.slides import open_slide
 
@@ -360,9 +362,8 @@ class Project:
         for stage in STAGE_ORDER:
             own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
             extra: Any = None
-            if (
-                stage == "grid"
-            ):  # the slide, not where its file lies: a moved file keeps its results
+            if stage == "grid":
+                # the slide, not where its file lies: a moved file keeps its results
                 extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in self.slides]
             elif stage == "prototypes":
                 extra = [_file_hash(self.coarse_path(s.id)) for s in self.slides]
