@@ -18,6 +18,7 @@ bench: setup
 	.venv/bin/python benchmarks/quality.py
 	.venv/bin/python benchmarks/features_bench.py
 	.venv/bin/python benchmarks/stages_bench.py
+	.venv/bin/python benchmarks/tissue_bench.py
 
 clean:
 	rm -rf .venv out .pytest_cache .ruff_cache
