@@ -490,6 +490,62 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     assert 0.0 < review.scores["refined"] <= 1.0
 
 
+def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
+    qtbot, gui, tmp_path, notes
+):
+    """The pathologist deletes one part of the refined outline with napari's shape tools:
+    the edit is kept in the project, survives a slide switch, is what gets exported (GeoJSON,
+    every slide, OME-Zarr labels); it can be discarded; a rerun supersedes it and says so."""
+    import zarr
+
+    from protorefine.napari.widgets._common import REFINED_OUTLINE
+
+    viewer, state, _, refine, review = gui()
+    finish(qtbot, refine.runner, refine.run)
+    project, sid = state.project, state.slide_id
+    refined = project.refined_annotations(sid)
+    outline = viewer.layers[REFINED_OUTLINE]
+    assert not project.outline_edited(sid) and not review.discard_button.isEnabled()
+    smallest = int(np.argmin([len(p) for p in outline.data]))
+    outline.selected_data = {smallest}
+    outline.remove_selected()  # as the pathologist's Delete key
+    assert project.outline_edited(sid) and review.discard_button.isEnabled()
+    kept = project.accepted_outline(sid).union()
+    assert 0 < refined.union().area - kept.area < 0.5 * refined.union().area
+    # another slide and back: the edited outline is what is shown
+    other = [s.id for s in project.slides if s.id != sid][0]
+    state.show_slide(other)
+    qtbot.waitUntil(lambda: not review.runner.running, timeout=30_000)
+    state.show_slide(sid)
+    qtbot.waitUntil(lambda: len(viewer.layers[REFINED_OUTLINE].data) > 0, timeout=30_000)
+    assert len(viewer.layers[REFINED_OUTLINE].data) == len(outline.data)
+    # exports carry the edit
+    out = review.export_geojson(tmp_path / "edited.geojson")
+    assert read_geojson(out).union().symmetric_difference(kept).area < 1e-6 * kept.area
+    (one,) = [p for p in review.export_all(tmp_path / "all") if p.stem == sid]
+    assert read_geojson(one).union().symmetric_difference(kept).area < 1e-6 * kept.area
+    finish(qtbot, review.export_runner, review.export_ngff)
+    ms = dict(zarr.open_group(review.labels_path, mode="r").attrs)["multiscales"][0]
+    labels = np.asarray(zarr.open_array(review.labels_path / ms["datasets"][0]["path"]))[0]
+    grid = project.grid(sid)
+    f = project.config.output_upsample
+    assert labels.astype(bool).sum() < rasterize(refined, grid.shape, grid.downsample / f).sum()
+    # discard: the refined outline comes back
+    review.discard_outline_edits()
+    assert not project.outline_edited(sid)
+    assert project.accepted_outline(sid).union().equals(refined.union())
+    # a new edit, then a rerun of the outline: it supersedes the edit and says where it stays
+    outline = viewer.layers[REFINED_OUTLINE]
+    outline.selected_data = {0}
+    outline.remove_selected()
+    assert project.outline_edited(sid)
+    refine.threshold.setValue(0.7)
+    finish(qtbot, refine.runner, refine.run)
+    assert not project.outline_edited(sid)
+    assert (project.folder / "edited" / f"{sid}.geojson").exists()
+    assert any("Hand edits of the outline" in m for m in notes)
+
+
 def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):
     viewer, state, protos, refine, review = gui(coarse=False)
     layers_before = [layer.name for layer in viewer.layers]

@@ -144,7 +144,7 @@ def refined_labels(project, slide_id: str) -> tuple[np.ndarray, float]:
 
     grid = project.grid(slide_id)
     step = grid.downsample / max(1, int(project.config.output_upsample))
-    mask = rasterize(project.refined_annotations(slide_id), grid.shape, step)
+    mask = rasterize(project.accepted_outline(slide_id), grid.shape, step)
     return mask.astype(np.uint8), step
 
 

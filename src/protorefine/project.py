@@ -499,16 +499,53 @@ class Project:
 
         return read_geojson(self._require("output") / f"{slide_id}.geojson", allow_empty=True)
 
+    def _edit_paths(self, slide_id: str) -> tuple[Path, Path]:
+        return (
+            self.folder / "edited" / f"{slide_id}.geojson",
+            self.folder / "edited" / f"{slide_id}.json",
+        )
+
+    def set_outline_edit(self, slide_id: str, annset: AnnotationSet | None) -> None:
+        """Keep the pathologist's hand edits of ``slide_id``'s refined outline (None: drop them).
+
+        They belong to the refinement they were drawn on: a rerun that changes the
+        refined outline supersedes them (the file stays in ``edited/``).
+        """
+        from protorefine.annotations import write_geojson
+
+        shapes, meta = self._edit_paths(self.slide(slide_id).id)
+        if annset is None:
+            meta.unlink(missing_ok=True)
+            return
+        shapes.parent.mkdir(exist_ok=True)
+        write_geojson(annset, shapes)
+        atomic_write_text(meta, json.dumps({"output": self.fingerprint("output")}))
+
+    def outline_edited(self, slide_id: str) -> bool:
+        """True when ``slide_id``'s refined outline has hand edits made on the current refinement."""
+        shapes, meta = self._edit_paths(slide_id)
+        if not (shapes.exists() and meta.exists() and self.stage_done("output")):
+            return False
+        return json.loads(meta.read_text()).get("output") == self.fingerprint("output")
+
+    def accepted_outline(self, slide_id: str) -> AnnotationSet:
+        """The outline the pathologist accepts: the refined one with their hand edits, if any."""
+        from protorefine.annotations import read_geojson
+
+        if self.outline_edited(slide_id):
+            return read_geojson(self._edit_paths(slide_id)[0], allow_empty=True)
+        return self.refined_annotations(slide_id)
+
     def export_refined(self, folder: str | Path) -> list[Path]:
-        """Write every slide's refined outline to ``folder/<slide>.geojson`` (QuPath GeoJSON,
-        level-0 pixels, each file atomic); returns the files."""
+        """Write every slide's accepted outline (refined, with any hand edits) to
+        ``folder/<slide>.geojson`` (QuPath GeoJSON, level-0 pixels, each file atomic)."""
         from protorefine.annotations import write_geojson
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for s in self.slides:
-            write_geojson(self.refined_annotations(s.id), folder / f"{s.id}.geojson")
+            write_geojson(self.accepted_outline(s.id), folder / f"{s.id}.geojson")
             written.append(folder / f"{s.id}.geojson")
         return written
 

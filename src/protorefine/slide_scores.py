@@ -45,6 +45,6 @@ def score_slide(
     if coarse is not None:
         scores["coarse"] = all_metrics(raster(tumour_geometry(coarse)), truth_mask, tissue)
     if project.stage_done("output"):
-        refined = project.refined_annotations(slide_id)
+        refined = project.accepted_outline(slide_id)
         scores["refined"] = all_metrics(raster(tumour_geometry(refined)), truth_mask, tissue)
     return scores

@@ -63,6 +63,9 @@ RESULT_KEYS = {
 CLASS_LAYERS = (PSEUDO_LABELS, REFINED, CORRECTIONS)
 PROTOTYPE_LAYERS = (LOCAL_PROTOTYPES, GLOBAL_PROTOTYPES)
 
+#: Edit actions of ``Shapes.events.data`` that end an edit (the others are in-progress).
+FINISHED_ACTIONS = frozenset({"added", "removed", "changed"})
+
 META_PATH = "protorefine_path"
 META_MPP = "protorefine_mpp"
 META_PIXEL_SCALE = "protorefine_pixel_scale"

@@ -83,6 +83,8 @@ class ProtorefineState:
         self._pending: list[str] = []
         self._generation = 0
         self._visible: dict[str, bool] = {}  # the user's show/hide choice per result layer
+        #: True while the program (not the pathologist) changes the refined outline's shapes.
+        self.outline_filling = False
 
     @property
     def viewer(self) -> napari.Viewer:
@@ -215,7 +217,11 @@ class ProtorefineState:
                     self._placeholders.pop(name, None)
                     continue
             if name == REFINED_OUTLINE:
-                L.replace_shapes(layer, None, self.slide)
+                self.outline_filling = True
+                try:
+                    L.replace_shapes(layer, None, self.slide)
+                finally:
+                    self.outline_filling = False
             else:
                 L.retarget_grid_layer(layer, name, grid, self.pixel_scale)
             if layer.visible:

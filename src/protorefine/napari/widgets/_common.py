@@ -132,6 +132,18 @@ def _has_outline(annset) -> bool:
     return annset is not None and any(not a.geometry.is_empty for a in annset)
 
 
+def note_outline_edits(project) -> None:
+    """Before a rerun that redraws the outlines: say where the hand edits it supersedes stay."""
+    if project.stage_done("output"):
+        edited = [s.id for s in project.slides if project.outline_edited(s.id)]
+        if edited:
+            notify(
+                "info",
+                f"Hand edits of the outline of {', '.join(edited)} stay in "
+                f"{project.folder / 'edited'}; the new outline replaces them on screen.",
+            )
+
+
 def pipeline_for(project, config=None):
     """The library pipeline over ``project`` (with ``config`` when the widget changed a setting)."""
     from protorefine.refine.pipeline import Pipeline
@@ -160,7 +172,7 @@ def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYE
         if values is not None:
             out.values[name] = values
     if project.stage_done("output"):
-        out.outline = project.refined_annotations(slide_id)
+        out.outline = project.accepted_outline(slide_id)
     return out
 
 
@@ -228,6 +240,14 @@ def outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Iter
     the event loop. napari triangulates every added polygon, so the shapes go in
     chunks of about :data:`OUTLINE_VERTICES_PER_TURN` vertices.
     """
+    state.outline_filling = True  # these changes are not the pathologist's edits
+    try:
+        yield from _outline_steps(state, annset)
+    finally:
+        state.outline_filling = False
+
+
+def _outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Iterator[None]:
     from napari.layers import Layer
 
     from protorefine.napari.layers import edge_width_for, shapes_layer_data

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
-from protorefine.napari.layers import replace_shapes
+from protorefine.napari.layers import FINISHED_ACTIONS, replace_shapes
 
 if TYPE_CHECKING:
     import napari
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 ANNOTATION_FILTER = (
     "Annotations (*.geojson *.json *.xml);;GeoJSON (*.geojson *.json);;ASAP XML (*.xml)"
 )
-#: Edit actions of ``Shapes.events.data`` that end an edit (the others are in-progress).
-FINISHED_ACTIONS = {"added", "removed", "changed"}
 #: An imported annotation is refused when less than this share of its area lies on the slide.
 MIN_INSIDE_FRACTION = 0.5
 

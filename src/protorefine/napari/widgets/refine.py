@@ -28,6 +28,7 @@ from protorefine.napari.widgets._common import (
     WorkflowWidget,
     check_coarse,
     load_results,
+    note_outline_edits,
     pipeline_for,
     show_outline,
     show_results,
@@ -117,7 +118,7 @@ class RefineWidget(WorkflowWidget):
         project = self.state.project
         outline = None
         if project is not None and slide_id is not None and project.stage_done("output"):
-            outline = project.refined_annotations(slide_id)
+            outline = project.accepted_outline(slide_id)
         show_outline(self.state, outline)
         style_result_layers(self.state)
 
@@ -143,6 +144,7 @@ class RefineWidget(WorkflowWidget):
         config = self._config(project)
         redraw_only = not invalidate and self._redraw_only(project, config)
         pipeline = pipeline_for(project, config)
+        note_outline_edits(project)
         if not redraw_only:  # the plot keeps the training it shows when nothing retrains
             self.history = []
             self.epochs = []

@@ -30,7 +30,12 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
-from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL, corrections_from_labels
+from protorefine.napari.layers import (
+    FINISHED_ACTIONS,
+    NORMAL_LABEL,
+    TUMOUR_LABEL,
+    corrections_from_labels,
+)
 from protorefine.napari.state import (
     CONFIDENCE,
     CORRECTIONS,
@@ -46,7 +51,9 @@ from protorefine.napari.widgets._common import (
     WorkflowWidget,
     check_coarse,
     load_results,
+    note_outline_edits,
     pipeline_for,
+    show_outline,
     show_results,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
@@ -116,6 +123,14 @@ class ReviewWidget(WorkflowWidget):
         # exporting only reads the project: its own runner, outside the one-pipeline-run lock
         self.export_runner = TaskRunner()
         self.labels_path: Path | None = None
+        self.edit_label = QLabel("")
+        self.edit_label.setWordWrap(True)
+        self.discard_button = QPushButton("Discard hand edits of the outline")
+        self.discard_button.setToolTip("Back to the refined outline as the classifier drew it")
+        self.discard_button.clicked.connect(self.discard_outline_edits)
+        self._outline_layer = None
+        ex.addWidget(self.edit_label)
+        ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
         ex.addWidget(self.all_button)
         ex.addWidget(self.ngff_button)
@@ -242,6 +257,7 @@ class ReviewWidget(WorkflowWidget):
         if not check_coarse(self.state):
             return False
         self.save_corrections()
+        note_outline_edits(project)
         pipeline = pipeline_for(project)
 
         slide_id = self.state.slide_id
@@ -266,7 +282,7 @@ class ReviewWidget(WorkflowWidget):
         if not project.stage_done("output"):
             notify("warning", "There is no refined outline yet: run 'Refine and train' first.")
             return None
-        return project.refined_annotations(sid)
+        return project.accepted_outline(sid)
 
     def _on_export_geojson(self) -> None:
         sid = self.state.slide_id or "refined"
@@ -354,6 +370,58 @@ class ReviewWidget(WorkflowWidget):
         self.labels_path = out
         notify("info", f"Refined labels written to {out}")
 
+    # ----- hand edits of the refined outline ------------------------------------------------
+
+    def _watch_outline(self) -> None:
+        """Listen to the pathologist's edits of the refined outline layer on screen."""
+        layer = self.state.layer(REFINED_OUTLINE)
+        if layer is not self._outline_layer:
+            if self._outline_layer is not None:
+                self._outline_layer.events.data.disconnect(self._on_outline_edit)
+            self._outline_layer = layer
+            if layer is not None:
+                layer.events.data.connect(self._on_outline_edit)
+        self._say_edits()
+
+    def _on_outline_edit(self, event=None) -> None:
+        """A finished edit of the refined outline: keep it in the project (undone: drop it)."""
+        from protorefine.napari.layers import layer_annotations
+
+        state = self.state
+        action = getattr(event, "action", "changed")
+        if state.outline_filling or action not in FINISHED_ACTIONS or self._outline_layer is None:
+            return
+        project, sid = state.project, state.slide_id
+        if project is None or sid is None or not project.stage_done("output"):
+            return
+        edited = layer_annotations(self._outline_layer, state.pixel_scale)
+        refined = project.refined_annotations(sid).union()
+        same = edited.union().symmetric_difference(refined).area <= 1e-6 * max(refined.area, 1.0)
+        project.set_outline_edit(sid, None if same else edited)
+        self._say_edits()
+
+    def discard_outline_edits(self) -> None:
+        """Drop the hand edits of the current slide's outline and show the refined one again."""
+        project, sid = self.state.project, self.state.slide_id
+        if project is None or sid is None or not project.outline_edited(sid):
+            return
+        project.set_outline_edit(sid, None)
+        show_outline(self.state, project.refined_annotations(sid))
+        self._watch_outline()
+        notify("info", f"Hand edits of the outline of {sid} discarded")
+
+    def _say_edits(self) -> None:
+        project, sid = self.state.project, self.state.slide_id
+        edited = bool(
+            project and sid and project.stage_done("output") and project.outline_edited(sid)
+        )
+        self.edit_label.setText(
+            "Outline edited by hand: the edits are kept in the project and exported."
+            if edited
+            else "Edit the red outline with napari's shape tools to fix it by hand."
+        )
+        self.discard_button.setEnabled(edited)
+
     # ----- ground truth --------------------------------------------------------------------
 
     def _on_load_truth(self) -> None:
@@ -411,9 +479,11 @@ class ReviewWidget(WorkflowWidget):
             self.dice_label.setText(f"Ground truth: {self.truth_path.name}")
         self.corrections_layer(create=False)  # listen to strokes on the restored layer
         self._show_count(project.corrections(slide_id))
+        self._watch_outline()
 
     def _on_results(self, _slide_id) -> None:
         self.corrections_layer(create=False)
+        self._watch_outline()
         project = self.state.project
         if self.truth_path is not None and project is not None and project.stage_done("output"):
             if not self.score_runner.running:
