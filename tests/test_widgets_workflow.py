@@ -530,8 +530,15 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     grid = project.grid(sid)
     f = project.config.output_upsample
     assert labels.astype(bool).sum() < rasterize(refined, grid.shape, grid.downsample / f).sum()
+    # the Dice line scores the outline as edited
+    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
+    with qtbot.waitSignal(review.score_runner.finished, timeout=60_000):
+        assert review.update_scores()
+    edited_dice = review.scores["refined"]
     # discard: the refined outline comes back
     review.discard_outline_edits()
+    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
+    assert review.scores["refined"] != edited_dice
     assert not project.outline_edited(sid)
     assert project.accepted_outline(sid).union().equals(refined.union())
     # a new edit, then a rerun of the outline: it supersedes the edit and says where it stays

@@ -399,6 +399,8 @@ class ReviewWidget(WorkflowWidget):
         same = edited.union().symmetric_difference(refined).area <= 1e-6 * max(refined.area, 1.0)
         project.set_outline_edit(sid, None if same else edited)
         self._say_edits()
+        if self.truth_path is not None and not self.score_runner.running:
+            self.update_scores()  # the Dice line scores the outline as edited
 
     def discard_outline_edits(self) -> None:
         """Drop the hand edits of the current slide's outline and show the refined one again."""
@@ -408,6 +410,8 @@ class ReviewWidget(WorkflowWidget):
         project.set_outline_edit(sid, None)
         show_outline(self.state, project.refined_annotations(sid))
         self._watch_outline()
+        if self.truth_path is not None and not self.score_runner.running:
+            self.update_scores()
         notify("info", f"Hand edits of the outline of {sid} discarded")
 
     def _say_edits(self) -> None:
