@@ -135,7 +135,8 @@ def _list_label(labels_dir: Path, name: str) -> None:
 
 
 def refined_labels(project, slide_id: str) -> tuple[np.ndarray, float]:
-    """The refined outline of ``slide_id`` rasterised at the step it was traced at, and that step.
+    """The accepted outline of ``slide_id`` (refined, with any hand edits) rasterised at the
+    step the refined one was traced at, and that step.
 
     The step is the patch grid's cell over ``output_upsample`` (a quarter patch by
     default), so the labels cover exactly the pixels the exported GeoJSON does.
