@@ -313,11 +313,14 @@ def test_a_moved_slide_file_is_found_again(widgets, slides, tmp_path: Path, note
     pw.create_project(tmp_path / "proj")
     pw.add_slides(slides)
     assert cw.import_file(_geojson(tmp_path / "a.geojson", 100, 100, 400, 400))
+    third = _pyramid_tiff(tmp_path / "slides" / "case_c.tif", (512, 512), 2)
+    pw.add_slides([third])
     moved = tmp_path / "moved" / "case_a.tif"
     moved.parent.mkdir()
     slides[0].rename(moved)
+    third.rename(moved.parent / third.name)  # moved together with case_a
     pw.open_project(tmp_path / "proj")
-    assert any("not found: case_a" in m for _, m in notes)
+    assert any("not found: case_a, case_c" in m for _, m in notes)
     (image,) = [layer for layer in _images(viewer) if layer.rgb]
     assert image.name == "case_b"  # the slide that is there
     item = pw.table.item(0, 0)
@@ -342,5 +345,9 @@ def test_a_moved_slide_file_is_found_again(widgets, slides, tmp_path: Path, note
     assert image.name == "case_a"
     assert len(viewer.layers["coarse"].data) == 1  # its outline came back with it
     assert pw.table.item(0, 0).foreground().color().name() != MISSING_COLOUR
+    # case_c was found beside it, by name, without asking
+    assert pw.state.project.slide("case_c").path == str((moved.parent / "case_c.tif").resolve())
+    assert any("found beside it: case_c" in m for _, m in notes)
+    assert pw.table.item(2, 0).foreground().color().name() != MISSING_COLOUR
     saved = json.loads((tmp_path / "proj" / "slides.json").read_text())
     assert str(moved.resolve()) in json.dumps(saved)

@@ -222,8 +222,19 @@ class ProjectWidget(QWidget):
         project = self._project_or_error()
         if project is None or not _guard(lambda: project.relocate_slide(slide_id, path), ok=True):
             return False
+        # slides moved together: the other missing ones are looked for beside it, by file name
+        folder, also = Path(path).parent, []
+        for entry in project.slides:
+            candidate = folder / Path(entry.path).name
+            if project.slide_missing(entry.id) and candidate.exists():
+                try:
+                    project.relocate_slide(entry.id, candidate)
+                except ProtorefineError:
+                    continue  # same name, another slide: the user locates it by hand
+                also.append(entry.id)
         self.refresh()
-        show_info(f"slide {slide_id} found at {path}")
+        extra = f"; found beside it: {', '.join(also)}" if also else ""
+        show_info(f"slide {slide_id} found at {path}{extra}")
         self.select_slide(slide_id)
         return True
 
