@@ -145,11 +145,13 @@ def window_origins(
 def read_level(slide: Slide, grid: PatchGrid, size: int) -> tuple[int, int]:
     """The pyramid level to read ``size``-px encoder inputs from, and its shrink against the grid's.
 
-    Windows larger than the encoder input are box-averaged down by an integer factor;
-    when a coarser level is exactly that average (an integer step of the pyramid that
-    divides the factor, as in 2x pyramids), reading it gives the same pixels from a
-    fraction of the data: a quarter for 224-px windows fed at 112. Otherwise the
-    grid's own level and 1.
+    Windows larger than the encoder input are box-averaged down by an integer factor.
+    A coarser level an integer step below that divides the factor (2x pyramids) holds
+    the window at that resolution already, from a fraction of the data: a quarter for
+    224-px windows fed at 112, as WSI tools read. For pyramids made by box averaging
+    (``protorefine convert``) the pixels are the same; a scanner's own levels are its
+    rendition (TCGA SVS, level 1: 5.4 grey levels mean difference, EfficientNet cosine
+    0.94). Otherwise the grid's own level and 1.
     """
     level, rs = grid.level, grid.read_size
     if rs % size or rs == size:
