@@ -332,3 +332,22 @@ def test_ome_zarr_output_for_an_ome_zarr_slide_leaves_the_input_alone(case, tmp_
     assert main(refine_args(slide, case["coarse"], out, *FAST, "--ome-zarr")) == 0
     assert (out / "s1.ome.zarr" / "labels" / "refined").is_dir()
     assert not (slide / "labels").exists()  # the user's slide is not written to
+
+
+def test_a_project_from_before_path_free_fingerprints_keeps_its_results(refined, tmp_path):
+    """Stage records written when fingerprints held slide paths are adopted, not recomputed."""
+    folder = tmp_path / "project"
+    shutil.copytree(refined / "project", folder)
+    old = Project.open(folder)
+    for stage in Pipeline.STAGES:  # as an earlier version wrote them
+        marker = old.stage_dir(stage) / "done.json"
+        info = json.loads(marker.read_text())
+        info["fingerprint"] = old.fingerprint(stage, legacy=True)
+        marker.write_text(json.dumps(info))
+    project = Project.open(folder)
+    assert all(project.stage_done(s) for s in Pipeline.STAGES)
+    for stage in Pipeline.STAGES:  # and rewritten in today's terms
+        info = json.loads((project.stage_dir(stage) / "done.json").read_text())
+        assert info["fingerprint"] == project.fingerprint(stage)
+    project.set_config(project.config.replace(threshold=0.7))  # a real change still tells
+    assert not project.stage_done("output") and project.stage_done("classifier")

@@ -356,13 +356,18 @@ class Project:
         """Folder of a stage's outputs."""
         return self.folder / "stages" / name
 
-    def fingerprint(self, name: str) -> str:
-        """Hash of everything a stage's output depends on (chained through earlier stages)."""
+    def fingerprint(self, name: str, *, legacy: bool = False) -> str:
+        """Hash of everything a stage's output depends on (chained through earlier stages).
+
+        ``legacy``: as projects made before session 7 computed it (with slide paths).
+        """
         fp = ""
         for stage in STAGE_ORDER:
             own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
             extra: Any = None
-            if stage == "grid":
+            if stage == "grid" and legacy:
+                extra = [(s.id, s.path, list(s.shape)) for s in self.slides]
+            elif stage == "grid":
                 # the slide, not where its file lies: a moved file keeps its results
                 extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in self.slides]
             elif stage == "prototypes":
@@ -384,9 +389,19 @@ class Project:
         if not marker.exists():
             return False
         try:
-            return json.loads(marker.read_text()).get("fingerprint") == self.fingerprint(name)
+            info = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return False
+        stored = info.get("fingerprint")
+        if stored == self.fingerprint(name):
+            return True
+        if stored is not None and stored == self.fingerprint(name, legacy=True):
+            # a project made before fingerprints left out slide paths: its results still
+            # match their inputs, so they are adopted rather than computed again
+            info["fingerprint"] = self.fingerprint(name)
+            atomic_write_text(marker, json.dumps(info, indent=2))
+            return True
+        return False
 
     def stage_info(self, name: str) -> dict:
         """The stage's ``done.json`` record (fingerprint, seconds, counts), {} when absent."""
