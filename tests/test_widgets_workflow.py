@@ -546,11 +546,14 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     outline.selected_data = {0}
     outline.remove_selected()
     assert project.outline_edited(sid)
+    finish(qtbot, refine.runner, refine.run)  # nothing changed: the edit stands, no note
+    assert project.outline_edited(sid)
+    assert not any("replaces them on screen" in m for m in notes)
     refine.threshold.setValue(0.7)
     finish(qtbot, refine.runner, refine.run)
     assert not project.outline_edited(sid)
     assert (project.folder / "edited" / f"{sid}.geojson").exists()
-    assert any("Hand edits of the outline" in m for m in notes)
+    assert any("replaces them on screen" in m for m in notes)
 
 
 def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):

@@ -7,6 +7,8 @@ Layout::
     coarse/<id>.geojson      coarse annotations
     corrections/<id>.npz     painted corrections, (rows, cols) int8 + the grid's cell size
     prototype_labels.json    pathologist's marks of global prototypes (of one build of them)
+    edited/<id>.geojson      pathologist's hand edits of a refined outline (+ <id>.json: the
+                             refinement they were drawn on)
     ui_state.json            free-form widget state
     features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid
     stages/<stage>/          each stage's output, moved in atomically with done.json

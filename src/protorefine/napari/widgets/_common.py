@@ -132,16 +132,11 @@ def _has_outline(annset) -> bool:
     return annset is not None and any(not a.geometry.is_empty for a in annset)
 
 
-def note_outline_edits(project) -> None:
-    """Before a rerun that redraws the outlines: say where the hand edits it supersedes stay."""
-    if project.stage_done("output"):
-        edited = [s.id for s in project.slides if project.outline_edited(s.id)]
-        if edited:
-            notify(
-                "info",
-                f"Hand edits of the outline of {', '.join(edited)} stay in "
-                f"{project.folder / 'edited'}; the new outline replaces them on screen.",
-            )
+def edited_outlines(project) -> set[str]:
+    """Slides whose refined outline has hand edits valid for the current refinement."""
+    if project is None or not project.stage_done("output"):
+        return set()
+    return {s.id for s in project.slides if project.outline_edited(s.id)}
 
 
 def pipeline_for(project, config=None):
@@ -158,15 +153,26 @@ class SlideResults:
     slide_id: str | None
     values: dict[str, np.ndarray] = field(default_factory=dict)
     outline: AnnotationSet | None = None
+    #: Slides whose hand edits of the outline the run that made these results superseded.
+    superseded_edits: list[str] = field(default_factory=list)
 
 
-def load_results(project, slide_id: str | None, names: Iterable[str] = GRID_LAYERS) -> SlideResults:
-    """Read the stored grid values behind each grid layer of ``slide_id`` (call it in the worker)."""
+def load_results(
+    project,
+    slide_id: str | None,
+    names: Iterable[str] = GRID_LAYERS,
+    edited_before: set[str] = frozenset(),
+) -> SlideResults:
+    """Read the stored grid values behind each grid layer of ``slide_id`` (call it in the worker).
+
+    ``edited_before``: :func:`edited_outlines` before the run, to tell which edits it superseded.
+    """
     from protorefine.napari.layers import stored_grid_values
 
     out = SlideResults(slide_id)
     if project is None or slide_id is None:
         return out
+    out.superseded_edits = sorted(set(edited_before) - edited_outlines(project))
     for name in names:
         values = stored_grid_values(project, slide_id, name)
         if values is not None:
@@ -198,6 +204,12 @@ def show_results(
 
     if state.project is None or state.slide_id is None:
         return
+    if results is not None and results.superseded_edits:
+        notify(
+            "info",
+            f"Hand edits of the outline of {', '.join(results.superseded_edits)} stay in "
+            f"{state.project.folder / 'edited'}; the new outline replaces them on screen.",
+        )
     if results is None or results.slide_id != state.slide_id:
         results = SlideResults(state.slide_id)
         for name in state.grid_layer_names:

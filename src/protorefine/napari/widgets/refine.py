@@ -27,8 +27,8 @@ from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
     check_coarse,
+    edited_outlines,
     load_results,
-    note_outline_edits,
     pipeline_for,
     show_outline,
     show_results,
@@ -143,8 +143,8 @@ class RefineWidget(WorkflowWidget):
             return False
         config = self._config(project)
         redraw_only = not invalidate and self._redraw_only(project, config)
+        edited = edited_outlines(project)  # before pipeline_for puts the new config in place
         pipeline = pipeline_for(project, config)
-        note_outline_edits(project)
         if not redraw_only:  # the plot keeps the training it shows when nothing retrains
             self.history = []
             self.epochs = []
@@ -159,7 +159,7 @@ class RefineWidget(WorkflowWidget):
             pipeline.run(
                 progress=ctx.progress, cancel=ctx.cancel, on_round=ctx.send, on_epoch=ctx.send
             )
-            return load_results(project, slide_id)
+            return load_results(project, slide_id, edited_before=edited)
 
         return self.runner.start(
             "Refine and train", task, on_done=self._on_done, on_event=self._on_round

@@ -50,8 +50,8 @@ from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
     check_coarse,
+    edited_outlines,
     load_results,
-    note_outline_edits,
     pipeline_for,
     show_outline,
     show_results,
@@ -256,8 +256,8 @@ class ReviewWidget(WorkflowWidget):
             return False
         if not check_coarse(self.state):
             return False
+        edited = edited_outlines(project)  # before new corrections make the outline stale
         self.save_corrections()
-        note_outline_edits(project)
         pipeline = pipeline_for(project)
 
         slide_id = self.state.slide_id
@@ -265,7 +265,7 @@ class ReviewWidget(WorkflowWidget):
         def task(ctx: TaskContext) -> SlideResults:
             pipeline.invalidate("pseudo_labels")
             pipeline.run(progress=ctx.progress, cancel=ctx.cancel)
-            return load_results(project, slide_id)
+            return load_results(project, slide_id, edited_before=edited)
 
         return self.runner.start("Retrain with corrections", task, on_done=self._on_retrained)
 
