@@ -172,8 +172,7 @@ def export_refined_labels(
     entry = project.slide(slide_id)
     path = Path(entry.path)
     labels, step = refined_labels(project, slide_id)
-    inside = path.is_dir() and is_ome_zarr(path)
-    if inside and (target is None or Path(target).resolve() == path.resolve()):
+    if is_ome_zarr(path) and (target is None or Path(target).resolve() == path.resolve()):
         zarr_path = path
     elif target is None:
         raise ProtorefineError(

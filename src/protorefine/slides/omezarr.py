@@ -29,8 +29,10 @@ def ngff_attrs(group: zarr.Group) -> dict[str, Any]:
     return dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
 
 
-def is_ome_zarr(path: Path) -> bool:
-    """True when ``path`` is a zarr group with NGFF ``multiscales`` metadata."""
+def is_ome_zarr(path: str | Path) -> bool:
+    """True when ``path`` is a zarr folder with NGFF ``multiscales`` metadata."""
+    if not Path(path).is_dir():
+        return False
     try:
         group = zarr.open_group(path, mode="r")
     except Exception:

@@ -57,6 +57,7 @@ from protorefine.napari.widgets._common import (
     show_results,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+from protorefine.slides.omezarr import is_ome_zarr
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
 ZARR_FILTER = "OME-Zarr (*.zarr)"
@@ -326,7 +327,7 @@ class ReviewWidget(WorkflowWidget):
 
     def _on_export_ngff(self) -> None:
         project, sid = self.state.project, self.state.slide_id
-        if project is None or sid is None or _is_ome_zarr(project.slide(sid).path):
+        if project is None or sid is None or is_ome_zarr(project.slide(sid).path):
             self.export_ngff()
             return
         default = project.folder / "exports" / f"{sid}.ome.zarr"
@@ -345,7 +346,7 @@ class ReviewWidget(WorkflowWidget):
         if self._refined_or_say() is None:
             return False
         project, sid = self.state.project, self.state.slide_id
-        if target is None and not _is_ome_zarr(project.slide(sid).path):
+        if target is None and not is_ome_zarr(project.slide(sid).path):
             notify(
                 "warning",
                 f"{sid} is not an OME-Zarr slide: choose a folder for an OME-Zarr copy with the labels.",
@@ -670,10 +671,3 @@ def show_final_layers(state: ProtorefineState) -> None:
         state.viewer.layers.selection.active = glob
     if refined is not None:
         refined.opacity = 0.3
-
-
-def _is_ome_zarr(path: str | Path) -> bool:
-    from protorefine.slides.omezarr import is_ome_zarr
-
-    path = Path(path)
-    return path.is_dir() and is_ome_zarr(path)
