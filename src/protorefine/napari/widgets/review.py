@@ -400,8 +400,7 @@ class ReviewWidget(WorkflowWidget):
         same = edited.union().symmetric_difference(refined).area <= 1e-6 * max(refined.area, 1.0)
         project.set_outline_edit(sid, None if same else edited)
         self._say_edits()
-        if self.truth_path is not None and not self.score_runner.running:
-            self.update_scores()  # the Dice line scores the outline as edited
+        self._rescore()  # the Dice line scores the outline as edited
 
     def discard_outline_edits(self) -> None:
         """Drop the hand edits of the current slide's outline and show the refined one again."""
@@ -411,8 +410,7 @@ class ReviewWidget(WorkflowWidget):
         project.set_outline_edit(sid, None)
         show_outline(self.state, project.refined_annotations(sid))
         self._watch_outline()
-        if self.truth_path is not None and not self.score_runner.running:
-            self.update_scores()
+        self._rescore()
         notify("info", f"Hand edits of the outline of {sid} discarded")
 
     def _say_edits(self) -> None:
@@ -455,6 +453,11 @@ class ReviewWidget(WorkflowWidget):
 
         return self.score_runner.start("Dice against ground truth", task, on_done=self._on_scores)
 
+    def _rescore(self) -> None:
+        """Score the outline again when a ground truth is loaded and no scoring is running."""
+        if self.truth_path is not None and not self.score_runner.running:
+            self.update_scores()
+
     def _on_scores(self, scores: dict[str, dict[str, float]]) -> None:
         self.scores = {k: v["dice"] for k, v in scores.items()}
         parts = [f"Dice coarse {self.scores['coarse']:.3f}"] if "coarse" in self.scores else []
@@ -490,9 +493,8 @@ class ReviewWidget(WorkflowWidget):
         self.corrections_layer(create=False)
         self._watch_outline()
         project = self.state.project
-        if self.truth_path is not None and project is not None and project.stage_done("output"):
-            if not self.score_runner.running:
-                self.update_scores()
+        if project is not None and project.stage_done("output"):
+            self._rescore()
 
 
 # ----- unattended flow ---------------------------------------------------------------------
