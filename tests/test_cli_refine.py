@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import imageio.v3 as iio
@@ -71,12 +72,22 @@ def test_refine_writes_outputs(refined, case):
     }
     assert report["slides"]["s1"]["tissue_patches"] > 0
     assert report["encoder"]["name"] == "colour-texture"
+    # each region's area and greatest dimension, for QuPath and in the report (a PNG: pixels)
+    areas = [f["properties"]["measurements"]["Area px^2"] for f in raw["features"]]
+    assert areas == pytest.approx([a.geometry.area for a in ann], rel=1e-6)
+    tumour = report["slides"]["s1"]["tumour"]
+    assert tumour["refined"]["area_px2"] == pytest.approx(ann.union().area, rel=1e-6)
+    assert tumour["refined"]["regions"] == len(ann) and tumour["coarse"]["regions"] >= 1
 
 
-def test_refine_on_a_finer_grid(case, tmp_path):
+def test_refine_on_a_finer_grid(case, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(refine_args(case["slide"], case["coarse"], out, *FAST, "--stride", "32"))
     assert rc == 0
+    said = capsys.readouterr().out
+    assert re.search(
+        r"^s1: tumour \d+ regions?, [\d,]+ px², largest [\d,]+ px across \(coarse: ", said, re.M
+    )
     png = iio.imread(out / "s1_refined.png")
     assert png.shape == (32, 32) and png.max() == 255  # one pixel per 32 px cell
     assert json.loads((out / "report.json").read_text())["config"]["stride"] == 32

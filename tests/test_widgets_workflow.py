@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
 from protorefine.annotations import rasterize, read_geojson, vectorize, write_geojson  # noqa: E402
+from protorefine.measure import measure  # noqa: E402
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
 from protorefine.napari.state import (  # noqa: E402
     CONFIDENCE,
@@ -448,12 +450,23 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     viewer, state, _, refine, review = gui()
     assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
     assert not (tmp_path / "early.geojson").exists()
+    assert review.tumour_label.text().startswith("Coarse outline: ")
     finish(qtbot, refine.runner, refine.run)
+    # the refined tumour measured beside the coarse outline, in the slide's microns
+    said = review.tumour_label.text()
+    num = r"[\d.,]+ (mm|µm)"
+    assert re.fullmatch(
+        rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\)", said
+    ), said
     out = review.export_geojson(tmp_path / "refined.geojson")
     assert out is not None
     back = read_geojson(out)
     data = json.loads(out.read_text())
     assert data["type"] == "FeatureCollection" and len(back) >= 1
+    mpp = state.project.slide(state.slide_id).mpp
+    assert [f["properties"]["measurements"]["Area µm^2"] for f in data["features"]] == (
+        pytest.approx([a.geometry.area * mpp**2 for a in back])
+    )
     grid = state.project.grid(state.slide_id)
     area = sum(a.geometry.area for a in back)
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
@@ -511,6 +524,8 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     outline.remove_selected()  # as the pathologist's Delete key
     assert project.outline_edited(sid) and review.discard_button.isEnabled()
     kept = project.accepted_outline(sid).union()
+    mpp = project.slide(sid).mpp  # the Review pane measures the edited outline
+    assert f"Tumour: {measure(kept, mpp).summary()} (" in review.tumour_label.text()
     assert 0 < refined.union().area - kept.area < 0.5 * refined.union().area
     # another slide and back: the edited outline is what is shown
     other = [s.id for s in project.slides if s.id != sid][0]

@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_te
 from protorefine.annotations.model import AnnotationSet
 from protorefine.errors import ProtorefineError
 from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
+
+if TYPE_CHECKING:
+    from protorefine.measure import Measurements
 
 FORMAT = "protorefine-project"
 RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
@@ -553,18 +556,34 @@ class Project:
             return read_geojson(self._edit_paths(slide_id)[0], allow_empty=True)
         return self.refined_annotations(slide_id)
 
-    def export_refined(self, folder: str | Path) -> list[Path]:
-        """Write every slide's accepted outline (refined, with any hand edits) to
-        ``folder/<slide>.geojson`` (QuPath GeoJSON, level-0 pixels, each file atomic)."""
+    def export_outline(self, slide_id: str, path: str | Path) -> Path:
+        """Write ``slide_id``'s accepted outline to ``path`` as QuPath GeoJSON (level-0 pixels,
+        atomic), each region with its area and greatest dimension as QuPath measurements."""
         from protorefine.annotations import write_geojson
+        from protorefine.measure import with_measurements
 
+        outline = with_measurements(self.accepted_outline(slide_id), self.slide(slide_id).mpp)
+        write_geojson(outline, path)
+        return Path(path)
+
+    def export_refined(self, folder: str | Path) -> list[Path]:
+        """Write every slide's accepted outline to ``folder/<slide>.geojson`` (:meth:`export_outline`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        for s in self.slides:
-            write_geojson(self.accepted_outline(s.id), folder / f"{s.id}.geojson")
-            written.append(folder / f"{s.id}.geojson")
-        return written
+        return [self.export_outline(s.id, folder / f"{s.id}.geojson") for s in self.slides]
+
+    def measurements(self, slide_id: str) -> dict[str, Measurements]:
+        """Regions, area and greatest dimension of the coarse and (when run) accepted outlines."""
+        from protorefine.measure import measure
+
+        mpp = self.slide(slide_id).mpp
+        out = {}
+        coarse = self.coarse(slide_id)
+        if coarse is not None:
+            out["coarse"] = measure(coarse, mpp)
+        if self.stage_done("output"):
+            out["refined"] = measure(self.accepted_outline(slide_id), mpp)
+        return out
 
     def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:
         """Folder of cached features for an encoder on the current grid parameters."""

@@ -160,6 +160,9 @@ def refine_command(args: argparse.Namespace) -> int:
                 bars.close()
     report = make_report(project, pipe, total)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    for sid in ids:
+        m = project.measurements(sid)
+        print(f"{sid}: tumour {m['refined'].summary()} (coarse: {m['coarse'].summary()})")
     print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
     return 0
 
@@ -205,6 +208,8 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
             "patches": g.get("patches"),
             "tissue_patches": g.get("tissue"),
             "refined_patches": out_info.get(s.id, {}).get("refined_patches"),
+            "mpp": s.mpp,
+            "tumour": {k: m.as_dict() for k, m in project.measurements(s.id).items()},
         }
     return {
         "config": project.config.to_dict(),

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
+from protorefine.measure import Measurements, format_area
 from protorefine.napari.layers import (
     FINISHED_ACTIONS,
     NORMAL_LABEL,
@@ -124,12 +125,19 @@ class ReviewWidget(WorkflowWidget):
         # exporting only reads the project: its own runner, outside the one-pipeline-run lock
         self.export_runner = TaskRunner()
         self.labels_path: Path | None = None
+        self.tumour_label = QLabel("")
+        self.tumour_label.setWordWrap(True)
+        self.tumour_label.setToolTip(
+            "Separate tumour regions, their total area and the largest one's greatest "
+            "dimension (also written into the exported GeoJSON as QuPath measurements)"
+        )
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
         self.discard_button.setToolTip("Back to the refined outline as the classifier drew it")
         self.discard_button.clicked.connect(self.discard_outline_edits)
         self._outline_layer = None
+        ex.addWidget(self.tumour_label)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -275,15 +283,16 @@ class ReviewWidget(WorkflowWidget):
 
     # ----- export --------------------------------------------------------------------------
 
-    def _refined_or_say(self):
+    def _refined_or_say(self) -> bool:
+        """True when the current slide has a refined outline; otherwise say what is missing."""
         project, sid = self.state.project, self.state.slide_id
         if project is None or sid is None:
             notify("warning", "Pick a slide in 'Project and slides' first.")
-            return None
+            return False
         if not project.stage_done("output"):
             notify("warning", "There is no refined outline yet: run 'Refine and train' first.")
-            return None
-        return project.accepted_outline(sid)
+            return False
+        return True
 
     def _on_export_geojson(self) -> None:
         sid = self.state.slide_id or "refined"
@@ -295,13 +304,10 @@ class ReviewWidget(WorkflowWidget):
 
     def export_geojson(self, path: str | Path) -> Path | None:
         """Write the current slide's refined outline as QuPath GeoJSON to ``path``."""
-        from protorefine.annotations import write_geojson
-
-        annset = self._refined_or_say()
-        if annset is None:
+        if not self._refined_or_say():
             return None
         try:
-            write_geojson(annset, path)
+            self.state.project.export_outline(self.state.slide_id, path)
         except (ProtorefineError, OSError) as exc:
             notify("error", f"{path}: could not write ({exc})")
             return None
@@ -315,7 +321,7 @@ class ReviewWidget(WorkflowWidget):
 
     def export_all(self, folder: str | Path) -> list[Path]:
         """Write every slide's refined outline to ``folder/<slide>.geojson``."""
-        if self._refined_or_say() is None:
+        if not self._refined_or_say():
             return []
         try:
             written = self.state.project.export_refined(folder)
@@ -343,7 +349,7 @@ class ReviewWidget(WorkflowWidget):
         worker, with progress and Cancel). The folder lands in ``labels_path``."""
         from protorefine.labels_export import export_refined_labels
 
-        if self._refined_or_say() is None:
+        if not self._refined_or_say():
             return False
         project, sid = self.state.project, self.state.slide_id
         if target is None and not is_ome_zarr(project.slide(sid).path):
@@ -382,7 +388,7 @@ class ReviewWidget(WorkflowWidget):
             self._outline_layer = layer
             if layer is not None:
                 layer.events.data.connect(self._on_outline_edit)
-        self._say_edits()
+        self._say_outline()
 
     def _on_outline_edit(self, event=None) -> None:
         """A finished edit of the refined outline: keep it in the project (undone: drop it)."""
@@ -399,7 +405,7 @@ class ReviewWidget(WorkflowWidget):
         refined = project.refined_annotations(sid).union()
         same = edited.union().symmetric_difference(refined).area <= 1e-6 * max(refined.area, 1.0)
         project.set_outline_edit(sid, None if same else edited)
-        self._say_edits()
+        self._say_outline()
         self._rescore()  # the Dice line scores the outline as edited
 
     def discard_outline_edits(self) -> None:
@@ -413,17 +419,18 @@ class ReviewWidget(WorkflowWidget):
         self._rescore()
         notify("info", f"Hand edits of the outline of {sid} discarded")
 
-    def _say_edits(self) -> None:
+    def _say_outline(self) -> None:
+        """Say whether the outline was edited by hand, and measure it."""
         project, sid = self.state.project, self.state.slide_id
-        edited = bool(
-            project and sid and project.stage_done("output") and project.outline_edited(sid)
-        )
+        done = bool(project and sid and project.stage_done("output"))
+        edited = done and project.outline_edited(sid)
         self.edit_label.setText(
             "Outline edited by hand: the edits are kept in the project and exported."
             if edited
             else "Edit the red outline with napari's shape tools to fix it by hand."
         )
         self.discard_button.setEnabled(edited)
+        self.tumour_label.setText(tumour_text(project.measurements(sid)) if project and sid else "")
 
     # ----- ground truth --------------------------------------------------------------------
 
@@ -495,6 +502,16 @@ class ReviewWidget(WorkflowWidget):
         project = self.state.project
         if project is not None and project.stage_done("output"):
             self._rescore()
+
+
+def tumour_text(m: dict[str, Measurements]) -> str:
+    """The Review pane's line about the tumour's size, refined beside coarse."""
+    if "refined" in m:
+        text = f"Tumour: {m['refined'].summary()}"
+        if "coarse" in m:
+            text += f" (coarse outline: {format_area(m['coarse'].area, m['coarse'].unit)})"
+        return text
+    return f"Coarse outline: {m['coarse'].summary()}" if "coarse" in m else ""
 
 
 # ----- unattended flow ---------------------------------------------------------------------

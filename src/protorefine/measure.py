@@ -1,0 +1,141 @@
+"""Tumour measurements of an outline: regions, area and greatest dimension, in microns.
+
+What a pathologist reports from an outline: how many separate tumour regions, their
+total area, and the largest region's greatest dimension (maximum Feret diameter:
+the longest distance between two points of the region). Areas count holes out.
+Without microns per pixel the figures stay in level-0 pixels and say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from protorefine.annotations import AnnotationSet, tumour_geometry
+from protorefine.annotations.classes import polygonal
+
+#: Convex hulls with more vertices than this are compared in blocks (bounded memory).
+_BLOCK = 2048
+
+
+def feret_diameter(geom: BaseGeometry) -> float:
+    """Greatest distance between two points of ``geom`` (its convex hull's vertices)."""
+    if geom.is_empty:
+        return 0.0
+    pts = np.unique(shapely.get_coordinates(geom.convex_hull), axis=0)
+    best = 0.0
+    for i in range(0, len(pts), _BLOCK):
+        d = pts[i : i + _BLOCK, None, :] - pts[None, :, :]
+        best = max(best, float(np.sqrt((d * d).sum(-1).max())))
+    return best
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected tumour region: area (unit²), greatest dimension (unit), centre (x, y) in level-0 pixels."""
+
+    area: float
+    diameter: float
+    centre: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Regions of an outline, largest first, in ``unit`` ("µm", or "px" when the slide has no mpp)."""
+
+    unit: str
+    regions: tuple[Region, ...]
+
+    @property
+    def area(self) -> float:
+        return float(sum(r.area for r in self.regions))
+
+    @property
+    def largest_diameter(self) -> float:
+        return max((r.diameter for r in self.regions), default=0.0)
+
+    def as_dict(self) -> dict:
+        """JSON-able figures (for report.json)."""
+        u = "um" if self.unit == "µm" else self.unit
+        return {
+            "regions": len(self.regions),
+            f"area_{u}2": round(self.area, 3),
+            f"largest_diameter_{u}": round(self.largest_diameter, 3),
+            f"region_areas_{u}2": [round(r.area, 3) for r in self.regions],
+        }
+
+    def summary(self) -> str:
+        """One line, e.g. "3 regions, 12.4 mm², largest 4.10 mm across"."""
+        n = len(self.regions)
+        if n == 0:
+            return "no tumour region"
+        what = "1 region" if n == 1 else f"{n} regions"
+        return (
+            f"{what}, {format_area(self.area, self.unit)}, "
+            f"largest {format_length(self.largest_diameter, self.unit)} across"
+        )
+
+
+def _three_figures(value: float) -> str:
+    """12.4, 15.0, 0.0450; whole numbers from 100 up."""
+    if value >= 100 or value <= 0:
+        return f"{value:,.0f}"
+    return f"{value:.{2 - math.floor(math.log10(value))}f}"
+
+
+def format_area(value: float, unit: str) -> str:
+    """An area for people: mm² from 0.01 mm² up, else µm² (pixels stay px²)."""
+    if unit == "µm" and value >= 1e4:
+        return f"{_three_figures(value / 1e6)} mm²"
+    return f"{value:,.0f} {unit}²"
+
+
+def format_length(value: float, unit: str) -> str:
+    """A length for people: mm from 1 mm up, else µm (pixels stay px)."""
+    if unit == "µm" and value >= 1000:
+        return f"{_three_figures(value / 1000)} mm"
+    return f"{value:,.0f} {unit}"
+
+
+def measure(outline: AnnotationSet | BaseGeometry, mpp: float | None) -> Measurements:
+    """Measure an outline (tumour classes minus exclusions, overlaps merged) at ``mpp`` µm per pixel."""
+    if isinstance(outline, AnnotationSet):
+        geom = tumour_geometry(outline)
+    else:  # any geometry: repaired and merged like an annotation set's tumour region
+        geom = polygonal(shapely.unary_union(shapely.make_valid(outline)))
+    scale = float(mpp) if mpp else 1.0
+    unit = "µm" if mpp else "px"
+    parts = geom.geoms if isinstance(geom, MultiPolygon) else [geom]
+    regions = [
+        Region(p.area * scale**2, feret_diameter(p) * scale, (p.centroid.x, p.centroid.y))
+        for p in parts
+        if not p.is_empty and p.area > 0
+    ]
+    regions.sort(key=lambda r: -r.area)
+    return Measurements(unit, tuple(regions))
+
+
+def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> dict[str, float]:
+    """One annotation's figures under QuPath's measurement names (``properties.measurements``)."""
+    scale = float(mpp) if mpp else 1.0
+    unit = "µm" if mpp else "px"
+    return {
+        f"Area {unit}^2": round(geom.area * scale**2, 3),
+        f"Max diameter {unit}": round(feret_diameter(geom) * scale, 3),
+    }
+
+
+def with_measurements(annset: AnnotationSet, mpp: float | None) -> AnnotationSet:
+    """A copy of ``annset`` whose annotations carry their area and greatest dimension, for QuPath."""
+    anns = [
+        replace(
+            a, properties={**a.properties, "measurements": qupath_measurements(a.geometry, mpp)}
+        )
+        for a in annset
+    ]
+    return AnnotationSet(annotations=anns, warnings=list(annset.warnings))
