@@ -13,6 +13,7 @@ import shapely
 
 from protorefine.annotations import read_geojson, write_geojson
 from protorefine.cli import main
+from protorefine.errors import ProtorefineError
 from protorefine.project import Project
 from protorefine.refine.pipeline import Pipeline
 from refine_synth import write_slide_case
@@ -288,7 +289,7 @@ def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path,
 
 
 def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(refined, tmp_path):
-    from protorefine.errors import CancelledError, ProtorefineError
+    from protorefine.errors import CancelledError
     from protorefine.labels_export import export_refined_labels
 
     project = Project.open(refined / "project")
@@ -362,3 +363,19 @@ def test_a_project_from_before_path_free_fingerprints_keeps_its_results(refined,
         assert info["fingerprint"] == project.fingerprint(stage)
     project.set_config(project.config.replace(threshold=0.7))  # a real change still tells
     assert not project.stage_done("output") and project.stage_done("classifier")
+
+
+def test_refine_writes_asap_xml_too(refined, case, tmp_path):
+    """``--asap-xml``: the same outline as ASAP XML, for CAMELYON-style workflows."""
+    from protorefine.annotations import read_asap_xml
+
+    out = tmp_path / "out"
+    args = refine_args(case["slide"], case["coarse"], out, *FAST, "--asap-xml")
+    assert main([*args, "--project", str(refined / "project")]) == 0
+    geo = read_geojson(out / "s1.geojson").union()
+    xml = read_asap_xml(out / "s1.xml").union()
+    assert geo.symmetric_difference(xml).area < 1e-3 * geo.area
+    project = Project.open(refined / "project")
+    with pytest.raises(ProtorefineError, match=r"s1\.txt: an outline is exported as \.geojson"):
+        project.export_outline("s1", tmp_path / "s1.txt")
+    assert not (tmp_path / "s1.txt").exists()

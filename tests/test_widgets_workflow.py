@@ -21,7 +21,13 @@ pytestmark = pytest.mark.gui
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
-from protorefine.annotations import rasterize, read_geojson, vectorize, write_geojson  # noqa: E402
+from protorefine.annotations import (  # noqa: E402
+    rasterize,
+    read_annotations,
+    read_geojson,
+    vectorize,
+    write_geojson,
+)
 from protorefine.measure import measure  # noqa: E402
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
 from protorefine.napari.state import (  # noqa: E402
@@ -471,6 +477,9 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     area = sum(a.geometry.area for a in back)
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
     assert abs(area - mask_area) / mask_area < 0.1
+    # the same outline as ASAP XML, chosen by the file name
+    xml = review.export_geojson(tmp_path / "refined.xml")
+    assert read_annotations(xml).union().symmetric_difference(back.union()).area < 1e-3 * area
     # every slide's outline at once, for QuPath
     written = review.export_all(tmp_path / "all")
     assert sorted(p.name for p in written) == sorted(

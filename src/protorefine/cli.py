@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--asap-xml",
+        action="store_true",
+        help="also write OUT/<stem>.xml: the refined outline as ASAP XML (CAMELYON's format)",
+    )
+    p.add_argument(
         "--ome-zarr",
         action="store_true",
         help="also write OUT/<stem>.ome.zarr: the slide as OME-Zarr with the refined outline as NGFF labels",

@@ -557,20 +557,31 @@ class Project:
         return self.refined_annotations(slide_id)
 
     def export_outline(self, slide_id: str, path: str | Path) -> Path:
-        """Write ``slide_id``'s accepted outline to ``path`` as QuPath GeoJSON (level-0 pixels,
-        atomic), each region with its area and greatest dimension as QuPath measurements."""
-        from protorefine.annotations import write_geojson
+        """Write ``slide_id``'s accepted outline to ``path``, atomically, in level-0 pixels:
+        QuPath GeoJSON (``.geojson``/``.json``, each region with its area and greatest
+        dimension as QuPath measurements) or ASAP XML (``.xml``)."""
+        from protorefine.annotations import write_asap_xml, write_geojson
         from protorefine.measure import with_measurements
 
-        outline = with_measurements(self.accepted_outline(slide_id), self.slide(slide_id).mpp)
-        write_geojson(outline, path)
-        return Path(path)
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".geojson", ".json", ".xml"):
+            raise ProtorefineError(
+                f"{path}: an outline is exported as .geojson (QuPath) or .xml (ASAP), "
+                f"not '{path.suffix or path.name}'"
+            )
+        outline = self.accepted_outline(slide_id)
+        if suffix == ".xml":
+            write_asap_xml(outline, path)
+        else:
+            write_geojson(with_measurements(outline, self.slide(slide_id).mpp), path)
+        return path
 
-    def export_refined(self, folder: str | Path) -> list[Path]:
-        """Write every slide's accepted outline to ``folder/<slide>.geojson`` (:meth:`export_outline`)."""
+    def export_refined(self, folder: str | Path, suffix: str = ".geojson") -> list[Path]:
+        """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        return [self.export_outline(s.id, folder / f"{s.id}.geojson") for s in self.slides]
+        return [self.export_outline(s.id, folder / f"{s.id}{suffix}") for s in self.slides]
 
     def measurements(self, slide_id: str) -> dict[str, Measurements]:
         """Regions, area and greatest dimension of the coarse and (when run) accepted outlines."""

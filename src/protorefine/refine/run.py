@@ -143,6 +143,8 @@ def refine_command(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     project.export_refined(out)  # the project's slides are exactly the given ones
+    if getattr(args, "asap_xml", False):
+        project.export_refined(out, ".xml")
     for sid in ids:
         _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):

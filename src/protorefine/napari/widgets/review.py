@@ -61,6 +61,7 @@ from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 from protorefine.slides.omezarr import is_ome_zarr
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
+ASAP_FILTER = "ASAP XML (*.xml)"
 ZARR_FILTER = "OME-Zarr (*.zarr)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
@@ -112,7 +113,7 @@ class ReviewWidget(WorkflowWidget):
 
         export_box = QGroupBox("Accept and export")
         ex = QVBoxLayout(export_box)
-        self.geojson_button = QPushButton("Export refined outline (GeoJSON)…")
+        self.geojson_button = QPushButton("Export refined outline (GeoJSON / ASAP XML)…")
         self.geojson_button.clicked.connect(self._on_export_geojson)
         self.all_button = QPushButton("Export every slide's outline (GeoJSON) to a folder…")
         self.all_button.setToolTip("<slide>.geojson for each slide of the project, for QuPath")
@@ -296,20 +297,26 @@ class ReviewWidget(WorkflowWidget):
 
     def _on_export_geojson(self) -> None:
         sid = self.state.slide_id or "refined"
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export refined outline", f"{sid}.geojson", GEOJSON_FILTER
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export refined outline", f"{sid}.geojson", f"{GEOJSON_FILTER};;{ASAP_FILTER}"
         )
         if path:
+            if not Path(path).suffix:  # a bare name: the format picked in the dialog
+                path += ".xml" if chosen == ASAP_FILTER else ".geojson"
             self.export_geojson(path)
 
     def export_geojson(self, path: str | Path) -> Path | None:
-        """Write the current slide's refined outline as QuPath GeoJSON to ``path``."""
+        """Write the current slide's accepted outline to ``path``: QuPath GeoJSON, or ASAP XML
+        for a ``.xml`` name."""
         if not self._refined_or_say():
             return None
         try:
             self.state.project.export_outline(self.state.slide_id, path)
-        except (ProtorefineError, OSError) as exc:
-            notify("error", f"{path}: could not write ({exc})")
+        except ProtorefineError as exc:
+            notify("error", str(exc))
+            return None
+        except OSError as exc:
+            notify("error", f"{path}: could not write ({exc.strerror or exc})")
             return None
         notify("info", f"Refined outline of {self.state.slide_id} written to {path}")
         return Path(path)
