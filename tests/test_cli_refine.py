@@ -379,3 +379,21 @@ def test_refine_writes_asap_xml_too(refined, case, tmp_path):
     with pytest.raises(ProtorefineError, match=r"s1\.txt: an outline is exported as \.geojson"):
         project.export_outline("s1", tmp_path / "s1.txt")
     assert not (tmp_path / "s1.txt").exists()
+
+
+def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
+    """``--slide-mpp``: a PNG's pixel size given on the command line; figures come in microns.
+    A value no scanner makes is refused before anything runs."""
+    out = tmp_path / "out"
+    args = refine_args(case["slide"], case["coarse"], out, *FAST)
+    assert main([*args, "--slide-mpp", "-0.5"]) == 2
+    assert "-0.5: microns per pixel must be between 0.01 and 100" in one_error_line(capsys)
+    assert not (out / "project").exists()
+    assert main([*args, "--slide-mpp", "0.5", "--mpp", "0.5"]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"^s1: tumour .* (µm|mm) across \(coarse: ", said, re.M), said
+    report = json.loads((out / "report.json").read_text())
+    slide = report["slides"]["s1"]
+    assert slide["mpp"] == 0.5 and slide["tumour"]["refined"]["area_um2"] > 0
+    geo = json.loads((out / "s1.geojson").read_text())
+    assert "Area µm^2" in geo["features"][0]["properties"]["measurements"]

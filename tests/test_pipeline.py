@@ -224,3 +224,39 @@ def test_corrections_follow_the_tissue_to_a_new_grid(tmp_path, case):
     assert (p.result_grid("s1", "pseudo")[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == 1).all()
     p.set_config(p.config.replace(stride=None))  # and back: the painting is as it was
     np.testing.assert_array_equal(p.corrections("s1"), painted)
+
+
+def test_pixel_size_set_by_hand(tmp_path, case):
+    """A PNG records no pixel size: the pathologist gives it. Measurements, the viewer's scale
+    and a patch grid in microns follow; cached features are reused only where the grid's
+    cells did not move; the setting survives reopening and can go back to the file's."""
+    p = new_project(tmp_path / "p", case)
+    Pipeline(p).run()
+    assert p.slide("s1").mpp is None and p.measurements("s1")["refined"].unit == "px"
+    area_px = p.measurements("s1")["refined"].area
+    stamp = (p.feature_cache("colour-texture", p.encoder_info["weight_hash"]) / "s1.npy").stat()
+
+    p.set_slide_mpp("s1", 0.5)
+    assert p.open_slide("s1").mpp == 0.5 and p.open_slide("s1", as_filed=True).mpp is None
+    assert not p.stage_done("grid")  # the grid records the slide's pixel size
+    q = Project.open(p.folder)
+    assert q.slide("s1").mpp == 0.5 and q.slide("s1").mpp_by_user
+    Pipeline(q).run()  # same cells (the grid is in pixels): features come from the cache
+    assert q.stage_info("features")["reused_slides"] == 1
+    cache = q.feature_cache("colour-texture", q.encoder_info["weight_hash"]) / "s1.npy"
+    assert cache.stat().st_mtime_ns == stamp.st_mtime_ns
+    m = q.measurements("s1")["refined"]
+    assert m.unit == "µm" and m.area == pytest.approx(area_px * 0.25)
+
+    # a grid in microns per pixel: 1 µm/px is a 2x coarser level, other cells, new features
+    q.set_config(q.config.replace(mpp=1.0, level=None, patch_size=32))
+    Pipeline(q).run("features")
+    assert q.grid("s1").downsample == 64 and q.stage_info("features")["reused_slides"] == 0
+
+    with pytest.raises(ProtorefineError, match=r"^0\.0: microns per pixel must be between"):
+        q.set_slide_mpp("s1", 0.0)
+    with pytest.raises(ProtorefineError, match="between 0.01 and 100"):
+        q.set_slide_mpp("s1", float("nan"))
+    assert q.slide("s1").mpp == 0.5  # a refused value changes nothing
+    q.set_slide_mpp("s1", None)
+    assert q.slide("s1").mpp is None and not q.slide("s1").mpp_by_user

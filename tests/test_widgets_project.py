@@ -351,3 +351,47 @@ def test_a_moved_slide_file_is_found_again(widgets, slides, tmp_path: Path, note
     assert pw.table.item(2, 0).foreground().color().name() != MISSING_COLOUR
     saved = json.loads((tmp_path / "proj" / "slides.json").read_text())
     assert str(moved.resolve()) in json.dumps(saved)
+
+
+def test_pixel_size_given_by_hand(widgets, tmp_path: Path, notes, qtbot, monkeypatch) -> None:
+    """A PNG records no pixel size: double-clicking its mpp asks for one; the slide is then
+    shown in micrometres with a scale bar, its outline with it; 0 goes back to the file's."""
+    from qtpy.QtWidgets import QInputDialog
+    from skimage.io import imsave
+
+    from protorefine.napari.widgets.project import MPP_COLUMN
+
+    viewer, pw, cw = widgets
+    plain = tmp_path / "plain.png"
+    imsave(plain, np.random.default_rng(2).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides([plain])
+    assert cw.import_file(_geojson(tmp_path / "a.geojson", 100, 100, 200, 200))
+    assert pw.table.item(0, MPP_COLUMN).text() == "unknown"
+    assert "no pixel size: double-click its mpp" in pw.status.text()
+    asked = []
+
+    def answer(parent, title, label, value, *args):
+        asked.append((title, value))
+        return answers.pop(0)
+
+    monkeypatch.setattr(QInputDialog, "getDouble", answer)
+    answers = [(0.5, True)]
+    pw.table.cellDoubleClicked.emit(0, MPP_COLUMN)
+    assert asked == [("Pixel size", 0.0)]
+    assert pw.table.item(0, MPP_COLUMN).text() == "0.500 (set)"
+    qtbot.waitUntil(lambda: not pw.state.placeholders_pending, timeout=10_000)
+    (image,) = [layer for layer in _images(viewer) if layer.rgb]
+    for layer in (image, viewer.layers["coarse"]):
+        assert tuple(layer.scale) == pytest.approx((0.5, 0.5))
+        assert {str(u) for u in layer.units} == {"micrometer"}
+    assert viewer.scale_bar.visible and "no pixel size" not in pw.status.text()
+    coarse = pw.state.project.coarse("plain").union()
+    assert coarse.bounds == (100, 100, 200, 200)  # the outline stays where it was drawn
+    assert any("pixel size of plain: 0.5 µm/px" in m for _, m in notes)
+    answers = [(0.0, True)]  # back to what the file says: nothing
+    pw.table.cellDoubleClicked.emit(0, MPP_COLUMN)
+    assert asked[-1] == ("Pixel size", 0.5)
+    assert pw.table.item(0, MPP_COLUMN).text() == "unknown"
+    (image,) = [layer for layer in _images(viewer) if layer.rgb]
+    assert tuple(image.scale) == pytest.approx((1.0, 1.0)) and not viewer.scale_bar.visible

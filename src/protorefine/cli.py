@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
     g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")
     p.add_argument(
+        "--slide-mpp",
+        type=float,
+        default=None,
+        help="microns per pixel at full resolution of slides whose files record none (PNG, "
+        "JPEG, some TIFFs): measurements in microns, --mpp grids (40x is about 0.25, 20x 0.5)",
+    )
+    p.add_argument(
         "--encoder",
         default=None,
         help="feature encoder: a name (list in docs/user-guide.md), a TorchScript file, "

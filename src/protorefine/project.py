@@ -3,14 +3,15 @@
 Layout::
 
     config.json              RefineConfig + encoder name and weight hash
-    slides.json              the slides (id, path, shape, levels, mpp)
+    slides.json              the slides (id, path, shape, levels, mpp, whether set by hand)
     coarse/<id>.geojson      coarse annotations
     corrections/<id>.npz     painted corrections, (rows, cols) int8 + the grid's cell size
     prototype_labels.json    pathologist's marks of global prototypes (of one build of them)
     edited/<id>.geojson      pathologist's hand edits of a refined outline (+ <id>.json: the
                              refinement they were drawn on)
     ui_state.json            free-form widget state
-    features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid
+    features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid settings
+                             (+ <id>.cells: which cells its rows belong to)
     stages/<stage>/          each stage's output, moved in atomically with done.json
 
 A stage counts as done when its folder holds ``done.json`` whose fingerprint
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -41,17 +43,21 @@ if TYPE_CHECKING:
 FORMAT = "protorefine-project"
 RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
 PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
+#: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
+MPP_RANGE = (0.01, 100.0)
 
 
 @dataclass
 class SlideEntry:
-    """One slide of a project: unique ``id`` (file stem), ``path``, level-0 ``shape``, level count, mpp."""
+    """One slide of a project: unique ``id`` (file stem), ``path``, level-0 ``shape``, level count,
+    mpp (from the file, or set by hand when ``mpp_by_user``)."""
 
     id: str
     path: str
     shape: tuple[int, int]
     levels: int
     mpp: float | None = None
+    mpp_by_user: bool = False
 
 
 def _hash(obj: Any) -> str:
@@ -114,6 +120,7 @@ class Project:
                     shape=tuple(s["shape"]),
                     levels=int(s["levels"]),
                     mpp=s.get("mpp"),
+                    mpp_by_user=bool(s.get("mpp_by_user", False)),
                 )
                 for s in json.loads((folder / "slides.json").read_text())
             ]
@@ -220,7 +227,12 @@ class Project:
             raise ProtorefineError(
                 f"{path}: {sw} × {sh} px, but slide {slide_id!r} is {w} × {h} px: not the same slide"
             )
-        if entry.mpp and slide.mpp and abs(slide.mpp - entry.mpp) > 0.01 * entry.mpp:
+        if (
+            not entry.mpp_by_user
+            and entry.mpp
+            and slide.mpp
+            and abs(slide.mpp - entry.mpp) > 0.01 * entry.mpp
+        ):
             raise ProtorefineError(
                 f"{path}: {slide.mpp:.3f} µm/px, but slide {slide_id!r} has {entry.mpp:.3f}: not the same slide"
             )
@@ -229,6 +241,23 @@ class Project:
             raise ProtorefineError(f"{path}: already in the project as slide {other.id!r}")
         entry.path, entry.levels = str(path), len(slide.levels)
         entry.mpp = entry.mpp or slide.mpp
+        self._save_slides()
+        return entry
+
+    def set_slide_mpp(self, slide_id: str, mpp: float | None) -> SlideEntry:
+        """Set the microns per pixel of ``slide_id`` at full resolution by hand, for files that
+        do not record it (PNG, JPEG, some TIFFs) or record it wrong; None: as the file says.
+
+        Everything that measures in microns follows: the viewer's scale, a patch grid in
+        microns per pixel, tumour measurements, OME-Zarr exports. Stages from the patch grid
+        on rerun (cached features are reused where the grid's cells did not move).
+        """
+        entry = self.slide(slide_id)
+        if mpp is None:
+            entry.mpp, entry.mpp_by_user = self.open_slide(slide_id, as_filed=True).mpp, False
+        else:
+            entry.mpp, entry.mpp_by_user = checked_mpp(mpp), True
+        self._grids.clear()
         self._save_slides()
         return entry
 
@@ -242,14 +271,17 @@ class Project:
         self.slides.remove(entry)
         self._save_slides()
 
-    def open_slide(self, slide_id: str):
-        """Open the slide file of ``slide_id``."""
+    def open_slide(self, slide_id: str, *, as_filed: bool = False):
+        """Open the slide file of ``slide_id``, with the pixel size set by hand unless ``as_filed``."""
         from protorefine.slides import open_slide
 
         entry = self.slide(slide_id)
         if not Path(entry.path).exists():
             raise ProtorefineError(f"{entry.path}: slide file of {slide_id!r} is missing")
-        return open_slide(entry.path)
+        slide = open_slide(entry.path)
+        if entry.mpp_by_user and not as_filed:
+            slide.mpp = entry.mpp
+        return slide
 
     # ---- annotations and corrections -----------------------------------------------
     def set_coarse(self, slide_id: str, annset: AnnotationSet) -> None:
@@ -611,6 +643,17 @@ class Project:
             ]
         )
         return self.folder / "features" / key
+
+
+def checked_mpp(mpp: float) -> float:
+    """``mpp`` as a float when it is a plausible pixel size, else a one-line error."""
+    value = float(mpp)
+    if not math.isfinite(value) or not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
+        raise ProtorefineError(
+            f"{mpp}: microns per pixel must be between {MPP_RANGE[0]} and {MPP_RANGE[1]} "
+            "(a 40x scan is about 0.25, 20x about 0.5)"
+        )
+    return value
 
 
 def _stem(path: Path) -> str:

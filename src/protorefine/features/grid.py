@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,16 @@ class PatchGrid:
     def n(self) -> int:
         """Number of patches (rows * cols)."""
         return self.rows * self.cols
+
+    def signature(self) -> str:
+        """Hash of which windows the grid's tissue cells read (where, how large, at which level)."""
+        h = hashlib.sha256()
+        ints = (self.level, self.read_size, self.read_stride, self.patch_size, self.rows, self.cols)
+        h.update(
+            repr([int(v) for v in (*ints, *self.shape)] + [float(self.level_downsample)]).encode()
+        )
+        h.update(np.packbits(np.asarray(self.tissue, bool).ravel()).tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def downsample(self) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protorefine._atomic import atomic_path
+from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.project import Project, write_npz
@@ -170,7 +170,12 @@ class Pipeline:
         for i, s in enumerate(self.project.slides):
             grid = self.project.grid(s.id)
             path = cache / f"{s.id}.npy"
-            if path.exists() and np.load(path, mmap_mode="r").shape[0] == int(grid.tissue.sum()):
+            cells = path.with_suffix(".cells")  # which cells the cached rows belong to
+            if path.exists() and (
+                cells.read_text() == grid.signature()
+                if cells.exists()  # caches written before .cells: the count is all they say
+                else np.load(path, mmap_mode="r").shape[0] == int(grid.tissue.sum())
+            ):
                 reused += 1
                 continue
             slide = self.project.open_slide(s.id)
@@ -192,6 +197,7 @@ class Pipeline:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, feats)
+            atomic_write_text(cells, grid.signature())
         (out / "cache.txt").write_text(str(cache))
         return {
             "encoder": encoder.name,

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from protorefine._atomic import atomic_write_bytes, atomic_write_text
 from protorefine.errors import ProtorefineError
-from protorefine.project import Project, _stem
+from protorefine.project import Project, _stem, checked_mpp
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.pipeline import Pipeline
 
@@ -107,6 +108,9 @@ def refine_command(args: argparse.Namespace) -> int:
     from protorefine.annotations import read_annotations
 
     pairs = pair_by_stem(list(args.slides), list(args.coarse))
+    slide_mpp = getattr(args, "slide_mpp", None)
+    if slide_mpp is not None:  # before the project changes: a typo keeps its results
+        slide_mpp = checked_mpp(slide_mpp)
     if args.encoder:  # before the project changes: a typo keeps its results
         from protorefine.features.encoders import parse_encoder_name
 
@@ -128,6 +132,15 @@ def refine_command(args: argparse.Namespace) -> int:
     ids = []
     for slide_path, coarse_path in pairs:
         entry = project.add_slide(slide_path)
+        if slide_mpp is not None:
+            if entry.mpp is None or entry.mpp_by_user:
+                project.set_slide_mpp(entry.id, slide_mpp)
+            elif abs(entry.mpp - slide_mpp) > 0.01 * entry.mpp:
+                print(
+                    f"{slide_path}: the file records {entry.mpp:.4g} µm/px; "
+                    f"--slide-mpp {slide_mpp:g} is for files that record none",
+                    file=sys.stderr,
+                )
         ann = read_annotations(coarse_path, slide_shape=entry.shape)
         old = project.coarse(entry.id)
         if not _same_annotations(old, ann):

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QPushButton,
     QSizePolicy,
@@ -42,6 +43,11 @@ SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jp
 #: Text colour of a slide whose file is not where the project says.
 MISSING_COLOUR = "#ef4444"
 COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
+MPP_COLUMN = COLUMNS.index("mpp")
+MPP_TIP = (
+    "microns per pixel at full resolution, from the file or set by hand (set); "
+    "double-click to set it"
+)
 #: File patterns dropped on the viewer that should open with the protorefine reader
 #: (napari asks which reader to use otherwise); a choice the user made is kept.
 READER_PATTERNS = ("*.svs", "*.tif", "*.tiff", "*.zarr", "*.geojson", "*.xml")
@@ -106,6 +112,7 @@ class ProjectWidget(QWidget):
         self.add_layers_button.clicked.connect(self.add_open_layers)
         self.remove_button.clicked.connect(self._on_remove)
         self.table.itemSelectionChanged.connect(self._on_selection)
+        self.table.cellDoubleClicked.connect(self._on_double_click)
 
         self._camera_timer = QTimer(self)
         self._camera_timer.setSingleShot(True)
@@ -238,6 +245,24 @@ class ProjectWidget(QWidget):
         self.select_slide(slide_id)
         return True
 
+    def set_pixel_size(self, slide_id: str, mpp: float | None) -> bool:
+        """Give ``slide_id`` its microns per pixel by hand (None: as its file says) and show it
+        at that scale; stages from the patch grid on rerun, their features from the cache."""
+        project = self._project_or_error()
+        if project is None:
+            return False
+        had_results = project.stage_done("output")
+        if not _guard(lambda: project.set_slide_mpp(slide_id, mpp), ok=True):
+            return False
+        self.refresh()
+        if self.state.slide_id == slide_id:
+            _guard(lambda: self.state.show_slide(slide_id), ok=True)
+        entry = project.slide(slide_id)
+        size = f"{entry.mpp:g} µm/px" if entry.mpp else "unknown"
+        rerun = "; run 'Refine and train' again for its results (features are reused)"
+        show_info(f"pixel size of {slide_id}: {size}{rerun if had_results else ''}")
+        return True
+
     def refresh(self) -> None:
         """Refill the slide table from the project."""
         project = self.state.project
@@ -251,6 +276,7 @@ class ProjectWidget(QWidget):
                 self.table.insertRow(row)
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
+                mpp += " (set)" if entry.mpp_by_user else ""
                 values = (entry.id, f"{w} × {h}", str(entry.levels), mpp)
                 missing = project.slide_missing(entry.id)
                 for col, text in enumerate(values):
@@ -258,6 +284,8 @@ class ProjectWidget(QWidget):
                     item.setToolTip(
                         f"file missing: {entry.path}; click to say where it is now"
                         if missing
+                        else MPP_TIP
+                        if col == MPP_COLUMN
                         else str(entry.path)
                     )
                     if missing:
@@ -317,8 +345,10 @@ class ProjectWidget(QWidget):
         if slide_id is not None and self.state.slide is not None:
             s = self.state.slide
             self.viewer.scale_bar.visible = s.mpp is not None
+            hint = "" if s.mpp else "; no pixel size: double-click its mpp to give it"
             self.status.setText(
                 f"Showing {slide_id}: {s.shape[1]} × {s.shape[0]} px, {len(s.levels)} level(s)"
+                + hint
             )
         else:
             self.status.setText("")
@@ -355,6 +385,25 @@ class ProjectWidget(QWidget):
             item = self.table.item(min(rows), 0)
             if item is not None:
                 self.select_slide(item.text())
+
+    def _on_double_click(self, row: int, col: int) -> None:
+        item = self.table.item(row, 0)
+        project = self.state.project
+        if col != MPP_COLUMN or item is None or project is None:
+            return
+        entry = project.slide(item.text())
+        value, ok = QInputDialog.getDouble(
+            self,
+            "Pixel size",
+            f"Microns per pixel of {entry.id} at full resolution\n"
+            "(40x scans about 0.25, 20x about 0.5; 0: as the file says)",
+            entry.mpp or 0.0,
+            0.0,
+            100.0,
+            4,
+        )
+        if ok:
+            self.set_pixel_size(entry.id, value or None)
 
     def _update_enabled(self) -> None:
         has_project = self.state.project is not None
