@@ -252,6 +252,15 @@ def test_pixel_size_set_by_hand(tmp_path, case):
     q.set_config(q.config.replace(mpp=1.0, level=None, patch_size=32))
     Pipeline(q).run("features")
     assert q.grid("s1").downsample == 64 and q.stage_info("features")["reused_slides"] == 0
+    # cached rows are reused for the cells they were read from only, not for as many others
+    cells = q.feature_cache("colour-texture", q.encoder_info["weight_hash"]) / "s1.cells"
+    assert cells.read_text() == q.grid("s1").signature()
+    for signature, reused in (("cells of another grid", 0), (None, 1)):
+        if signature:
+            cells.write_text(signature)
+        q.clear_stage("features")
+        Pipeline(q).run("features")
+        assert q.stage_info("features")["reused_slides"] == reused
 
     with pytest.raises(ProtorefineError, match=r"^0\.0: microns per pixel must be between"):
         q.set_slide_mpp("s1", 0.0)
