@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -79,6 +80,10 @@ def test_refine_writes_outputs(refined, case):
     tumour = report["slides"]["s1"]["tumour"]
     assert tumour["refined"]["area_px2"] == pytest.approx(ann.union().area, rel=1e-6)
     assert tumour["refined"]["regions"] == len(ann) and tumour["coarse"]["regions"] >= 1
+    (row,) = csv.DictReader((refined / "tumour_measurements.csv").open())
+    assert row["slide"] == "s1" and int(row["regions"]) == len(ann)
+    assert float(row["area_px2"]) == pytest.approx(ann.union().area, abs=0.1)
+    assert row["area_mm2"] == "" and row["mpp"] == ""  # a PNG: no pixel size, no mm
 
 
 def test_refine_on_a_finer_grid(case, tmp_path, capsys):
@@ -397,3 +402,6 @@ def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
     assert slide["mpp"] == 0.5 and slide["tumour"]["refined"]["area_um2"] > 0
     geo = json.loads((out / "s1.geojson").read_text())
     assert "Area µm^2" in geo["features"][0]["properties"]["measurements"]
+    (row,) = csv.DictReader((out / "tumour_measurements.csv").open())
+    assert row["mpp"] == "0.5" and row["mpp_set_by_hand"] == "True"
+    assert float(row["area_mm2"]) == pytest.approx(float(row["area_px2"]) * 0.25e-6, rel=1e-5)

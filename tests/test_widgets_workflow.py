@@ -489,6 +489,8 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
         sid = path.name.removesuffix(".geojson")
         expected = state.project.refined_annotations(sid).union()
         assert read_geojson(path).union().symmetric_difference(expected).area < 1e-6
+    table = (tmp_path / "all" / "tumour_measurements.csv").read_text().splitlines()
+    assert len(table) == 1 + len(written) and table[0].startswith("slide,mpp,")
     # NGFF labels inside the slide's zarr, at the step the outline was traced at
     finish(qtbot, review.export_runner, review.export_ngff)
     labels_dir = review.labels_path
