@@ -9,7 +9,7 @@ import pytest
 from shapely.geometry import Point, Polygon, box
 
 from protorefine.annotations import Annotation, AnnotationSet, read_geojson, write_geojson
-from protorefine.measure import feret_diameter, measure, with_measurements
+from protorefine.measure import feret_diameter, measure, outline_changes, with_measurements
 from protorefine.project import Project
 from protorefine.slides import convert_to_ome_zarr
 from protorefine.slides.base import Slide
@@ -85,3 +85,25 @@ def test_project_measures_coarse_outline_in_microns(tmp_path):
     m = project.measurements(entry.id)
     assert list(m) == ["coarse"]  # nothing refined yet
     assert m["coarse"].area == pytest.approx(200 * 200 * 0.25)
+
+
+def test_changes_against_the_coarse_outline_largest_first():
+    coarse = AnnotationSet([Annotation(box(0, 0, 1000, 1000))])
+    refined = AnnotationSet(
+        [
+            Annotation(box(0, 0, 1000, 600)),  # the lower 400 px band removed
+            Annotation(box(200, 700, 300, 800), classification="Exclusion"),  # nothing there
+            Annotation(box(1000, 0, 1200, 200)),  # added beside it
+            Annotation(box(1000, 900, 1005, 905)),  # a speck: under 1 % of the coarse area
+        ]
+    )
+    changes = outline_changes(coarse, refined, 0.5)
+    assert [(c.kind, c.area) for c in changes] == [
+        ("removed", 400_000 * 0.25),
+        ("added", 40_000 * 0.25),
+    ]
+    assert changes[0].bounds == (0, 600, 1000, 1000) and changes[0].centre == (500, 800)
+    assert changes[1].centre == (1100, 100)
+    assert outline_changes(coarse, coarse, 0.5) == []
+    assert len(outline_changes(coarse, refined, None, min_share=0)) == 3
+    assert outline_changes(coarse, refined, None, limit=1)[0].area == 400_000

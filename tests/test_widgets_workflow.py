@@ -464,6 +464,21 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     assert re.fullmatch(
         rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\)", said
     ), said
+    # every region listed, largest first; a click goes there
+    regions = measure(state.project.accepted_outline(state.slide_id), None).regions
+    texts = [review.region_list.item(i).text() for i in range(review.region_list.count())]
+    assert [t.split(":")[0] for t in texts[: len(regions)]] == [
+        f"Region {i}" for i in range(1, len(regions) + 1)
+    ]
+    assert any("the coarse outline" in t for t in texts[len(regions) :])
+    smallest = review.region_list.item(len(regions) - 1)
+    review.region_list.itemClicked.emit(smallest)
+    x0, y0, x1, y1 = regions[-1].bounds
+    s = state.pixel_scale
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y0 + y1) / 2 * s, (x0 + x1) / 2 * s))
+    seen = np.array(viewer.canvas.size) / viewer.camera.zoom  # world (y, x) on screen
+    wanted = 2 * np.array([y1 - y0, x1 - x0]) * s  # the region and half its size around
+    assert (seen >= wanted * 0.999).all() and np.isclose(seen / wanted, 1).any()
     out = review.export_geojson(tmp_path / "refined.geojson")
     assert out is not None
     back = read_geojson(out)

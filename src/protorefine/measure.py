@@ -37,11 +37,24 @@ def feret_diameter(geom: BaseGeometry) -> float:
 
 @dataclass(frozen=True)
 class Region:
-    """One connected tumour region: area (unit²), greatest dimension (unit), centre (x, y) in level-0 pixels."""
+    """One connected tumour region: area (unit²), greatest dimension (unit); its centre (x, y)
+    and bounds (min x, min y, max x, max y) in level-0 pixels, to go and look at it."""
 
     area: float
     diameter: float
     centre: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A part the refinement took out of the coarse outline ("removed") or put outside it
+    ("added"): its area (unit²), centre and bounds in level-0 pixels."""
+
+    kind: str
+    area: float
+    centre: tuple[float, float]
+    bounds: tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -112,12 +125,42 @@ def measure(outline: AnnotationSet | BaseGeometry, mpp: float | None) -> Measure
     unit = "µm" if mpp else "px"
     parts = geom.geoms if isinstance(geom, MultiPolygon) else [geom]
     regions = [
-        Region(p.area * scale**2, feret_diameter(p) * scale, (p.centroid.x, p.centroid.y))
+        Region(p.area * scale**2, feret_diameter(p) * scale, _centre(p), tuple(p.bounds))
         for p in parts
         if not p.is_empty and p.area > 0
     ]
     regions.sort(key=lambda r: -r.area)
     return Measurements(unit, tuple(regions))
+
+
+def _centre(p: Polygon) -> tuple[float, float]:
+    """A point to show for a part: its centroid, or a point inside when that falls outside."""
+    c = p.centroid if p.contains(p.centroid) else p.representative_point()
+    return (c.x, c.y)
+
+
+def outline_changes(
+    coarse: AnnotationSet,
+    refined: AnnotationSet,
+    mpp: float | None,
+    *,
+    min_share: float = 0.01,
+    limit: int = 8,
+) -> list[Change]:
+    """Where the refined outline differs most from the coarse one, largest first: parts taken
+    out of the coarse outline and parts added outside it, each at least ``min_share`` of the
+    coarse outline's area (at most ``limit``), what a pathologist checks first."""
+    c, r = tumour_geometry(coarse), tumour_geometry(refined)
+    floor = min_share * c.area
+    scale = float(mpp) if mpp else 1.0
+    changes = []
+    for kind, part in (("removed", c.difference(r)), ("added", r.difference(c))):
+        part = polygonal(part)
+        for p in part.geoms if isinstance(part, MultiPolygon) else [part]:
+            if not p.is_empty and p.area >= max(floor, 1e-9):
+                changes.append(Change(kind, p.area * scale**2, _centre(p), tuple(p.bounds)))
+    changes.sort(key=lambda ch: -ch.area)
+    return changes[:limit]
 
 
 def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> dict[str, float]:

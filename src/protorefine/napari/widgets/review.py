@@ -17,20 +17,28 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtCore import QEventLoop, Qt, QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QFileDialog,
     QGridLayout,
     QGroupBox,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from protorefine.errors import ProtorefineError
-from protorefine.measure import Measurements, format_area
+from protorefine.measure import (
+    Change,
+    Measurements,
+    format_area,
+    format_length,
+    outline_changes,
+)
 from protorefine.napari.layers import (
     FINISHED_ACTIONS,
     NORMAL_LABEL,
@@ -64,6 +72,10 @@ GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
 ASAP_FILTER = "ASAP XML (*.xml)"
 ZARR_FILTER = "OME-Zarr (*.zarr)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
+#: Regions listed one by one in the Review pane (the rest are summed up in one line).
+MAX_LISTED_REGIONS = 20
+#: Item data role holding the level-0 bounds to go to.
+BOUNDS_ROLE = Qt.ItemDataRole.UserRole
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
 
@@ -132,6 +144,13 @@ class ReviewWidget(WorkflowWidget):
             "Separate tumour regions, their total area and the largest one's greatest "
             "dimension (also written into the exported GeoJSON as QuPath measurements)"
         )
+        self.region_list = QListWidget()
+        self.region_list.setToolTip(
+            "Tumour regions, and where the refinement changed the coarse outline most: "
+            "click one to go there"
+        )
+        self.region_list.setMaximumHeight(120)
+        self.region_list.itemClicked.connect(self._on_region_clicked)
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
@@ -139,6 +158,7 @@ class ReviewWidget(WorkflowWidget):
         self.discard_button.clicked.connect(self.discard_outline_edits)
         self._outline_layer = None
         ex.addWidget(self.tumour_label)
+        ex.addWidget(self.region_list)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -437,7 +457,36 @@ class ReviewWidget(WorkflowWidget):
             else "Edit the red outline with napari's shape tools to fix it by hand."
         )
         self.discard_button.setEnabled(edited)
-        self.tumour_label.setText(tumour_text(project.measurements(sid)) if project and sid else "")
+        figures = project.measurements(sid) if project and sid else {}
+        self.tumour_label.setText(tumour_text(figures))
+        self.region_list.clear()
+        if done:
+            mpp = project.slide(sid).mpp
+            coarse = project.coarse(sid)
+            refined = project.accepted_outline(sid)
+            changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
+            for text, bounds in region_items(figures["refined"], changes):
+                item = QListWidgetItem(text)
+                item.setData(BOUNDS_ROLE, bounds)
+                self.region_list.addItem(item)
+        self.region_list.setVisible(self.region_list.count() > 0)
+
+    def _on_region_clicked(self, item: QListWidgetItem) -> None:
+        bounds = item.data(BOUNDS_ROLE)
+        if bounds:
+            self.go_to(tuple(bounds))
+
+    def go_to(self, bounds: tuple[float, float, float, float], margin: float = 0.5) -> None:
+        """Centre the view on level-0 ``bounds`` (min x, min y, max x, max y), zoomed to show
+        them with ``margin`` of their size around."""
+        s = self.state.pixel_scale
+        x0, y0, x1, y1 = bounds
+        camera = self.viewer.scene.camera
+        camera.center = ((y0 + y1) / 2 * s, (x0 + x1) / 2 * s)
+        height, width = self.viewer.canvas.size
+        span_y = max(y1 - y0, 1.0) * s * (1 + 2 * margin)
+        span_x = max(x1 - x0, 1.0) * s * (1 + 2 * margin)
+        camera.zoom = min(height / span_y, width / span_x)
 
     # ----- ground truth --------------------------------------------------------------------
 
@@ -519,6 +568,29 @@ def tumour_text(m: dict[str, Measurements]) -> str:
             text += f" (coarse outline: {format_area(m['coarse'].area, m['coarse'].unit)})"
         return text
     return f"Coarse outline: {m['coarse'].summary()}" if "coarse" in m else ""
+
+
+def region_items(
+    refined: Measurements, changes: list[Change]
+) -> list[tuple[str, tuple[float, float, float, float] | None]]:
+    """The Review pane's list: tumour regions (largest first), then the largest changes
+    against the coarse outline, each with the level-0 bounds to go to."""
+    u = refined.unit
+    items: list[tuple[str, tuple[float, float, float, float] | None]] = [
+        (
+            f"Region {i}: {format_area(r.area, u)}, {format_length(r.diameter, u)} across",
+            r.bounds,
+        )
+        for i, r in enumerate(refined.regions[:MAX_LISTED_REGIONS], 1)
+    ]
+    rest = refined.regions[MAX_LISTED_REGIONS:]
+    if rest:
+        total = format_area(sum(r.area for r in rest), u)
+        items.append((f"… {len(rest)} smaller regions, {total} in all", None))
+    for ch in changes:
+        where = "taken out of" if ch.kind == "removed" else "added outside"
+        items.append((f"{format_area(ch.area, u)} {where} the coarse outline", ch.bounds))
+    return items
 
 
 # ----- unattended flow ---------------------------------------------------------------------
