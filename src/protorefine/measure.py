@@ -8,16 +8,25 @@ Without microns per pixel the figures stay in level-0 pixels and say so.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from protorefine._atomic import atomic_write_text
 from protorefine.annotations import AnnotationSet, tumour_geometry
 from protorefine.annotations.classes import polygonal
+
+if TYPE_CHECKING:
+    from protorefine.project import Project
 
 #: Convex hulls with more vertices than this are compared in blocks (bounded memory).
 _BLOCK = 2048
@@ -182,3 +191,46 @@ def with_measurements(annset: AnnotationSet, mpp: float | None) -> AnnotationSet
         for a in annset
     ]
     return AnnotationSet(annotations=anns, warnings=list(annset.warnings))
+
+
+def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Path:
+    """One row per slide of ``project``: its accepted tumour outline's regions, area and
+    greatest dimension beside the coarse outline's area, in mm when the pixel size is known
+    and in level-0 pixels always (a spreadsheet for the whole project), written atomically."""
+    columns = (
+        "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "regions",
+        "area_mm2", "largest_dimension_mm", "coarse_area_mm2",
+        "area_px2", "largest_dimension_px", "coarse_area_px2",
+    )  # fmt: skip
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    done = project.stage_done("output")
+    for s in project.slides:
+        coarse = project.coarse(s.id)
+        cpx = measure(coarse, None) if coarse is not None else None
+        rpx = measure(project.accepted_outline(s.id), None) if done else None
+        writer.writerow(
+            [
+                s.id,
+                s.mpp or "",
+                s.mpp_by_user,
+                done and project.outline_edited(s.id),
+                len(rpx.regions) if rpx else "",
+                _mm(rpx and rpx.area, s.mpp, 2),
+                _mm(rpx and rpx.largest_diameter, s.mpp, 1),
+                _mm(cpx and cpx.area, s.mpp, 2),
+                f"{rpx.area:.1f}" if rpx else "",
+                f"{rpx.largest_diameter:.1f}" if rpx else "",
+                f"{cpx.area:.1f}" if cpx else "",
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def _mm(pixels: float | None, mpp: float | None, power: int) -> str:
+    """A length (power 1) or area (power 2) in level-0 pixels as mm / mm² text; "" when unknown."""
+    if pixels is None or not mpp:
+        return ""
+    return f"{pixels * (mpp / 1000) ** power:.6g}"

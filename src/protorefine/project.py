@@ -616,49 +616,11 @@ class Project:
         and their measurements to ``folder/tumour_measurements.csv``; returns the outlines' paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        from protorefine.measure import write_measurements_csv
+
         written = [self.export_outline(s.id, folder / f"{s.id}{suffix}") for s in self.slides]
-        self.write_measurements_csv(folder / MEASUREMENTS_CSV)
+        write_measurements_csv(self, folder / MEASUREMENTS_CSV)
         return written
-
-    def write_measurements_csv(self, path: str | Path) -> Path:
-        """One row per slide: its refined (accepted) tumour's regions, area and greatest
-        dimension beside the coarse outline's area, in mm when the pixel size is known and
-        in level-0 pixels always (a spreadsheet for the whole project), written atomically."""
-        import csv
-        import io
-
-        from protorefine.measure import measure
-
-        columns = (
-            "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "regions",
-            "area_mm2", "largest_dimension_mm", "coarse_area_mm2",
-            "area_px2", "largest_dimension_px", "coarse_area_px2",
-        )  # fmt: skip
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        done = self.stage_done("output")
-        for s in self.slides:
-            coarse = self.coarse(s.id)
-            cpx = measure(coarse, None) if coarse is not None else None
-            rpx = measure(self.accepted_outline(s.id), None) if done else None
-            writer.writerow(
-                [
-                    s.id,
-                    s.mpp or "",
-                    s.mpp_by_user,
-                    done and self.outline_edited(s.id),
-                    len(rpx.regions) if rpx else "",
-                    _mm(rpx and rpx.area, s.mpp, 2),
-                    _mm(rpx and rpx.largest_diameter, s.mpp, 1),
-                    _mm(cpx and cpx.area, s.mpp, 2),
-                    f"{rpx.area:.1f}" if rpx else "",
-                    f"{rpx.largest_diameter:.1f}" if rpx else "",
-                    f"{cpx.area:.1f}" if cpx else "",
-                ]
-            )
-        atomic_write_text(path, buf.getvalue())
-        return Path(path)
 
     def measurements(self, slide_id: str) -> dict[str, Measurements]:
         """Regions, area and greatest dimension of the coarse and (when run) accepted outlines."""
@@ -688,13 +650,6 @@ class Project:
             ]
         )
         return self.folder / "features" / key
-
-
-def _mm(pixels: float | None, mpp: float | None, power: int) -> str:
-    """A length (power 1) or area (power 2) in level-0 pixels as mm / mm² text; "" when unknown."""
-    if pixels is None or not mpp:
-        return ""
-    return f"{pixels * (mpp / 1000) ** power:.6g}"
 
 
 def checked_mpp(mpp: float) -> float:
