@@ -128,7 +128,10 @@ class ReviewWidget(WorkflowWidget):
         self.geojson_button = QPushButton("Export refined outline (GeoJSON / ASAP XML)…")
         self.geojson_button.clicked.connect(self._on_export_geojson)
         self.all_button = QPushButton("Export every slide's outline (GeoJSON) to a folder…")
-        self.all_button.setToolTip("<slide>.geojson for each slide of the project, for QuPath")
+        self.all_button.setToolTip(
+            "<slide>.geojson for each slide of the project, for QuPath, and "
+            "tumour_measurements.csv (one row per slide)"
+        )
         self.all_button.clicked.connect(self._on_export_all)
         self.ngff_button = QPushButton("Export refined labels (OME-Zarr)…")
         self.ngff_button.setToolTip(
