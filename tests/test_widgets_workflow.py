@@ -456,9 +456,11 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     viewer, state, _, refine, review = gui()
     assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
     assert not (tmp_path / "early.geojson").exists()
-    assert review.tumour_label.text().startswith("Coarse outline: ")
+    # measured in a background thread: the line follows once the figures are in
+    qtbot.waitUntil(lambda: review.tumour_label.text().startswith("Coarse outline: "))
     finish(qtbot, refine.runner, refine.run)
     # the refined tumour measured beside the coarse outline, in the slide's microns
+    qtbot.waitUntil(lambda: review.tumour_label.text().startswith("Tumour: "))
     said = review.tumour_label.text()
     num = r"[\d.,]+ (mm|µm)"
     assert re.fullmatch(
@@ -551,7 +553,8 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     assert project.outline_edited(sid) and review.discard_button.isEnabled()
     kept = project.accepted_outline(sid).union()
     mpp = project.slide(sid).mpp  # the Review pane measures the edited outline
-    assert f"Tumour: {measure(kept, mpp).summary()} (" in review.tumour_label.text()
+    line = f"Tumour: {measure(kept, mpp).summary()} ("
+    qtbot.waitUntil(lambda: line in review.tumour_label.text())
     assert 0 < refined.union().area - kept.area < 0.5 * refined.union().area
     # another slide and back: the edited outline is what is shown
     other = [s.id for s in project.slides if s.id != sid][0]

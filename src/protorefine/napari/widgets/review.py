@@ -11,13 +11,14 @@ shown. :func:`run_unattended` drives the whole flow without a person (the demo's
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import QEventLoop, Qt, QTimer
+from qtpy.QtCore import QEventLoop, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -83,11 +84,19 @@ NGFF_LABELS_NAME = "refined"
 class ReviewWidget(WorkflowWidget):
     """Correct the refined outline by painting patches, retrain, export, and score against truth."""
 
+    #: The outline's measurements of request N are ready (emitted from the background thread).
+    outline_measured = Signal(int)
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
         self.truth_path: Path | None = None
         self.scores: dict[str, float] = {}
         self._painted_layer = None
+        # measuring a whole-slide outline takes up to a second: never in the event loop
+        self._measure_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="protorefine-measure")
+        self._measure_request = 0
+        self._measured: dict[int, tuple[str, list]] = {}
+        self.outline_measured.connect(self._on_measured)
 
         intro = QLabel(
             "Paint patches the refinement got wrong, then retrain: painted patches are "
@@ -460,18 +469,41 @@ class ReviewWidget(WorkflowWidget):
             else "Edit the red outline with napari's shape tools to fix it by hand."
         )
         self.discard_button.setEnabled(edited)
-        figures = project.measurements(sid) if project and sid else {}
-        self.tumour_label.setText(tumour_text(figures))
+        self._measure_request += 1
+        if project is None or sid is None:
+            self._show_measured("", [])
+            return
+        self.tumour_label.setText("Measuring the outline…")
+        self._measure_pool.submit(self._measure, self._measure_request, project, sid, done)
+
+    def _measure(self, request: int, project, sid: str, done: bool) -> None:
+        """Background thread: the size line and the region list of ``sid``'s outline."""
+        try:
+            figures = project.measurements(sid)
+            items = []
+            if done and "refined" in figures:
+                coarse = project.coarse(sid)
+                refined = project.accepted_outline(sid)
+                mpp = project.slide(sid).mpp
+                changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
+                items = region_items(figures["refined"], changes)
+            self._measured[request] = (tumour_text(figures), items)
+        except Exception as exc:  # the figures are a courtesy: exports report real problems
+            self._measured[request] = (f"Could not measure the outline ({exc})", [])
+        self.outline_measured.emit(request)
+
+    def _on_measured(self, request: int) -> None:
+        found = self._measured.pop(request, None)
+        if found is not None and request == self._measure_request:  # not a slide ago
+            self._show_measured(*found)
+
+    def _show_measured(self, text: str, items: list) -> None:
+        self.tumour_label.setText(text)
         self.region_list.clear()
-        if done:
-            mpp = project.slide(sid).mpp
-            coarse = project.coarse(sid)
-            refined = project.accepted_outline(sid)
-            changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
-            for text, bounds in region_items(figures["refined"], changes):
-                item = QListWidgetItem(text)
-                item.setData(BOUNDS_ROLE, bounds)
-                self.region_list.addItem(item)
+        for line, bounds in items:
+            item = QListWidgetItem(line)
+            item.setData(BOUNDS_ROLE, bounds)
+            self.region_list.addItem(item)
         self.region_list.setVisible(self.region_list.count() > 0)
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
