@@ -75,7 +75,10 @@ def test_refine_writes_outputs(refined, case):
     assert report["slides"]["s1"]["tissue_patches"] > 0
     assert report["encoder"]["name"] == "colour-texture"
     # each region's area and greatest dimension, for QuPath and in the report (a PNG: pixels)
-    areas = [f["properties"]["measurements"]["Area px^2"] for f in raw["features"]]
+    figures = [
+        {m["name"]: m["value"] for m in f["properties"]["measurements"]} for f in raw["features"]
+    ]
+    areas = [f["Area px^2"] for f in figures]
     assert areas == pytest.approx([a.geometry.area for a in ann], rel=1e-6)
     tumour = report["slides"]["s1"]["tumour"]
     assert tumour["refined"]["area_px2"] == pytest.approx(ann.union().area, rel=1e-6)
@@ -401,7 +404,7 @@ def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
     slide = report["slides"]["s1"]
     assert slide["mpp"] == 0.5 and slide["tumour"]["refined"]["area_um2"] > 0
     geo = json.loads((out / "s1.geojson").read_text())
-    assert "Area µm^2" in geo["features"][0]["properties"]["measurements"]
+    assert geo["features"][0]["properties"]["measurements"][0]["name"] == "Area µm^2"
     (row,) = csv.DictReader((out / "tumour_measurements.csv").open())
     assert row["mpp"] == "0.5" and row["mpp_set_by_hand"] == "True"
     assert float(row["area_mm2"]) == pytest.approx(float(row["area_px2"]) * 0.25e-6, rel=1e-5)

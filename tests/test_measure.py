@@ -66,7 +66,9 @@ def test_geojson_measurements_round_trip_for_qupath(tmp_path):
     outline = AnnotationSet([Annotation(box(0, 0, 400, 200)), Annotation(box(1000, 0, 1100, 100))])
     path = write_geojson(with_measurements(outline, 0.25), tmp_path / "m.geojson")
     raw = json.loads(path.read_text())
-    got = [f["properties"]["measurements"] for f in raw["features"]]
+    got = [
+        {m["name"]: m["value"] for m in f["properties"]["measurements"]} for f in raw["features"]
+    ]
     assert got == [
         {"Area µm^2": 5000.0, "Max diameter µm": pytest.approx(np.hypot(400, 200) / 4, abs=1e-3)},
         {"Area µm^2": 625.0, "Max diameter µm": pytest.approx(np.hypot(100, 100) / 4, abs=1e-3)},

@@ -487,9 +487,9 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     data = json.loads(out.read_text())
     assert data["type"] == "FeatureCollection" and len(back) >= 1
     mpp = state.project.slide(state.slide_id).mpp
-    assert [f["properties"]["measurements"]["Area µm^2"] for f in data["features"]] == (
-        pytest.approx([a.geometry.area * mpp**2 for a in back])
-    )
+    areas = [f["properties"]["measurements"][0] for f in data["features"]]
+    assert {m["name"] for m in areas} == {"Area µm^2"}
+    assert [m["value"] for m in areas] == pytest.approx([a.geometry.area * mpp**2 for a in back])
     grid = state.project.grid(state.slide_id)
     area = sum(a.geometry.area for a in back)
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2

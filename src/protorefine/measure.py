@@ -172,14 +172,16 @@ def outline_changes(
     return changes[:limit]
 
 
-def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> dict[str, float]:
-    """One annotation's figures under QuPath's measurement names (``properties.measurements``)."""
+def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> list[dict]:
+    """One annotation's figures under QuPath's measurement names, as the ``[{"name", "value"}]``
+    list every QuPath version reads (0.4+ also reads, and writes, a name-to-value map)."""
     scale = float(mpp) if mpp else 1.0
     unit = "µm" if mpp else "px"
-    return {
+    figures = {
         f"Area {unit}^2": round(geom.area * scale**2, 3),
         f"Max diameter {unit}": round(feret_diameter(geom) * scale, 3),
     }
+    return [{"name": k, "value": v} for k, v in figures.items()]
 
 
 def with_measurements(annset: AnnotationSet, mpp: float | None) -> AnnotationSet:
