@@ -320,6 +320,43 @@ def test_torchscript_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(enc.embed(batch), expected, rtol=1e-4, atol=1e-5)
 
 
+class _TokenNet(torch.nn.Module):
+    """A stand-in for a vision transformer: (B, tokens, D) out, class token first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 6, 8, stride=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, 6)
+        return torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+
+
+def test_save_encoder_brings_your_own_model(tmp_path: Path) -> None:
+    """A model with its own input size and normalisation (as pathology foundation models have),
+    saved once with save_encoder, is an encoder by its path: same features as the model itself
+    fed the way it was trained, nothing else needed."""
+    from protorefine.features import save_encoder
+
+    torch.manual_seed(0)
+    net = _TokenNet().eval()
+    mean, std = (0.70, 0.58, 0.70), (0.21, 0.23, 0.18)  # not ImageNet's
+    path = save_encoder(net, tmp_path / "mine.ts", input_size=32, mean=mean, std=std)
+    enc = get_encoder(str(path), device="cpu")
+    assert enc.input_size == 32 and enc.dim == 6  # both read from the file
+    batch = np.stack([_tissue_image(32, 32, seed=s) for s in range(3)])
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = net((x - m) / s)[:, 0].numpy()  # the class token
+    np.testing.assert_allclose(enc.embed(batch), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ProtorefineError, match=r"mine\.onnx: name the encoder file \.pt"):
+        save_encoder(net, tmp_path / "mine.onnx")
+    with pytest.raises(ProtorefineError, match="cannot be saved as TorchScript"):
+        save_encoder(torch.nn.Linear(4, 2), tmp_path / "linear.pt")  # does not take images
+    assert not (tmp_path / "linear.pt").exists()
+
+
 def test_bad_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"this is not a model" * 10)

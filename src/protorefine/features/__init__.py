@@ -8,6 +8,7 @@ from protorefine.features.encoders import (
     list_encoders,
     register_encoder,
     resize_batch,
+    save_encoder,
 )
 from protorefine.features.extract import extract_features, read_patches
 from protorefine.features.grid import PatchGrid, make_grid
@@ -26,4 +27,5 @@ __all__ = [
     "register_encoder",
     "resize_batch",
     "resolve_device",
+    "save_encoder",
 ]

@@ -293,6 +293,71 @@ def _torchscript(path: Path, device: torch.device, input_size: int | None) -> En
     return enc
 
 
+class _Renormalised(torch.nn.Module):
+    """A traced network behind the ImageNet-normalised (B, 3, S, S) input protorefine feeds
+    TorchScript encoders: converts to the network's own normalisation, keeps (B, D) out."""
+
+    def __init__(self, net: torch.nn.Module, input_size: int, mean, std) -> None:
+        super().__init__()
+        self.net = net
+        self.input_size = int(input_size)
+        in_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        in_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean_t = torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1)
+        std_t = torch.tensor([float(v) for v in std]).view(1, 3, 1, 1)
+        self.register_buffer("scale", in_std / std_t)
+        self.register_buffer("shift", (in_mean - mean_t) / std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x * self.scale + self.shift)
+        if y.dim() == 3:  # transformer tokens: the class token
+            y = y[:, 0]
+        if y.dim() == 4:
+            y = y.mean((2, 3))
+        return y.flatten(1)
+
+
+def save_encoder(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_size: int = 224,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> Path:
+    """Save ``model`` (any torch patch encoder, e.g. a pathology foundation model loaded with
+    timm from weights you have) as a TorchScript file protorefine takes as ``--encoder PATH``.
+
+    ``input_size``, ``mean`` and ``std`` are what the model was trained with; they travel in
+    the file. Run it once where the model's own code is installed; protorefine then needs
+    only the file (nothing is downloaded). The file is written atomically.
+    """
+    from protorefine._atomic import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() not in TORCHSCRIPT_SUFFIXES:
+        raise ProtorefineError(f"{path}: name the encoder file .pt, .pth, .ts or .torchscript")
+    model = model.eval().cpu()
+    example = torch.zeros(1, 3, int(input_size), int(input_size))
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+            scripted = torch.jit.script(_Renormalised(traced, input_size, mean, std))
+            dim = scripted(example).shape
+    except Exception as e:  # noqa: BLE001 - any failure means this model cannot be saved so
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProtorefineError(
+            f"{path}: the model cannot be saved as TorchScript ({msg[:160]})"
+        ) from None
+    if len(dim) != 2:
+        raise ProtorefineError(
+            f"{path}: the model gives {tuple(dim)} per patch, not a feature vector"
+        )
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+    return path
+
+
 def _timm(spec: str, device: torch.device, input_size: int | None) -> Encoder:
     """``timm:<model>@<weights>``: a timm architecture with a local state dict, head removed."""
     body = spec[len("timm:") :]
