@@ -9,7 +9,13 @@ import pytest
 from shapely.geometry import Point, Polygon, box
 
 from protorefine.annotations import Annotation, AnnotationSet, read_geojson, write_geojson
-from protorefine.measure import feret_diameter, measure, outline_changes, with_measurements
+from protorefine.measure import (
+    feret_diameter,
+    measure,
+    outline_changes,
+    prototype_makeup,
+    with_measurements,
+)
 from protorefine.project import Project
 from protorefine.slides import convert_to_ome_zarr
 from protorefine.slides.base import Slide
@@ -109,3 +115,18 @@ def test_changes_against_the_coarse_outline_largest_first():
     assert outline_changes(coarse, coarse, 0.5) == []
     assert len(outline_changes(coarse, refined, None, min_share=0)) == 3
     assert outline_changes(coarse, refined, None, limit=1)[0].area == 400_000
+
+
+def test_prototype_makeup_of_a_part():
+    ids = np.full((4, 6), -1)  # 4 x 6 cells of 100 px; -1: no tissue
+    ids[:, :3] = 7
+    ids[:, 3:5] = 2
+    ids[0, 0] = 5
+    # the left half of the grid: 11 cells of prototype 7 and 1 of prototype 5
+    assert prototype_makeup(box(0, 0, 300, 400), 100, ids) == [(7, 11 / 12), (5, 1 / 12)]
+    # over the prototype 2 cells and the glass beside them: glass does not count
+    assert prototype_makeup(box(300, 0, 600, 400), 100, ids, top=3) == [(2, 1.0)]
+    # a part smaller than a cell: the cell under it
+    assert prototype_makeup(box(410, 210, 420, 220), 100, ids) == [(2, 1.0)]
+    assert prototype_makeup(box(510, 10, 520, 20), 100, ids) == []  # on glass
+    assert prototype_makeup(Polygon(), 100, ids) == []

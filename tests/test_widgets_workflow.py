@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shapely.geometry import box
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
@@ -28,7 +29,7 @@ from protorefine.annotations import (  # noqa: E402
     vectorize,
     write_geojson,
 )
-from protorefine.measure import measure  # noqa: E402
+from protorefine.measure import measure, prototype_makeup  # noqa: E402
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
 from protorefine.napari.state import (  # noqa: E402
     CONFIDENCE,
@@ -450,6 +451,14 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
     refined_after = viewer.layers[REFINED].data
     assert (refined_after[rr[pick], cc[pick]] == 0).all()
     assert (refined_before[rr[pick], cc[pick]] == TUMOUR_LABEL).all()
+    # the Review list says so for the part taken out there
+    from protorefine.napari.widgets.review import _explainer
+
+    ds = state.project.grid(state.slide_id).downsample
+    cells = box(cc[0] * ds, rr[0] * ds, (cc[0] + 1) * ds, (rr[0] + 1) * ds)
+    assert _explainer(state.project, state.slide_id)(cells).endswith(
+        "; 1 of its patches painted normal"
+    )
 
 
 def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
@@ -467,6 +476,7 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
         rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\)", said
     ), said
     # every region listed, largest first; a click goes there
+    grid = state.project.grid(state.slide_id)
     regions = measure(state.project.accepted_outline(state.slide_id), None).regions
     texts = [review.region_list.item(i).text() for i in range(review.region_list.count())]
     assert [t.split(":")[0] for t in texts[: len(regions)]] == [
@@ -481,6 +491,16 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     seen = np.array(viewer.canvas.size) / viewer.camera.zoom  # world (y, x) on screen
     wanted = 2 * np.array([y1 - y0, x1 - x0]) * s  # the region and half its size around
     assert (seen >= wanted * 0.999).all() and np.isclose(seen / wanted, 1).any()
+    # and says why it is there: the global prototypes it is made of, with their scores
+    ids = state.project.result_grid(state.slide_id, "global_proto")
+    (gid, share), *_ = prototype_makeup(regions[-1].geometry, grid.downsample, ids)
+    score = state.project.global_scores()[gid]
+    said = f"mostly prototype {gid} (tumour score {score:.2f}, {share:.0%} of its patches)"
+    assert review.region_info.text().startswith(smallest.text() + ": " + said)
+    assert all(
+        review.region_list.item(i).toolTip().startswith("mostly prototype")
+        for i in range(review.region_list.count())
+    )
     out = review.export_geojson(tmp_path / "refined.geojson")
     assert out is not None
     back = read_geojson(out)

@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,7 @@ class Region:
     diameter: float
     centre: tuple[float, float]
     bounds: tuple[float, float, float, float]
+    geometry: BaseGeometry | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Change:
     area: float
     centre: tuple[float, float]
     bounds: tuple[float, float, float, float]
+    geometry: BaseGeometry | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def measure(outline: AnnotationSet | BaseGeometry, mpp: float | None) -> Measure
     unit = "µm" if mpp else "px"
     parts = geom.geoms if isinstance(geom, MultiPolygon) else [geom]
     regions = [
-        Region(p.area * scale**2, feret_diameter(p) * scale, _centre(p), tuple(p.bounds))
+        Region(p.area * scale**2, feret_diameter(p) * scale, _centre(p), tuple(p.bounds), p)
         for p in parts
         if not p.is_empty and p.area > 0
     ]
@@ -167,9 +169,41 @@ def outline_changes(
         part = polygonal(part)
         for p in part.geoms if isinstance(part, MultiPolygon) else [part]:
             if not p.is_empty and p.area >= max(floor, 1e-9):
-                changes.append(Change(kind, p.area * scale**2, _centre(p), tuple(p.bounds)))
+                changes.append(Change(kind, p.area * scale**2, _centre(p), tuple(p.bounds), p))
     changes.sort(key=lambda ch: -ch.area)
     return changes[:limit]
+
+
+def cells_in(geom: BaseGeometry, downsample: float, shape: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) mask of the grid cells (``downsample`` level-0 pixels each) whose centres
+    lie in ``geom`` (level-0 pixels); a part smaller than a cell gets the cell under it."""
+    from protorefine.annotations import rasterize
+
+    rows, cols = shape
+    mask = np.zeros(shape, bool)
+    if geom.is_empty:
+        return mask
+    drawn = rasterize(geom, (rows * downsample, cols * downsample), downsample)[:rows, :cols]
+    mask[: drawn.shape[0], : drawn.shape[1]] = drawn
+    if not mask.any():
+        p = geom.representative_point()
+        mask[min(int(p.y // downsample), rows - 1), min(int(p.x // downsample), cols - 1)] = True
+    return mask
+
+
+def prototype_makeup(
+    geom: BaseGeometry, downsample: float, ids: np.ndarray, *, top: int = 2
+) -> list[tuple[int, float]]:
+    """The global prototypes a part of an outline is made of: ``(prototype, share of its
+    tissue cells)``, most first, over the cells :func:`cells_in` the part (prototype ``ids``
+    per cell, -1 off tissue)."""
+    found = ids[cells_in(geom, downsample, ids.shape)]
+    found = found[found >= 0]
+    if not found.size:
+        return []
+    values, counts = np.unique(found, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [(int(values[i]), float(counts[i] / found.size)) for i in order]
 
 
 def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> list[dict]:

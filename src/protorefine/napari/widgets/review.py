@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import napari
@@ -31,14 +31,17 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from shapely.geometry.base import BaseGeometry
 
 from protorefine.errors import ProtorefineError
 from protorefine.measure import (
     Change,
     Measurements,
+    cells_in,
     format_area,
     format_length,
     outline_changes,
+    prototype_makeup,
 )
 from protorefine.napari.layers import (
     FINISHED_ACTIONS,
@@ -75,8 +78,9 @@ ZARR_FILTER = "OME-Zarr (*.zarr)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Regions listed one by one in the Review pane (the rest are summed up in one line).
 MAX_LISTED_REGIONS = 20
-#: Item data role holding the level-0 bounds to go to.
+#: Item data roles: the level-0 bounds to go to, and what the part is made of.
 BOUNDS_ROLE = Qt.ItemDataRole.UserRole
+WHY_ROLE = Qt.ItemDataRole.UserRole + 1
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
 
@@ -163,6 +167,8 @@ class ReviewWidget(WorkflowWidget):
         )
         self.region_list.setMaximumHeight(120)
         self.region_list.itemClicked.connect(self._on_region_clicked)
+        self.region_info = QLabel("")
+        self.region_info.setWordWrap(True)
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
@@ -171,6 +177,7 @@ class ReviewWidget(WorkflowWidget):
         self._outline_layer = None
         ex.addWidget(self.tumour_label)
         ex.addWidget(self.region_list)
+        ex.addWidget(self.region_info)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -486,7 +493,7 @@ class ReviewWidget(WorkflowWidget):
                 refined = project.accepted_outline(sid)
                 mpp = project.slide(sid).mpp
                 changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
-                items = region_items(figures["refined"], changes)
+                items = region_items(figures["refined"], changes, _explainer(project, sid))
             self._measured[request] = (tumour_text(figures), items)
         except Exception as exc:  # the figures are a courtesy: exports report real problems
             self._measured[request] = (f"Could not measure the outline ({exc})", [])
@@ -500,16 +507,22 @@ class ReviewWidget(WorkflowWidget):
     def _show_measured(self, text: str, items: list) -> None:
         self.tumour_label.setText(text)
         self.region_list.clear()
-        for line, bounds in items:
+        self.region_info.setText("")
+        for line, bounds, why in items:
             item = QListWidgetItem(line)
             item.setData(BOUNDS_ROLE, bounds)
+            item.setData(WHY_ROLE, why)
+            item.setToolTip(why)
             self.region_list.addItem(item)
         self.region_list.setVisible(self.region_list.count() > 0)
+        self.region_info.setVisible(self.region_list.count() > 0)
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         bounds = item.data(BOUNDS_ROLE)
         if bounds:
             self.go_to(tuple(bounds))
+        why = item.data(WHY_ROLE)
+        self.region_info.setText(f"{item.text()}: {why}" if why else "")
 
     def go_to(self, bounds: tuple[float, float, float, float], margin: float = 0.5) -> None:
         """Centre the view on level-0 ``bounds`` (min x, min y, max x, max y), zoomed to show
@@ -606,26 +619,66 @@ def tumour_text(m: dict[str, Measurements]) -> str:
 
 
 def region_items(
-    refined: Measurements, changes: list[Change]
-) -> list[tuple[str, tuple[float, float, float, float] | None]]:
+    refined: Measurements,
+    changes: list[Change],
+    explain: Callable[[BaseGeometry], str] | None = None,
+) -> list[tuple[str, tuple[float, float, float, float] | None, str]]:
     """The Review pane's list: tumour regions (largest first), then the largest changes
-    against the coarse outline, each with the level-0 bounds to go to."""
+    against the coarse outline, each with the level-0 bounds to go to and, with
+    ``explain``, what it is made of."""
     u = refined.unit
-    items: list[tuple[str, tuple[float, float, float, float] | None]] = [
+
+    def why(geom: BaseGeometry | None) -> str:
+        return explain(geom) if explain is not None and geom is not None else ""
+
+    items = [
         (
             f"Region {i}: {format_area(r.area, u)}, {format_length(r.diameter, u)} across",
             r.bounds,
+            why(r.geometry),
         )
         for i, r in enumerate(refined.regions[:MAX_LISTED_REGIONS], 1)
     ]
     rest = refined.regions[MAX_LISTED_REGIONS:]
     if rest:
         total = format_area(sum(r.area for r in rest), u)
-        items.append((f"… {len(rest)} smaller regions, {total} in all", None))
+        items.append((f"… {len(rest)} smaller regions, {total} in all", None, ""))
     for ch in changes:
         where = "taken out of" if ch.kind == "removed" else "added outside"
-        items.append((f"{format_area(ch.area, u)} {where} the coarse outline", ch.bounds))
+        text = f"{format_area(ch.area, u)} {where} the coarse outline"
+        items.append((text, ch.bounds, why(ch.geometry)))
     return items
+
+
+def _explainer(project, sid: str) -> Callable[[BaseGeometry], str] | None:
+    """Says which global prototypes a part of ``sid``'s outline is made of, with their tumour
+    scores and the pathologist's marks, and how many of its patches were painted: why the
+    refinement put it in or left it out."""
+    if not project.stage_done("prototypes"):
+        return None
+    ids = np.asarray(project.result_grid(sid, "global_proto"))
+    downsample = project.grid(sid).downsample
+    scores = np.asarray(project.global_scores(), dtype=float)
+    marks = project.prototype_labels()
+    painted = project.corrections(sid)
+
+    def explain(geom: BaseGeometry) -> str:
+        parts = prototype_makeup(geom, downsample, ids)
+        if not parts:
+            return "no tissue patches"
+        said = []
+        for gid, share in parts:
+            what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
+            said.append(f"prototype {gid} ({what}, {share:.0%} of its patches)")
+        text = "mostly " + " and ".join(said)
+        if painted is not None and painted.shape == ids.shape:
+            inside = painted[cells_in(geom, downsample, ids.shape)]
+            for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
+                n = int((inside == value).sum())
+                text += f"; {n} of its patches painted {name}" if n else ""
+        return text
+
+    return explain
 
 
 # ----- unattended flow ---------------------------------------------------------------------
