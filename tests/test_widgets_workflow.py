@@ -426,10 +426,11 @@ def test_cancel_stops_within_a_second_and_project_reopens(qtbot, gui):
     state.set_project(reopened)
     state.show_slide(reopened.slides[0].id)
     refine.rounds.setValue(1)
-    # opening a project with prototypes loads the gallery first (one run at a time)
-    qtbot.waitUntil(lambda: not protos.runner.running, timeout=60_000)
+    # opening a project with prototypes loads the gallery, which does not hold up a run
+    assert protos.gallery_runner.running
     finish(qtbot, refine.runner, refine.run)
     assert REFINED in viewer.layers
+    qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)
 
 
 def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
@@ -456,13 +457,12 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
 
     ds = state.project.grid(state.slide_id).downsample
     cells = box(cc[0] * ds, rr[0] * ds, (cc[0] + 1) * ds, (rr[0] + 1) * ds)
-    assert _explainer(state.project, state.slide_id)(cells).endswith(
-        "; 1 of its patches painted normal"
-    )
+    said, _ = _explainer(state.project, state.slide_id)(cells)
+    assert said.endswith("; 1 of its patches painted normal")
 
 
 def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
-    viewer, state, _, refine, review = gui()
+    viewer, state, protos, refine, review = gui()
     assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
     assert not (tmp_path / "early.geojson").exists()
     # measured in a background thread: the line follows once the figures are in
@@ -497,6 +497,11 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     score = state.project.global_scores()[gid]
     said = f"mostly prototype {gid} (tumour score {score:.2f}, {share:.0%} of its patches)"
     assert review.region_info.text().startswith(smallest.text() + ": " + said)
+    # one click to that prototype in the gallery (filled after the run), to check or mark it
+    assert review.prototype_button.text() == f"Show prototype {gid} in the gallery"
+    qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)
+    review.prototype_button.click()
+    assert protos.selected_prototype() == gid
     assert all(
         review.region_list.item(i).toolTip().startswith("mostly prototype")
         for i in range(review.region_list.count())

@@ -125,7 +125,8 @@ class PrototypesWidget(WorkflowWidget):
         super().__init__(napari_viewer)
         self.cards: list[PrototypeCard] = []
         self._styled: tuple | None = None
-        self._build: str | None = None  # the prototypes build the gallery shows
+        self._build: str | None = None  # the prototypes build whose carried marks were said
+        self._gallery_build: str | None = None  # the prototypes build the gallery shows
 
         intro = QLabel(
             "Patterns found in the tissue of every slide. Colours are shared by both layers; "
@@ -146,6 +147,11 @@ class PrototypesWidget(WorkflowWidget):
         )
         self.run_button.clicked.connect(self.run)
         self.runner = TaskRunner(self.state)
+        # the gallery only reads stored prototypes: outside the one-pipeline-run lock, so a
+        # run can start while it loads (the bar shows only while it does)
+        self.gallery_runner = TaskRunner()
+        self.gallery_runner.hide()
+        self.gallery_runner.finished.connect(self.gallery_runner.hide)
 
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["id", "example patches", "patches", "tumour score"])
@@ -192,6 +198,7 @@ class PrototypesWidget(WorkflowWidget):
         lay.addLayout(form)
         lay.addWidget(self.run_button)
         lay.addWidget(self.runner)
+        lay.addWidget(self.gallery_runner)
         lay.addWidget(self.table, 1)
         lay.addLayout(marks)
         lay.addWidget(self.show_all_button)
@@ -267,6 +274,7 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_cards(self, result: tuple[list[PrototypeCard], SlideResults]) -> Iterator[None]:
         self.cards, results = result
+        self._gallery_build = self.state.project.stage_info("prototypes").get("run")
         self._say_carried_marks()
         yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,), emit=False)
         yield from self._style_steps()  # a new colormap costs a slow repaint: one per turn
@@ -312,6 +320,16 @@ class PrototypesWidget(WorkflowWidget):
             return None
         item = self.table.item(rows[0].row(), 0)
         return None if item is None else int(item.data(Qt.ItemDataRole.UserRole))
+
+    def select_prototype(self, global_id: int) -> bool:
+        """Select ``global_id`` in the gallery (scrolled into view) and show only its patches;
+        False when the gallery does not hold it (no prototypes computed yet)."""
+        for row, card in enumerate(self.cards):
+            if card.global_id == global_id:
+                self.table.selectRow(row)
+                self.table.scrollToItem(self.table.item(row, 0))
+                return True
+        return False
 
     def _on_selection(self) -> None:
         gid = self.selected_prototype()
@@ -381,12 +399,23 @@ class PrototypesWidget(WorkflowWidget):
         self._build = project.stage_info("prototypes").get("run")
         self.grid.sync(project)
         self._show_grid()
-        if project.stage_done("prototypes"):
-            self.runner.start(
-                "Prototype gallery",
-                lambda ctx: prototype_cards(project, cancel=ctx.cancel),
-                on_done=self._on_gallery,
-            )
+        self._load_gallery()
+
+    def _load_gallery(self) -> None:
+        """Fill the gallery from the stored prototypes when it shows another build (or none):
+        after opening a project, or after prototypes were built by a Refine run."""
+        project = self.state.project
+        if project is None or self.gallery_runner.running or not project.stage_done("prototypes"):
+            return
+        build = project.stage_info("prototypes").get("run")
+        if self.cards and build == self._gallery_build:
+            return
+        self.gallery_runner.show()
+        self.gallery_runner.start(
+            "Prototype gallery",
+            lambda ctx: (build, prototype_cards(project, cancel=ctx.cancel)),
+            on_done=self._on_gallery,
+        )
 
     def _say_carried_marks(self) -> None:
         """After a rebuild, say where the pathologist's marks went (ids changed)."""
@@ -402,8 +431,8 @@ class PrototypesWidget(WorkflowWidget):
                 f"{after} new prototype(s) covering the same tissue (see the list).",
             )
 
-    def _on_gallery(self, cards: list[PrototypeCard]) -> None:
-        self.cards = cards
+    def _on_gallery(self, result: tuple[str | None, list[PrototypeCard]]) -> None:
+        self._gallery_build, self.cards = result
         self._fill_table()
 
     def _on_slide(self, slide_id) -> None:
@@ -418,3 +447,4 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_results(self, slide_id) -> None:
         self.style_layers()
+        self._load_gallery()

@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import QEventLoop, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
+    QDockWidget,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -81,6 +82,7 @@ MAX_LISTED_REGIONS = 20
 #: Item data roles: the level-0 bounds to go to, and what the part is made of.
 BOUNDS_ROLE = Qt.ItemDataRole.UserRole
 WHY_ROLE = Qt.ItemDataRole.UserRole + 1
+PROTOTYPE_ROLE = Qt.ItemDataRole.UserRole + 2
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
 
@@ -169,6 +171,12 @@ class ReviewWidget(WorkflowWidget):
         self.region_list.itemClicked.connect(self._on_region_clicked)
         self.region_info = QLabel("")
         self.region_info.setWordWrap(True)
+        self.prototype_button = QPushButton("")
+        self.prototype_button.setToolTip(
+            "Check it in the gallery, and mark it if its score is wrong"
+        )
+        self.prototype_button.clicked.connect(lambda: self.show_prototype())
+        self.prototype_button.hide()
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
@@ -178,6 +186,7 @@ class ReviewWidget(WorkflowWidget):
         ex.addWidget(self.tumour_label)
         ex.addWidget(self.region_list)
         ex.addWidget(self.region_info)
+        ex.addWidget(self.prototype_button)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -508,10 +517,12 @@ class ReviewWidget(WorkflowWidget):
         self.tumour_label.setText(text)
         self.region_list.clear()
         self.region_info.setText("")
-        for line, bounds, why in items:
+        self.prototype_button.hide()
+        for line, bounds, why, prototype in items:
             item = QListWidgetItem(line)
             item.setData(BOUNDS_ROLE, bounds)
             item.setData(WHY_ROLE, why)
+            item.setData(PROTOTYPE_ROLE, prototype)
             item.setToolTip(why)
             self.region_list.addItem(item)
         self.region_list.setVisible(self.region_list.count() > 0)
@@ -523,6 +534,30 @@ class ReviewWidget(WorkflowWidget):
             self.go_to(tuple(bounds))
         why = item.data(WHY_ROLE)
         self.region_info.setText(f"{item.text()}: {why}" if why else "")
+        prototype = item.data(PROTOTYPE_ROLE)
+        self.prototype_button.setVisible(prototype is not None)
+        if prototype is not None:
+            self.prototype_button.setText(f"Show prototype {prototype} in the gallery")
+            self.prototype_button.setProperty("prototype", int(prototype))
+
+    def show_prototype(self, global_id: int | None = None) -> bool:
+        """Bring the Prototypes pane forward with ``global_id`` (default: the main prototype
+        of the part last clicked in the list) selected, to check or mark it."""
+        from protorefine.napari.widgets.prototypes import PrototypesWidget
+
+        if global_id is None:
+            global_id = self.prototype_button.property("prototype")
+        found = self.viewer.window._qt_window.findChildren(PrototypesWidget)
+        if global_id is None or not found or not found[0].select_prototype(int(global_id)):
+            notify("warning", "The Prototypes pane has no gallery yet: compute prototypes there.")
+            return False
+        dock = found[0].parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return True
 
     def go_to(self, bounds: tuple[float, float, float, float], margin: float = 0.5) -> None:
         """Centre the view on level-0 ``bounds`` (min x, min y, max x, max y), zoomed to show
@@ -621,36 +656,36 @@ def tumour_text(m: dict[str, Measurements]) -> str:
 def region_items(
     refined: Measurements,
     changes: list[Change],
-    explain: Callable[[BaseGeometry], str] | None = None,
-) -> list[tuple[str, tuple[float, float, float, float] | None, str]]:
+    explain: Callable[[BaseGeometry], tuple[str, int | None]] | None = None,
+) -> list[tuple[str, tuple[float, float, float, float] | None, str, int | None]]:
     """The Review pane's list: tumour regions (largest first), then the largest changes
     against the coarse outline, each with the level-0 bounds to go to and, with
-    ``explain``, what it is made of."""
+    ``explain``, what it is made of and its main global prototype."""
     u = refined.unit
 
-    def why(geom: BaseGeometry | None) -> str:
-        return explain(geom) if explain is not None and geom is not None else ""
+    def why(geom: BaseGeometry | None) -> tuple[str, int | None]:
+        return explain(geom) if explain is not None and geom is not None else ("", None)
 
     items = [
         (
             f"Region {i}: {format_area(r.area, u)}, {format_length(r.diameter, u)} across",
             r.bounds,
-            why(r.geometry),
+            *why(r.geometry),
         )
         for i, r in enumerate(refined.regions[:MAX_LISTED_REGIONS], 1)
     ]
     rest = refined.regions[MAX_LISTED_REGIONS:]
     if rest:
         total = format_area(sum(r.area for r in rest), u)
-        items.append((f"… {len(rest)} smaller regions, {total} in all", None, ""))
+        items.append((f"… {len(rest)} smaller regions, {total} in all", None, "", None))
     for ch in changes:
         where = "taken out of" if ch.kind == "removed" else "added outside"
         text = f"{format_area(ch.area, u)} {where} the coarse outline"
-        items.append((text, ch.bounds, why(ch.geometry)))
+        items.append((text, ch.bounds, *why(ch.geometry)))
     return items
 
 
-def _explainer(project, sid: str) -> Callable[[BaseGeometry], str] | None:
+def _explainer(project, sid: str) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
     """Says which global prototypes a part of ``sid``'s outline is made of, with their tumour
     scores and the pathologist's marks, and how many of its patches were painted: why the
     refinement put it in or left it out."""
@@ -662,10 +697,10 @@ def _explainer(project, sid: str) -> Callable[[BaseGeometry], str] | None:
     marks = project.prototype_labels()
     painted = project.corrections(sid)
 
-    def explain(geom: BaseGeometry) -> str:
+    def explain(geom: BaseGeometry) -> tuple[str, int | None]:
         parts = prototype_makeup(geom, downsample, ids)
         if not parts:
-            return "no tissue patches"
+            return "no tissue patches", None
         said = []
         for gid, share in parts:
             what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
@@ -676,7 +711,7 @@ def _explainer(project, sid: str) -> Callable[[BaseGeometry], str] | None:
             for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
                 n = int((inside == value).sum())
                 text += f"; {n} of its patches painted {name}" if n else ""
-        return text
+        return text, parts[0][0]
 
     return explain
 
