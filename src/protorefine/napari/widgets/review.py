@@ -79,6 +79,8 @@ ZARR_FILTER = "OME-Zarr (*.zarr)"
 TRUTH_FILTER = "Annotations or masks (*.geojson *.json *.xml *.png *.tif *.tiff)"
 #: Regions listed one by one in the Review pane (the rest are summed up in one line).
 MAX_LISTED_REGIONS = 20
+#: Rows of that list shown at once (it scrolls for more).
+REGION_ROWS_SHOWN = 8
 #: Item data roles: the level-0 bounds to go to, and what the part is made of.
 BOUNDS_ROLE = Qt.ItemDataRole.UserRole
 WHY_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -167,7 +169,6 @@ class ReviewWidget(WorkflowWidget):
             "Tumour regions, and where the refinement changed the coarse outline most: "
             "click one to go there"
         )
-        self.region_list.setMaximumHeight(120)
         self.region_list.itemClicked.connect(self._on_region_clicked)
         self.region_info = QLabel("")
         self.region_info.setWordWrap(True)
@@ -525,8 +526,12 @@ class ReviewWidget(WorkflowWidget):
             item.setData(PROTOTYPE_ROLE, prototype)
             item.setToolTip(why)
             self.region_list.addItem(item)
-        self.region_list.setVisible(self.region_list.count() > 0)
-        self.region_info.setVisible(self.region_list.count() > 0)
+        n = self.region_list.count()
+        if n:  # as tall as its rows, up to a few: the dock has more below
+            rows = min(n, REGION_ROWS_SHOWN) * max(self.region_list.sizeHintForRow(0), 1)
+            self.region_list.setFixedHeight(rows + 2 * self.region_list.frameWidth() + 2)
+        self.region_list.setVisible(n > 0)
+        self.region_info.setVisible(n > 0)
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         bounds = item.data(BOUNDS_ROLE)
