@@ -83,6 +83,13 @@ def test_refine_writes_outputs(refined, case):
     tumour = report["slides"]["s1"]["tumour"]
     assert tumour["refined"]["area_px2"] == pytest.approx(ann.union().area, rel=1e-6)
     assert tumour["refined"]["regions"] == len(ann) and tumour["coarse"]["regions"] >= 1
+    changes = report["slides"]["s1"]["changes"]  # what the refinement changed, and why
+    assert changes and {c["kind"] for c in changes} <= {"removed", "added"}
+    assert any(c["why"].startswith("mostly prototype ") for c in changes)
+    assert {c["why"] for c in changes if not c["why"].startswith("mostly ")} <= {
+        "no tissue there (glass or background)"
+    }
+    assert changes[0]["area_px2"] == max(c["area_px2"] for c in changes)
     (row,) = csv.DictReader((refined / "tumour_measurements.csv").open())
     assert row["slide"] == "s1" and int(row["regions"]) == len(ann)
     assert float(row["area_px2"]) == pytest.approx(ann.union().area, abs=0.1)

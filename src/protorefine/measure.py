@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -206,6 +207,40 @@ def prototype_makeup(
     return [(int(values[i]), float(counts[i] / found.size)) for i in order]
 
 
+def part_explainer(
+    project: Project, sid: str
+) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
+    """A function that says what a part of ``sid``'s outline (level-0 geometry) is made of:
+    its main global prototypes with their tumour scores or the pathologist's marks, and how
+    many of its patches were painted, i.e. why the refinement put it in or left it out;
+    with the main prototype. None before prototypes exist."""
+    if not project.stage_done("prototypes"):
+        return None
+    ids = np.asarray(project.result_grid(sid, "global_proto"))
+    downsample = project.grid(sid).downsample
+    scores = np.asarray(project.global_scores(), dtype=float)
+    marks = project.prototype_labels()
+    painted = project.corrections(sid)
+
+    def explain(geom: BaseGeometry) -> tuple[str, int | None]:
+        parts = prototype_makeup(geom, downsample, ids)
+        if not parts:
+            return "no tissue there (glass or background)", None
+        said = []
+        for gid, share in parts:
+            what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
+            said.append(f"prototype {gid} ({what}, {share:.0%} of its patches)")
+        text = "mostly " + " and ".join(said)
+        if painted is not None and painted.shape == ids.shape:
+            inside = painted[cells_in(geom, downsample, ids.shape)]
+            for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
+                n = int((inside == value).sum())
+                text += f"; {n} of its patches painted {name}" if n else ""
+        return text, parts[0][0]
+
+    return explain
+
+
 def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> list[dict]:
     """One annotation's figures under QuPath's measurement names, as the ``[{"name", "value"}]``
     list every QuPath version reads (0.4+ also reads, and writes, a name-to-value map)."""
@@ -227,6 +262,26 @@ def with_measurements(annset: AnnotationSet, mpp: float | None) -> AnnotationSet
         for a in annset
     ]
     return AnnotationSet(annotations=anns, warnings=list(annset.warnings))
+
+
+def changes_report(project: Project, sid: str) -> list[dict]:
+    """The largest changes of ``sid``'s accepted outline against its coarse one, JSON-able
+    (for report.json): kind, area, level-0 bounds and why."""
+    coarse = project.coarse(sid)
+    if coarse is None or not project.stage_done("output"):
+        return []
+    mpp = project.slide(sid).mpp
+    explain = part_explainer(project, sid)
+    u = "um" if mpp else "px"
+    return [
+        {
+            "kind": ch.kind,
+            f"area_{u}2": round(ch.area, 3),
+            "bounds_px": [round(v, 1) for v in ch.bounds],
+            "why": explain(ch.geometry)[0] if explain is not None else "",
+        }
+        for ch in outline_changes(coarse, project.accepted_outline(sid), mpp)
+    ]
 
 
 def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Path:

@@ -203,7 +203,9 @@ def _write_png(path: Path, mask: np.ndarray) -> None:
 
 
 def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
-    """Config, per-stage time (and whether it was reused), patch counts and device."""
+    """Config, per-stage time (and whether it was reused), patch counts, device, and per slide
+    the tumour's measurements and the largest changes to the coarse outline."""
+    from protorefine.measure import changes_report
     from protorefine.refine.core import compute_device
 
     stages = {}
@@ -225,6 +227,7 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
             "refined_patches": out_info.get(s.id, {}).get("refined_patches"),
             "mpp": s.mpp,
             "tumour": {k: m.as_dict() for k, m in project.measurements(s.id).items()},
+            "changes": changes_report(project, s.id),
         }
     return {
         "config": project.config.to_dict(),

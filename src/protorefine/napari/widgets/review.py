@@ -38,11 +38,10 @@ from protorefine.errors import ProtorefineError
 from protorefine.measure import (
     Change,
     Measurements,
-    cells_in,
     format_area,
     format_length,
     outline_changes,
-    prototype_makeup,
+    part_explainer,
 )
 from protorefine.napari.layers import (
     FINISHED_ACTIONS,
@@ -503,7 +502,7 @@ class ReviewWidget(WorkflowWidget):
                 refined = project.accepted_outline(sid)
                 mpp = project.slide(sid).mpp
                 changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
-                items = region_items(figures["refined"], changes, _explainer(project, sid))
+                items = region_items(figures["refined"], changes, part_explainer(project, sid))
             self._measured[request] = (tumour_text(figures), items)
         except Exception as exc:  # the figures are a courtesy: exports report real problems
             self._measured[request] = (f"Could not measure the outline ({exc})", [])
@@ -688,37 +687,6 @@ def region_items(
         text = f"{format_area(ch.area, u)} {where} the coarse outline"
         items.append((text, ch.bounds, *why(ch.geometry)))
     return items
-
-
-def _explainer(project, sid: str) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
-    """Says which global prototypes a part of ``sid``'s outline is made of, with their tumour
-    scores and the pathologist's marks, and how many of its patches were painted: why the
-    refinement put it in or left it out."""
-    if not project.stage_done("prototypes"):
-        return None
-    ids = np.asarray(project.result_grid(sid, "global_proto"))
-    downsample = project.grid(sid).downsample
-    scores = np.asarray(project.global_scores(), dtype=float)
-    marks = project.prototype_labels()
-    painted = project.corrections(sid)
-
-    def explain(geom: BaseGeometry) -> tuple[str, int | None]:
-        parts = prototype_makeup(geom, downsample, ids)
-        if not parts:
-            return "no tissue patches", None
-        said = []
-        for gid, share in parts:
-            what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
-            said.append(f"prototype {gid} ({what}, {share:.0%} of its patches)")
-        text = "mostly " + " and ".join(said)
-        if painted is not None and painted.shape == ids.shape:
-            inside = painted[cells_in(geom, downsample, ids.shape)]
-            for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
-                n = int((inside == value).sum())
-                text += f"; {n} of its patches painted {name}" if n else ""
-        return text, parts[0][0]
-
-    return explain
 
 
 # ----- unattended flow ---------------------------------------------------------------------
