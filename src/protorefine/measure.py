@@ -23,7 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from protorefine._atomic import atomic_write_text
-from protorefine.annotations import AnnotationSet, tumour_geometry
+from protorefine.annotations import AnnotationSet, rasterize, tumour_geometry
 from protorefine.annotations.classes import polygonal
 
 if TYPE_CHECKING:
@@ -178,8 +178,6 @@ def outline_changes(
 def cells_in(geom: BaseGeometry, downsample: float, shape: tuple[int, int]) -> np.ndarray:
     """(rows, cols) mask of the grid cells (``downsample`` level-0 pixels each) whose centres
     lie in ``geom`` (level-0 pixels); a part smaller than a cell gets the cell under it."""
-    from protorefine.annotations import rasterize
-
     rows, cols = shape
     mask = np.zeros(shape, bool)
     if geom.is_empty:
