@@ -415,3 +415,18 @@ def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
     (row,) = csv.DictReader((out / "tumour_measurements.csv").open())
     assert row["mpp"] == "0.5" and row["mpp_set_by_hand"] == "True"
     assert float(row["area_mm2"]) == pytest.approx(float(row["area_px2"]) * 0.25e-6, rel=1e-5)
+
+
+def test_slide_mpp_leaves_a_recorded_pixel_size_alone(case, tmp_path, capsys):
+    """A file that records its pixel size keeps it; ``--slide-mpp`` says it was not used."""
+    import tifffile
+
+    image = iio.imread(case["slide"])[..., :3]
+    slide = tmp_path / "s1.tif"
+    tifffile.imwrite(slide, image, resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    out = tmp_path / "out"
+    assert main([*refine_args(slide, case["coarse"], out, *FAST), "--slide-mpp", "0.5"]) == 0
+    assert "records 0.25 µm/px; --slide-mpp 0.5 is for files that record none" in (
+        capsys.readouterr().err
+    )
+    assert json.loads((out / "report.json").read_text())["slides"]["s1"]["mpp"] == 0.25
