@@ -269,3 +269,33 @@ def test_pixel_size_set_by_hand(tmp_path, case):
     assert q.slide("s1").mpp == 0.5  # a refused value changes nothing
     q.set_slide_mpp("s1", None)
     assert q.slide("s1").mpp is None and not q.slide("s1").mpp_by_user
+
+
+def test_review_marks_go_stale_when_the_outline_changes(done, case, tmp_path):
+    """The pathologist ticks a slide as reviewed; a hand edit (or a rerun that redraws the
+    outline) makes the tick stale, and the spreadsheet says which."""
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet
+    from protorefine.measure import write_measurements_csv
+
+    p, _ = done
+    assert p.review_state("s1") is None
+    p.set_reviewed("s1")
+    assert p.review_state("s1") == "reviewed"
+    assert Project.open(p.folder).review_state("s1") == "reviewed"  # kept in the project
+    rows = write_measurements_csv(p, tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].split(",")[4] == "reviewed" and rows[1].split(",")[4] == "yes"
+    p.set_outline_edit("s1", AnnotationSet([Annotation(box(0, 0, 100, 100))]))
+    assert p.review_state("s1") == "changed"
+    rows = write_measurements_csv(p, tmp_path / "m.csv").read_text().splitlines()
+    assert rows[1].split(",")[4] == "changed since review"
+    p.set_outline_edit("s1", None)
+    assert p.review_state("s1") == "reviewed"  # the outline that was checked is back
+    p.set_reviewed("s1", False)
+    assert p.review_state("s1") is None
+    (p.folder / "reviewed.json").write_text("{not json")
+    assert p.review_state("s1") is None  # a damaged record loses ticks, nothing else
+    fresh = new_project(tmp_path / "fresh", case)
+    with pytest.raises(ProtorefineError, match="'s1' has no refined outline to review yet"):
+        fresh.set_reviewed("s1")

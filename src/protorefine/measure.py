@@ -29,6 +29,9 @@ from protorefine.annotations.classes import polygonal
 if TYPE_CHECKING:
     from protorefine.project import Project
 
+#: How a slide's review state reads in tables (None: never checked).
+REVIEW_WORDS = {"reviewed": "yes", "changed": "changed since review"}
+
 #: Convex hulls with more vertices than this are compared in blocks (bounded memory).
 _BLOCK = 2048
 
@@ -287,7 +290,7 @@ def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Pa
     greatest dimension beside the coarse outline's area, in mm when the pixel size is known
     and in level-0 pixels always (a spreadsheet for the whole project), written atomically."""
     columns = (
-        "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "regions",
+        "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "reviewed", "regions",
         "area_mm2", "largest_dimension_mm", "coarse_area_mm2",
         "area_px2", "largest_dimension_px", "coarse_area_px2",
     )  # fmt: skip
@@ -305,6 +308,7 @@ def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Pa
                 s.mpp or "",
                 s.mpp_by_user,
                 done and project.outline_edited(s.id),
+                REVIEW_WORDS.get(project.review_state(s.id), ""),
                 len(rpx.regions) if rpx else "",
                 _mm(rpx and rpx.area, s.mpp, 2),
                 _mm(rpx and rpx.largest_diameter, s.mpp, 1),

@@ -9,6 +9,8 @@ Layout::
     prototype_labels.json    pathologist's marks of global prototypes (of one build of them)
     edited/<id>.geojson      pathologist's hand edits of a refined outline (+ <id>.json: the
                              refinement they were drawn on)
+    reviewed.json            slides whose outline the pathologist checked: the outline's hash
+                             and when
     ui_state.json            free-form widget state
     features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid settings
                              (+ <id>.cells: which cells its rows belong to)
@@ -586,9 +588,51 @@ class Project:
         """The outline the pathologist accepts: the refined one with their hand edits, if any."""
         from protorefine.annotations import read_geojson
 
+        return read_geojson(self._accepted_path(slide_id), allow_empty=True)
+
+    def _accepted_path(self, slide_id: str) -> Path:
+        """The file holding ``slide_id``'s accepted outline (hand edits, else the refined one)."""
         if self.outline_edited(slide_id):
-            return read_geojson(self._edit_paths(slide_id)[0], allow_empty=True)
-        return self.refined_annotations(slide_id)
+            return self._edit_paths(slide_id)[0]
+        return self._require("output") / f"{slide_id}.geojson"
+
+    def _reviews(self) -> dict[str, dict]:
+        path = self.folder / "reviewed.json"
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError:
+            return {}  # a damaged record only loses the ticks, never an outline
+        return data if isinstance(data, dict) else {}
+
+    def set_reviewed(self, slide_id: str, reviewed: bool = True) -> None:
+        """Record that the pathologist checked ``slide_id``'s accepted outline as it is now
+        (False: take the record back). A later change of the outline makes it stale."""
+        import datetime as dt
+
+        self.slide(slide_id)
+        reviews = self._reviews()
+        if reviewed:
+            if not self.stage_done("output"):
+                raise ProtorefineError(f"slide {slide_id!r} has no refined outline to review yet")
+            reviews[slide_id] = {
+                "outline": _file_hash(self._accepted_path(slide_id)),
+                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        else:
+            reviews.pop(slide_id, None)
+        atomic_write_text(self.folder / "reviewed.json", json.dumps(reviews, indent=2))
+
+    def review_state(self, slide_id: str) -> str | None:
+        """"reviewed" when the pathologist checked the accepted outline as it is now,
+        "changed" when it changed since (a rerun, a hand edit), None when never checked."""
+        record = self._reviews().get(slide_id)
+        if not record:
+            return None
+        if self.stage_done("output") and record.get("outline") == _file_hash(
+            self._accepted_path(slide_id)
+        ):
+            return "reviewed"
+        return "changed"
 
     def export_outline(self, slide_id: str, path: str | Path) -> Path:
         """Write ``slide_id``'s accepted outline to ``path``, atomically, in level-0 pixels:
