@@ -106,9 +106,9 @@ def test_create_add_list_and_show(widgets, slides, tmp_path: Path) -> None:
         [pw.table.item(r, c).text() for c in range(pw.table.columnCount())]
         for r in range(pw.table.rowCount())
     ]
-    assert rows == [
-        ["case_a", "768 × 1024", "2", "0.250"],
-        ["case_b", "1024 × 512", "2", "0.250"],
+    assert rows == [  # nothing refined yet: no tumour area, nothing reviewed
+        ["case_a", "768 × 1024", "2", "0.250", "", ""],
+        ["case_b", "1024 × 512", "2", "0.250", "", ""],
     ]
     # the first slide is on screen, as one multiscale image with its coarse layer over it
     (image,) = _images(viewer)

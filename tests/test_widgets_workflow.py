@@ -29,7 +29,12 @@ from protorefine.annotations import (  # noqa: E402
     vectorize,
     write_geojson,
 )
-from protorefine.measure import measure, part_explainer, prototype_makeup  # noqa: E402
+from protorefine.measure import (  # noqa: E402
+    format_area,
+    measure,
+    part_explainer,
+    prototype_makeup,
+)
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
 from protorefine.napari.state import (  # noqa: E402
     CONFIDENCE,
@@ -621,6 +626,38 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     assert not project.outline_edited(sid)
     assert (project.folder / "edited" / f"{sid}.geojson").exists()
     assert any("replaces them on screen" in m for m in notes)
+
+
+def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
+    """The slide list shows each slide's refined tumour area and whether its outline was ticked
+    as reviewed; a hand edit after the tick shows as 'changed', and the pane asks again."""
+    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.widgets.project import REVIEWED_COLUMN, TUMOUR_COLUMN, ProjectWidget
+
+    viewer, state, _, refine, review = gui()
+    slides = ProjectWidget(viewer)
+    project, sid = state.project, state.slide_id
+    row = [slides.table.item(r, 0).text() for r in range(slides.table.rowCount())].index(sid)
+
+    def cell(col: int) -> str:
+        return slides.table.item(row, col).text()
+
+    assert not review.reviewed_box.isEnabled()  # nothing to review yet
+    finish(qtbot, refine.runner, refine.run)
+    area = measure(project.accepted_outline(sid), project.slide(sid).mpp)
+    qtbot.waitUntil(lambda: cell(TUMOUR_COLUMN) == format_area(area.area, area.unit))
+    assert cell(REVIEWED_COLUMN) == ""
+    review.reviewed_box.setChecked(True)  # as the pathologist's click
+    assert project.review_state(sid) == "reviewed"
+    qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
+    outline = viewer.layers[REFINED_OUTLINE]
+    outline.selected_data = {0}
+    outline.remove_selected()  # a hand edit after the tick
+    assert project.review_state(sid) == "changed"
+    qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "changed")
+    assert not review.reviewed_box.isChecked() and "changed since" in review.reviewed_box.text()
+    review.reviewed_box.setChecked(True)
+    qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
 
 
 def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):

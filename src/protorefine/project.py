@@ -623,7 +623,7 @@ class Project:
         atomic_write_text(self.folder / "reviewed.json", json.dumps(reviews, indent=2))
 
     def review_state(self, slide_id: str) -> str | None:
-        """"reviewed" when the pathologist checked the accepted outline as it is now,
+        """ "reviewed" when the pathologist checked the accepted outline as it is now,
         "changed" when it changed since (a rerun, a hand edit), None when never checked."""
         record = self._reviews().get(slide_id)
         if not record:

@@ -56,7 +56,9 @@ class ProtorefineState:
 
     Signals: ``project_changed(project | None)`` after a project is opened or created,
     ``slide_changed(slide_id | None)`` after the slide's layers are swapped in,
-    ``results_changed(slide_id)`` after a pipeline stage wrote new results.
+    ``results_changed(slide_id)`` after a pipeline stage wrote new results,
+    ``outline_changed(slide_id)`` after the accepted outline was edited by hand or ticked as
+    reviewed (the slide list shows both).
 
     Placeholders: adding a napari layer costs 0.1-0.6 s of the event loop (vispy
     visual, overlays, layer controls), updating one's data ~0.05 s. So once a slide
@@ -70,6 +72,7 @@ class ProtorefineState:
     project_changed = Signal(object)
     slide_changed = Signal(object)
     results_changed = Signal(object)
+    outline_changed = Signal(object)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)

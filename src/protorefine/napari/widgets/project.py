@@ -8,12 +8,13 @@ restored when the project is opened again.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -42,12 +43,21 @@ if TYPE_CHECKING:
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
 #: Text colour of a slide whose file is not where the project says.
 MISSING_COLOUR = "#ef4444"
-COLUMNS = ("slide", "size (W × H px)", "levels", "mpp")
+COLUMNS = ("slide", "size (W × H px)", "levels", "mpp", "tumour", "reviewed")
 MPP_COLUMN = COLUMNS.index("mpp")
+TUMOUR_COLUMN = COLUMNS.index("tumour")
+REVIEWED_COLUMN = COLUMNS.index("reviewed")
+#: The reviewed column's words for a slide's review state (None: never checked).
+REVIEW_MARKS = {"reviewed": "✓", "changed": "changed"}
 MPP_TIP = (
     "microns per pixel at full resolution, from the file or set by hand (set); "
     "double-click to set it"
 )
+#: Tooltips of the status columns.
+STATUS_TIPS = {
+    "tumour": "area of the refined (accepted) tumour outline",
+    "reviewed": "ticked as reviewed in 'Review and export' (changed: the outline changed since)",
+}
 #: File patterns dropped on the viewer that should open with the protorefine reader
 #: (napari asks which reader to use otherwise); a choice the user made is kept.
 READER_PATTERNS = ("*.svs", "*.tif", "*.tiff", "*.zarr", "*.geojson", "*.xml")
@@ -58,10 +68,18 @@ CAMERA_SAVE_DELAY_MS = 1500
 class ProjectWidget(QWidget):
     """Create or open a project folder, add slides, list them and switch the slide on screen."""
 
+    #: Every slide's tumour area and review state are known (request N), from a thread.
+    status_ready = Signal(int)
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
+        # reading every slide's outline takes a while on big projects: never in the event loop
+        self._status_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="protorefine-status")
+        self._status_request = 0
+        self._statuses: dict[int, dict[str, tuple[str, str]]] = {}
+        self.status_ready.connect(self._on_status)
 
         self.folder_label = QLabel("No project open")
         self.folder_label.setWordWrap(True)
@@ -125,6 +143,8 @@ class ProjectWidget(QWidget):
         prefer_protorefine_reader()
         self.state.project_changed.connect(self._on_project_changed)
         self.state.slide_changed.connect(self._on_slide_changed)
+        self.state.results_changed.connect(self.update_status)
+        self.state.outline_changed.connect(self.update_status)
         self._update_enabled()
         if self.state.project is not None:
             self._on_project_changed(self.state.project)
@@ -277,7 +297,7 @@ class ProjectWidget(QWidget):
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
                 mpp += " (set)" if entry.mpp_by_user else ""
-                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp)
+                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp, "", "")
                 missing = project.slide_missing(entry.id)
                 for col, text in enumerate(values):
                     item = QTableWidgetItem(text)
@@ -286,7 +306,7 @@ class ProjectWidget(QWidget):
                         if missing
                         else MPP_TIP
                         if col == MPP_COLUMN
-                        else str(entry.path)
+                        else STATUS_TIPS.get(COLUMNS[col], str(entry.path))
                     )
                     if missing:
                         item.setForeground(QColor(MISSING_COLOUR))
@@ -295,6 +315,44 @@ class ProjectWidget(QWidget):
         finally:
             self._filling = False
             self._update_enabled()
+        self.update_status()
+
+    def update_status(self, *_args) -> None:
+        """Find every slide's tumour area and review state in the background, then show them."""
+        self._status_request += 1
+        project = self.state.project
+        if project is not None:
+            self._status_pool.submit(self._find_status, self._status_request, project)
+
+    def _find_status(self, request: int, project: Project) -> None:
+        from protorefine.measure import format_area, measure
+
+        found: dict[str, tuple[str, str]] = {}
+        try:
+            done = project.stage_done("output")
+            for entry in project.slides:
+                if not done:
+                    found[entry.id] = ("", "")
+                    continue
+                m = measure(project.accepted_outline(entry.id), entry.mpp)
+                review = REVIEW_MARKS.get(project.review_state(entry.id), "")
+                found[entry.id] = (format_area(m.area, m.unit), review)
+        except Exception:  # the columns are a courtesy: the panes report real problems
+            pass
+        self._statuses[request] = found
+        self.status_ready.emit(request)
+
+    def _on_status(self, request: int) -> None:
+        found = self._statuses.pop(request, None)
+        if found is None or request != self._status_request:
+            return  # a newer request is on its way
+        for row in range(self.table.rowCount()):
+            item = self.table.item(row, 0)
+            tumour, review = found.get(item.text(), ("", "")) if item is not None else ("", "")
+            for col, text in ((TUMOUR_COLUMN, tumour), (REVIEWED_COLUMN, review)):
+                cell = self.table.item(row, col)
+                if cell is not None:
+                    cell.setText(text)
 
     def save_view(self) -> None:
         """Save the current slide, its camera and the visible grid layers into the project."""

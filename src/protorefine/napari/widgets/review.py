@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import QEventLoop, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
+    QCheckBox,
     QDockWidget,
     QFileDialog,
     QGridLayout,
@@ -177,6 +178,12 @@ class ReviewWidget(WorkflowWidget):
         )
         self.prototype_button.clicked.connect(lambda: self.show_prototype())
         self.prototype_button.hide()
+        self.reviewed_box = QCheckBox("Reviewed: I checked this outline")
+        self.reviewed_box.setToolTip(
+            "Tick when the outline is right; the slide list shows it, and the tick goes stale "
+            "if the outline changes later (a rerun, a hand edit)"
+        )
+        self.reviewed_box.toggled.connect(self._on_reviewed)
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
@@ -187,6 +194,7 @@ class ReviewWidget(WorkflowWidget):
         ex.addWidget(self.region_list)
         ex.addWidget(self.region_info)
         ex.addWidget(self.prototype_button)
+        ex.addWidget(self.reviewed_box)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -462,6 +470,7 @@ class ReviewWidget(WorkflowWidget):
         project.set_outline_edit(sid, None if same else edited)
         self._say_outline()
         self._rescore()  # the Dice line scores the outline as edited
+        state.outline_changed.emit(sid)
 
     def discard_outline_edits(self) -> None:
         """Drop the hand edits of the current slide's outline and show the refined one again."""
@@ -472,6 +481,7 @@ class ReviewWidget(WorkflowWidget):
         show_outline(self.state, project.refined_annotations(sid))
         self._watch_outline()
         self._rescore()
+        self.state.outline_changed.emit(sid)
         notify("info", f"Hand edits of the outline of {sid} discarded")
 
     def _say_outline(self) -> None:
@@ -485,6 +495,16 @@ class ReviewWidget(WorkflowWidget):
             else "Edit the red outline with napari's shape tools to fix it by hand."
         )
         self.discard_button.setEnabled(edited)
+        review = project.review_state(sid) if done else None
+        self.reviewed_box.blockSignals(True)
+        self.reviewed_box.setChecked(review == "reviewed")
+        self.reviewed_box.blockSignals(False)
+        self.reviewed_box.setEnabled(done)
+        self.reviewed_box.setText(
+            "Reviewed before, but the outline changed since: tick again once checked"
+            if review == "changed"
+            else "Reviewed: I checked this outline"
+        )
         self._measure_request += 1
         if project is None or sid is None:
             self._show_measured("", [])
@@ -531,6 +551,18 @@ class ReviewWidget(WorkflowWidget):
             self.region_list.setFixedHeight(rows + 2 * self.region_list.frameWidth() + 2)
         self.region_list.setVisible(n > 0)
         self.region_info.setVisible(n > 0)
+
+    def _on_reviewed(self, checked: bool) -> None:
+        """The pathologist ticks (or unticks) the outline on screen as reviewed."""
+        project, sid = self.state.project, self.state.slide_id
+        if project is None or sid is None:
+            return
+        try:
+            project.set_reviewed(sid, checked)
+        except ProtorefineError as exc:
+            notify("warning", str(exc))
+        self._say_outline()
+        self.state.outline_changed.emit(sid)
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         bounds = item.data(BOUNDS_ROLE)
