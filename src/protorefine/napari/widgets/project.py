@@ -328,17 +328,14 @@ class ProjectWidget(QWidget):
         from protorefine.measure import format_area, measure
 
         found: dict[str, tuple[str, str]] = {}
-        try:
-            done = project.stage_done("output")
-            for entry in project.slides:
-                if not done:
-                    found[entry.id] = ("", "")
-                    continue
+        done = project.stage_done("output")
+        for entry in project.slides if done else []:
+            try:
                 m = measure(project.accepted_outline(entry.id), entry.mpp)
                 review = REVIEW_MARKS.get(project.review_state(entry.id), "")
                 found[entry.id] = (format_area(m.area, m.unit), review)
-        except Exception:  # the columns are a courtesy: the panes report real problems
-            pass
+            except Exception:  # the columns are a courtesy: the panes report real problems
+                found[entry.id] = ("?", "")
         self._statuses[request] = found
         self.status_ready.emit(request)
 
