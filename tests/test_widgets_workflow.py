@@ -657,6 +657,15 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert not review.reviewed_box.isChecked() and "changed since" in review.reviewed_box.text()
     review.reviewed_box.setChecked(True)
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
+    # the batch: on to the next slide not yet ticked, until every one is
+    others = [s.id for s in project.slides if s.id != sid]
+    seen = []
+    while (target := review.next_to_review()) is not None:
+        assert state.slide_id == target and target not in seen
+        seen.append(target)
+        review.reviewed_box.setChecked(True)
+    assert sorted(seen) == sorted(others)
+    assert all(project.review_state(s.id) == "reviewed" for s in project.slides)
 
 
 def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):

@@ -184,6 +184,9 @@ class ReviewWidget(WorkflowWidget):
             "if the outline changes later (a rerun, a hand edit)"
         )
         self.reviewed_box.toggled.connect(self._on_reviewed)
+        self.next_button = QPushButton("Next slide to review ▶")
+        self.next_button.setToolTip("The next slide of the project whose outline is not ticked")
+        self.next_button.clicked.connect(self.next_to_review)
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
         self.discard_button = QPushButton("Discard hand edits of the outline")
@@ -195,6 +198,7 @@ class ReviewWidget(WorkflowWidget):
         ex.addWidget(self.region_info)
         ex.addWidget(self.prototype_button)
         ex.addWidget(self.reviewed_box)
+        ex.addWidget(self.next_button)
         ex.addWidget(self.edit_label)
         ex.addWidget(self.discard_button)
         ex.addWidget(self.geojson_button)
@@ -563,6 +567,28 @@ class ReviewWidget(WorkflowWidget):
             notify("warning", str(exc))
         self._say_outline()
         self.state.outline_changed.emit(sid)
+
+    def next_to_review(self) -> str | None:
+        """Show the next slide (after the one on screen, wrapping round) whose outline is not
+        ticked as reviewed as it is now; None (and say so) when every slide is."""
+        from protorefine.napari.widgets.project import ProjectWidget
+
+        project, sid = self.state.project, self.state.slide_id
+        if project is None:
+            notify("warning", "Open a project in 'Project and slides' first.")
+            return None
+        ids = [s.id for s in project.slides if not project.slide_missing(s.id)]
+        start = ids.index(sid) + 1 if sid in ids else 0
+        for target in ids[start:] + ids[:start]:
+            if target != sid and project.review_state(target) != "reviewed":
+                panes = self.viewer.window._qt_window.findChildren(ProjectWidget)
+                if panes:  # as a click in the slide list: keeps each slide's view
+                    panes[0].select_slide(target)
+                else:
+                    self.state.show_slide(target)
+                return target
+        notify("info", "Every other slide's outline is ticked as reviewed.")
+        return None
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         bounds = item.data(BOUNDS_ROLE)
