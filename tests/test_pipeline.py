@@ -299,3 +299,14 @@ def test_review_marks_go_stale_when_the_outline_changes(done, case, tmp_path):
     fresh = new_project(tmp_path / "fresh", case)
     with pytest.raises(ProtorefineError, match="'s1' has no refined outline to review yet"):
         fresh.set_reviewed("s1")
+
+
+def test_export_every_slide_reports_progress_and_stops_on_cancel(done, tmp_path):
+    p, _ = done
+    steps = []
+    written = p.export_refined(tmp_path / "all", progress=lambda d, t, m: steps.append((d, t, m)))
+    assert [w.name for w in written] == ["s1.geojson"]
+    assert steps == [(0, 2, "s1"), (2, 2, "tumour_measurements.csv")]
+    with pytest.raises(CancelledError, match="export cancelled after 0 of 1 slides"):
+        p.export_refined(tmp_path / "cancelled", cancel=lambda: True)
+    assert list((tmp_path / "cancelled").iterdir()) == []

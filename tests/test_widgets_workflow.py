@@ -525,7 +525,8 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     xml = review.export_geojson(tmp_path / "refined.xml")
     assert read_annotations(xml).union().symmetric_difference(back.union()).area < 1e-3 * area
     # every slide's outline at once, for QuPath
-    written = review.export_all(tmp_path / "all")
+    finish(qtbot, review.export_runner, lambda: review.export_all(tmp_path / "all"))
+    written = review.exported
     assert sorted(p.name for p in written) == sorted(
         f"{s.id}.geojson" for s in state.project.slides
     )
@@ -593,7 +594,8 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     # exports carry the edit
     out = review.export_geojson(tmp_path / "edited.geojson")
     assert read_geojson(out).union().symmetric_difference(kept).area < 1e-6 * kept.area
-    (one,) = [p for p in review.export_all(tmp_path / "all") if p.stem == sid]
+    finish(qtbot, review.export_runner, lambda: review.export_all(tmp_path / "all"))
+    (one,) = [p for p in review.exported if p.stem == sid]
     assert read_geojson(one).union().symmetric_difference(kept).area < 1e-6 * kept.area
     finish(qtbot, review.export_runner, review.export_ngff)
     ms = dict(zarr.open_group(review.labels_path, mode="r").attrs)["multiscales"][0]

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from protorefine._types import Cancel, Progress
 from protorefine.annotations.model import AnnotationSet
 from protorefine.errors import ProtorefineError
 from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
@@ -655,15 +656,33 @@ class Project:
             write_geojson(with_measurements(outline, self.slide(slide_id).mpp), path)
         return path
 
-    def export_refined(self, folder: str | Path, suffix: str = ".geojson") -> list[Path]:
+    def export_refined(
+        self,
+        folder: str | Path,
+        suffix: str = ".geojson",
+        *,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> list[Path]:
         """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`)
-        and their measurements to ``folder/tumour_measurements.csv``; returns the outlines' paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        and their measurements to ``folder/tumour_measurements.csv``; returns the outlines' paths.
+        A cancel stops between slides (the files written so far are whole)."""
+        from protorefine.errors import CancelledError
         from protorefine.measure import write_measurements_csv
 
-        written = [self.export_outline(s.id, folder / f"{s.id}{suffix}") for s in self.slides]
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        n = len(self.slides)
+        for i, s in enumerate(self.slides):
+            if cancel is not None and cancel():
+                raise CancelledError(f"export cancelled after {i} of {n} slides")
+            if progress is not None:
+                progress(i, n + 1, s.id)
+            written.append(self.export_outline(s.id, folder / f"{s.id}{suffix}"))
         write_measurements_csv(self, folder / MEASUREMENTS_CSV)
+        if progress is not None:
+            progress(n + 1, n + 1, MEASUREMENTS_CSV)
         return written
 
     def measurements(self, slide_id: str) -> dict[str, Measurements]:

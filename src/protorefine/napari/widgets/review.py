@@ -158,6 +158,7 @@ class ReviewWidget(WorkflowWidget):
         # exporting only reads the project: its own runner, outside the one-pipeline-run lock
         self.export_runner = TaskRunner()
         self.labels_path: Path | None = None
+        self.exported: list[Path] = []
         self.tumour_label = QLabel("")
         self.tumour_label.setWordWrap(True)
         self.tumour_label.setToolTip(
@@ -386,17 +387,22 @@ class ReviewWidget(WorkflowWidget):
         if folder:
             self.export_all(folder)
 
-    def export_all(self, folder: str | Path) -> list[Path]:
-        """Write every slide's refined outline to ``folder/<slide>.geojson``."""
+    def export_all(self, folder: str | Path) -> bool:
+        """Start writing every slide's accepted outline to ``folder/<slide>.geojson`` with
+        ``tumour_measurements.csv`` (in a worker, with progress and Cancel: a big project
+        takes a while); the paths land in ``exported``."""
         if not self._refined_or_say():
-            return []
-        try:
-            written = self.state.project.export_refined(folder)
-        except (ProtorefineError, OSError) as exc:
-            notify("error", f"{folder}: could not write the outlines ({exc})")
-            return []
-        notify("info", f"{len(written)} refined outline(s) written to {folder}")
-        return written
+            return False
+        project = self.state.project
+
+        def task(ctx: TaskContext) -> list[Path]:
+            return project.export_refined(folder, progress=ctx.progress, cancel=ctx.cancel)
+
+        def done(written: list[Path]) -> None:
+            self.exported = written
+            notify("info", f"{len(written)} refined outline(s) written to {folder}")
+
+        return self.export_runner.start("Export every slide", task, on_done=done)
 
     def _on_export_ngff(self) -> None:
         project, sid = self.state.project, self.state.slide_id
