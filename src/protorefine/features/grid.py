@@ -56,7 +56,9 @@ class PatchGrid:
         h = hashlib.sha256()
         ints = (self.level, self.read_size, self.read_stride, self.patch_size, self.rows, self.cols)
         h.update(
-            repr([int(v) for v in (*ints, *self.shape)] + [float(self.level_downsample)]).encode()
+            repr(
+                [int(v) for v in (*ints, *self.shape)] + [round(float(self.level_downsample), 6)]
+            ).encode()
         )
         h.update(np.packbits(np.asarray(self.tissue, bool).ravel()).tobytes())
         return h.hexdigest()[:16]
