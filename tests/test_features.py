@@ -150,6 +150,9 @@ def test_to_image_and_round_trip(tmp_path: Path) -> None:
     assert back.shape == grid.shape and back.downsample == grid.downsample
     assert np.array_equal(back.tissue, grid.tissue) and np.array_equal(back.yx, grid.yx)
     assert back.mpp is None
+    # the cached features' key: the same cells stored and reloaded, other cells another key
+    assert back.signature() == grid.signature()
+    assert make_grid(slide, patch_size=32, tissue=True).signature() != grid.signature()
 
 
 # ---- coarse labels ----------------------------------------------------------------------
