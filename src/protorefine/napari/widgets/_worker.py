@@ -312,3 +312,49 @@ class TaskRunner(QWidget):
         self.bar.setValue(1 if self.last_outcome == "done" else 0)
         self.status.setText(self.last_message or f"{self._title}: stopped")
         self.finished.emit(self.last_outcome or "error", self.last_message)
+
+
+class LatestOnly(QObject):
+    """Runs quick read-only look-ups (measuring outlines, reading every slide's status) in one
+    background thread and hands only the newest one's result to ``deliver`` in the Qt thread:
+    an answer overtaken by a newer request (another slide, another edit) is dropped.
+
+    For courtesy figures, not for runs: no progress bar, no Cancel; a look-up that fails
+    logs and delivers nothing.
+    """
+
+    _ready = Signal(int)
+
+    def __init__(self, deliver: Callable[[Any], None], name: str, parent: QObject) -> None:
+        super().__init__(parent)  # goes with its widget: no answer reaches a closed pane
+        import concurrent.futures as cf
+
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"protorefine-{name}")
+        self._deliver = deliver
+        self._request = 0
+        self._results: dict[int, Any] = {}
+        self._ready.connect(self._on_ready)
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` after the look-ups queued before it; earlier answers are dropped."""
+        self._request += 1
+        request = self._request
+
+        def run() -> None:
+            try:
+                self._results[request] = func(*args)
+            except Exception:  # noqa: BLE001 - a courtesy figure: the panes report real problems
+                log.exception("background look-up failed")
+                return
+            self._ready.emit(request)
+
+        self._pool.submit(run)
+
+    def drop_pending(self) -> None:
+        """Forget the look-ups under way (their answers will not be delivered)."""
+        self._request += 1
+
+    def _on_ready(self, request: int) -> None:
+        result = self._results.pop(request, None)
+        if request == self._request:
+            self._deliver(result)

@@ -8,13 +8,12 @@ restored when the project is opened again.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
 from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import META_PATH
 from protorefine.napari.state import get_state
+from protorefine.napari.widgets._worker import LatestOnly
 
 if TYPE_CHECKING:
     import napari
@@ -68,18 +68,12 @@ CAMERA_SAVE_DELAY_MS = 1500
 class ProjectWidget(QWidget):
     """Create or open a project folder, add slides, list them and switch the slide on screen."""
 
-    #: Every slide's tumour area and review state are known (request N), from a thread.
-    status_ready = Signal(int)
-
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         # reading every slide's outline takes a while on big projects: never in the event loop
-        self._status_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="protorefine-status")
-        self._status_request = 0
-        self._statuses: dict[int, dict[str, tuple[str, str]]] = {}
-        self.status_ready.connect(self._on_status)
+        self._status = LatestOnly(self._show_status, "status", self)
 
         self.folder_label = QLabel("No project open")
         self.folder_label.setWordWrap(True)
@@ -319,30 +313,10 @@ class ProjectWidget(QWidget):
 
     def update_status(self, *_args) -> None:
         """Find every slide's tumour area and review state in the background, then show them."""
-        self._status_request += 1
-        project = self.state.project
-        if project is not None:
-            self._status_pool.submit(self._find_status, self._status_request, project)
+        if self.state.project is not None:
+            self._status.submit(_slide_status, self.state.project)
 
-    def _find_status(self, request: int, project: Project) -> None:
-        from protorefine.measure import format_area, measure
-
-        found: dict[str, tuple[str, str]] = {}
-        done = project.stage_done("output")
-        for entry in project.slides if done else []:
-            try:
-                m = measure(project.accepted_outline(entry.id), entry.mpp)
-                review = REVIEW_MARKS.get(project.review_state(entry.id), "")
-                found[entry.id] = (format_area(m.area, m.unit), review)
-            except Exception:  # the columns are a courtesy: the panes report real problems
-                found[entry.id] = ("?", "")
-        self._statuses[request] = found
-        self.status_ready.emit(request)
-
-    def _on_status(self, request: int) -> None:
-        found = self._statuses.pop(request, None)
-        if found is None or request != self._status_request:
-            return  # a newer request is on its way
+    def _show_status(self, found: dict[str, tuple[str, str]]) -> None:
         for row in range(self.table.rowCount()):
             item = self.table.item(row, 0)
             tumour, review = found.get(item.text(), ("", "")) if item is not None else ("", "")
@@ -491,6 +465,21 @@ class ProjectWidget(QWidget):
     def _on_remove(self) -> None:
         if self.state.slide_id is not None:
             self.remove_slide(self.state.slide_id)
+
+
+def _slide_status(project: Project) -> dict[str, tuple[str, str]]:
+    """Background thread: (tumour area, review mark) of every refined slide."""
+    from protorefine.measure import format_area, measure
+
+    found: dict[str, tuple[str, str]] = {}
+    for entry in project.slides if project.stage_done("output") else []:
+        try:
+            m = measure(project.accepted_outline(entry.id), entry.mpp)
+            review = REVIEW_MARKS.get(project.review_state(entry.id), "")
+            found[entry.id] = (format_area(m.area, m.unit), review)
+        except ProtorefineError:  # e.g. a damaged outline file: the panes say what is wrong
+            found[entry.id] = ("?", "")
+    return found
 
 
 def prefer_protorefine_reader() -> list[str]:

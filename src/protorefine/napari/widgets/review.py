@@ -11,14 +11,13 @@ shown. :func:`run_unattended` drives the whole flow without a person (the demo's
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import QEventLoop, Qt, QTimer, Signal
+from qtpy.QtCore import QEventLoop, Qt, QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -70,7 +69,7 @@ from protorefine.napari.widgets._common import (
     show_outline,
     show_results,
 )
-from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+from protorefine.napari.widgets._worker import LatestOnly, TaskContext, TaskRunner, notify
 from protorefine.slides.omezarr import is_ome_zarr
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
@@ -92,19 +91,13 @@ NGFF_LABELS_NAME = "refined"
 class ReviewWidget(WorkflowWidget):
     """Correct the refined outline by painting patches, retrain, export, and score against truth."""
 
-    #: The outline's measurements of request N are ready (emitted from the background thread).
-    outline_measured = Signal(int)
-
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
         self.truth_path: Path | None = None
         self.scores: dict[str, float] = {}
         self._painted_layer = None
         # measuring a whole-slide outline takes up to a second: never in the event loop
-        self._measure_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="protorefine-measure")
-        self._measure_request = 0
-        self._measured: dict[int, tuple[str, list]] = {}
-        self.outline_measured.connect(self._on_measured)
+        self._measurer = LatestOnly(lambda found: self._show_measured(*found), "measure", self)
 
         intro = QLabel(
             "Paint patches the refinement got wrong, then retrain: painted patches are "
@@ -515,33 +508,12 @@ class ReviewWidget(WorkflowWidget):
             if review == "changed"
             else "Reviewed: I checked this outline"
         )
-        self._measure_request += 1
         if project is None or sid is None:
+            self._measurer.drop_pending()
             self._show_measured("", [])
             return
         self.tumour_label.setText("Measuring the outline…")
-        self._measure_pool.submit(self._measure, self._measure_request, project, sid, done)
-
-    def _measure(self, request: int, project, sid: str, done: bool) -> None:
-        """Background thread: the size line and the region list of ``sid``'s outline."""
-        try:
-            figures = project.measurements(sid)
-            items = []
-            if done and "refined" in figures:
-                coarse = project.coarse(sid)
-                refined = project.accepted_outline(sid)
-                mpp = project.slide(sid).mpp
-                changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
-                items = region_items(figures["refined"], changes, part_explainer(project, sid))
-            self._measured[request] = (tumour_text(figures), items)
-        except Exception as exc:  # the figures are a courtesy: exports report real problems
-            self._measured[request] = (f"Could not measure the outline ({exc})", [])
-        self.outline_measured.emit(request)
-
-    def _on_measured(self, request: int) -> None:
-        found = self._measured.pop(request, None)
-        if found is not None and request == self._measure_request:  # not a slide ago
-            self._show_measured(*found)
+        self._measurer.submit(_measure, project, sid, done)
 
     def _show_measured(self, text: str, items: list) -> None:
         self.tumour_label.setText(text)
@@ -719,6 +691,22 @@ def tumour_text(m: dict[str, Measurements]) -> str:
             text += f" (coarse outline: {format_area(m['coarse'].area, m['coarse'].unit)})"
         return text
     return f"Coarse outline: {m['coarse'].summary()}" if "coarse" in m else ""
+
+
+def _measure(project, sid: str, done: bool) -> tuple[str, list]:
+    """Background thread: the Review pane's size line and region list of ``sid``'s outline."""
+    try:
+        figures = project.measurements(sid)
+        items = []
+        if done and "refined" in figures:
+            coarse = project.coarse(sid)
+            refined = project.accepted_outline(sid)
+            mpp = project.slide(sid).mpp
+            changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
+            items = region_items(figures["refined"], changes, part_explainer(project, sid))
+    except ProtorefineError as exc:  # e.g. a damaged outline file: said in the pane
+        return f"Could not measure the outline ({exc})", []
+    return tumour_text(figures), items
 
 
 def region_items(
