@@ -37,7 +37,7 @@ import numpy as np
 from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from protorefine._types import Cancel, Progress
 from protorefine.annotations.model import AnnotationSet
-from protorefine.errors import ProtorefineError
+from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
 
 if TYPE_CHECKING:
@@ -554,7 +554,10 @@ class Project:
         """The refined tumour polygons of a slide (level-0 pixels)."""
         from protorefine.annotations import read_geojson
 
-        return read_geojson(self._require("output") / f"{slide_id}.geojson", allow_empty=True)
+        return read_geojson(self._refined_path(slide_id), allow_empty=True)
+
+    def _refined_path(self, slide_id: str) -> Path:
+        return self._require("output") / f"{slide_id}.geojson"
 
     def _edit_paths(self, slide_id: str) -> tuple[Path, Path]:
         return (
@@ -595,7 +598,7 @@ class Project:
         """The file holding ``slide_id``'s accepted outline (hand edits, else the refined one)."""
         if self.outline_edited(slide_id):
             return self._edit_paths(slide_id)[0]
-        return self._require("output") / f"{slide_id}.geojson"
+        return self._refined_path(slide_id)
 
     def _reviews(self) -> dict[str, dict]:
         path = self.folder / "reviewed.json"
@@ -667,7 +670,6 @@ class Project:
         """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`)
         and their measurements to ``folder/tumour_measurements.csv``; returns the outlines' paths.
         A cancel stops between slides (the files written so far are whole)."""
-        from protorefine.errors import CancelledError
         from protorefine.measure import write_measurements_csv
 
         folder = Path(folder)
