@@ -385,6 +385,74 @@ def test_timm_needs_local_weights_and_timm(tmp_path: Path) -> None:
             get_encoder(f"timm:resnet18@{bad}", device="cpu")
 
 
+class _StandInTimm:
+    """What protorefine uses of timm (``create_model(name, pretrained=False, num_classes=0)``
+    returning a net with ``num_features`` and ``pretrained_cfg``), for machines without timm."""
+
+    @staticmethod
+    def create_model(name: str, pretrained: bool, num_classes: int) -> torch.nn.Module:
+        if name != "tiny-cnn":
+            raise RuntimeError(f"Unknown model ({name})")
+        assert pretrained is False and num_classes == 0
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        net.num_features = 8
+        net.pretrained_cfg = {"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+        return net
+
+
+@pytest.mark.parametrize("form", ["pth", "lightning-ddp", "dino-teacher", "safetensors"])
+def test_timm_encoder_loads_local_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """A timm model with weights the user has, saved the ways training scripts save them."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", _StandInTimm)
+    torch.manual_seed(0)
+    trained = _StandInTimm.create_model("tiny-cnn", pretrained=False, num_classes=0)
+    state = dict(trained.state_dict())
+    state["head.weight"] = torch.zeros(2, 8)  # a classifier head: dropped
+    if form == "safetensors":
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        path = tmp_path / "model.safetensors"
+        safetensors_torch.save_file(state, str(path))
+    else:
+        path = tmp_path / "model.pth"
+        if form == "lightning-ddp":
+            state = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
+        elif form == "dino-teacher":
+            state = {"teacher": {f"backbone.{k}": v for k, v in state.items()}}
+        torch.save(state, path)
+    enc = get_encoder(f"timm:tiny-cnn@{path}", device="cpu")
+    assert enc.input_size == 96 and enc.dim == 8
+    patches = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    x = torch.as_tensor(patches).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        expected = trained((x - 0.5) / 0.25).numpy()
+    np.testing.assert_allclose(enc.embed(patches), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_timm_weights_of_another_model_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", _StandInTimm)
+    path = tmp_path / "other.pth"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(ProtorefineError) as e:
+        get_encoder(f"timm:tiny-cnn@{path}", device="cpu")
+    assert "other.pth" in str(e.value) and "do not fit" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ProtorefineError, match="cannot build 'vit-huge'"):
+        get_encoder(f"timm:vit-huge@{path}", device="cpu")
+
+
 # ---- extraction -------------------------------------------------------------------------------
 
 

