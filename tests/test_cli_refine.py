@@ -74,6 +74,12 @@ def test_refine_writes_outputs(refined, case):
     }
     assert report["slides"]["s1"]["tissue_patches"] > 0
     assert report["encoder"]["name"] == "colour-texture"
+    import torch
+
+    import protorefine  # the versions a re-run needs to give the same numbers
+
+    assert report["software"]["protorefine"] == protorefine.__version__
+    assert report["software"]["torch"] == torch.__version__
     # each region's area and greatest dimension, for QuPath and in the report (a PNG: pixels)
     figures = [
         {m["name"]: m["value"] for m in f["properties"]["measurements"]} for f in raw["features"]

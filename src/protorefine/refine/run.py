@@ -202,6 +202,26 @@ def _write_png(path: Path, mask: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def software_versions() -> dict[str, str]:
+    """Versions that decide the numbers (for a report someone re-runs later), and the GPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    import protorefine
+
+    out = {"protorefine": protorefine.__version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "scikit-learn", "scikit-image", "zarr", "tifffile"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    if torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
 def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
     """Config, per-stage time (and whether it was reused), patch counts, device, and per slide
     the tumour's measurements and the largest changes to the coarse outline."""
@@ -234,6 +254,7 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
         "encoder": project.encoder_info,
         "device": str(compute_device(project.config.device)),
         "host": platform.node(),
+        "software": software_versions(),
         "total_seconds": round(total, 3),
         "stages": stages,
         "slides": slides,
