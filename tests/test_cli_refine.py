@@ -80,6 +80,7 @@ def test_refine_writes_outputs(refined, case):
 
     assert report["software"]["protorefine"] == protorefine.__version__
     assert report["software"]["torch"] == torch.__version__
+    assert 0 <= report["slides"]["s1"]["unsure"] <= 1
     # each region's area and greatest dimension, for QuPath and in the report (a PNG: pixels)
     figures = [
         {m["name"]: m["value"] for m in f["properties"]["measurements"]} for f in raw["features"]
@@ -108,7 +109,10 @@ def test_refine_on_a_finer_grid(case, tmp_path, capsys):
     assert rc == 0
     said = capsys.readouterr().out
     assert re.search(
-        r"^s1: tumour \d+ regions?, [\d,]+ px², largest [\d,]+ px across \(coarse: ", said, re.M
+        r"^s1: tumour \d+ regions?, [\d,]+ px², largest [\d,]+ px across \(coarse: .*\); "
+        r"model unsure on \d+% of the tissue$",
+        said,
+        re.M,
     )
     png = iio.imread(out / "s1_refined.png")
     assert png.shape == (32, 32) and png.max() == 255  # one pixel per 32 px cell

@@ -301,6 +301,28 @@ def test_review_marks_go_stale_when_the_outline_changes(done, case, tmp_path):
         fresh.set_reviewed("s1")
 
 
+def test_unsure_share_and_review_order(done, tmp_path):
+    """How unsure the model is on a slide, in the spreadsheet and the review order."""
+    from protorefine.measure import UNSURE, unsure_share, write_measurements_csv
+
+    assert unsure_share(np.array([0.1, 0.5, 0.79, 0.8, 0.95])) == pytest.approx(2 / 5)
+    assert unsure_share(np.array([])) == 0.0
+    p, _ = done
+    grid = p.grid("s1")
+    prob = p.result_grid("s1", "prob")[grid.tissue.reshape(grid.rows, grid.cols)]
+    share = p.unsure_shares()["s1"]
+    assert share == pytest.approx(np.mean((prob > UNSURE[0]) & (prob < UNSURE[1])))
+    rows = write_measurements_csv(p, tmp_path / "m.csv").read_text().splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert float(row[header.index("unsure_share")]) == pytest.approx(share, abs=1e-4)
+    assert p.review_order() == ["s1"]
+    p.set_reviewed("s1")
+    try:
+        assert p.review_order() == []
+    finally:
+        p.set_reviewed("s1", False)
+
+
 def test_export_every_slide_reports_progress_and_stops_on_cancel(done, tmp_path):
     p, _ = done
     steps = []

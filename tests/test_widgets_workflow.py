@@ -633,7 +633,12 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     """The slide list shows each slide's refined tumour area and whether its outline was ticked
     as reviewed; a hand edit after the tick shows as 'changed', and the pane asks again."""
     from protorefine.napari.widgets._common import REFINED_OUTLINE
-    from protorefine.napari.widgets.project import REVIEWED_COLUMN, TUMOUR_COLUMN, ProjectWidget
+    from protorefine.napari.widgets.project import (
+        REVIEWED_COLUMN,
+        TUMOUR_COLUMN,
+        UNSURE_COLUMN,
+        ProjectWidget,
+    )
 
     viewer, state, _, refine, review = gui()
     slides = ProjectWidget(viewer)
@@ -648,6 +653,10 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     area = measure(project.accepted_outline(sid), project.slide(sid).mpp)
     qtbot.waitUntil(lambda: cell(TUMOUR_COLUMN) == format_area(area.area, area.unit))
     assert cell(REVIEWED_COLUMN) == ""
+    unsure = project.unsure_shares()
+    assert cell(UNSURE_COLUMN) == f"{unsure[sid]:.0%}"
+    assert len(set(unsure.values())) == len(unsure) > 1  # the order below is a real choice
+    assert project.review_order() == sorted(unsure, key=lambda t: -unsure[t])
     review.reviewed_box.setChecked(True)  # as the pathologist's click
     assert project.review_state(sid) == "reviewed"
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
@@ -659,7 +668,8 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert not review.reviewed_box.isChecked() and "changed since" in review.reviewed_box.text()
     review.reviewed_box.setChecked(True)
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
-    # the batch: on to the next slide not yet ticked, until every one is
+    # the batch: on to the slide not yet ticked where the model is least sure, until every
+    # slide is ticked
     others = [s.id for s in project.slides if s.id != sid]
     seen = []
     while (target := review.next_to_review()) is not None:
@@ -667,6 +677,7 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
         seen.append(target)
         review.reviewed_box.setChecked(True)
     assert sorted(seen) == sorted(others)
+    assert [unsure[t] for t in seen] == sorted((unsure[t] for t in seen), reverse=True)
     assert all(project.review_state(s.id) == "reviewed" for s in project.slides)
 
 

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 #: How a slide's review state reads in tables (None: never checked).
 REVIEW_WORDS = {"reviewed": "yes", "changed": "changed since review"}
+#: Refined tumour probabilities the model is unsure about. On the 61 CAMELYON tiles the
+#: share of such patches ranks the slides by their error (Spearman 0.64-0.67,
+#: docs/benchmarks.md, "Review order"), so the review goes least sure first.
+UNSURE = (0.2, 0.8)
 
 #: Convex hulls with more vertices than this are compared in blocks (bounded memory).
 _BLOCK = 2048
@@ -285,19 +289,29 @@ def changes_report(project: Project, sid: str) -> list[dict]:
     ]
 
 
+def unsure_share(prob: np.ndarray, unsure: tuple[float, float] = UNSURE) -> float:
+    """Share of patch probabilities strictly inside ``unsure`` (0 for no patches)."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.size == 0:
+        return 0.0
+    return float(np.mean((prob > unsure[0]) & (prob < unsure[1])))
+
+
 def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Path:
     """One row per slide of ``project``: its accepted tumour outline's regions, area and
     greatest dimension beside the coarse outline's area, in mm when the pixel size is known
-    and in level-0 pixels always (a spreadsheet for the whole project), written atomically."""
+    and in level-0 pixels always, and the model's unsure share (a spreadsheet for the whole
+    project), written atomically."""
     columns = (
         "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "reviewed", "regions",
         "area_mm2", "largest_dimension_mm", "coarse_area_mm2",
-        "area_px2", "largest_dimension_px", "coarse_area_px2",
+        "area_px2", "largest_dimension_px", "coarse_area_px2", "unsure_share",
     )  # fmt: skip
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     done = project.stage_done("output")
+    unsure = project.unsure_shares()
     for s in project.slides:
         coarse = project.coarse(s.id)
         cpx = measure(coarse, None) if coarse is not None else None
@@ -316,6 +330,7 @@ def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Pa
                 f"{rpx.area:.1f}" if rpx else "",
                 f"{rpx.largest_diameter:.1f}" if rpx else "",
                 f"{cpx.area:.1f}" if cpx else "",
+                f"{unsure[s.id]:.4f}" if s.id in unsure else "",
             ]
         )
     atomic_write_text(path, buf.getvalue())

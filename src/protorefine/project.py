@@ -700,6 +700,30 @@ class Project:
             out["refined"] = measure(self.accepted_outline(slide_id), mpp)
         return out
 
+    def unsure_shares(self) -> dict[str, float]:
+        """Per slide of the last run, the share of its tissue patches whose refined tumour
+        probability lies in ``measure.UNSURE`` (the model is unsure there); empty before
+        the output stage."""
+        from protorefine.measure import unsure_share
+
+        if not self.stage_done("output"):
+            return {}
+        index = json.loads((self._require("prototypes") / "index.json").read_text())
+        with np.load(self._require("output") / "prob.npz") as d:
+            prob = np.asarray(d["prob"])
+        return {sid: unsure_share(prob[a:b]) for sid, (a, b) in index.items()}
+
+    def review_order(self) -> list[str]:
+        """Slides (files present) whose outline is not ticked as reviewed as it is now, the
+        least sure first: the model's unsure share predicts which outlines are worst."""
+        unsure = self.unsure_shares()
+        todo = [
+            s.id
+            for s in self.slides
+            if not self.slide_missing(s.id) and self.review_state(s.id) != "reviewed"
+        ]
+        return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
+
     def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:
         """Folder of cached features for an encoder on the current grid parameters."""
         cfg = self.config

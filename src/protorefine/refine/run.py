@@ -175,9 +175,13 @@ def refine_command(args: argparse.Namespace) -> int:
                 bars.close()
     report = make_report(project, pipe, total)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    unsure = project.unsure_shares()
     for sid in ids:
         m = project.measurements(sid)
-        print(f"{sid}: tumour {m['refined'].summary()} (coarse: {m['coarse'].summary()})")
+        print(
+            f"{sid}: tumour {m['refined'].summary()} (coarse: {m['coarse'].summary()}); "
+            f"model unsure on {unsure[sid]:.0%} of the tissue"
+        )
     print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
     return 0
 
@@ -238,6 +242,7 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
     grid_info = project.stage_info("grid").get("patches", {})
     out_info = project.stage_info("output").get("slides", {})
     slides = {}
+    unsure = project.unsure_shares()
     for s in project.slides:
         g = grid_info.get(s.id, {})
         slides[s.id] = {
@@ -248,6 +253,7 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
             "mpp": s.mpp,
             "tumour": {k: m.as_dict() for k, m in project.measurements(s.id).items()},
             "changes": changes_report(project, s.id),
+            "unsure": round(unsure[s.id], 4) if s.id in unsure else None,
         }
     return {
         "config": project.config.to_dict(),

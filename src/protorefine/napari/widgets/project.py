@@ -43,10 +43,13 @@ if TYPE_CHECKING:
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
 #: Text colour of a slide whose file is not where the project says.
 MISSING_COLOUR = "#ef4444"
-COLUMNS = ("slide", "size (W × H px)", "levels", "mpp", "tumour", "reviewed")
+COLUMNS = ("slide", "size (W × H px)", "levels", "mpp", "tumour", "unsure", "reviewed")
 MPP_COLUMN = COLUMNS.index("mpp")
 TUMOUR_COLUMN = COLUMNS.index("tumour")
+UNSURE_COLUMN = COLUMNS.index("unsure")
 REVIEWED_COLUMN = COLUMNS.index("reviewed")
+#: The columns ``_slide_status`` fills in the background, in its tuple's order.
+STATUS_COLUMNS = (TUMOUR_COLUMN, UNSURE_COLUMN, REVIEWED_COLUMN)
 #: The reviewed column's words for a slide's review state (None: never checked).
 REVIEW_MARKS = {"reviewed": "✓", "changed": "changed"}
 MPP_TIP = (
@@ -56,6 +59,10 @@ MPP_TIP = (
 #: Tooltips of the status columns.
 STATUS_TIPS = {
     "tumour": "area of the refined (accepted) tumour outline",
+    "unsure": (
+        "share of the tissue patches whose tumour probability is between 0.2 and 0.8; "
+        "'Next slide to review' goes to the least sure slide first"
+    ),
     "reviewed": "ticked as reviewed in 'Review and export' (changed: the outline changed since)",
 }
 #: File patterns dropped on the viewer that should open with the protorefine reader
@@ -291,7 +298,7 @@ class ProjectWidget(QWidget):
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
                 mpp += " (set)" if entry.mpp_by_user else ""
-                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp, "", "")
+                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp, "", "", "")
                 missing = project.slide_missing(entry.id)
                 for col, text in enumerate(values):
                     item = QTableWidgetItem(text)
@@ -316,11 +323,11 @@ class ProjectWidget(QWidget):
         if self.state.project is not None:
             self._status.submit(_slide_status, self.state.project)
 
-    def _show_status(self, found: dict[str, tuple[str, str]]) -> None:
+    def _show_status(self, found: dict[str, tuple[str, str, str]]) -> None:
         for row in range(self.table.rowCount()):
             item = self.table.item(row, 0)
-            tumour, review = found.get(item.text(), ("", "")) if item is not None else ("", "")
-            for col, text in ((TUMOUR_COLUMN, tumour), (REVIEWED_COLUMN, review)):
+            texts = found.get(item.text(), ("",) * 3) if item is not None else ("",) * 3
+            for col, text in zip(STATUS_COLUMNS, texts, strict=True):
                 cell = self.table.item(row, col)
                 if cell is not None:
                     cell.setText(text)
@@ -467,18 +474,23 @@ class ProjectWidget(QWidget):
             self.remove_slide(self.state.slide_id)
 
 
-def _slide_status(project: Project) -> dict[str, tuple[str, str]]:
-    """Background thread: (tumour area, review mark) of every refined slide."""
+def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
+    """Background thread: (tumour area, unsure share, review mark) of every refined slide."""
     from protorefine.measure import format_area, measure
 
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, tuple[str, str, str]] = {}
+    try:
+        shares = project.unsure_shares()
+    except ProtorefineError:
+        shares = {}
     for entry in project.slides if project.stage_done("output") else []:
         try:
             m = measure(project.accepted_outline(entry.id), entry.mpp)
+            unsure = f"{shares[entry.id]:.0%}" if entry.id in shares else ""
             review = REVIEW_MARKS.get(project.review_state(entry.id), "")
-            found[entry.id] = (format_area(m.area, m.unit), review)
+            found[entry.id] = (format_area(m.area, m.unit), unsure, review)
         except ProtorefineError:  # e.g. a damaged outline file: the panes say what is wrong
-            found[entry.id] = ("?", "")
+            found[entry.id] = ("?", "", "")
     return found
 
 

@@ -179,7 +179,9 @@ class ReviewWidget(WorkflowWidget):
         )
         self.reviewed_box.toggled.connect(self._on_reviewed)
         self.next_button = QPushButton("Next slide to review ▶")
-        self.next_button.setToolTip("The next slide of the project whose outline is not ticked")
+        self.next_button.setToolTip(
+            "The slide whose outline is not ticked yet on which the model is least sure"
+        )
         self.next_button.clicked.connect(self.next_to_review)
         self.edit_label = QLabel("")
         self.edit_label.setWordWrap(True)
@@ -547,26 +549,29 @@ class ReviewWidget(WorkflowWidget):
         self.state.outline_changed.emit(sid)
 
     def next_to_review(self) -> str | None:
-        """Show the next slide (after the one on screen, wrapping round) whose outline is not
-        ticked as reviewed as it is now; None (and say so) when every slide is."""
+        """Show the slide not yet ticked as reviewed (as its outline is now) on which the
+        model is least sure (``Project.review_order``); None (and say so) when every
+        other slide is ticked."""
         from protorefine.napari.widgets.project import ProjectWidget
 
         project, sid = self.state.project, self.state.slide_id
         if project is None:
             notify("warning", "Open a project in 'Project and slides' first.")
             return None
-        ids = [s.id for s in project.slides if not project.slide_missing(s.id)]
-        start = ids.index(sid) + 1 if sid in ids else 0
-        for target in ids[start:] + ids[:start]:
-            if target != sid and project.review_state(target) != "reviewed":
-                panes = self.viewer.window._qt_window.findChildren(ProjectWidget)
-                if panes:  # as a click in the slide list: keeps each slide's view
-                    panes[0].select_slide(target)
-                else:
-                    self.state.show_slide(target)
-                return target
-        notify("info", "Every other slide's outline is ticked as reviewed.")
-        return None
+        try:
+            todo = [target for target in project.review_order() if target != sid]
+        except ProtorefineError as exc:
+            notify("warning", str(exc))
+            return None
+        if not todo:
+            notify("info", "Every other slide's outline is ticked as reviewed.")
+            return None
+        panes = self.viewer.window._qt_window.findChildren(ProjectWidget)
+        if panes:  # as a click in the slide list: keeps each slide's view
+            panes[0].select_slide(todo[0])
+        else:
+            self.state.show_slide(todo[0])
+        return todo[0]
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         bounds = item.data(BOUNDS_ROLE)
