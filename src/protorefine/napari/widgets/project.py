@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
 #: Text colour of a slide whose file is not where the project says.
 MISSING_COLOUR = "#ef4444"
-COLUMNS = ("slide", "size (W × H px)", "levels", "mpp", "tumour", "unsure", "reviewed")
+#: The slide list: the batch at a glance (size and levels: the name's tooltip and the line
+#: under the list, so long slide names keep their room in a narrow pane).
+COLUMNS = ("slide", "mpp", "tumour", "unsure", "reviewed")
 MPP_COLUMN = COLUMNS.index("mpp")
 TUMOUR_COLUMN = COLUMNS.index("tumour")
 UNSURE_COLUMN = COLUMNS.index("unsure")
@@ -298,8 +300,9 @@ class ProjectWidget(QWidget):
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
                 mpp += " (set)" if entry.mpp_by_user else ""
-                values = (entry.id, f"{w} × {h}", str(entry.levels), mpp, "", "", "")
+                values = (entry.id, mpp, "", "", "")
                 missing = project.slide_missing(entry.id)
+                about = f"{entry.path}: {w} × {h} px, {entry.levels} level(s)"
                 for col, text in enumerate(values):
                     item = QTableWidgetItem(text)
                     item.setToolTip(
@@ -307,7 +310,7 @@ class ProjectWidget(QWidget):
                         if missing
                         else MPP_TIP
                         if col == MPP_COLUMN
-                        else STATUS_TIPS.get(COLUMNS[col], str(entry.path))
+                        else STATUS_TIPS.get(COLUMNS[col], about)
                     )
                     if missing:
                         item.setForeground(QColor(MISSING_COLOUR))
