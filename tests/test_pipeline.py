@@ -301,6 +301,43 @@ def test_review_marks_go_stale_when_the_outline_changes(done, case, tmp_path):
         fresh.set_reviewed("s1")
 
 
+def test_revert_a_change_to_the_coarse_outline(done):
+    """The pathologist disagrees with a change: inside that part the coarse outline's word
+    comes back, everywhere else the accepted outline stays as it was, kept as a hand edit."""
+    from shapely.geometry import box
+
+    from protorefine.annotations import tumour_geometry
+    from protorefine.measure import outline_changes
+
+    p, _ = done
+    coarse = tumour_geometry(p.coarse("s1"))
+    before = tumour_geometry(p.accepted_outline("s1"))
+    changes = outline_changes(p.coarse("s1"), p.accepted_outline("s1"), None)
+    removed = next(ch for ch in changes if ch.kind == "removed")
+    straddling = box(300, 300, 700, 700)  # across the coarse and refined boundaries
+    assert (
+        not straddling.intersection(coarse)
+        .symmetric_difference(straddling.intersection(before))
+        .is_empty
+    )
+    try:
+        for part in (removed.geometry, straddling):
+            old = tumour_geometry(p.accepted_outline("s1"))
+            new = tumour_geometry(p.revert_to_coarse("s1", part))
+            assert p.outline_edited("s1")
+            assert tumour_geometry(p.accepted_outline("s1")).equals_exact(new, 1e-6)
+            inside = new.intersection(part).symmetric_difference(coarse.intersection(part))
+            outside = new.difference(part).symmetric_difference(old.difference(part))
+            assert inside.area < 1.0 and outside.area < 1.0
+        after = outline_changes(p.coarse("s1"), p.accepted_outline("s1"), None)
+        assert all(not ch.geometry.intersects(removed.geometry.buffer(-2)) for ch in after)
+        with pytest.raises(ProtorefineError, match="the part has no area"):
+            p.revert_to_coarse("s1", box(10, 10, 10, 20))
+    finally:
+        p.set_outline_edit("s1", None)
+    assert tumour_geometry(p.accepted_outline("s1")).equals_exact(before, 1e-6)
+
+
 def test_unsure_share_and_review_order(done, tmp_path):
     """How unsure the model is on a slide, in the spreadsheet and the review order."""
     from protorefine.measure import UNSURE, unsure_share, write_measurements_csv

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -463,6 +464,57 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
     assert said.endswith("; 1 of its patches painted normal")
 
 
+def test_undo_a_change_from_the_review_list(qtbot, gui):
+    """The pathologist clicks a change the refinement made, disagrees, and one click gives
+    that part back to the coarse outline: on screen, in the project, in the list."""
+    from protorefine.annotations import tumour_geometry
+    from protorefine.measure import outline_changes
+    from protorefine.napari.layers import layer_annotations
+    from protorefine.napari.state import REFINED_OUTLINE
+
+    viewer, state, _, refine, review = gui()
+    project = state.project
+    finish(qtbot, refine.runner, refine.run)
+    sid = state.slide_id
+    qtbot.waitUntil(
+        lambda: any(
+            "the coarse outline" in review.region_list.item(i).text()
+            for i in range(review.region_list.count())
+        )
+    )
+    review.reviewed_box.setChecked(True)
+    change = outline_changes(project.coarse(sid), project.accepted_outline(sid), None)[0]
+    row = next(
+        i
+        for i in range(review.region_list.count())
+        if "the coarse outline" in review.region_list.item(i).text()
+    )
+    assert not review.undo_change_button.isVisibleTo(review)
+    review.region_list.itemClicked.emit(review.region_list.item(row))
+    assert review.undo_change_button.isVisibleTo(review)
+    words = {"removed": "Put this part back into", "added": "Take this part out of"}
+    assert review.undo_change_button.text().startswith(words[change.kind])
+    review.undo_change_button.click()
+    assert project.outline_edited(sid) and project.review_state(sid) == "changed"
+    on_screen = tumour_geometry(
+        layer_annotations(viewer.layers[REFINED_OUTLINE], state.pixel_scale)
+    )
+    covered = on_screen.intersection(change.geometry).area / change.geometry.area
+    assert covered > 0.99 if change.kind == "removed" else covered < 0.01
+    # measured again: that change is no longer listed
+    qtbot.waitUntil(
+        lambda: (
+            not any(
+                review.region_list.item(i).text() == review.region_info.text().split(":")[0]
+                for i in range(review.region_list.count())
+            )
+            and review.region_list.count() > 0
+        )
+    )
+    review.discard_outline_edits()
+    assert not project.outline_edited(sid) and project.review_state(sid) == "reviewed"
+
+
 def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     viewer, state, protos, refine, review = gui()
     assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
@@ -791,6 +843,31 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
         assert review.load_truth(bad)
     assert review.score_runner.last_outcome == "error"
     assert any("truth.geojson" in n for n in notes)
+
+
+def test_runs_under_way_are_stopped_and_awaited_at_exit(qtbot):
+    """Closing napari mid-run: every run is asked to stop and its thread awaited (a thread
+    outliving the interpreter's Qt objects aborts the process)."""
+    from protorefine.napari.widgets._worker import TaskRunner, stop_runs
+
+    runner = TaskRunner()
+    saw_cancel = threading.Event()
+
+    def long_task(ctx):
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if ctx.cancel():
+                saw_cancel.set()
+                return "stopped"
+            time.sleep(0.01)
+        return "ran out"
+
+    assert runner.start("long task", long_task)
+    t0 = time.monotonic()
+    assert stop_runs(wait_s=10) is True
+    assert saw_cancel.is_set() and time.monotonic() - t0 < 5
+    qtbot.waitUntil(lambda: not runner.running, timeout=5_000)
+    runner.deleteLater()
 
 
 @pytest.mark.parametrize("which", [2, 3, 4])

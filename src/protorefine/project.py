@@ -36,11 +36,13 @@ import numpy as np
 
 from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from protorefine._types import Cancel, Progress
-from protorefine.annotations.model import AnnotationSet
+from protorefine.annotations.model import TUMOR, AnnotationSet
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
 
 if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
+
     from protorefine.measure import Measurements
 
 FORMAT = "protorefine-project"
@@ -50,6 +52,8 @@ PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
 MEASUREMENTS_CSV = "tumour_measurements.csv"
 #: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
 MPP_RANGE = (0.01, 100.0)
+#: Level-0 px²: slivers smaller than this left by geometry operations on an outline are dropped.
+MIN_PART_AREA = 1.0
 
 
 @dataclass
@@ -580,6 +584,34 @@ class Project:
         shapes.parent.mkdir(exist_ok=True)
         write_geojson(annset, shapes)
         atomic_write_text(meta, json.dumps({"output": self.fingerprint("output")}))
+
+    def revert_to_coarse(self, slide_id: str, part: BaseGeometry) -> AnnotationSet:
+        """Take the coarse outline's word inside ``part`` (level-0 polygon(s)): the accepted
+        outline loses what it has there and gains what the coarse outline has there. Kept
+        as a hand edit (exported, discardable); returns the new accepted outline.
+
+        One click undoes a change the refinement made (``measure.outline_changes``) that the
+        pathologist disagrees with: a part taken out goes back in, a part added goes.
+        """
+        from protorefine.annotations import Annotation, tumour_geometry
+        from protorefine.annotations.classes import polygonal
+
+        slide_id = self.slide(slide_id).id
+        if not self.stage_done("output"):
+            raise ProtorefineError(f"slide {slide_id!r} has no refined outline to change yet")
+        if part is None or part.is_empty or part.area <= 0:
+            raise ProtorefineError("nothing to revert: the part has no area")
+        coarse = self.coarse(slide_id)
+        accepted = self.accepted_outline(slide_id)
+        keep = tumour_geometry(accepted).difference(part)
+        if coarse is not None:
+            keep = keep.union(tumour_geometry(coarse).intersection(part))
+        keep = polygonal(keep)
+        pieces = [g for g in getattr(keep, "geoms", [keep]) if g.area >= MIN_PART_AREA]
+        classification = next((a.classification for a in accepted), TUMOR)
+        annset = AnnotationSet([Annotation(g, classification) for g in pieces])
+        self.set_outline_edit(slide_id, annset)
+        return annset
 
     def outline_edited(self, slide_id: str) -> bool:
         """True when ``slide_id``'s refined outline has hand edits made on the current refinement."""

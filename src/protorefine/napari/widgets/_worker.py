@@ -8,6 +8,7 @@ bar, and turns a click on Cancel into the library's cancel check.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from protorefine.errors import CancelledError, ProtorefineError
@@ -36,6 +37,25 @@ PROGRESS_INTERVAL = 0.1
 
 #: The runner currently busy in each group (one pipeline run per viewer at a time).
 _ACTIVE: weakref.WeakKeyDictionary[object, TaskRunner] = weakref.WeakKeyDictionary()
+#: Cancel flags of the runs whose threads are under way (plain events: no Qt object needed).
+_UNDER_WAY: set[threading.Event] = set()
+#: How long :func:`stop_runs` waits for the threads, in seconds.
+STOP_WAIT_S = 30.0
+
+
+def stop_runs(wait_s: float = STOP_WAIT_S) -> bool:
+    """Ask every run under way to stop and wait for their threads; True when all ended.
+
+    Runs at interpreter exit (napari closed with a run or the gallery still loading): a
+    worker thread still running while Python tears its Qt objects down aborts the process.
+    Finished stages are kept, as with Cancel.
+    """
+    for event in list(_UNDER_WAY):
+        event.set()
+    return bool(QThreadPool.globalInstance().waitForDone(int(wait_s * 1000)))
+
+
+atexit.register(stop_runs)
 
 
 def notify(level: str, message: str) -> None:
@@ -190,6 +210,7 @@ class TaskRunner(QWidget):
         self.bar.setRange(0, 0)
         self.status.setText(f"{title}…")
         self.cancel_button.setEnabled(True)
+        _UNDER_WAY.add(cancel_event)
         worker.start()
         return True
 
@@ -252,6 +273,7 @@ class TaskRunner(QWidget):
     def _on_finished(self) -> None:
         """The worker thread ended: show its result (step by step when on_done yields), then finish."""
         self.finished_at = time.monotonic()
+        _UNDER_WAY.discard(self._cancel_event)
         self._worker = None
         self._on_event = None
         if self._pbar is not None:

@@ -84,6 +84,13 @@ REGION_ROWS_SHOWN = 8
 BOUNDS_ROLE = Qt.ItemDataRole.UserRole
 WHY_ROLE = Qt.ItemDataRole.UserRole + 1
 PROTOTYPE_ROLE = Qt.ItemDataRole.UserRole + 2
+#: A change's (kind, WKB of its part), for undoing it.
+CHANGE_ROLE = Qt.ItemDataRole.UserRole + 3
+#: The undo button's words per kind of change.
+UNDO_WORDS = {
+    "removed": "Put this part back into the outline",
+    "added": "Take this part out of the outline",
+}
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
 
@@ -172,6 +179,14 @@ class ReviewWidget(WorkflowWidget):
         )
         self.prototype_button.clicked.connect(lambda: self.show_prototype())
         self.prototype_button.hide()
+        self.undo_change_button = QPushButton("")
+        self.undo_change_button.setToolTip(
+            "Disagree with the refinement here: the coarse outline's word comes back for "
+            "this part (kept as a hand edit: 'Discard hand edits' undoes it)"
+        )
+        self.undo_change_button.clicked.connect(lambda: self.undo_change())
+        self.undo_change_button.hide()
+        self._change: tuple[str, bytes] | None = None
         self.reviewed_box = QCheckBox("Reviewed: I checked this outline")
         self.reviewed_box.setToolTip(
             "Tick when the outline is right; the slide list shows it, and the tick goes stale "
@@ -193,6 +208,7 @@ class ReviewWidget(WorkflowWidget):
         ex.addWidget(self.region_list)
         ex.addWidget(self.region_info)
         ex.addWidget(self.prototype_button)
+        ex.addWidget(self.undo_change_button)
         ex.addWidget(self.reviewed_box)
         ex.addWidget(self.next_button)
         ex.addWidget(self.edit_label)
@@ -522,11 +538,14 @@ class ReviewWidget(WorkflowWidget):
         self.region_list.clear()
         self.region_info.setText("")
         self.prototype_button.hide()
-        for line, bounds, why, prototype in items:
+        self.undo_change_button.hide()
+        self._change = None
+        for line, bounds, why, prototype, change in items:
             item = QListWidgetItem(line)
             item.setData(BOUNDS_ROLE, bounds)
             item.setData(WHY_ROLE, why)
             item.setData(PROTOTYPE_ROLE, prototype)
+            item.setData(CHANGE_ROLE, change)
             item.setToolTip(why)
             self.region_list.addItem(item)
         n = self.region_list.count()
@@ -584,6 +603,33 @@ class ReviewWidget(WorkflowWidget):
         if prototype is not None:
             self.prototype_button.setText(f"Show prototype {prototype} in the gallery")
             self.prototype_button.setProperty("prototype", int(prototype))
+        change = item.data(CHANGE_ROLE)
+        self._change = tuple(change) if change else None
+        self.undo_change_button.setVisible(self._change is not None)
+        if self._change is not None:
+            self.undo_change_button.setText(UNDO_WORDS[self._change[0]])
+
+    def undo_change(self) -> bool:
+        """Undo the change last clicked in the list (``Project.revert_to_coarse``): the
+        outline on screen, its measurements, review tick and exports follow."""
+        import shapely
+
+        project, sid = self.state.project, self.state.slide_id
+        if project is None or sid is None or self._change is None:
+            return False
+        kind, wkb = self._change
+        try:
+            annset = project.revert_to_coarse(sid, shapely.from_wkb(wkb))
+        except ProtorefineError as exc:
+            notify("warning", str(exc))
+            return False
+        show_outline(self.state, annset)
+        self._watch_outline()
+        self._rescore()
+        self.state.outline_changed.emit(sid)
+        done = "put back into" if kind == "removed" else "taken out of"
+        notify("info", f"Part {done} the outline of {sid} ('Discard hand edits' undoes it)")
+        return True
 
     def show_prototype(self, global_id: int | None = None) -> bool:
         """Bring the Prototypes pane forward with ``global_id`` (default: the main prototype
@@ -714,13 +760,21 @@ def _measure(project, sid: str, done: bool) -> tuple[str, list]:
     return tumour_text(figures), items
 
 
+#: One line of the Review pane's list: text, level-0 bounds to go to, why it is so, its main
+#: global prototype, and for a change its (kind, WKB of the part).
+RegionItem = tuple[
+    str, tuple[float, float, float, float] | None, str, int | None, tuple[str, bytes] | None
+]
+
+
 def region_items(
     refined: Measurements,
     changes: list[Change],
     explain: Callable[[BaseGeometry], tuple[str, int | None]] | None = None,
-) -> list[tuple[str, tuple[float, float, float, float] | None, str, int | None]]:
+) -> list[RegionItem]:
     """The Review pane's list: tumour regions (largest first), then the largest changes
-    against the coarse outline, each with the level-0 bounds to go to and, with
+    against the coarse outline (with their kind and part, to undo them), each with the
+    level-0 bounds to go to and, with
     ``explain``, what it is made of and its main global prototype."""
     u = refined.unit
 
@@ -732,17 +786,19 @@ def region_items(
             f"Region {i}: {format_area(r.area, u)}, {format_length(r.diameter, u)} across",
             r.bounds,
             *why(r.geometry),
+            None,
         )
         for i, r in enumerate(refined.regions[:MAX_LISTED_REGIONS], 1)
     ]
     rest = refined.regions[MAX_LISTED_REGIONS:]
     if rest:
         total = format_area(sum(r.area for r in rest), u)
-        items.append((f"… {len(rest)} smaller regions, {total} in all", None, "", None))
+        items.append((f"… {len(rest)} smaller regions, {total} in all", None, "", None, None))
     for ch in changes:
         where = "taken out of" if ch.kind == "removed" else "added outside"
         text = f"{format_area(ch.area, u)} {where} the coarse outline"
-        items.append((text, ch.bounds, *why(ch.geometry)))
+        undo = (ch.kind, ch.geometry.wkb) if ch.geometry is not None else None
+        items.append((text, ch.bounds, *why(ch.geometry), undo))
     return items
 
 
