@@ -464,6 +464,29 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
     assert said.endswith("; 1 of its patches painted normal")
 
 
+def test_where_the_model_is_unsure(qtbot, gui):
+    """The tumour probability layer, hidden until the Review pane is asked to show it."""
+    from protorefine.measure import UNSURE
+    from protorefine.napari.state import PROBABILITY
+
+    viewer, state, _, refine, review = gui()
+    assert not review.unsure_box.isEnabled()  # nothing refined yet
+    finish(qtbot, refine.runner, refine.run)
+    layer = state.layer(PROBABILITY)
+    prob = state.project.result_grid(state.slide_id, "prob")
+    np.testing.assert_array_equal(layer.data, prob.astype(np.float32))
+    assert not layer.visible and layer.colormap.name == "protorefine probability"
+    # the colours: clear where sure, brightest in the middle of the unsure band
+    alpha = layer.colormap.map(np.array([0.0, UNSURE[0], 0.5, UNSURE[1], 1.0]))[:, 3]
+    assert alpha[0] == alpha[-1] == 0 and alpha[2] == alpha.max() > 2 * alpha[1]
+    qtbot.waitUntil(review.unsure_box.isEnabled)
+    assert not review.unsure_box.isChecked()
+    review.unsure_box.setChecked(True)
+    assert layer.visible and viewer.layers.selection.active is layer
+    review.unsure_box.setChecked(False)
+    assert not layer.visible
+
+
 def test_undo_a_change_from_the_review_list(qtbot, gui):
     """The pathologist clicks a change the refinement made, disagrees, and one click gives
     that part back to the coarse outline: on screen, in the project, in the list."""
@@ -527,7 +550,9 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     said = review.tumour_label.text()
     num = r"[\d.,]+ (mm|µm)"
     assert re.fullmatch(
-        rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\)", said
+        rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\); "
+        rf"the model is unsure on \d+% of the tissue",
+        said,
     ), said
     # every region listed, largest first; a click goes there
     grid = state.project.grid(state.slide_id)

@@ -27,7 +27,9 @@ from protorefine.napari.state import (
     CONFIDENCE,
     CORRECTIONS,
     GLOBAL_PROTOTYPES,
+    IMAGE_GRID_LAYERS,
     LOCAL_PROTOTYPES,
+    PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
 )
@@ -59,6 +61,7 @@ RESULT_KEYS = {
     PSEUDO_LABELS: "pseudo",
     REFINED: "refined",
     CONFIDENCE: "confidence",
+    PROBABILITY: "prob",
 }
 CLASS_LAYERS = (PSEUDO_LABELS, REFINED, CORRECTIONS)
 PROTOTYPE_LAYERS = (LOCAL_PROTOTYPES, GLOBAL_PROTOTYPES)
@@ -311,15 +314,16 @@ def corrections_from_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def grid_layer_values(name: str, values: np.ndarray) -> np.ndarray:
-    """The array grid layer ``name`` holds for ``values``: label values, or float32 confidence."""
-    if name == CONFIDENCE:
+    """The array grid layer ``name`` holds for ``values``: label values, or float32 values of
+    the image grid layers (confidence, tumour probability)."""
+    if name in IMAGE_GRID_LAYERS:
         return np.asarray(values, dtype=np.float32)
     return to_label_values(name, values)
 
 
 #: dtype of each grid layer's data (placeholders are made with it, so filling them keeps it).
 def _grid_dtype(name: str) -> np.dtype:
-    if name == CONFIDENCE:
+    if name in IMAGE_GRID_LAYERS:
         return np.dtype(np.float32)
     if name in PROTOTYPE_LAYERS:
         return np.dtype(np.int32)
@@ -327,7 +331,7 @@ def _grid_dtype(name: str) -> np.dtype:
 
 
 def grid_layer(name: str, values: np.ndarray, grid: PatchGrid, s: float, **kwargs: Any) -> Layer:
-    """A grid layer over the slide: Image for "confidence", Labels otherwise."""
+    """A grid layer over the slide: Image for confidence and tumour probability, else Labels."""
     scale, translate = grid_transform(grid, s)
     return _grid_layer(name, grid_layer_values(name, values), scale, translate, s, **kwargs)
 
@@ -387,12 +391,13 @@ def _grid_layer(
     s: float,
     **kwargs: Any,
 ) -> Layer:
-    """Image ("confidence") or Labels layer ``name`` of grid-layer ``data`` with its look."""
+    """Image (confidence, tumour probability) or Labels layer ``name`` of grid-layer ``data``
+    with its look."""
     from napari.layers import Image, Labels
     from napari.utils.colormaps import DirectLabelColormap
 
     common = {"name": name, "scale": scale, "translate": translate, "units": world_units(s != 1.0)}
-    if name == CONFIDENCE:
+    if name in IMAGE_GRID_LAYERS:
         opts = {
             "colormap": "viridis",
             "contrast_limits": (0.0, 1.0),

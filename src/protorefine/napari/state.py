@@ -36,8 +36,23 @@ GLOBAL_PROTOTYPES = "global prototypes"
 PSEUDO_LABELS = "pseudo-labels"
 REFINED = "refined"
 CONFIDENCE = "confidence"
+#: The classifier's tumour probability per patch, drawn so the unsure band stands out.
+PROBABILITY = "tumour probability"
 CORRECTIONS = "corrections"
-GRID_LAYERS = (LOCAL_PROTOTYPES, GLOBAL_PROTOTYPES, PSEUDO_LABELS, REFINED, CONFIDENCE, CORRECTIONS)
+GRID_LAYERS = (
+    LOCAL_PROTOTYPES,
+    GLOBAL_PROTOTYPES,
+    PSEUDO_LABELS,
+    REFINED,
+    CONFIDENCE,
+    PROBABILITY,
+    CORRECTIONS,
+)
+#: Grid layers shown as float images (the others are Labels).
+IMAGE_GRID_LAYERS = (CONFIDENCE, PROBABILITY)
+#: Result layers that stay hidden until asked for (the Review pane's "Show where the model
+#: is unsure"); the others show when their results arrive.
+HIDDEN_UNTIL_ASKED = (PROBABILITY,)
 
 #: Name of the coarse-annotation Shapes layer of the current slide.
 COARSE = "coarse"
@@ -281,7 +296,7 @@ class ProtorefineState:
         if layer is None or layer not in self.viewer.layers:
             return None
         layer.name = name
-        layer.visible = self._visible.get(name, True)
+        layer.visible = self._visible.get(name, name not in HIDDEN_UNTIL_ASKED)
         # napari does not refresh hidden layers: the extent is still the placeholder's
         layer.refresh(thumbnail=False, data_displayed=False, highlight=False)
         return layer
@@ -354,10 +369,10 @@ class ProtorefineState:
             return NapariLayer.create(data, meta, kind)
         grid = self._current_grid()
         style: dict[str, Any] = {}
-        if name == CONFIDENCE:  # styled up front: restyling a shown layer costs a slow repaint
-            from protorefine.napari.widgets._colours import confidence_colormap
+        if name in IMAGE_GRID_LAYERS:  # styled up front: restyling a shown layer is slow
+            from protorefine.napari.widgets._colours import grid_image_colormap
 
-            style = {"colormap": confidence_colormap(), "opacity": 1.0}
+            style = {"colormap": grid_image_colormap(name), "opacity": 1.0}
         return L.placeholder_grid_layer(name, grid, self.pixel_scale, title=title, **style)
 
     def _current_grid(self) -> PatchGrid | None:

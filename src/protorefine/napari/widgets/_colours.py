@@ -69,6 +69,30 @@ def swatch_hex(global_id: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def probability_colormap() -> Colormap:
+    """Where the model is unsure: clear where the tumour probability is near 0 or 1, bright
+    yellow around 0.5, faint blue leaning normal and faint red leaning tumour (the band of
+    ``measure.UNSURE`` stands out; hovering gives the probability itself)."""
+    return Colormap(
+        colors=[
+            [0.23, 0.51, 0.96, 0.0],
+            [0.23, 0.51, 0.96, 0.15],
+            [1.0, 0.92, 0.2, 0.8],
+            [0.94, 0.27, 0.27, 0.15],
+            [0.94, 0.27, 0.27, 0.0],
+        ],
+        controls=[0.0, 0.2, 0.5, 0.8, 1.0],
+        name="protorefine probability",
+    )
+
+
+def grid_image_colormap(name: str) -> Colormap:
+    """The colormap of an image grid layer (confidence or tumour probability)."""
+    from protorefine.napari.state import PROBABILITY
+
+    return probability_colormap() if name == PROBABILITY else confidence_colormap()
+
+
 def confidence_colormap() -> Colormap:
     """Transparent at 0 (off tissue, unsure) to half-opaque cyan at 1, so the tissue stays readable."""
     return Colormap(

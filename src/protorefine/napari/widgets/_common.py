@@ -13,8 +13,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from protorefine.napari.state import (
-    CONFIDENCE,
     GRID_LAYERS,
+    IMAGE_GRID_LAYERS,
     REFINED_OUTLINE,
     ProtorefineState,
     get_state,
@@ -319,10 +319,13 @@ def _chunks(shapes: list[np.ndarray], budget: int) -> Iterator[list[int]]:
 
 
 def style_result_layers(state: ProtorefineState) -> None:
-    """Confidence as a transparent-to-cyan ramp, so off-tissue and unsure cells do not hide the slide."""
-    from protorefine.napari.widgets._colours import confidence_colormap
+    """Confidence and tumour probability in their own transparent ramps, so off-tissue and
+    sure cells do not hide the slide."""
+    from protorefine.napari.widgets._colours import grid_image_colormap
 
-    layer = state.layer(CONFIDENCE)
-    if layer is not None and getattr(layer.colormap, "name", "") != "protorefine confidence":
-        layer.colormap = confidence_colormap()
-        layer.opacity = 1.0
+    for name in IMAGE_GRID_LAYERS:
+        layer = state.layer(name)
+        wanted = grid_image_colormap(name)
+        if layer is not None and getattr(layer.colormap, "name", "") != wanted.name:
+            layer.colormap = wanted
+            layer.opacity = 1.0

@@ -54,6 +54,7 @@ from protorefine.napari.state import (
     CORRECTIONS,
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
+    PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
     ProtorefineState,
@@ -187,6 +188,13 @@ class ReviewWidget(WorkflowWidget):
         self.undo_change_button.clicked.connect(lambda: self.undo_change())
         self.undo_change_button.hide()
         self._change: tuple[str, bytes] | None = None
+        self.unsure_box = QCheckBox("Show where the model is unsure")
+        self.unsure_box.setToolTip(
+            "The 'tumour probability' layer: bright yellow where the probability is near 0.5 "
+            "(between 0.2 and 0.8), faint blue leaning normal, faint red leaning tumour, clear "
+            "where the model is sure; hover for the value"
+        )
+        self.unsure_box.toggled.connect(self._on_unsure_toggled)
         self.reviewed_box = QCheckBox("Reviewed: I checked this outline")
         self.reviewed_box.setToolTip(
             "Tick when the outline is right; the slide list shows it, and the tick goes stale "
@@ -209,6 +217,7 @@ class ReviewWidget(WorkflowWidget):
         ex.addWidget(self.region_info)
         ex.addWidget(self.prototype_button)
         ex.addWidget(self.undo_change_button)
+        ex.addWidget(self.unsure_box)
         ex.addWidget(self.reviewed_box)
         ex.addWidget(self.next_button)
         ex.addWidget(self.edit_label)
@@ -521,6 +530,11 @@ class ReviewWidget(WorkflowWidget):
         self.reviewed_box.setChecked(review == "reviewed")
         self.reviewed_box.blockSignals(False)
         self.reviewed_box.setEnabled(done)
+        probability = self.state.layer(PROBABILITY) if done else None
+        self.unsure_box.blockSignals(True)
+        self.unsure_box.setChecked(bool(probability is not None and probability.visible))
+        self.unsure_box.blockSignals(False)
+        self.unsure_box.setEnabled(probability is not None)
         self.reviewed_box.setText(
             "Reviewed before, but the outline changed since: tick again once checked"
             if review == "changed"
@@ -554,6 +568,14 @@ class ReviewWidget(WorkflowWidget):
             self.region_list.setFixedHeight(rows + 2 * self.region_list.frameWidth() + 2)
         self.region_list.setVisible(n > 0)
         self.region_info.setVisible(n > 0)
+
+    def _on_unsure_toggled(self, checked: bool) -> None:
+        """Show or hide the tumour probability layer (where the model is unsure)."""
+        layer = self.state.layer(PROBABILITY)
+        if layer is not None:
+            layer.visible = checked
+            if checked:
+                self.viewer.layers.selection.active = layer  # hovering says its value
 
     def _on_reviewed(self, checked: bool) -> None:
         """The pathologist ticks (or unticks) the outline on screen as reviewed."""
@@ -749,15 +771,19 @@ def _measure(project, sid: str, done: bool) -> tuple[str, list]:
     try:
         figures = project.measurements(sid)
         items = []
+        text = tumour_text(figures)
         if done and "refined" in figures:
             coarse = project.coarse(sid)
             refined = project.accepted_outline(sid)
             mpp = project.slide(sid).mpp
             changes = outline_changes(coarse, refined, mpp) if coarse is not None else []
             items = region_items(figures["refined"], changes, part_explainer(project, sid))
+            unsure = project.unsure_shares().get(sid)
+            if unsure is not None:
+                text += f"; the model is unsure on {unsure:.0%} of the tissue"
     except ProtorefineError as exc:  # e.g. a damaged outline file: said in the pane
         return f"Could not measure the outline ({exc})", []
-    return tumour_text(figures), items
+    return text, items
 
 
 #: One line of the Review pane's list: text, level-0 bounds to go to, why it is so, its main
@@ -966,7 +992,7 @@ def frame_window(viewer, size: tuple[int, int] = (1600, 1000), dock_width: int =
 def show_final_layers(state: ProtorefineState) -> None:
     """Show global prototypes with the refined patches and outline over them; hide the rest."""
     visible = {GLOBAL_PROTOTYPES: True, REFINED: True, REFINED_OUTLINE: True}
-    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE, CORRECTIONS):
+    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE, PROBABILITY, CORRECTIONS):
         visible[name] = False
     for name, on in visible.items():
         layer = state.layer(name)
