@@ -360,6 +360,42 @@ def test_unsure_share_and_review_order(done, tmp_path):
         p.set_reviewed("s1", False)
 
 
+def test_slides_without_an_outline_wait_for_one(tmp_path, case):
+    """A batch outlined in part: a partial run refines the outlined slides and leaves the
+    others out, saying so; the command line's strict run names the slide that lacks one;
+    once outlined, the next run takes it in (the other slides' features from the cache)."""
+    import shutil
+
+    second = tmp_path / "s2.png"
+    shutil.copy(case["slide"], second)
+    p = new_project(tmp_path / "p", case)
+    p.add_slide(second)
+    assert [s.id for s in p.run_slides()] == ["s1"]
+    with pytest.raises(ProtorefineError, match="slide 's2' has no coarse annotation"):
+        Pipeline(p).run()
+    assert not (p.folder / "stages").exists() or not any((p.folder / "stages").iterdir())
+    Pipeline(p, partial=True).run()
+    assert p.has_results("s1") and not p.has_results("s2")
+    assert p.measurements("s1")["refined"].area > 0 and "refined" not in p.measurements("s2")
+    with pytest.raises(ProtorefineError, match="'s2' has no refined outline: it was left out"):
+        p.accepted_outline("s2")
+    with pytest.raises(ProtorefineError, match="'s2' was not part of the last run"):
+        p.result_grid("s2", "prob")
+    assert set(p.unsure_shares()) == {"s1"} and p.review_order() == ["s1"]
+    written = p.export_refined(tmp_path / "out")
+    assert [w.name for w in written] == ["s1.geojson"]
+    rows = (tmp_path / "out" / "tumour_measurements.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["s1", "s2"]
+    assert rows[2].split(",")[5] == ""  # s2: no regions yet
+    # s2 gets its outline: the results no longer match the inputs, and the next run has both
+    p.set_coarse("s2", read_geojson(case["coarse"]))
+    assert not p.stage_done("output") and not p.has_results("s1")
+    pipe = Pipeline(p, partial=True)
+    pipe.run()
+    assert p.has_results("s1") and p.has_results("s2")
+    assert p.stage_info("features")["reused_slides"] == 1  # s1's features were cached
+
+
 def test_export_every_slide_reports_progress_and_stops_on_cancel(done, tmp_path):
     p, _ = done
     steps = []

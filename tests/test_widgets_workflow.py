@@ -758,6 +758,25 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert all(project.review_state(s.id) == "reviewed" for s in project.slides)
 
 
+def test_a_batch_outlined_in_part_refines_the_outlined_slides(qtbot, gui, notes, tmp_path):
+    viewer, state, protos, refine, review = gui()
+    project = state.project
+    first, second = (s.id for s in project.slides)
+    project.coarse_path(second).unlink()  # not outlined yet
+    finish(qtbot, refine.runner, refine.run)
+    assert refine.runner.last_outcome == "done"
+    assert any(f"No coarse outline yet on {second}" in n for n in notes)
+    assert project.has_results(first) and not project.has_results(second)
+    assert viewer.layers[REFINED].data.any()  # the slide on screen was refined
+    state.show_slide(second)
+    qtbot.waitUntil(lambda: state.slide_id == second)
+    assert review.export_geojson(tmp_path / "second.geojson") is None
+    assert not (tmp_path / "second.geojson").exists()
+    assert any(f"{second} has no coarse outline, so the last run left it out" in n for n in notes)
+    qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)  # gallery of the run's slides
+    assert not any("not part of the last run" in n for n in notes)  # nothing tripped over it
+
+
 def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):
     viewer, state, protos, refine, review = gui(coarse=False)
     layers_before = [layer.name for layer in viewer.layers]

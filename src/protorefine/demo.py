@@ -161,7 +161,7 @@ def overlay_png(
     ds = w0 / thumb.shape[1]
     out = thumb.copy()
     outlines = [(project.coarse(slide_id), (255, 212, 0))]
-    if project.stage_done("output"):
+    if project.has_results(slide_id):
         outlines.append((project.refined_annotations(slide_id), (230, 30, 30)))
     width = max(1, round(max(thumb.shape[:2]) / 400))
     for annset, colour in outlines:

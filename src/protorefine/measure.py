@@ -273,7 +273,7 @@ def changes_report(project: Project, sid: str) -> list[dict]:
     """The largest changes of ``sid``'s accepted outline against its coarse one, JSON-able
     (for report.json): kind, area, level-0 bounds and why."""
     coarse = project.coarse(sid)
-    if coarse is None or not project.stage_done("output"):
+    if coarse is None or not project.has_results(sid):
         return []
     mpp = project.slide(sid).mpp
     explain = part_explainer(project, sid)
@@ -310,9 +310,9 @@ def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Pa
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
-    done = project.stage_done("output")
     unsure = project.unsure_shares()
     for s in project.slides:
+        done = project.has_results(s.id)
         coarse = project.coarse(s.id)
         cpx = measure(coarse, None) if coarse is not None else None
         rpx = measure(project.accepted_outline(s.id), None) if done else None

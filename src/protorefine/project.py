@@ -92,6 +92,7 @@ class Project:
         ui = self.folder / "ui_state.json"
         self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
         self._grids: dict[tuple[str, str], Any] = {}
+        self._outlined: dict[str, tuple[tuple[int, int], bool]] = {}
 
     # ---- create / open -------------------------------------------------------------
     @classmethod
@@ -314,6 +315,42 @@ class Project:
         """Where the coarse annotation of a slide is stored."""
         return self.folder / "coarse" / f"{slide_id}.geojson"
 
+    def has_outline(self, slide_id: str) -> bool:
+        """True when the slide's coarse annotation holds a tumour region (remembered per
+        file version: fingerprints ask often)."""
+        from protorefine.annotations import tumour_geometry
+
+        path = self.coarse_path(slide_id)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        key = (st.st_mtime_ns, st.st_size)
+        known = self._outlined.get(slide_id)
+        if known is None or known[0] != key:
+            try:
+                found = not tumour_geometry(self.coarse(slide_id)).is_empty
+            except ProtorefineError:  # a damaged file: the run's own check names it
+                found = False
+            known = self._outlined[slide_id] = (key, found)
+        return known[1]
+
+    def run_slides(self) -> list[SlideEntry]:
+        """The slides a run refines: those with a coarse tumour outline (the others wait
+        until they get one; a run with them left out says so)."""
+        return [s for s in self.slides if self.has_outline(s.id)]
+
+    def slides_in_run(self) -> list[SlideEntry]:
+        """The slides the stored prototypes (and later stages) were built from."""
+        if not self.stage_done("prototypes"):
+            return []
+        index = json.loads((self.stage_dir("prototypes") / "index.json").read_text())
+        return [s for s in self.slides if s.id in index]
+
+    def has_results(self, slide_id: str) -> bool:
+        """True when the last finished run refined ``slide_id`` (results match the inputs)."""
+        return self.stage_done("output") and any(s.id == slide_id for s in self.slides_in_run())
+
     def _corrections_path(self, slide_id: str) -> Path:
         return self.folder / "corrections" / f"{slide_id}.npz"
 
@@ -408,20 +445,21 @@ class Project:
         ``legacy``: as projects made before session 7 computed it (with slide paths).
         """
         fp = ""
+        run = self.run_slides()
         for stage in STAGE_ORDER:
             own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
             extra: Any = None
             if stage == "grid" and legacy:
-                extra = [(s.id, s.path, list(s.shape)) for s in self.slides]
+                extra = [(s.id, s.path, list(s.shape)) for s in run]
             elif stage == "grid":
                 # the slide, not where its file lies: a moved file keeps its results
-                extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in self.slides]
+                extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in run]
             elif stage == "prototypes":
-                extra = [_file_hash(self.coarse_path(s.id)) for s in self.slides]
+                extra = [_file_hash(self.coarse_path(s.id)) for s in run]
             elif stage == "pseudo_labels":
                 extra = [
                     [_file_hash(p) for p in (c, c.with_suffix(".npy"))]
-                    for c in (self._corrections_path(s.id) for s in self.slides)
+                    for c in (self._corrections_path(s.id) for s in run)
                 ]
                 extra.append(sorted(self.prototype_labels().items()))
             fp = _hash([fp, stage, own, extra])
@@ -597,7 +635,7 @@ class Project:
         from protorefine.annotations.classes import polygonal
 
         slide_id = self.slide(slide_id).id
-        if not self.stage_done("output"):
+        if not self.has_results(slide_id):
             raise ProtorefineError(f"slide {slide_id!r} has no refined outline to change yet")
         if part is None or part.is_empty or part.area <= 0:
             raise ProtorefineError("nothing to revert: the part has no area")
@@ -616,7 +654,7 @@ class Project:
     def outline_edited(self, slide_id: str) -> bool:
         """True when ``slide_id``'s refined outline has hand edits made on the current refinement."""
         shapes, meta = self._edit_paths(slide_id)
-        if not (shapes.exists() and meta.exists() and self.stage_done("output")):
+        if not (shapes.exists() and meta.exists() and self.has_results(slide_id)):
             return False
         return json.loads(meta.read_text()).get("output") == self.fingerprint("output")
 
@@ -624,6 +662,15 @@ class Project:
         """The outline the pathologist accepts: the refined one with their hand edits, if any."""
         from protorefine.annotations import read_geojson
 
+        if not self.has_results(slide_id):
+            raise ProtorefineError(
+                f"slide {slide_id!r} has no refined outline: "
+                + (
+                    "it was left out of the last run"
+                    if self.stage_done("output")
+                    else "refine the project first"
+                )
+            )
         return read_geojson(self._accepted_path(slide_id), allow_empty=True)
 
     def _accepted_path(self, slide_id: str) -> Path:
@@ -648,7 +695,7 @@ class Project:
         self.slide(slide_id)
         reviews = self._reviews()
         if reviewed:
-            if not self.stage_done("output"):
+            if not self.has_results(slide_id):
                 raise ProtorefineError(f"slide {slide_id!r} has no refined outline to review yet")
             reviews[slide_id] = {
                 "outline": _file_hash(self._accepted_path(slide_id)),
@@ -664,7 +711,7 @@ class Project:
         record = self._reviews().get(slide_id)
         if not record:
             return None
-        if self.stage_done("output") and record.get("outline") == _file_hash(
+        if self.has_results(slide_id) and record.get("outline") == _file_hash(
             self._accepted_path(slide_id)
         ):
             return "reviewed"
@@ -707,8 +754,9 @@ class Project:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        n = len(self.slides)
-        for i, s in enumerate(self.slides):
+        refined = [s for s in self.slides if self.has_results(s.id)]  # others: no outline yet
+        n = len(refined)
+        for i, s in enumerate(refined):
             if cancel is not None and cancel():
                 raise CancelledError(f"export cancelled after {i} of {n} slides")
             if progress is not None:
@@ -728,7 +776,7 @@ class Project:
         coarse = self.coarse(slide_id)
         if coarse is not None:
             out["coarse"] = measure(coarse, mpp)
-        if self.stage_done("output"):
+        if self.has_results(slide_id):
             out["refined"] = measure(self.accepted_outline(slide_id), mpp)
         return out
 
@@ -746,13 +794,15 @@ class Project:
         return {sid: unsure_share(prob[a:b]) for sid, (a, b) in index.items()}
 
     def review_order(self) -> list[str]:
-        """Slides (files present) whose outline is not ticked as reviewed as it is now, the
-        least sure first: the model's unsure share predicts which outlines are worst."""
+        """Refined slides (files present) whose outline is not ticked as reviewed as it is
+        now, the least sure first: the model's unsure share predicts which are worst."""
         unsure = self.unsure_shares()
         todo = [
             s.id
             for s in self.slides
-            if not self.slide_missing(s.id) and self.review_state(s.id) != "reviewed"
+            if s.id in unsure
+            and not self.slide_missing(s.id)
+            and self.review_state(s.id) != "reviewed"
         ]
         return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
 

@@ -44,7 +44,7 @@ def score_slide(
     coarse = project.coarse(slide_id)
     if coarse is not None:
         scores["coarse"] = all_metrics(raster(tumour_geometry(coarse)), truth_mask, tissue)
-    if project.stage_done("output"):
+    if project.has_results(slide_id):
         refined = project.accepted_outline(slide_id)
         scores["refined"] = all_metrics(raster(tumour_geometry(refined)), truth_mask, tissue)
     return scores

@@ -40,12 +40,22 @@ class Pipeline:
 
     STAGES = STAGE_ORDER
 
-    def __init__(self, project: Project, config: RefineConfig | None = None) -> None:
+    def __init__(
+        self, project: Project, config: RefineConfig | None = None, *, partial: bool = False
+    ) -> None:
+        """``partial``: refine the slides that have a coarse tumour outline and leave the
+        others out (the napari widgets); without it every slide needs one (the CLI)."""
         self.project = project
+        self.partial = partial
         if config is not None and config != project.config:
             project.set_config(config)
         self._features: dict[str, np.ndarray] = {}
         self.times: dict[str, float] = {}
+
+    @property
+    def slides(self) -> list:
+        """The slides this pipeline refines (``Project.run_slides``)."""
+        return self.project.run_slides()
 
     @property
     def config(self) -> RefineConfig:
@@ -67,8 +77,6 @@ class Pipeline:
         ``on_round`` and ``on_epoch`` get the classifier's round and epoch records live.
         """
         last = self._index(until or self.STAGES[-1])
-        if not self.project.slides:
-            raise ProtorefineError(f"project {self.project.folder} has no slides")
         self.check_coarse()
         for name in self.STAGES[: last + 1]:
             if self.project.stage_done(name):
@@ -125,9 +133,18 @@ class Pipeline:
 
     # ---- checks -------------------------------------------------------------------------
     def check_coarse(self) -> None:
-        """Every slide needs a coarse annotation with a tumour region."""
+        """Every slide needs a coarse annotation with a tumour region (``partial``: at least
+        one slide does)."""
         from protorefine.annotations import tumour_geometry
 
+        if not self.project.slides:
+            raise ProtorefineError(f"project {self.project.folder} has no slides")
+        if self.partial:
+            if not self.slides:
+                raise ProtorefineError(
+                    f"no slide of project {self.project.folder} has a coarse tumour outline yet"
+                )
+            return
         for s in self.project.slides:
             ann = self.project.coarse(s.id)
             if ann is None:
@@ -141,8 +158,8 @@ class Pipeline:
     # ---- stage bodies -----------------------------------------------------------------
     def _stage_grid(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         counts = {}
-        n = len(self.project.slides)
-        for i, s in enumerate(self.project.slides):
+        n = len(self.slides)
+        for i, s in enumerate(self.slides):
             if check():
                 raise CancelledError("grid stage cancelled")
             prog(i, n, s.id)
@@ -165,9 +182,9 @@ class Pipeline:
         encoder = self._encoder()
         self.project.set_encoder_info(encoder.name, encoder.weight_hash, encoder.blocks)
         cache = self.project.feature_cache(encoder.name, encoder.weight_hash)
-        n = len(self.project.slides)
+        n = len(self.slides)
         reused = 0
-        for i, s in enumerate(self.project.slides):
+        for i, s in enumerate(self.slides):
             grid = self.project.grid(s.id)
             path = cache / f"{s.id}.npy"
             cells = path.with_suffix(".cells")  # which cells the cached rows belong to
@@ -219,7 +236,7 @@ class Pipeline:
         """All slides' tissue patches stacked: features, slide_index, rc, and slide row ranges."""
         feats, sidx, rcs, index = [], [], [], {}
         a = 0
-        for i, s in enumerate(self.project.slides):
+        for i, s in enumerate(self.slides):
             grid = self.project.grid(s.id)
             f = self.features(s.id)
             feats.append(f)
@@ -251,7 +268,7 @@ class Pipeline:
     def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort()
         coarse, dist = [], []
-        for s in self.project.slides:
+        for s in self.slides:
             grid = self.project.grid(s.id)
             frac, d = self.project.coarse_patch_labels(s.id)
             frac, d = frac[grid.tissue_index], d[grid.tissue_index]
@@ -307,7 +324,7 @@ class Pipeline:
 
     def _corrections_vector(self) -> np.ndarray | None:
         parts, any_set = [], False
-        for s in self.project.slides:
+        for s in self.slides:
             grid = self.project.grid(s.id)
             corr = self.project.corrections(s.id)
             if corr is None or corr.shape != (grid.rows, grid.cols):
@@ -320,7 +337,7 @@ class Pipeline:
     def _patch_centres(self, coh: dict) -> tuple[np.ndarray, np.ndarray]:
         """Level-0 (x, y) centre and cell size of every tissue patch of the cohort."""
         centres, cells = [], []
-        for s in self.project.slides:
+        for s in self.slides:
             grid = self.project.grid(s.id)
             a, b = coh["index"][s.id]
             rc = coh["rc"][a:b].astype(np.float64)
@@ -418,9 +435,9 @@ class Pipeline:
         coarse = self._load("prototypes", "cohort.npz")["coarse"]
         prob = final_probability(prob, score, self._corrections_vector(), self.config, coarse)
         write_npz(out / "prob.npz", prob=prob)
-        n = len(self.project.slides)
+        n = len(self.slides)
         counts = {}
-        for i, s in enumerate(self.project.slides):
+        for i, s in enumerate(self.slides):
             if check():
                 raise CancelledError("output stage cancelled")
             prog(i, n, s.id)

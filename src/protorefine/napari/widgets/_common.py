@@ -108,7 +108,8 @@ def _warm() -> None:
 
 
 def check_coarse(state: ProtorefineState) -> bool:
-    """True when every slide has a coarse tumour outline; else say which lack one and return False."""
+    """True when at least one slide has a coarse tumour outline (the run refines those and
+    says which it leaves out); else say what to do and return False."""
     project = state.project
     if project is None:
         notify("warning", "Open or create a project first ('Project and slides').")
@@ -116,20 +117,21 @@ def check_coarse(state: ProtorefineState) -> bool:
     if not project.slides:
         notify("warning", "The project has no slides: add one in 'Project and slides'.")
         return False
-    missing = [s.id for s in project.slides if not _has_outline(project.coarse(s.id))]
-    if missing:
+    missing = [s.id for s in project.slides if not project.has_outline(s.id)]
+    if len(missing) == len(project.slides):
         names = ", ".join(missing)
         notify(
             "warning",
             f"No coarse tumour outline on slide(s) {names}: draw one in 'Coarse annotation' first. Nothing was changed.",
         )
         return False
+    if missing:
+        notify(
+            "info",
+            f"No coarse outline yet on {', '.join(missing)}: this run refines the other "
+            "slides and leaves those out until they get one.",
+        )
     return True
-
-
-def _has_outline(annset) -> bool:
-    """True when an annotation set holds at least one non-empty region."""
-    return annset is not None and any(not a.geometry.is_empty for a in annset)
 
 
 def edited_outlines(project) -> set[str]:
@@ -143,7 +145,7 @@ def pipeline_for(project, config=None):
     """The library pipeline over ``project`` (with ``config`` when the widget changed a setting)."""
     from protorefine.refine.pipeline import Pipeline
 
-    return Pipeline(project, config)
+    return Pipeline(project, config, partial=True)
 
 
 @dataclass
@@ -177,7 +179,7 @@ def load_results(
         values = stored_grid_values(project, slide_id, name)
         if values is not None:
             out.values[name] = values
-    if project.stage_done("output"):
+    if project.has_results(slide_id):
         out.outline = project.accepted_outline(slide_id)
     return out
 

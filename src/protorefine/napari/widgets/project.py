@@ -486,7 +486,9 @@ def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
         shares = project.unsure_shares()
     except ProtorefineError:
         shares = {}
-    for entry in project.slides if project.stage_done("output") else []:
+    for entry in project.slides:
+        if not project.has_results(entry.id):
+            continue
         try:
             m = measure(project.accepted_outline(entry.id), entry.mpp)
             unsure = f"{shares[entry.id]:.0%}" if entry.id in shares else ""

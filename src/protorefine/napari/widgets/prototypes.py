@@ -74,7 +74,7 @@ def prototype_cards(
     members: dict[int, list[tuple[str, int, int]]] = {}
     sizes = np.zeros(len(scores), dtype=np.int64)
     grids = {}
-    for entry in project.slides:
+    for entry in project.slides_in_run():
         glob = np.asarray(project.result_grid(entry.id, "global_proto"))
         grids[entry.id] = project.grid(entry.id)
         ids, counts = np.unique(glob[glob >= 0], return_counts=True)

@@ -117,7 +117,7 @@ class RefineWidget(WorkflowWidget):
         """Keep the refined outline and the confidence style with the slide on screen."""
         project = self.state.project
         outline = None
-        if project is not None and slide_id is not None and project.stage_done("output"):
+        if project is not None and slide_id is not None and project.has_results(slide_id):
             outline = project.accepted_outline(slide_id)
         show_outline(self.state, outline)
         style_result_layers(self.state)

@@ -371,8 +371,8 @@ class ReviewWidget(WorkflowWidget):
         if project is None or sid is None:
             notify("warning", "Pick a slide in 'Project and slides' first.")
             return False
-        if not project.stage_done("output"):
-            notify("warning", "There is no refined outline yet: run 'Refine and train' first.")
+        if not project.has_results(sid):
+            notify("warning", _no_outline_yet(project, sid))
             return False
         return True
 
@@ -492,7 +492,7 @@ class ReviewWidget(WorkflowWidget):
         if state.outline_filling or action not in FINISHED_ACTIONS or self._outline_layer is None:
             return
         project, sid = state.project, state.slide_id
-        if project is None or sid is None or not project.stage_done("output"):
+        if project is None or sid is None or not project.has_results(sid):
             return
         edited = layer_annotations(self._outline_layer, state.pixel_scale)
         refined = project.refined_annotations(sid).union()
@@ -517,7 +517,7 @@ class ReviewWidget(WorkflowWidget):
     def _say_outline(self) -> None:
         """Say whether the outline was edited by hand, and measure it."""
         project, sid = self.state.project, self.state.slide_id
-        done = bool(project and sid and project.stage_done("output"))
+        done = bool(project and sid and project.has_results(sid))
         edited = done and project.outline_edited(sid)
         self.edit_label.setText(
             "Outline edited by hand: the edits are kept in the project and exported."
@@ -752,8 +752,18 @@ class ReviewWidget(WorkflowWidget):
         self.corrections_layer(create=False)
         self._watch_outline()
         project = self.state.project
-        if project is not None and project.stage_done("output"):
+        if project is not None and project.has_results(_slide_id):
             self._rescore()
+
+
+def _no_outline_yet(project, sid: str) -> str:
+    """Why ``sid`` has no refined outline, and what to do."""
+    if project.stage_done("output") and not project.has_outline(sid):
+        return (
+            f"{sid} has no coarse outline, so the last run left it out: draw one in "
+            "'Coarse annotation', then run 'Refine and train' again."
+        )
+    return "There is no refined outline yet: run 'Refine and train' first."
 
 
 def tumour_text(m: dict[str, Measurements]) -> str:
