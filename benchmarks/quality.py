@@ -226,11 +226,26 @@ def scores(pred: list[np.ndarray], cohort: C.Cohort) -> dict:
     }
 
 
+def refine_cohort(pd: PatchData, config) -> np.ndarray:
+    """Ours on a cohort's patches: the final per-patch tumour probability (as the pipeline)."""
+    from protorefine.refine.core import refine_patches
+
+    res = refine_patches(
+        pd.features,
+        pd.inside,
+        pd.slide_index,
+        pd.rc,
+        distance=pd.distance,
+        config=config,
+        blocks=pd.blocks,
+    )
+    return np.asarray(res.prob, np.float32)
+
+
 def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print) -> dict:
     """Score every patch-level method (baselines, ours, ablations) on one cohort and encoder."""
     from protorefine.refine.baselines import coarse_classifier, dknn
     from protorefine.refine.config import RefineConfig
-    from protorefine.refine.core import refine_patches
     from protorefine.refine.prototypes import standardize_per_slide
 
     base = RefineConfig(
@@ -286,17 +301,7 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
         t = time.perf_counter()
         probs = []
         for seed in seeds:
-            cfg = base.replace(seed=seed, **change)
-            res = refine_patches(
-                pd.features,
-                pd.inside,
-                pd.slide_index,
-                pd.rc,
-                distance=pd.distance,
-                config=cfg,
-                blocks=pd.blocks,
-            )
-            probs.append(np.asarray(res.prob, np.float32))  # final probability, as the pipeline
+            probs.append(refine_cohort(pd, base.replace(seed=seed, **change)))
         record(name, probs, time.perf_counter() - t)
     return out
 

@@ -118,7 +118,6 @@ def outline_probe(pd: Q.PatchData, cohort: C.Cohort, config) -> dict[str, float]
 def main(argv: list[str] | None = None) -> int:
     """Print ours under each variant (and the true-label probe) per cohort and encoder."""
     from protorefine.refine.config import RefineConfig
-    from protorefine.refine.core import refine_patches
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohorts", default="camelyon-canvas,camelyon-tiles")
@@ -150,18 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             head = f"{name} {enc} p{pd.patch_size}/s{pd.stride}"
             for vname, change in variants.items():
                 cfg = base.replace(**change)
-                probs = [
-                    refine_patches(
-                        pd.features,
-                        pd.inside,
-                        pd.slide_index,
-                        pd.rc,
-                        distance=pd.distance,
-                        config=cfg.replace(seed=s),
-                        blocks=pd.blocks,
-                    ).prob
-                    for s in seeds
-                ]
+                probs = [Q.refine_cohort(pd, cfg.replace(seed=s)) for s in seeds]
                 d = np.mean([dice_of(p, pd, cohort, cfg) for p in probs])
                 print(f"{head}  {vname:28s} {d:.3f}", flush=True)
             if args.probe:

@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     """Print one line per cohort, encoder and seed."""
     from protorefine.measure import unsure_share
     from protorefine.refine import RefineConfig
-    from protorefine.refine.core import refine_patches
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohorts", default="camelyon-tiles")
@@ -61,19 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             pd = Q.patch_data(cohort, enc, log=lambda *a: None)
             config = RefineConfig(patch_size=cohort.patch_size, encoder=enc, device="cpu")
             for seed in (int(s) for s in args.seeds.split(",")):
-                r = refine_patches(
-                    pd.features,
-                    pd.inside,
-                    pd.slide_index,
-                    pd.rc,
-                    distance=pd.distance,
-                    config=config.replace(seed=seed),
-                    blocks=pd.blocks,
-                )
-                masks = Q.output_masks(r.prob, pd, cohort, config)
+                prob = Q.refine_cohort(pd, config.replace(seed=seed))
+                masks = Q.output_masks(prob, pd, cohort, config)
                 dice = np.array(Q.scores(masks, cohort)["dice_per_slide"])
                 unsure = np.array(
-                    [unsure_share(r.prob[pd.slide_index == k]) for k in range(len(dice))]
+                    [unsure_share(prob[pd.slide_index == k]) for k in range(len(dice))]
                 )
                 f = order_figures(unsure, dice)
                 print(
