@@ -485,6 +485,8 @@ def test_where_the_model_is_unsure(qtbot, gui):
     assert layer.visible and viewer.layers.selection.active is layer
     review.unsure_box.setChecked(False)
     assert not layer.visible
+    layer.visible = True  # the layer's eye in the layer list: the box follows
+    assert review.unsure_box.isChecked()
 
 
 def test_undo_a_change_from_the_review_list(qtbot, gui):

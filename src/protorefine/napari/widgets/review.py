@@ -195,6 +195,7 @@ class ReviewWidget(WorkflowWidget):
             "where the model is sure; hover for the value"
         )
         self.unsure_box.toggled.connect(self._on_unsure_toggled)
+        self._probability_layer = None  # whose eye the box follows
         self.reviewed_box = QCheckBox("Reviewed: I checked this outline")
         self.reviewed_box.setToolTip(
             "Tick when the outline is right; the slide list shows it, and the tick goes stale "
@@ -531,9 +532,13 @@ class ReviewWidget(WorkflowWidget):
         self.reviewed_box.blockSignals(False)
         self.reviewed_box.setEnabled(done)
         probability = self.state.layer(PROBABILITY) if done else None
-        self.unsure_box.blockSignals(True)
-        self.unsure_box.setChecked(bool(probability is not None and probability.visible))
-        self.unsure_box.blockSignals(False)
+        if probability is not self._probability_layer:
+            if self._probability_layer is not None:
+                self._probability_layer.events.visible.disconnect(self._follow_probability_eye)
+            self._probability_layer = probability
+            if probability is not None:
+                probability.events.visible.connect(self._follow_probability_eye)
+        self._follow_probability_eye()
         self.unsure_box.setEnabled(probability is not None)
         self.reviewed_box.setText(
             "Reviewed before, but the outline changed since: tick again once checked"
@@ -568,6 +573,13 @@ class ReviewWidget(WorkflowWidget):
             self.region_list.setFixedHeight(rows + 2 * self.region_list.frameWidth() + 2)
         self.region_list.setVisible(n > 0)
         self.region_info.setVisible(n > 0)
+
+    def _follow_probability_eye(self, _event=None) -> None:
+        """Keep the box ticked exactly while the tumour probability layer is shown."""
+        layer = self._probability_layer
+        self.unsure_box.blockSignals(True)
+        self.unsure_box.setChecked(bool(layer is not None and layer.visible))
+        self.unsure_box.blockSignals(False)
 
     def _on_unsure_toggled(self, checked: bool) -> None:
         """Show or hide the tumour probability layer (where the model is unsure)."""
@@ -810,8 +822,8 @@ def region_items(
 ) -> list[RegionItem]:
     """The Review pane's list: tumour regions (largest first), then the largest changes
     against the coarse outline (with their kind and part, to undo them), each with the
-    level-0 bounds to go to and, with
-    ``explain``, what it is made of and its main global prototype."""
+    level-0 bounds to go to and, with ``explain``, what it is made of and its main global
+    prototype."""
     u = refined.unit
 
     def why(geom: BaseGeometry | None) -> tuple[str, int | None]:
