@@ -360,6 +360,27 @@ def test_unsure_share_and_review_order(done, tmp_path):
         p.set_reviewed("s1", False)
 
 
+def test_why_a_part_says_how_sure_the_model_is(done):
+    from shapely.geometry import box
+
+    from protorefine.measure import cells_in, part_explainer, unsure_share
+
+    p, _ = done
+    explain = part_explainer(p, "s1")
+    prob = p.result_grid("s1", "prob")
+    ids = p.result_grid("s1", "global_proto")
+    ds = p.grid("s1").downsample
+    for part in (box(0, 0, 1024, 1024), box(300, 300, 700, 700)):
+        share = unsure_share(prob[cells_in(part, ds, ids.shape) & (ids >= 0)])
+        said, _ = explain(part)
+        clause = (
+            f"the model is unsure on {share:.0%} of its patches"
+            if share > 0
+            else "the model is sure of every one of its patches"
+        )
+        assert said.startswith("mostly prototype ") and f"; {clause}" in said
+
+
 def test_slides_without_an_outline_wait_for_one(tmp_path, case):
     """A batch outlined in part: a partial run refines the outlined slides and leaves the
     others out, saying so; the command line's strict run names the slide that lacks one;

@@ -216,9 +216,10 @@ def part_explainer(
     project: Project, sid: str
 ) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
     """A function that says what a part of ``sid``'s outline (level-0 geometry) is made of:
-    its main global prototypes with their tumour scores or the pathologist's marks, and how
-    many of its patches were painted, i.e. why the refinement put it in or left it out;
-    with the main prototype. None before prototypes exist."""
+    its main global prototypes with their tumour scores or the pathologist's marks, how sure
+    the model is of its patches (once refined) and how many of them were painted, i.e. why
+    the refinement put it in or left it out; with the main prototype. None before
+    prototypes exist."""
     if not project.stage_done("prototypes"):
         return None
     ids = np.asarray(project.result_grid(sid, "global_proto"))
@@ -226,6 +227,7 @@ def part_explainer(
     scores = np.asarray(project.global_scores(), dtype=float)
     marks = project.prototype_labels()
     painted = project.corrections(sid)
+    prob = np.asarray(project.result_grid(sid, "prob")) if project.has_results(sid) else None
 
     def explain(geom: BaseGeometry) -> tuple[str, int | None]:
         parts = prototype_makeup(geom, downsample, ids)
@@ -236,6 +238,14 @@ def part_explainer(
             what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
             said.append(f"prototype {gid} ({what}, {share:.0%} of its patches)")
         text = "mostly " + " and ".join(said)
+        if prob is not None and prob.shape == ids.shape:
+            cells = cells_in(geom, downsample, ids.shape) & (ids >= 0)
+            share = unsure_share(prob[cells])
+            text += (
+                f"; the model is unsure on {share:.0%} of its patches"
+                if share > 0
+                else "; the model is sure of every one of its patches"
+            )
         if painted is not None and painted.shape == ids.shape:
             inside = painted[cells_in(geom, downsample, ids.shape)]
             for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
