@@ -106,7 +106,10 @@ def test_grid_bad_input() -> None:
     with pytest.raises(ProtorefineError, match="finer than"):
         make_grid(slide, mpp=0.1)
     no_mpp = Slide.from_array(_tissue_image(64, 64))
-    with pytest.raises(ProtorefineError, match="microns per pixel"):
+    with pytest.raises(
+        ProtorefineError,
+        match="does not record its microns per pixel; give a level instead, or its pixel size",
+    ):
         make_grid(no_mpp, mpp=1.0)
 
 

@@ -218,7 +218,8 @@ def _choose_level(
         raise ProtorefineError(f"mpp={mpp}: microns per pixel must be positive")
     if slide.mpp is None:
         raise ProtorefineError(
-            f"mpp={mpp}: {slide.name} does not record its microns per pixel; give a level instead"
+            f"mpp={mpp}: {slide.name} does not record its microns per pixel; give a level "
+            "instead, or its pixel size (refine --slide-mpp; in napari, double-click its mpp)"
         )
     target = float(mpp) / float(slide.mpp)
     closest = int(np.argmin([abs(math.log(d / target)) for d in downsamples]))
