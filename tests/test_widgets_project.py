@@ -222,12 +222,16 @@ def test_add_open_image_layers(widgets, slides, tmp_path: Path) -> None:
     assert image is pw.state.image_layer
 
 
-def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path) -> None:
+def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path, qtbot) -> None:
+    from protorefine.napari.widgets.project import NO_OUTLINE, TUMOUR_COLUMN
     from protorefine.project import Project
 
     viewer, pw, cw = widgets
     pw.create_project(tmp_path / "proj")
     pw.add_slides(slides[:1])
+    tumour_cell = pw.table.item(0, TUMOUR_COLUMN)
+    assert Project.open(tmp_path / "proj").coarse("case_a") is None
+    qtbot.waitUntil(lambda: tumour_cell.text() == NO_OUTLINE)  # the list says what to do
     cw.set_mode("add_polygon_lasso")
     assert viewer.layers["coarse"].mode == "add_polygon_lasso"
     layer = cw.layer
@@ -235,6 +239,7 @@ def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path) -> None:
     saved = Project.open(tmp_path / "proj").coarse("case_a")
     assert saved is not None and len(saved) == 1
     assert saved.annotations[0].geometry.bounds == pytest.approx((200, 100, 400, 300))
+    qtbot.waitUntil(lambda: tumour_cell.text() == "")  # outlined now: ready to refine
     # moving a vertex is an edit too
     data = [d.copy() for d in layer.data]
     data[0][0] = [50.0, 150.0]

@@ -73,7 +73,9 @@ class ProtorefineState:
     ``slide_changed(slide_id | None)`` after the slide's layers are swapped in,
     ``results_changed(slide_id)`` after a pipeline stage wrote new results,
     ``outline_changed(slide_id)`` after the accepted outline was edited by hand or ticked as
-    reviewed (the slide list shows both).
+    reviewed (the slide list shows both), ``coarse_changed(slide_id)`` after a coarse
+    outline was saved (results no longer match it; the slide list says which slides have
+    none yet).
 
     Placeholders: adding a napari layer costs 0.1-0.6 s of the event loop (vispy
     visual, overlays, layer controls), updating one's data ~0.05 s. So once a slide
@@ -88,6 +90,7 @@ class ProtorefineState:
     slide_changed = Signal(object)
     results_changed = Signal(object)
     outline_changed = Signal(object)
+    coarse_changed = Signal(object)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)

@@ -119,6 +119,7 @@ class CoarseWidget(QWidget):
         try:
             annset = self.state.coarse_annotations()
             self.state.project.set_coarse(self.state.slide_id, annset)
+            self.state.coarse_changed.emit(self.state.slide_id)
         except ProtorefineError as exc:
             show_error(f"coarse outline not saved: {exc}")
             self.status.setText(f"Not saved: {exc}")

@@ -52,6 +52,8 @@ UNSURE_COLUMN = COLUMNS.index("unsure")
 REVIEWED_COLUMN = COLUMNS.index("reviewed")
 #: The columns ``_slide_status`` fills in the background, in its tuple's order.
 STATUS_COLUMNS = (TUMOUR_COLUMN, UNSURE_COLUMN, REVIEWED_COLUMN)
+#: The tumour column of a slide without a coarse outline (a run leaves it out).
+NO_OUTLINE = "no outline yet"
 #: The reviewed column's words for a slide's review state (None: never checked).
 REVIEW_MARKS = {"reviewed": "✓", "changed": "changed"}
 MPP_TIP = (
@@ -60,7 +62,10 @@ MPP_TIP = (
 )
 #: Tooltips of the status columns.
 STATUS_TIPS = {
-    "tumour": "area of the refined (accepted) tumour outline",
+    "tumour": (
+        "area of the refined (accepted) tumour outline; 'no outline yet': draw a coarse "
+        "one, the runs leave the slide out until then"
+    ),
     "unsure": (
         "share of the tissue patches whose tumour probability is between 0.2 and 0.8; "
         "'Next slide to review' goes to the least sure slide first"
@@ -148,6 +153,7 @@ class ProjectWidget(QWidget):
         self.state.slide_changed.connect(self._on_slide_changed)
         self.state.results_changed.connect(self.update_status)
         self.state.outline_changed.connect(self.update_status)
+        self.state.coarse_changed.connect(self.update_status)
         self._update_enabled()
         if self.state.project is not None:
             self._on_project_changed(self.state.project)
@@ -478,7 +484,8 @@ class ProjectWidget(QWidget):
 
 
 def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
-    """Background thread: (tumour area, unsure share, review mark) of every refined slide."""
+    """Background thread: (tumour area, unsure share, review mark) of every refined slide;
+    "no outline yet" for a slide without a coarse outline."""
     from protorefine.measure import format_area, measure
 
     found: dict[str, tuple[str, str, str]] = {}
@@ -487,6 +494,9 @@ def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
     except ProtorefineError:
         shares = {}
     for entry in project.slides:
+        if not project.has_outline(entry.id):
+            found[entry.id] = (NO_OUTLINE, "", "")
+            continue
         if not project.has_results(entry.id):
             continue
         try:
