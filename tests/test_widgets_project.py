@@ -232,6 +232,7 @@ def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path, qtbot) -
     tumour_cell = pw.table.item(0, TUMOUR_COLUMN)
     assert Project.open(tmp_path / "proj").coarse("case_a") is None
     qtbot.waitUntil(lambda: tumour_cell.text() == NO_OUTLINE)  # the list says what to do
+    assert pw.batch.text() == "1 slide(s) with no outline yet"
     cw.set_mode("add_polygon_lasso")
     assert viewer.layers["coarse"].mode == "add_polygon_lasso"
     layer = cw.layer
@@ -240,6 +241,7 @@ def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path, qtbot) -
     assert saved is not None and len(saved) == 1
     assert saved.annotations[0].geometry.bounds == pytest.approx((200, 100, 400, 300))
     qtbot.waitUntil(lambda: tumour_cell.text() == "")  # outlined now: ready to refine
+    assert pw.batch.text() == ""
     # moving a vertex is an edit too
     data = [d.copy() for d in layer.data]
     data[0][0] = [50.0, 150.0]

@@ -736,9 +736,11 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert cell(UNSURE_COLUMN) == f"{unsure[sid]:.0%}"
     assert len(set(unsure.values())) == len(unsure) > 1  # the order below is a real choice
     assert project.review_order() == sorted(unsure, key=lambda t: -unsure[t])
+    assert slides.batch.text() == "Reviewed 0 of 2 refined slide(s)"
     review.reviewed_box.setChecked(True)  # as the pathologist's click
     assert project.review_state(sid) == "reviewed"
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
+    assert slides.batch.text() == "Reviewed 1 of 2 refined slide(s)"
     outline = viewer.layers[REFINED_OUTLINE]
     outline.selected_data = {0}
     outline.remove_selected()  # a hand edit after the tick

@@ -115,6 +115,8 @@ class ProjectWidget(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.batch = QLabel("")
+        self.batch.setWordWrap(True)
 
         row1 = QHBoxLayout()
         row1.addWidget(self.new_button)
@@ -129,6 +131,7 @@ class ProjectWidget(QWidget):
         layout.addLayout(row2)
         layout.addWidget(self.table)
         layout.addWidget(self.status)
+        layout.addWidget(self.batch)
         for button in self.findChildren(QPushButton):
             button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
 
@@ -333,6 +336,7 @@ class ProjectWidget(QWidget):
             self._status.submit(_slide_status, self.state.project)
 
     def _show_status(self, found: dict[str, tuple[str, str, str]]) -> None:
+        self.batch.setText(batch_text(found, self.table.rowCount()))
         for row in range(self.table.rowCount()):
             item = self.table.item(row, 0)
             texts = found.get(item.text(), ("",) * 3) if item is not None else ("",) * 3
@@ -481,6 +485,19 @@ class ProjectWidget(QWidget):
     def _on_remove(self) -> None:
         if self.state.slide_id is not None:
             self.remove_slide(self.state.slide_id)
+
+
+def batch_text(found: dict[str, tuple[str, str, str]], slides: int) -> str:
+    """Where the batch stands: refined slides reviewed, slides still without an outline."""
+    if not slides:
+        return ""
+    refined = [v for v in found.values() if v[0] not in ("", NO_OUTLINE)]
+    reviewed = sum(v[2] == REVIEW_MARKS["reviewed"] for v in refined)
+    waiting = sum(v[0] == NO_OUTLINE for v in found.values())
+    parts = [f"Reviewed {reviewed} of {len(refined)} refined slide(s)"] if refined else []
+    if waiting:
+        parts.append(f"{waiting} slide(s) with no outline yet")
+    return "; ".join(parts)
 
 
 def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
