@@ -778,6 +778,9 @@ def test_a_batch_outlined_in_part_refines_the_outlined_slides(qtbot, gui, notes,
     assert not (tmp_path / "second.geojson").exists()
     assert any(f"{second} has no coarse outline, so the last run left it out" in n for n in notes)
     qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)  # gallery of the run's slides
+    assert protos.select_prototype(protos.cards[0].global_id)  # a click in the gallery there
+    # marked from that slide: the pseudo-labels of the run's slides follow
+    finish(qtbot, protos.runner, lambda: protos.mark(protos.cards[0].global_id, "tumour"))
     assert not any("not part of the last run" in n for n in notes)  # nothing tripped over it
 
 
