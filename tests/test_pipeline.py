@@ -360,6 +360,33 @@ def test_unsure_share_and_review_order(done, tmp_path):
         p.set_reviewed("s1", False)
 
 
+def test_reading_many_slides_computes_each_fingerprint_once(done, monkeypatch):
+    """Batch reads (the slide list, the spreadsheet) take the inputs as fixed, in their own
+    thread only: another thread, e.g. the window saving an edit meanwhile, still sees it."""
+    import threading
+
+    p, _ = done
+    expected = {name: p.fingerprint(name) for name in Pipeline.STAGES}
+    calls = []
+    real = p._fingerprint
+    monkeypatch.setattr(
+        p, "_fingerprint", lambda name, **kw: calls.append(name) or real(name, **kw)
+    )
+    with p.reading():
+        for _ in range(3):
+            assert p.has_results("s1") and p.review_state("s1") is None
+            assert {name: p.fingerprint(name) for name in Pipeline.STAGES} == expected
+        inside = len(calls)
+        other: list[str] = []
+        worker = threading.Thread(target=lambda: other.append(p.fingerprint("output")))
+        worker.start()
+        worker.join()
+    assert inside == len(set(calls[:inside])) <= len(Pipeline.STAGES)  # once per stage
+    assert other == [expected["output"]] and len(calls) == inside + 1  # computed afresh there
+    p.fingerprint("output")
+    assert len(calls) == inside + 2  # and again outside
+
+
 def test_why_a_part_says_how_sure_the_model_is(done):
     from shapely.geometry import box
 

@@ -320,29 +320,30 @@ def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Pa
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
-    unsure = project.unsure_shares()
-    for s in project.slides:
-        done = project.has_results(s.id)
-        coarse = project.coarse(s.id)
-        cpx = measure(coarse, None) if coarse is not None else None
-        rpx = measure(project.accepted_outline(s.id), None) if done else None
-        writer.writerow(
-            [
-                s.id,
-                s.mpp or "",
-                s.mpp_by_user,
-                done and project.outline_edited(s.id),
-                REVIEW_WORDS.get(project.review_state(s.id), ""),
-                len(rpx.regions) if rpx else "",
-                _mm(rpx and rpx.area, s.mpp, 2),
-                _mm(rpx and rpx.largest_diameter, s.mpp, 1),
-                _mm(cpx and cpx.area, s.mpp, 2),
-                f"{rpx.area:.1f}" if rpx else "",
-                f"{rpx.largest_diameter:.1f}" if rpx else "",
-                f"{cpx.area:.1f}" if cpx else "",
-                f"{unsure[s.id]:.4f}" if s.id in unsure else "",
-            ]
-        )
+    with project.reading():
+        unsure = project.unsure_shares()
+        for s in project.slides:
+            done = project.has_results(s.id)
+            coarse = project.coarse(s.id)
+            cpx = measure(coarse, None) if coarse is not None else None
+            rpx = measure(project.accepted_outline(s.id), None) if done else None
+            writer.writerow(
+                [
+                    s.id,
+                    s.mpp or "",
+                    s.mpp_by_user,
+                    done and project.outline_edited(s.id),
+                    REVIEW_WORDS.get(project.review_state(s.id), ""),
+                    len(rpx.regions) if rpx else "",
+                    _mm(rpx and rpx.area, s.mpp, 2),
+                    _mm(rpx and rpx.largest_diameter, s.mpp, 1),
+                    _mm(cpx and cpx.area, s.mpp, 2),
+                    f"{rpx.area:.1f}" if rpx else "",
+                    f"{rpx.largest_diameter:.1f}" if rpx else "",
+                    f"{cpx.area:.1f}" if cpx else "",
+                    f"{unsure[s.id]:.4f}" if s.id in unsure else "",
+                ]
+            )
     atomic_write_text(path, buf.getvalue())
     return Path(path)
 

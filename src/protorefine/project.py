@@ -23,11 +23,14 @@ slides, annotations, corrections), so changed inputs invalidate it by themselves
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,11 +77,25 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_hash(path: Path) -> str | None:
+#: _file_hash results by (path, inode, mtime, size): fingerprints hash every slide's coarse
+#: and corrections files, and the panes ask for them often; writes are atomic renames, so a
+#: changed file has a new inode.
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _file_hash(path: Path | str) -> str | None:
     """Hash of a file's bytes (None when it does not exist)."""
-    if not path.exists():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    key = (os.fspath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _FILE_HASHES:
+        if len(_FILE_HASHES) > 100_000:
+            _FILE_HASHES.clear()
+        with open(path, "rb") as fh:
+            _FILE_HASHES[key] = hashlib.sha256(fh.read()).hexdigest()[:16]
+    return _FILE_HASHES[key]
 
 
 class Project:
@@ -93,6 +110,7 @@ class Project:
         self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
         self._grids: dict[tuple[str, str], Any] = {}
         self._outlined: dict[str, tuple[tuple[int, int], bool]] = {}
+        self._reading = threading.local()  # fingerprints remembered by :meth:`reading`
 
     # ---- create / open -------------------------------------------------------------
     @classmethod
@@ -320,9 +338,8 @@ class Project:
         file version: fingerprints ask often)."""
         from protorefine.annotations import tumour_geometry
 
-        path = self.coarse_path(slide_id)
         try:
-            st = path.stat()
+            st = os.stat(os.path.join(self.folder, "coarse", f"{slide_id}.geojson"))
         except FileNotFoundError:
             return False
         key = (st.st_mtime_ns, st.st_size)
@@ -349,7 +366,10 @@ class Project:
 
     def has_results(self, slide_id: str) -> bool:
         """True when the last finished run refined ``slide_id`` (results match the inputs)."""
-        return self.stage_done("output") and any(s.id == slide_id for s in self.slides_in_run())
+        if not self.stage_done("output"):  # done output: its prototypes are done too
+            return False
+        index = json.loads((self.stage_dir("prototypes") / "index.json").read_text())
+        return slide_id in index
 
     def _corrections_path(self, slide_id: str) -> Path:
         return self.folder / "corrections" / f"{slide_id}.npz"
@@ -439,11 +459,33 @@ class Project:
         """Folder of a stage's outputs."""
         return self.folder / "stages" / name
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Project]:
+        """Read many slides' results with the inputs taken as fixed: this thread computes each
+        stage's fingerprint once inside (a fingerprint covers every slide, so a loop over
+        the slides would otherwise cost slides²). Change nothing inside."""
+        outer = getattr(self._reading, "memo", None)
+        if outer is None:
+            self._reading.memo = {}
+        try:
+            yield self
+        finally:
+            if outer is None:
+                self._reading.memo = None
+
     def fingerprint(self, name: str, *, legacy: bool = False) -> str:
         """Hash of everything a stage's output depends on (chained through earlier stages).
 
         ``legacy``: as projects made before session 7 computed it (with slide paths).
         """
+        memo = getattr(self._reading, "memo", None)
+        if memo is not None and not legacy:
+            if name not in memo:
+                memo[name] = self._fingerprint(name, legacy=False)
+            return memo[name]
+        return self._fingerprint(name, legacy=legacy)
+
+    def _fingerprint(self, name: str, *, legacy: bool) -> str:
         fp = ""
         run = self.run_slides()
         for stage in STAGE_ORDER:
@@ -455,11 +497,16 @@ class Project:
                 # the slide, not where its file lies: a moved file keeps its results
                 extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in run]
             elif stage == "prototypes":
-                extra = [_file_hash(self.coarse_path(s.id)) for s in run]
+                coarse = os.path.join(self.folder, "coarse")
+                extra = [_file_hash(os.path.join(coarse, f"{s.id}.geojson")) for s in run]
             elif stage == "pseudo_labels":
+                corrections = os.path.join(self.folder, "corrections")
                 extra = [
-                    [_file_hash(p) for p in (c, c.with_suffix(".npy"))]
-                    for c in (self._corrections_path(s.id) for s in run)
+                    [
+                        _file_hash(os.path.join(corrections, f"{s.id}{ext}"))
+                        for ext in (".npz", ".npy")
+                    ]
+                    for s in run
                 ]
                 extra.append(sorted(self.prototype_labels().items()))
             fp = _hash([fp, stage, own, extra])
@@ -754,14 +801,15 @@ class Project:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        refined = [s for s in self.slides if self.has_results(s.id)]  # others: no outline yet
-        n = len(refined)
-        for i, s in enumerate(refined):
-            if cancel is not None and cancel():
-                raise CancelledError(f"export cancelled after {i} of {n} slides")
-            if progress is not None:
-                progress(i, n + 1, s.id)
-            written.append(self.export_outline(s.id, folder / f"{s.id}{suffix}"))
+        with self.reading():
+            refined = [s for s in self.slides if self.has_results(s.id)]  # others: no outline
+            n = len(refined)
+            for i, s in enumerate(refined):
+                if cancel is not None and cancel():
+                    raise CancelledError(f"export cancelled after {i} of {n} slides")
+                if progress is not None:
+                    progress(i, n + 1, s.id)
+                written.append(self.export_outline(s.id, folder / f"{s.id}{suffix}"))
         write_measurements_csv(self, folder / MEASUREMENTS_CSV)
         if progress is not None:
             progress(n + 1, n + 1, MEASUREMENTS_CSV)
@@ -796,14 +844,15 @@ class Project:
     def review_order(self) -> list[str]:
         """Refined slides (files present) whose outline is not ticked as reviewed as it is
         now, the least sure first: the model's unsure share predicts which are worst."""
-        unsure = self.unsure_shares()
-        todo = [
-            s.id
-            for s in self.slides
-            if s.id in unsure
-            and not self.slide_missing(s.id)
-            and self.review_state(s.id) != "reviewed"
-        ]
+        with self.reading():
+            unsure = self.unsure_shares()
+            todo = [
+                s.id
+                for s in self.slides
+                if s.id in unsure
+                and not self.slide_missing(s.id)
+                and self.review_state(s.id) != "reviewed"
+            ]
         return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
 
     def feature_cache(self, encoder_name: str, weight_hash: str) -> Path:

@@ -506,23 +506,24 @@ def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
     from protorefine.measure import format_area, measure
 
     found: dict[str, tuple[str, str, str]] = {}
-    try:
-        shares = project.unsure_shares()
-    except ProtorefineError:
-        shares = {}
-    for entry in project.slides:
-        if not project.has_outline(entry.id):
-            found[entry.id] = (NO_OUTLINE, "", "")
-            continue
-        if not project.has_results(entry.id):
-            continue
+    with project.reading():
         try:
-            m = measure(project.accepted_outline(entry.id), entry.mpp)
-            unsure = f"{shares[entry.id]:.0%}" if entry.id in shares else ""
-            review = REVIEW_MARKS.get(project.review_state(entry.id), "")
-            found[entry.id] = (format_area(m.area, m.unit), unsure, review)
-        except ProtorefineError:  # e.g. a damaged outline file: the panes say what is wrong
-            found[entry.id] = ("?", "", "")
+            shares = project.unsure_shares()
+        except ProtorefineError:
+            shares = {}
+        for entry in project.slides:
+            if not project.has_outline(entry.id):
+                found[entry.id] = (NO_OUTLINE, "", "")
+                continue
+            if not project.has_results(entry.id):
+                continue
+            try:
+                m = measure(project.accepted_outline(entry.id), entry.mpp)
+                unsure = f"{shares[entry.id]:.0%}" if entry.id in shares else ""
+                review = REVIEW_MARKS.get(project.review_state(entry.id), "")
+                found[entry.id] = (format_area(m.area, m.unit), unsure, review)
+            except ProtorefineError:  # e.g. a damaged outline file: the panes say what is wrong
+                found[entry.id] = ("?", "", "")
     return found
 
 

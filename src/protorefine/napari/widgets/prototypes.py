@@ -73,15 +73,16 @@ def prototype_cards(
     marks = project.prototype_labels()
     members: dict[int, list[tuple[str, int, int]]] = {}
     sizes = np.zeros(len(scores), dtype=np.int64)
-    grids = {}
-    for entry in project.slides_in_run():
-        glob = np.asarray(project.result_grid(entry.id, "global_proto"))
-        grids[entry.id] = project.grid(entry.id)
+    with project.reading():
+        run = project.slides_in_run()
+        globs = {e.id: np.asarray(project.result_grid(e.id, "global_proto")) for e in run}
+        grids = {e.id: project.grid(e.id) for e in run}
+    for sid, glob in globs.items():
         ids, counts = np.unique(glob[glob >= 0], return_counts=True)
         sizes[ids] += counts
         rows, cols = np.nonzero(glob >= 0)
         for gid, r, c in zip(glob[rows, cols], rows, cols, strict=True):
-            members.setdefault(int(gid), []).append((entry.id, int(r), int(c)))
+            members.setdefault(int(gid), []).append((sid, int(r), int(c)))
     slides = {}
     cards = []
     for gid in range(len(scores)):
