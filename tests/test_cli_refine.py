@@ -128,6 +128,28 @@ def test_refine_on_a_finer_grid(case, tmp_path, capsys):
     assert row["refined"]["dice"] > row["coarse"]["dice"]
 
 
+def test_a_batch_ends_with_the_slides_to_check_first(case, tmp_path, capsys):
+    import shutil
+
+    other = write_slide_case(tmp_path / "other", size=1024, seed=7)
+    slides, coarse = [case["slide"]], [case["coarse"]]
+    for src, folder in ((other["slide"], "slides"), (other["coarse"], "coarse")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        target = tmp_path / folder / f"s2{src.suffix}"
+        shutil.copy(src, target)
+        (slides if folder == "slides" else coarse).append(target)
+    out = tmp_path / "out"
+    argv = ["refine", *map(str, slides), "--coarse", *map(str, coarse), "--out", str(out), *FAST]
+    assert main(argv) == 0
+    said = capsys.readouterr().out.splitlines()
+    unsure = {
+        k: v["unsure"] for k, v in json.loads((out / "report.json").read_text())["slides"].items()
+    }
+    order = sorted(unsure, key=lambda k: -unsure[k])
+    expected = ", ".join(f"{k} ({unsure[k]:.0%})" for k in order)
+    assert f"check first (least sure): {expected}" in said
+
+
 def test_rerun_resumes_without_recomputing(refined, case):
     rc = main(
         [

@@ -27,6 +27,10 @@ def _annotation_stem(path: Path) -> str:
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
+#: How many slides refine's closing lines name as the ones to check first.
+CHECK_FIRST = 3
+
+
 def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]]:
     """Pair each slide with the coarse file of the same stem; one-line error for any gap."""
     by_stem: dict[str, Path] = {}
@@ -182,6 +186,9 @@ def refine_command(args: argparse.Namespace) -> int:
             f"{sid}: tumour {m['refined'].summary()} (coarse: {m['coarse'].summary()}); "
             f"model unsure on {unsure[sid]:.0%} of the tissue"
         )
+    if len(ids) > 1:  # where a batch's review should start
+        first = sorted(ids, key=lambda sid: -unsure[sid])[:CHECK_FIRST]
+        print("check first (least sure): " + ", ".join(f"{s} ({unsure[s]:.0%})" for s in first))
     print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
     return 0
 
