@@ -408,6 +408,23 @@ def test_why_a_part_says_how_sure_the_model_is(done):
         assert said.startswith("mostly prototype ") and f"; {clause}" in said
 
 
+def test_the_patch_reader_is_the_callers_choice(tmp_path, case, monkeypatch):
+    """napari asks for reader threads (no fork out of a GUI); the CLI keeps the default."""
+    import protorefine.features as features
+
+    seen = []
+    real = features.extract_features
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("loader"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", spy)
+    Pipeline(new_project(tmp_path / "a", case), loader="inline").run(until="features")
+    Pipeline(new_project(tmp_path / "b", case)).run(until="features")
+    assert seen == ["inline", None]
+
+
 def test_slides_without_an_outline_wait_for_one(tmp_path, case):
     """A batch outlined in part: a partial run refines the outlined slides and leaves the
     others out, saying so; the command line's strict run names the slide that lacks one;

@@ -763,8 +763,11 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
 
 
 def test_a_batch_outlined_in_part_refines_the_outlined_slides(qtbot, gui, notes, tmp_path):
+    from protorefine.napari.widgets._common import pipeline_for
+
     viewer, state, protos, refine, review = gui()
     project = state.project
+    assert pipeline_for(project).loader == "thread"  # no worker processes forked out of napari
     first, second = (s.id for s in project.slides)
     project.coarse_path(second).unlink()  # not outlined yet
     finish(qtbot, refine.runner, refine.run)

@@ -41,12 +41,20 @@ class Pipeline:
     STAGES = STAGE_ORDER
 
     def __init__(
-        self, project: Project, config: RefineConfig | None = None, *, partial: bool = False
+        self,
+        project: Project,
+        config: RefineConfig | None = None,
+        *,
+        partial: bool = False,
+        loader: str | None = None,
     ) -> None:
         """``partial``: refine the slides that have a coarse tumour outline and leave the
-        others out (the napari widgets); without it every slide needs one (the CLI)."""
+        others out (the napari widgets); without it every slide needs one (the CLI).
+        ``loader``: how patches are read for the encoder (``extract_features``; default:
+        threads on a CPU, worker processes on CUDA)."""
         self.project = project
         self.partial = partial
+        self.loader = loader
         if config is not None and config != project.config:
             project.set_config(config)
         self._features: dict[str, np.ndarray] = {}
@@ -205,6 +213,7 @@ class Pipeline:
                 grid,
                 encoder,
                 batch_size=self.config.batch_size,
+                loader=self.loader,
                 progress=sub,
                 cancel=check,
             )

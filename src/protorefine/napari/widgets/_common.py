@@ -142,10 +142,14 @@ def edited_outlines(project) -> set[str]:
 
 
 def pipeline_for(project, config=None):
-    """The library pipeline over ``project`` (with ``config`` when the widget changed a setting)."""
+    """The library pipeline over ``project`` (with ``config`` when the widget changed a setting).
+
+    Patches are read by threads on a GPU too: forking worker processes out of a running
+    GUI (Qt and Python threads holding locks) can hang them.
+    """
     from protorefine.refine.pipeline import Pipeline
 
-    return Pipeline(project, config, partial=True)
+    return Pipeline(project, config, partial=True, loader="thread")
 
 
 @dataclass
