@@ -459,8 +459,16 @@ def test_timm_weights_of_another_model_are_one_line(
 # ---- extraction -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loader", ["inline", "thread", "process"])
-def test_extract_matches_one_by_one(loader: str) -> None:
+@pytest.mark.parametrize(
+    ("loader", "workers"),
+    [
+        ("inline", None),
+        ("thread", None),
+        ("thread", 4),
+        ("process", None),
+    ],  # thread x4: napari on a GPU
+)
+def test_extract_matches_one_by_one(loader: str, workers: int | None) -> None:
     slide = _two_level_slide()  # 48-px chunks: patches straddle chunks, visited out of order
     mask = np.ones((4, 6), bool)
     mask[0, :3] = False
@@ -468,7 +476,13 @@ def test_extract_matches_one_by_one(loader: str) -> None:
     enc = get_encoder("colour-texture", device="cpu", input_size=20)
     seen: list[tuple[int, int]] = []
     feats = extract_features(
-        slide, grid, enc, batch_size=7, loader=loader, progress=lambda d, t, m: seen.append((d, t))
+        slide,
+        grid,
+        enc,
+        batch_size=7,
+        loader=loader,
+        num_workers=workers,
+        progress=lambda d, t, m: seen.append((d, t)),
     )
     idx = np.flatnonzero(grid.tissue)
     assert feats.shape == (len(idx), enc.dim)
