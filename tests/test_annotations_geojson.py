@@ -16,6 +16,7 @@ from protorefine.annotations import (
     Annotation,
     AnnotationSet,
     read_geojson,
+    tumour_class_name,
     tumour_geometry,
     write_geojson,
 )
@@ -200,3 +201,18 @@ def test_detections_and_lines_are_skipped_with_warnings(tmp_path: Path) -> None:
     assert len(back) == 1
     text = " ".join(back.warnings)
     assert "1 cell object(s)" in text and "1 LineString" in text
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        ([("Metastasis", 100), ("Tumor", 10)], "Metastasis"),  # the largest tumour annotation's
+        ([("Stroma", 400), ("Tumor: Positive", 100)], "Tumor: Positive"),  # QuPath sub-class kept
+        ([("_0", 100), ("_2", 900)], "_0"),  # CAMELYON's ASAP group
+        ([(UNCLASSIFIED, 100)], TUMOR),  # nothing to keep
+        ([], TUMOR),
+    ],
+)
+def test_refined_outline_keeps_the_users_tumour_class(classes, expected) -> None:
+    annset = AnnotationSet([Annotation(box(0, 0, side, side), name) for name, side in classes])
+    assert tumour_class_name(annset) == expected

@@ -408,6 +408,19 @@ def test_why_a_part_says_how_sure_the_model_is(done):
         assert said.startswith("mostly prototype ") and f"; {clause}" in said
 
 
+def test_refined_outline_in_the_coarse_outlines_class(tmp_path, case):
+    """An outline drawn as 'Metastasis' comes back as 'Metastasis' (same QuPath class)."""
+    from dataclasses import replace
+
+    p = new_project(tmp_path / "p", case)
+    coarse = read_geojson(case["coarse"])
+    coarse.annotations = [replace(a, classification="Metastasis") for a in coarse]
+    p.set_coarse("s1", coarse)
+    Pipeline(p).run()
+    refined = p.refined_annotations("s1")
+    assert len(refined) and {a.classification for a in refined} == {"Metastasis"}
+
+
 def test_the_patch_reader_is_the_callers_choice(tmp_path, case, monkeypatch):
     """napari asks for reader threads (no fork out of a GUI); the CLI keeps the default."""
     import protorefine.features as features

@@ -8,6 +8,7 @@ from protorefine.annotations.asap import read_asap_xml, write_asap_xml
 from protorefine.annotations.classes import (
     is_exclusion_class,
     is_tumour_class,
+    tumour_class_name,
     tumour_geometry,
 )
 from protorefine.annotations.geojson import read_geojson, write_geojson
@@ -43,6 +44,7 @@ __all__ = [
     "read_mask_array",
     "shapes_to_annotations",
     "smooth_outline",
+    "tumour_class_name",
     "tumour_geometry",
     "vectorize",
     "write_annotations",

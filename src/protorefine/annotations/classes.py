@@ -110,6 +110,23 @@ def _valid(geom: BaseGeometry) -> BaseGeometry:
     return geom if geom.is_valid else polygonal(shapely.make_valid(geom))
 
 
+def tumour_class_name(annset: AnnotationSet | None) -> str:
+    """The class a refined outline of ``annset`` gets: that of its largest tumour annotation
+    as the user spelled it (``Metastasis``, ``Tumor: Positive``, CAMELYON's ``_0``), so it
+    lands in the same QuPath class or ASAP group; ``Tumor`` when it is unclassified."""
+    if annset is None:
+        return TUMOR
+    named = [
+        a
+        for a in annset
+        if is_tumour_class(a.classification)
+        and _base_name(a.classification) not in ("unclassified", "none", "")
+    ]
+    if not named:
+        return TUMOR
+    return str(max(named, key=lambda a: a.geometry.area).classification)
+
+
 def tumour_geometry(annset: AnnotationSet) -> Polygon | MultiPolygon:
     """The tumour region of a set: union of tumour classes minus union of exclusion classes.
 

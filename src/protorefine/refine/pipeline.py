@@ -434,7 +434,12 @@ class Pipeline:
     def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         from shapely.geometry import box
 
-        from protorefine.annotations import smooth_outline, vectorize, write_geojson
+        from protorefine.annotations import (
+            smooth_outline,
+            tumour_class_name,
+            vectorize,
+            write_geojson,
+        )
 
         device = compute_device(self.config.device)
         model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
@@ -459,7 +464,9 @@ class Pipeline:
             f = max(1, int(self.config.output_upsample))
             fine = prob_to_fine_mask(pgrid, tissue=tissue, config=self.config, factor=f)
             step = grid.downsample / f
-            annset = vectorize(fine, step)
+            annset = vectorize(
+                fine, step, classification=tumour_class_name(self.project.coarse(s.id))
+            )
             h, w = grid.shape
             frame = box(0, 0, w, h)
             for ann in annset.annotations:
