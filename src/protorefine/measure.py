@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: How a slide's review state reads in tables (None: never checked).
 REVIEW_WORDS = {"reviewed": "yes", "changed": "changed since review"}
 #: Refined tumour probabilities the model is unsure about. On the 61 CAMELYON tiles the
-#: share of such patches ranks the slides by their error (Spearman 0.64-0.67,
+#: share of such patches ranks the slides by their error (Spearman 0.63-0.67,
 #: docs/benchmarks.md, "Review order"), so the review goes least sure first.
 UNSURE = (0.2, 0.8)
 
