@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
@@ -72,6 +73,9 @@ from protorefine.napari.widgets._common import (
 )
 from protorefine.napari.widgets._worker import LatestOnly, TaskContext, TaskRunner, notify
 from protorefine.slides.omezarr import is_ome_zarr
+
+if TYPE_CHECKING:
+    from napari.layers import Layer
 
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json)"
 ASAP_FILTER = "ASAP XML (*.xml)"
@@ -475,13 +479,9 @@ class ReviewWidget(WorkflowWidget):
 
     def _watch_outline(self) -> None:
         """Listen to the pathologist's edits of the refined outline layer on screen."""
-        layer = self.state.layer(REFINED_OUTLINE)
-        if layer is not self._outline_layer:
-            if self._outline_layer is not None:
-                self._outline_layer.events.data.disconnect(self._on_outline_edit)
-            self._outline_layer = layer
-            if layer is not None:
-                layer.events.data.connect(self._on_outline_edit)
+        self._outline_layer = _rewire(
+            self._outline_layer, self.state.layer(REFINED_OUTLINE), "data", self._on_outline_edit
+        )
         self._say_outline()
 
     def _on_outline_edit(self, event=None) -> None:
@@ -532,12 +532,9 @@ class ReviewWidget(WorkflowWidget):
         self.reviewed_box.blockSignals(False)
         self.reviewed_box.setEnabled(done)
         probability = self.state.layer(PROBABILITY) if done else None
-        if probability is not self._probability_layer:
-            if self._probability_layer is not None:
-                self._probability_layer.events.visible.disconnect(self._follow_probability_eye)
-            self._probability_layer = probability
-            if probability is not None:
-                probability.events.visible.connect(self._follow_probability_eye)
+        self._probability_layer = _rewire(
+            self._probability_layer, probability, "visible", self._follow_probability_eye
+        )
         self._follow_probability_eye()
         self.unsure_box.setEnabled(probability is not None)
         self.reviewed_box.setText(
@@ -766,6 +763,17 @@ class ReviewWidget(WorkflowWidget):
         project = self.state.project
         if project is not None and project.has_results(_slide_id):
             self._rescore()
+
+
+def _rewire(old: Layer | None, new: Layer | None, event: str, callback: Callable) -> Layer | None:
+    """Move ``callback`` from layer ``old``'s ``event`` to layer ``new``'s (either may be
+    None); returns ``new``."""
+    if new is not old:
+        if old is not None:
+            getattr(old.events, event).disconnect(callback)
+        if new is not None:
+            getattr(new.events, event).connect(callback)
+    return new
 
 
 def _no_outline_yet(project, sid: str) -> str:
