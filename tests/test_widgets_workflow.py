@@ -638,6 +638,36 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     assert 0.0 < review.scores["refined"] <= 1.0
 
 
+def test_a_hand_edit_keeps_the_outlines_holes_and_class(qtbot, gui):
+    """The refined outline on screen holds its holes (as Exclusion shapes) and its class:
+    a hand edit elsewhere neither fills the holes nor renames the tumour."""
+    from shapely.geometry import Polygon, box
+
+    from protorefine.annotations import Annotation, AnnotationSet, tumour_geometry
+    from protorefine.napari.layers import layer_annotations
+    from protorefine.napari.widgets._common import REFINED_OUTLINE, show_outline
+
+    viewer, state, _, refine, _ = gui()
+    finish(qtbot, refine.runner, refine.run)
+    project, sid = state.project, state.slide_id
+    ring = Polygon(box(50, 50, 400, 400).exterior.coords, [box(150, 150, 250, 250).exterior.coords])
+    for _ in range(2):  # a fresh outline layer, then the same layer refilled
+        show_outline(state, AnnotationSet([Annotation(ring, "Metastasis")]))
+        outline = viewer.layers[REFINED_OUTLINE]
+        back = layer_annotations(outline, state.pixel_scale)
+        assert tumour_geometry(back).equals(ring) and {a.classification for a in back} == {
+            "Metastasis"
+        }
+    # the hand edit: one more part (the layer's data are level-0 pixels, (y, x))
+    outline.add_polygons(
+        [np.array([[500.0, 500.0], [500.0, 600.0], [600.0, 600.0], [600.0, 500.0]])]
+    )
+    kept = project.accepted_outline(sid)
+    assert project.outline_edited(sid)
+    assert tumour_geometry(kept).equals(ring.union(box(500, 500, 600, 600)))
+    assert {a.classification for a in kept} == {"Metastasis"}  # drawn with the outline's class
+
+
 def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     qtbot, gui, tmp_path, notes
 ):

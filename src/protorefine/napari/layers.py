@@ -149,7 +149,7 @@ def shapes_layer_data(
         "units": world_units(mpp),
         "shape_type": list(types) if types else "polygon",
         "features": _class_features(classes),
-        "feature_defaults": {"classification": "Tumor"},
+        "feature_defaults": {"classification": _default_class(annset)},
         "edge_color": edge if edge else "#ffd400",
         "face_color": "transparent",
         "edge_width": edge_width,
@@ -157,6 +157,13 @@ def shapes_layer_data(
         "metadata": {META_MPP: mpp, META_PIXEL_SCALE: s},
     }
     return (data, meta, "shapes")
+
+
+def _default_class(annset: AnnotationSet | None) -> str:
+    """The class a shape drawn on the layer gets: the outline's own tumour class."""
+    from protorefine.annotations import tumour_class_name
+
+    return tumour_class_name(annset)
 
 
 def _class_features(classes: Sequence[str]) -> Any:

@@ -300,6 +300,10 @@ def _outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Ite
                 face_color="transparent",
             )
             yield
+        # added shapes take the default class: give each its own (holes are Exclusion shapes,
+        # and a hand edit reads the outline back from these classes)
+        old.features = meta["features"]
+        old.feature_defaults = meta["feature_defaults"]
         return
     if old is not None:
         viewer.layers.remove(old)
