@@ -250,6 +250,37 @@ def test_coarse_autosave_on_every_edit(widgets, slides, tmp_path: Path, qtbot) -
     assert saved.annotations[0].geometry.bounds[:2] == pytest.approx((150, 50))
 
 
+def test_exclude_draws_a_hole_in_the_coarse_outline(widgets, slides, tmp_path: Path) -> None:
+    """A follicle inside the tumour outline, drawn with "Exclude": saved as a hole."""
+    from protorefine.annotations import tumour_geometry
+    from protorefine.napari.layers import CLASS_EDGE_COLORS
+    from protorefine.project import Project
+
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    layer = cw.layer
+    cw.lasso_button.click()
+    layer.add_polygons([np.array([[100.0, 100.0], [100.0, 500.0], [500.0, 500.0], [500.0, 100.0]])])
+    cw.exclude_button.click()
+    assert layer.mode == "add_polygon_lasso"
+    assert layer.feature_defaults["classification"][0] == "Exclusion"
+    layer.add_polygons([np.array([[200.0, 200.0], [200.0, 300.0], [300.0, 300.0], [300.0, 200.0]])])
+    saved = Project.open(tmp_path / "proj").coarse("case_a")
+    region = tumour_geometry(saved)
+    assert region.area == pytest.approx(400 * 400 - 100 * 100) and len(region.interiors) == 1
+    assert list(layer.edge_color[-1]) == pytest.approx(
+        list(
+            np.array(
+                [int(CLASS_EDGE_COLORS["Exclusion"][i : i + 2], 16) / 255 for i in (1, 3, 5)]
+                + [1.0]
+            )
+        )
+    )
+    cw.polygon_button.click()  # back to drawing tumour
+    assert layer.feature_defaults["classification"][0] == "Tumor"
+
+
 def test_coarse_import_export_geojson_and_xml(widgets, slides, tmp_path: Path) -> None:
     from protorefine.annotations import read_annotations
 

@@ -216,6 +216,7 @@ def replace_shapes(layer: Shapes, annset: AnnotationSet | None, slide: Slide) ->
                 face_color="transparent",
             )
         layer.features = meta["features"]
+    layer.feature_defaults = meta["feature_defaults"]  # new shapes: this outline's class
     layer.current_edge_width = width
 
 

@@ -22,8 +22,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from protorefine.annotations.model import EXCLUDE
 from protorefine.errors import ProtorefineError
-from protorefine.napari.layers import FINISHED_ACTIONS, replace_shapes
+from protorefine.napari.layers import CLASS_EDGE_COLORS, FINISHED_ACTIONS, replace_shapes
 
 if TYPE_CHECKING:
     import napari
@@ -59,6 +60,11 @@ class CoarseWidget(QWidget):
         self.edit_button = QPushButton("Select / edit")
         self.edit_button.setToolTip("Select outlines to move, delete or edit their vertices")
         self.pan_button = QPushButton("Pan / zoom")
+        self.exclude_button = QPushButton("Exclude (lasso)")
+        self.exclude_button.setToolTip(
+            "Draw around tissue inside the outline that is not tumour (a follicle, a vessel, "
+            "fat): it becomes a hole, saved as class Exclusion (ASAP: _2)"
+        )
         self.import_button = QPushButton("Import…")
         self.import_button.setToolTip("Replace the outline with a GeoJSON or ASAP XML file")
         self.export_geojson_button = QPushButton("Export GeoJSON…")
@@ -72,7 +78,8 @@ class CoarseWidget(QWidget):
         grid.addWidget(self.lasso_button, 0, 1)
         grid.addWidget(self.edit_button, 1, 0)
         grid.addWidget(self.pan_button, 1, 1)
-        grid.addWidget(self.delete_button, 2, 0, 1, 2)
+        grid.addWidget(self.exclude_button, 2, 0)
+        grid.addWidget(self.delete_button, 2, 1)
         grid.addWidget(self.import_button, 3, 0, 1, 2)
         grid.addWidget(self.export_geojson_button, 4, 0)
         grid.addWidget(self.export_xml_button, 4, 1)
@@ -87,6 +94,9 @@ class CoarseWidget(QWidget):
 
         self.polygon_button.clicked.connect(lambda: self.set_mode("add_polygon"))
         self.lasso_button.clicked.connect(lambda: self.set_mode("add_polygon_lasso"))
+        self.exclude_button.clicked.connect(
+            lambda: self.set_mode("add_polygon_lasso", classification=EXCLUDE)
+        )
         self.edit_button.clicked.connect(lambda: self.set_mode("select"))
         self.pan_button.clicked.connect(lambda: self.set_mode("pan_zoom"))
         self.delete_button.clicked.connect(self._on_delete)
@@ -104,13 +114,24 @@ class CoarseWidget(QWidget):
         """The coarse Shapes layer of the current slide (None when no slide is shown)."""
         return self._layer
 
-    def set_mode(self, mode: str) -> None:
-        """Put the coarse layer in ``mode`` (add_polygon, add_polygon_lasso, select, pan_zoom)."""
+    def set_mode(self, mode: str, *, classification: str | None = None) -> None:
+        """Put the coarse layer in ``mode`` (add_polygon, add_polygon_lasso, select, pan_zoom);
+        shapes drawn from now on get ``classification`` (default: the outline's tumour class)."""
+        from protorefine.annotations import tumour_class_name
+
         if self._layer is None:
             show_warning("no slide is shown: pick one in 'Project and slides' first")
             return
         self.viewer.layers.selection.active = self._layer
-        self._layer.mode = mode
+        layer = self._layer
+        if mode.startswith("add_"):
+            if classification is None:
+                project, sid = self.state.project, self.state.slide_id
+                coarse = project.coarse(sid) if project is not None and sid is not None else None
+                classification = tumour_class_name(coarse)
+            layer.feature_defaults = {"classification": classification}
+            layer.current_edge_color = CLASS_EDGE_COLORS.get(classification, "#ffd400")
+        layer.mode = mode
 
     def save(self) -> bool:
         """Save the layer's outlines into the project now; returns True when saved."""
@@ -188,7 +209,9 @@ class CoarseWidget(QWidget):
             self._layer.events.data.connect(self._on_data)
             n = len(self._layer.data)
             self.slide_label.setText(f"Slide {slide_id}: {n} shape(s)")
-            self.status.setText("Draw with Polygon or Lasso; every edit is saved to the project.")
+            self.status.setText(
+                "Draw with Polygon or Lasso, holes with Exclude; every edit is saved."
+            )
         else:
             self.slide_label.setText("No slide: pick one in 'Project and slides'")
             self.status.setText("")
