@@ -109,7 +109,7 @@ class Project:
         ui = self.folder / "ui_state.json"
         self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
         self._grids: dict[tuple[str, str], Any] = {}
-        self._outlined: dict[str, tuple[tuple[int, int], bool]] = {}
+        self._outlined: dict[str, tuple[tuple[int, int, int], bool]] = {}
         self._reading = threading.local()  # fingerprints remembered by :meth:`reading`
 
     # ---- create / open -------------------------------------------------------------
@@ -342,7 +342,7 @@ class Project:
             st = os.stat(os.path.join(self.folder, "coarse", f"{slide_id}.geojson"))
         except FileNotFoundError:
             return False
-        key = (st.st_mtime_ns, st.st_size)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         known = self._outlined.get(slide_id)
         if known is None or known[0] != key:
             try:
