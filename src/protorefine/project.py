@@ -317,7 +317,7 @@ class Project:
         from protorefine.annotations import write_geojson
 
         self.slide(slide_id)
-        target = self.folder / "coarse" / f"{slide_id}.geojson"
+        target = self.coarse_path(slide_id)
         target.parent.mkdir(exist_ok=True)
         write_geojson(annset, target)
 
@@ -331,7 +331,11 @@ class Project:
 
     def coarse_path(self, slide_id: str) -> Path:
         """Where the coarse annotation of a slide is stored."""
-        return self.folder / "coarse" / f"{slide_id}.geojson"
+        return Path(self._coarse_file(slide_id))
+
+    def _coarse_file(self, slide_id: str) -> str:
+        """:meth:`coarse_path` as a plain string (fingerprints build it for every slide)."""
+        return os.path.join(self.folder, "coarse", f"{slide_id}.geojson")
 
     def has_outline(self, slide_id: str) -> bool:
         """True when the slide's coarse annotation holds a tumour region (remembered per
@@ -339,7 +343,7 @@ class Project:
         from protorefine.annotations import tumour_geometry
 
         try:
-            st = os.stat(os.path.join(self.folder, "coarse", f"{slide_id}.geojson"))
+            st = os.stat(self._coarse_file(slide_id))
         except FileNotFoundError:
             return False
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -357,19 +361,23 @@ class Project:
         until they get one; a run with them left out says so)."""
         return [s for s in self.slides if self.has_outline(s.id)]
 
+    def _run_index(self) -> dict[str, list[int]]:
+        """Rows ``[start, stop)`` of each slide of the last run in the cohort arrays (tissue
+        patches, slides in order), as the prototypes stage stored them; callers have checked
+        that a stage from prototypes on is done (one fingerprint less per call)."""
+        return json.loads((self.stage_dir("prototypes") / "index.json").read_text())
+
     def slides_in_run(self) -> list[SlideEntry]:
         """The slides the stored prototypes (and later stages) were built from."""
         if not self.stage_done("prototypes"):
             return []
-        index = json.loads((self.stage_dir("prototypes") / "index.json").read_text())
+        index = self._run_index()
         return [s for s in self.slides if s.id in index]
 
     def has_results(self, slide_id: str) -> bool:
         """True when the last finished run refined ``slide_id`` (results match the inputs)."""
-        if not self.stage_done("output"):  # done output: its prototypes are done too
-            return False
-        index = json.loads((self.stage_dir("prototypes") / "index.json").read_text())
-        return slide_id in index
+        # a done output stage implies done prototypes: its fingerprint chains through them
+        return self.stage_done("output") and slide_id in self._run_index()
 
     def _corrections_path(self, slide_id: str) -> Path:
         return self.folder / "corrections" / f"{slide_id}.npz"
@@ -497,8 +505,7 @@ class Project:
                 # the slide, not where its file lies: a moved file keeps its results
                 extra = [(s.id, list(s.shape), s.levels, s.mpp) for s in run]
             elif stage == "prototypes":
-                coarse = os.path.join(self.folder, "coarse")
-                extra = [_file_hash(os.path.join(coarse, f"{s.id}.geojson")) for s in run]
+                extra = [_file_hash(self._coarse_file(s.id)) for s in run]
             elif stage == "pseudo_labels":
                 corrections = os.path.join(self.folder, "corrections")
                 extra = [
@@ -594,7 +601,8 @@ class Project:
 
     def _slide_slice(self, slide_id: str) -> slice:
         """Rows of the cohort arrays (tissue patches, slides in order) that belong to a slide."""
-        index = json.loads((self._require("prototypes") / "index.json").read_text())
+        self._require("prototypes")
+        index = self._run_index()
         if slide_id not in index:
             raise ProtorefineError(f"slide {slide_id!r} was not part of the last run")
         a, b = index[slide_id]
@@ -836,7 +844,7 @@ class Project:
 
         if not self.stage_done("output"):
             return {}
-        index = json.loads((self._require("prototypes") / "index.json").read_text())
+        index = self._run_index()
         with np.load(self._require("output") / "prob.npz") as d:
             prob = np.asarray(d["prob"])
         return {sid: unsure_share(prob[a:b]) for sid, (a, b) in index.items()}
