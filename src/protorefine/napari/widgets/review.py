@@ -509,11 +509,16 @@ class ReviewWidget(WorkflowWidget):
         if project is None or sid is None or not project.outline_edited(sid):
             return
         project.set_outline_edit(sid, None)
-        show_outline(self.state, project.refined_annotations(sid))
+        self._show_new_outline(sid, project.refined_annotations(sid))
+        notify("info", f"Hand edits of the outline of {sid} discarded")
+
+    def _show_new_outline(self, sid: str, annset) -> None:
+        """Show ``sid``'s accepted outline after the project's changed it (not a hand edit on
+        screen): the layer, its measurements, the Dice line and the slide list follow."""
+        show_outline(self.state, annset)
         self._watch_outline()
         self._rescore()
         self.state.outline_changed.emit(sid)
-        notify("info", f"Hand edits of the outline of {sid} discarded")
 
     def _say_outline(self) -> None:
         """Say whether the outline was edited by hand, and measure it."""
@@ -654,10 +659,7 @@ class ReviewWidget(WorkflowWidget):
         except ProtorefineError as exc:
             notify("warning", str(exc))
             return False
-        show_outline(self.state, annset)
-        self._watch_outline()
-        self._rescore()
-        self.state.outline_changed.emit(sid)
+        self._show_new_outline(sid, annset)
         done = "put back into" if kind == "removed" else "taken out of"
         notify("info", f"Part {done} the outline of {sid} ('Discard hand edits' undoes it)")
         return True
