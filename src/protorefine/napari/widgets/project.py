@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
+from protorefine.measure import UNSURE
 from protorefine.napari.layers import META_PATH
 from protorefine.napari.state import get_state
 from protorefine.napari.widgets._worker import LatestOnly
@@ -67,7 +68,8 @@ STATUS_TIPS = {
         "one, the runs leave the slide out until then"
     ),
     "unsure": (
-        "share of the tissue patches whose tumour probability is between 0.2 and 0.8; "
+        "share of the tissue patches whose tumour probability is between "
+        f"{UNSURE[0]} and {UNSURE[1]}; "
         "'Next slide to review' goes to the least sure slide first"
     ),
     "reviewed": "ticked as reviewed in 'Review and export' (changed: the outline changed since)",

@@ -37,6 +37,7 @@ from shapely.geometry.base import BaseGeometry
 
 from protorefine.errors import ProtorefineError
 from protorefine.measure import (
+    UNSURE,
     Change,
     Measurements,
     format_area,
@@ -195,8 +196,8 @@ class ReviewWidget(WorkflowWidget):
         self.unsure_box = QCheckBox("Show where the model is unsure")
         self.unsure_box.setToolTip(
             "The 'tumour probability' layer: bright yellow where the probability is near 0.5 "
-            "(between 0.2 and 0.8), faint blue leaning normal, faint red leaning tumour, clear "
-            "where the model is sure; hover for the value"
+            f"(between {UNSURE[0]} and {UNSURE[1]}), faint blue leaning normal, faint red "
+            "leaning tumour, clear where the model is sure; hover for the value"
         )
         self.unsure_box.toggled.connect(self._on_unsure_toggled)
         self._probability_layer = None  # whose eye the box follows
