@@ -138,7 +138,8 @@ def edited_outlines(project) -> set[str]:
     """Slides whose refined outline has hand edits valid for the current refinement."""
     if project is None or not project.stage_done("output"):
         return set()
-    return {s.id for s in project.slides if project.outline_edited(s.id)}
+    with project.reading():
+        return {s.id for s in project.slides if project.outline_edited(s.id)}
 
 
 def pipeline_for(project, config=None):
