@@ -78,7 +78,7 @@ class Meter:
         """Show ``slide_id`` from the event loop and wait until its placeholders exist."""
         from qtpy.QtCore import QTimer
 
-        from protorefine.napari.widgets.review import process_events
+        from protorefine.napari.widgets.unattended import process_events
 
         self.computing = False
         self.last, self.last_cpu = time.perf_counter(), time.process_time()
@@ -101,7 +101,7 @@ class Meter:
 
     def measure(self, runner, start) -> dict:
         """Run ``start()`` and wait for ``runner`` with the event loop live; return the stalls."""
-        from protorefine.napari.widgets.review import wait_for
+        from protorefine.napari.widgets.unattended import wait_for
 
         def computed(*_):
             self.computing = False
@@ -137,7 +137,8 @@ def main() -> None:
     from protorefine.napari.widgets._common import WARMED
     from protorefine.napari.widgets.prototypes import PrototypesWidget
     from protorefine.napari.widgets.refine import RefineWidget
-    from protorefine.napari.widgets.review import ReviewWidget, process_events, wait_for
+    from protorefine.napari.widgets.review import ReviewWidget
+    from protorefine.napari.widgets.unattended import process_events, wait_for
 
     folder = Path(tempfile.mkdtemp(prefix="protorefine-gui-bench-"))
     project = build_project(folder, args.size, args.slides)

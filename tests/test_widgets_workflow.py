@@ -878,7 +878,7 @@ def test_one_run_at_a_time(qtbot, gui, notes):
 def test_run_unattended_saves_a_window_screenshot(qtbot, gui, tmp_path):
     from skimage.io import imread
 
-    from protorefine.napari.widgets.review import run_unattended
+    from protorefine.napari.widgets.unattended import run_unattended
 
     viewer, state, *_ = gui()
     shot = run_unattended(viewer, state, tmp_path / "demo.png")

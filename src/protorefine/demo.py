@@ -257,7 +257,7 @@ def screenshot_demo(out: Path, screenshot: Path, slides_dir: Path | None = None)
     """Run the whole flow through the widgets unattended and save a window screenshot."""
     import napari
 
-    from protorefine.napari.widgets.review import run_unattended
+    from protorefine.napari.widgets.unattended import run_unattended
 
     viewer, state, _ = open_demo_viewer(out, show=True, slides_dir=slides_dir)
     try:

@@ -1,0 +1,207 @@
+"""Drive the dock widgets without a person: the demo's ``--screenshot`` and the GUI benchmark.
+
+:func:`run_unattended` runs prototypes → refine → one painted correction → retrain
+through the widgets and saves a screenshot of the window; :func:`wait_for` and
+:func:`process_events` keep the Qt event loop running while a worker or napari
+finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtWidgets import QApplication, QWidget
+
+from protorefine.errors import ProtorefineError
+from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL
+from protorefine.napari.state import (
+    CONFIDENCE,
+    CORRECTIONS,
+    GLOBAL_PROTOTYPES,
+    LOCAL_PROTOTYPES,
+    PROBABILITY,
+    PSEUDO_LABELS,
+    REFINED,
+    ProtorefineState,
+)
+from protorefine.napari.widgets._common import REFINED_OUTLINE
+from protorefine.napari.widgets._worker import TaskRunner
+from protorefine.napari.widgets.review import ReviewWidget
+
+
+def wait_for(runner: TaskRunner, timeout: float = 600.0) -> str:
+    """Run the Qt event loop until ``runner`` is idle; return its outcome ("done", "cancelled", "error")."""
+    if runner.running:
+        loop = QEventLoop()
+        runner.finished.connect(loop.quit)
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+        timer.start(int(timeout * 1000))
+        loop.exec()
+        timer.stop()
+        runner.finished.disconnect(loop.quit)
+        if runner.running:
+            runner.cancel()
+            raise ProtorefineError(
+                f"unattended run: '{runner.status.text()}' took more than {timeout:.0f} s"
+            )
+    return runner.last_outcome
+
+
+def process_events(seconds: float) -> None:
+    """Keep the window live for ``seconds`` (lets napari draw before a screenshot)."""
+    end = time.monotonic() + seconds
+    app = QApplication.instance()
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def find_widgets(viewer) -> dict[str, QWidget]:
+    """The docked Prototypes, Refine and Review widgets of ``viewer``, docking any that are missing."""
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+    from protorefine.napari.widgets.refine import RefineWidget
+
+    found: dict[str, QWidget] = {}
+    window = viewer.window._qt_window
+    for key, cls, title in (
+        ("prototypes", PrototypesWidget, "Prototypes"),
+        ("refine", RefineWidget, "Refine and train"),
+        ("review", ReviewWidget, "Review and export"),
+    ):
+        existing = window.findChildren(cls)
+        if existing:
+            found[key] = existing[0]
+        else:
+            widget = cls(viewer)
+            viewer.window.add_dock_widget(widget, name=title, area="right")
+            found[key] = widget
+    return found
+
+
+def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
+    """Paint a pathologist-like correction on the current slide; return how many cells were painted.
+
+    With the slide's ground truth known (the demo cohort), the cells where the
+    refined outline disagrees with it get the true label; otherwise the refined
+    tumour cells the classifier was least sure of are painted normal.
+    """
+    state = review.state
+    project, sid = state.project, state.slide_id
+    refined = np.asarray(project.result_grid(sid, "refined")).astype(bool)
+    prob = np.asarray(project.result_grid(sid, "prob"), dtype=float)
+    grid = project.grid(sid)
+    tissue = grid.tissue.reshape(grid.rows, grid.cols)
+    truth_file = project.ui_state.get("truth", {}).get(sid)
+    if truth_file and Path(truth_file).exists():
+        from protorefine.annotations import rasterize, read_annotations
+
+        truth = rasterize(read_annotations(truth_file), grid.shape, grid.downsample)
+        truth = _fit(truth, refined.shape)
+        rr, cc = np.nonzero(tissue & (truth != refined))
+        labels = np.where(truth[rr, cc], TUMOUR_LABEL, NORMAL_LABEL)
+    else:
+        rr, cc = np.nonzero(tissue & refined)
+        order = np.argsort(prob[rr, cc])
+        rr, cc = rr[order], cc[order]
+        labels = np.full(len(rr), NORMAL_LABEL)
+    rr, cc, labels = rr[:max_cells], cc[:max_cells], labels[:max_cells]
+    painted = 0
+    for value in (TUMOUR_LABEL, NORMAL_LABEL):
+        pick = labels == value
+        if pick.any():
+            painted += review.paint_cells(rr[pick], cc[pick], value)
+    return painted
+
+
+def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or pad a mask to ``shape`` (rasterised grids may differ by one cell at the edge)."""
+    out = np.zeros(shape, bool)
+    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
+    out[:h, :w] = mask[:h, :w]
+    return out
+
+
+def run_unattended(
+    viewer, state: ProtorefineState, screenshot_path, *, timeout: float = 600.0
+) -> Path:
+    """Prototypes → refine → one painted correction → retrain through the widgets, then a screenshot.
+
+    Waits for each worker with the Qt event loop running, shows the prototype and
+    refined layers, and saves a screenshot of the whole window to ``screenshot_path``.
+    Raises ProtorefineError when a step fails.
+    """
+    from skimage.io import imsave
+
+    from protorefine._atomic import atomic_path
+
+    widgets = find_widgets(viewer)
+    protos, refine, review = widgets["prototypes"], widgets["refine"], widgets["review"]
+    steps = (
+        ("prototypes", protos.run, protos.runner),
+        ("refine and train", refine.run, refine.runner),
+    )
+    for widget in (protos, refine, review):  # e.g. the gallery of a reopened project loading
+        wait_for(widget.runner, timeout)
+    for name, start, runner in steps:
+        if not start():
+            raise ProtorefineError(f"unattended run: the {name} step could not start")
+        outcome = wait_for(runner, timeout)
+        if outcome != "done":
+            raise ProtorefineError(f"unattended run: {name} step {outcome}: {runner.last_message}")
+    painted = demo_correction(review)
+    if not review.retrain():
+        raise ProtorefineError("unattended run: retraining could not start")
+    if wait_for(review.runner, timeout) != "done":
+        raise ProtorefineError(f"unattended run: retraining failed: {review.runner.last_message}")
+    if review.truth_path is not None:
+        wait_for(review.score_runner, timeout)
+    show_final_layers(state)
+    protos.table.clearSelection()
+    protos.show_all()
+    review.count_label.setText(review.count_label.text() + f" (unattended: {painted} painted)")
+    frame_window(viewer)
+    viewer.reset_view()
+    process_events(1.0)
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    with atomic_path(screenshot_path) as tmp:
+        imsave(tmp, np.asarray(image)[..., :3], check_contrast=False)
+    return Path(screenshot_path)
+
+
+def frame_window(viewer, size: tuple[int, int] = (1600, 1000), dock_width: int = 460) -> None:
+    """Give the canvas room for a screenshot: a larger window and right-hand docks of one width."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    window.resize(max(window.width(), size[0]), max(window.height(), size[1]))
+    docks = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d.isVisible() and window.dockWidgetArea(d) == Qt.DockWidgetArea.RightDockWidgetArea
+    ]
+    if docks:
+        window.resizeDocks(docks, [dock_width] * len(docks), Qt.Orientation.Horizontal)
+    process_events(0.3)
+
+
+def show_final_layers(state: ProtorefineState) -> None:
+    """Show global prototypes with the refined patches and outline over them; hide the rest."""
+    visible = {GLOBAL_PROTOTYPES: True, REFINED: True, REFINED_OUTLINE: True}
+    for name in (LOCAL_PROTOTYPES, PSEUDO_LABELS, CONFIDENCE, PROBABILITY, CORRECTIONS):
+        visible[name] = False
+    for name, on in visible.items():
+        layer = state.layer(name)
+        if layer is not None:
+            layer.visible = on
+    glob, refined = state.layer(GLOBAL_PROTOTYPES), state.layer(REFINED)
+    if glob is not None:
+        glob.opacity = 0.55
+        state.viewer.layers.selection.active = glob
+    if refined is not None:
+        refined.opacity = 0.3
