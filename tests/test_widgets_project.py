@@ -304,6 +304,43 @@ def test_coarse_import_export_geojson_and_xml(widgets, slides, tmp_path: Path) -
         assert back.annotations[0].geometry.bounds == pytest.approx((100, 50, 500, 700))
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_coarse_import_mask_at_a_downsample(widgets, slides, tmp_path: Path, notes, suffix) -> None:
+    """A plain mask from another tool (no metadata), 1/8 of the slide, lands where it belongs."""
+    import tifffile
+    from PIL import Image
+
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    h, w = pw.state.slide.shape
+    mask = np.zeros((-(-h // 8), -(-w // 8)), np.uint8)
+    mask[6:88, 12:63] = 255  # level 0: x 96..504, y 48..704
+    path = tmp_path / f"mask{suffix}"
+    if suffix == ".png":
+        Image.fromarray(mask).save(path)
+    else:
+        tifffile.imwrite(path, mask)
+    from protorefine.napari.widgets.coarse import ANNOTATION_FILTER
+
+    assert f"*{suffix}" in ANNOTATION_FILTER.split(";;")[0]  # the Import dialog offers masks
+    assert cw.import_file(path)
+    assert len(viewer.layers["coarse"].data) == 1
+    bounds = pw.state.project.coarse("case_a").annotations[0].geometry.bounds
+    assert bounds == pytest.approx((96, 48, 504, 704), abs=1)
+
+    stored = pw.state.project.coarse_path("case_a").read_bytes()
+    wrong = tmp_path / f"wrong{suffix}"
+    if suffix == ".png":
+        Image.fromarray(np.full((40, 200), 255, np.uint8)).save(wrong)
+    else:
+        tifffile.imwrite(wrong, np.full((40, 200), 255, np.uint8))
+    assert not cw.import_file(wrong)
+    assert any(f"wrong{suffix}" in m and "aspect ratio" in m for sev, m in notes if sev == "error")
+    assert pw.state.project.coarse_path("case_a").read_bytes() == stored
+    assert len(viewer.layers["coarse"].data) == 1
+
+
 def test_coarse_import_for_another_slide_changes_nothing(
     widgets, slides, tmp_path: Path, notes
 ) -> None:

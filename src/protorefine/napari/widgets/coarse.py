@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from protorefine.annotations.model import AnnotationSet
 
 ANNOTATION_FILTER = (
-    "Annotations (*.geojson *.json *.xml);;GeoJSON (*.geojson *.json);;ASAP XML (*.xml)"
+    "Annotations and masks (*.geojson *.json *.xml *.png *.tif *.tiff *.jpg *.jpeg);;"
+    "GeoJSON (*.geojson *.json);;ASAP XML (*.xml);;Masks (*.png *.tif *.tiff *.jpg *.jpeg)"
 )
 #: An imported annotation is refused when less than this share of its area lies on the slide.
 MIN_INSIDE_FRACTION = 0.5
@@ -154,8 +155,13 @@ class CoarseWidget(QWidget):
         return True
 
     def import_file(self, path: str | Path) -> bool:
-        """Replace the outline with the polygons of a GeoJSON / ASAP XML file; False if refused."""
+        """Replace the outline with a GeoJSON / ASAP XML file's polygons or a mask's; False if refused.
+
+        A mask image (non-zero = tumour) may be at any downsample of the slide: it is
+        placed by its size, and one whose aspect ratio does not match the slide is refused.
+        """
         from protorefine.annotations import read_annotations
+        from protorefine.annotations.masks import MASK_SUFFIXES
 
         if self._layer is None or self.state.slide is None:
             show_error("no slide is shown: pick one in 'Project and slides' before importing")
@@ -163,8 +169,8 @@ class CoarseWidget(QWidget):
         path = Path(path)
         slide = self.state.slide
         try:
-            raw = read_annotations(path)
-            _check_fits(raw, slide.shape, path, self.state.slide_id)
+            if path.suffix.lower() not in MASK_SUFFIXES:  # a mask is placed by its size
+                _check_fits(read_annotations(path), slide.shape, path, self.state.slide_id)
             annset = read_annotations(path, slide_shape=slide.shape)
         except ProtorefineError as exc:
             show_error(str(exc))
