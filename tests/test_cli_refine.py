@@ -462,3 +462,61 @@ def test_slide_mpp_leaves_a_recorded_pixel_size_alone(case, tmp_path, capsys):
         capsys.readouterr().err
     )
     assert json.loads((out / "report.json").read_text())["slides"]["s1"]["mpp"] == 0.25
+
+
+def test_export_writes_the_accepted_outline_with_hand_edits(refined, case, tmp_path, capsys):
+    """``export``: a project's outlines as refine writes them, hand edits included, plus a mask."""
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet
+    from protorefine.annotations.masks import read_mask_array
+
+    project_dir = tmp_path / "project"
+    shutil.copytree(refined / "project", project_dir)
+    project = Project.open(project_dir)
+    edit = AnnotationSet([Annotation(box(100, 200, 400, 600), "Tumor")])
+    project.set_outline_edit("s1", edit)  # as the Review pane keeps a hand edit
+    capsys.readouterr()
+
+    out = tmp_path / "out"
+    args = ["export", str(project_dir), "--out", str(out), "--asap-xml", "--mask-downsample", "8"]
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "s1: tumour 1 region" in said and "exported 1 slide(s)" in said
+    assert read_geojson(out / "s1.geojson").union().equals_exact(box(100, 200, 400, 600), 1e-6)
+    assert (out / "s1.xml").exists() and (out / "tumour_measurements.csv").exists()
+    assert (out / "s1_refined.png").exists()
+    mask, d, _ = read_mask_array(out / "s1_mask.tif")
+    assert d == 8 and mask.shape == (128, 128)
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (25, 74, 12, 49)
+    assert not (out / "report.json").exists()  # nothing was run
+
+
+def test_export_bad_input(refined, case, tmp_path, capsys):
+    """Not a project, a project not refined yet, a mask too large to hold: one line each."""
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a protorefine project" in one_error_line(capsys)
+
+    fresh = Project.create(tmp_path / "fresh")
+    fresh.add_slide(case["slide"])
+    assert main(["export", str(fresh.folder), "--out", str(tmp_path / "o")]) == 2
+    assert "no slide has a refined outline yet" in one_error_line(capsys)
+
+    args = refine_args(case["slide"], case["coarse"], tmp_path / "o", *FAST)
+    assert main([*args, "--project", str(refined / "project"), "--mask-downsample", "0.5"]) == 2
+    assert "--mask-downsample 0.5: must be 1" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_mask_too_large_for_memory_is_refused_with_the_downsample_that_fits(tmp_path):
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet, write_mask
+
+    big = AnnotationSet([Annotation(box(0, 0, 10, 10), "Tumor")])
+    with pytest.raises(
+        ProtorefineError, match=r"m\.tif: .* 100000x80000 slide .*use downsample 4 or more"
+    ):
+        write_mask(big, tmp_path / "m.tif", (80000, 100000), 1)
+    assert not (tmp_path / "m.tif").exists()

@@ -1,4 +1,4 @@
-"""Command line: ``protorefine convert | refine | evaluate | demo``.
+"""Command line: ``protorefine convert | refine | export | evaluate | demo``.
 
 Each subcommand parses its arguments here and calls the library; user errors
 (:class:`ProtorefineError`) print one line and exit 2, never a traceback.
@@ -66,6 +66,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_command(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from protorefine.refine.run import export_command
+
+    return export_command(args)
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    """The optional outputs ``refine`` and ``export`` share."""
+    p.add_argument(
+        "--asap-xml",
+        action="store_true",
+        help="also write OUT/<stem>.xml: the refined outline as ASAP XML (CAMELYON's format)",
+    )
+    p.add_argument(
+        "--mask-downsample",
+        type=float,
+        default=None,
+        metavar="D",
+        help="also write OUT/<stem>_mask.tif: the refined outline as a 0/255 mask at 1/D of "
+        "full resolution (tiled TIFF that records D; e.g. 16), for training segmentation models",
+    )
+    p.add_argument(
+        "--ome-zarr",
+        action="store_true",
+        help="also write OUT/<stem>.ome.zarr: the slide as OME-Zarr with the refined outline as NGFF labels",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(
@@ -130,17 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
         "without retraining",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--asap-xml",
-        action="store_true",
-        help="also write OUT/<stem>.xml: the refined outline as ASAP XML (CAMELYON's format)",
-    )
-    p.add_argument(
-        "--ome-zarr",
-        action="store_true",
-        help="also write OUT/<stem>.ome.zarr: the slide as OME-Zarr with the refined outline as NGFF labels",
-    )
+    _output_options(p)
     p.set_defaults(func=_cmd_refine)
+
+    p = sub.add_parser(
+        "export",
+        help="write a project's accepted outlines (with napari hand edits) without rerunning",
+    )
+    p.add_argument("project", help="project folder (refine's --project, or one made in napari)")
+    p.add_argument("--out", required=True, help="output folder")
+    _output_options(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
         "evaluate", help="Dice/IoU/precision/recall of predictions against ground truth"

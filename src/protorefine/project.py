@@ -772,22 +772,31 @@ class Project:
             return "reviewed"
         return "changed"
 
-    def export_outline(self, slide_id: str, path: str | Path) -> Path:
-        """Write ``slide_id``'s accepted outline to ``path``, atomically, in level-0 pixels:
-        QuPath GeoJSON (``.geojson``/``.json``, each region with its area and greatest
-        dimension as QuPath measurements) or ASAP XML (``.xml``)."""
+    def export_outline(
+        self, slide_id: str, path: str | Path, *, downsample: float | None = None
+    ) -> Path:
+        """Write ``slide_id``'s accepted outline to ``path``, atomically: QuPath GeoJSON
+        (``.geojson``/``.json``, level-0 pixels, each region with its area and greatest
+        dimension as QuPath measurements), ASAP XML (``.xml``), or a 0/255 mask (``.png``,
+        ``.tif``) at ``downsample`` of level 0, for training segmentation models."""
         from protorefine.annotations import write_asap_xml, write_geojson
+        from protorefine.annotations.masks import write_mask
         from protorefine.measure import with_measurements
 
         path = Path(path)
         suffix = path.suffix.lower()
-        if suffix not in (".geojson", ".json", ".xml"):
+        if suffix not in (".geojson", ".json", ".xml", ".png", ".tif", ".tiff"):
             raise ProtorefineError(
-                f"{path}: an outline is exported as .geojson (QuPath) or .xml (ASAP), "
-                f"not '{path.suffix or path.name}'"
+                f"{path}: an outline is exported as .geojson (QuPath), .xml (ASAP) or a "
+                f".png / .tif mask, not '{path.suffix or path.name}'"
             )
+        mask = suffix in (".png", ".tif", ".tiff")
+        if mask and downsample is None:
+            raise ProtorefineError(f"{path}: a mask needs a downsample of level 0 (e.g. 16)")
         outline = self.accepted_outline(slide_id)
-        if suffix == ".xml":
+        if mask:
+            write_mask(outline, path, self.slide(slide_id).shape, downsample)
+        elif suffix == ".xml":
             write_asap_xml(outline, path)
         else:
             write_geojson(with_measurements(outline, self.slide(slide_id).mpp), path)
@@ -798,11 +807,13 @@ class Project:
         folder: str | Path,
         suffix: str = ".geojson",
         *,
+        downsample: float | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
     ) -> list[Path]:
-        """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`)
-        and their measurements to ``folder/tumour_measurements.csv``; returns the outlines' paths.
+        """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`;
+        e.g. ``"_mask.tif"`` with a ``downsample`` for masks) and their measurements to
+        ``folder/tumour_measurements.csv``; returns the outlines' paths.
         A cancel stops between slides (the files written so far are whole)."""
         from protorefine.measure import write_measurements_csv
 
@@ -817,7 +828,9 @@ class Project:
                     raise CancelledError(f"export cancelled after {i} of {n} slides")
                 if progress is not None:
                     progress(i, n + 1, s.id)
-                written.append(self.export_outline(s.id, folder / f"{s.id}{suffix}"))
+                written.append(
+                    self.export_outline(s.id, folder / f"{s.id}{suffix}", downsample=downsample)
+                )
         write_measurements_csv(self, folder / MEASUREMENTS_CSV)
         if progress is not None:
             progress(n + 1, n + 1, MEASUREMENTS_CSV)

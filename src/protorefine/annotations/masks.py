@@ -28,6 +28,8 @@ from protorefine.annotations.validate import clean
 from protorefine.errors import ProtorefineError
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Largest mask written (pixels): one byte each while it is built, twice over.
+MAX_MASK_PIXELS = 2**30
 _META_KEY = "protorefine"
 
 
@@ -195,6 +197,19 @@ def read_mask(
     return clean(annset, str(p), slide_shape=slide_shape, allow_empty=allow_empty)
 
 
+def check_mask_size(shape: Sequence[int], downsample: float, source: str = "mask") -> None:
+    """Refuse a mask of a ``shape`` slide at ``downsample`` that would not fit in memory,
+    naming the smallest power-of-two downsample that fits."""
+    h, w = mask_shape(shape, downsample)
+    if h * w <= MAX_MASK_PIXELS:
+        return
+    fits = next(2**k for k in range(0, 16) if math.prod(mask_shape(shape, 2**k)) <= MAX_MASK_PIXELS)
+    raise ProtorefineError(
+        f"{source}: a mask at downsample {downsample:g} of the {int(shape[1])}x{int(shape[0])} "
+        f"slide would be {w}x{h} pixels ({h * w / 1e9:.1f} Gpixel); use downsample {fits} or more"
+    )
+
+
 def write_mask(
     annset_or_mask: AnnotationSet | np.ndarray,
     path: str | os.PathLike[str],
@@ -217,6 +232,7 @@ def write_mask(
         raise ProtorefineError(f"{p}: unsupported mask extension {suffix!r} (use .png or .tif)")
     want = mask_shape(shape, downsample)
     if isinstance(annset_or_mask, AnnotationSet):
+        check_mask_size(shape, downsample, str(p))
         mask = rasterize(annset_or_mask, shape, downsample, classes=classes)
     else:
         mask = np.asarray(annset_or_mask).astype(bool)

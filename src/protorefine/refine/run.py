@@ -29,6 +29,8 @@ def _annotation_stem(path: Path) -> str:
 
 #: How many slides refine's closing lines name as the ones to check first.
 CHECK_FIRST = 3
+#: File name ending of the refined outline as a mask (``--mask-downsample``).
+MASK_SUFFIX = "_mask.tif"
 
 
 def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]]:
@@ -119,9 +121,7 @@ def refine_command(args: argparse.Namespace) -> int:
         from protorefine.features.encoders import parse_encoder_name
 
         parse_encoder_name(args.encoder)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ProtorefineError(f"{out}: output path exists and is not a folder")
+    out = _output_folder(args)
     folder = Path(args.project) if getattr(args, "project", None) else out / "project"
     if (folder / "config.json").exists():
         project = Project.open(folder)
@@ -150,6 +150,7 @@ def refine_command(args: argparse.Namespace) -> int:
         if not _same_annotations(old, ann):
             project.set_coarse(entry.id, ann)
         ids.append(entry.id)
+    _check_masks(project, ids, args)  # before a long run, not after it
     bars = StageBars()
     t0 = time.perf_counter()
     pipe = Pipeline(project)
@@ -158,10 +159,70 @@ def refine_command(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     total = time.perf_counter() - t0
+    write_outputs(project, ids, out, args, bars)
+    report = make_report(project, pipe, total)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    say_results(project, ids)
+    print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Run ``protorefine export``: write a project's accepted outlines (hand edits included)
+    as ``refine`` does, without running anything; slides not refined yet are named and left out."""
+    out = _output_folder(args)
+    project = Project.open(args.project)
+    with project.reading():
+        ids = [s.id for s in project.slides if project.has_results(s.id)]
+        left_out = [s.id for s in project.slides if s.id not in ids]
+    if not ids:
+        raise ProtorefineError(
+            f"{args.project}: no slide has a refined outline yet; run `protorefine refine` or "
+            "napari's Refine and train first"
+        )
+    if left_out:
+        print(f"not refined yet, left out: {', '.join(left_out)}", file=sys.stderr)
+    _check_masks(project, ids, args)
+    bars = StageBars()
+    write_outputs(project, ids, out, args, bars)
+    say_results(project, ids)
+    print(f"exported {len(ids)} slide(s) to {out}")
+    return 0
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, refused (before anything changes) when it is a file; checks ``--mask-downsample``."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ProtorefineError(f"{out}: output path exists and is not a folder")
+    d = getattr(args, "mask_downsample", None)
+    if d is not None and not d >= 1:
+        raise ProtorefineError(f"--mask-downsample {d:g}: must be 1 (full resolution) or more")
+    return out
+
+
+def _check_masks(project: Project, ids: list[str], args: argparse.Namespace) -> None:
+    """Refuse a ``--mask-downsample`` at which some slide's mask would not fit in memory."""
+    from protorefine.annotations.masks import check_mask_size
+
+    d = getattr(args, "mask_downsample", None)
+    if d is not None:
+        for sid in ids:
+            check_mask_size(project.slide(sid).shape, d, f"{sid}{MASK_SUFFIX}")
+
+
+def write_outputs(
+    project: Project, ids: list[str], out: Path, args: argparse.Namespace, bars: StageBars
+) -> None:
+    """Per slide ``<id>.geojson`` and ``<id>_refined.png``, ``tumour_measurements.csv``, and
+    what the options ask for: ``<id>.xml``, ``<id>_mask.tif``, ``<id>.ome.zarr``."""
     out.mkdir(parents=True, exist_ok=True)
-    project.export_refined(out)  # the project's slides are exactly the given ones
+    project.export_refined(out)  # every slide of the project with results: ``ids``
     if getattr(args, "asap_xml", False):
         project.export_refined(out, ".xml")
+    mask_downsample = getattr(args, "mask_downsample", None)
+    if mask_downsample is not None:
+        project.export_refined(out, MASK_SUFFIX, downsample=mask_downsample)
     for sid in ids:
         _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):
@@ -177,8 +238,11 @@ def refine_command(args: argparse.Namespace) -> int:
                 )
             finally:
                 bars.close()
-    report = make_report(project, pipe, total)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+
+
+def say_results(project: Project, ids: list[str]) -> None:
+    """One line per slide (tumour now and in the coarse outline, how unsure the model is) and,
+    for a batch, the least sure slides, where review should start."""
     unsure = project.unsure_shares()
     for sid in ids:
         m = project.measurements(sid)
@@ -186,11 +250,9 @@ def refine_command(args: argparse.Namespace) -> int:
             f"{sid}: tumour {m['refined'].summary()} (coarse: {m['coarse'].summary()}); "
             f"model unsure on {unsure[sid]:.0%} of the tissue"
         )
-    if len(ids) > 1:  # where a batch's review should start
+    if len(ids) > 1:
         first = sorted(ids, key=lambda sid: -unsure[sid])[:CHECK_FIRST]
         print("check first (least sure): " + ", ".join(f"{s} ({unsure[s]:.0%})" for s in first))
-    print(f"refined {len(ids)} slide(s) in {total:.1f} s; results in {out}")
-    return 0
 
 
 def _same_annotations(a, b) -> bool:
