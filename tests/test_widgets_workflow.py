@@ -128,10 +128,10 @@ def gui(make_napari_viewer, qtbot, tmp_path, cohort):
     from protorefine.napari.widgets.refine import RefineWidget
     from protorefine.napari.widgets.review import ReviewWidget
 
-    def build(*, coarse: bool = True, **config):
+    def build(*, coarse: bool = True, show: bool = False, **config):
         # not shown: the stalls measured are the widgets' own work, not software-GL repaints
         # of the window (benchmarks/gui_responsiveness.py measures a shown window)
-        viewer = make_napari_viewer()
+        viewer = make_napari_viewer(show=show)
         project = make_project(tmp_path / "project", cohort, coarse=coarse, **config)
         state = get_state(viewer)
         protos, refine, review = (
@@ -790,6 +790,52 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert sorted(seen) == sorted(others)
     assert [unsure[t] for t in seen] == sorted((unsure[t] for t in seen), reverse=True)
     assert all(project.review_state(s.id) == "reviewed" for s in project.slides)
+
+
+def test_keyboard_shortcuts_drive_the_review_loop(qtbot, gui):
+    """Shift+U / Shift+R / Shift+N / PgUp / PgDown / Shift+T / Shift+B from the canvas: the
+    review of a batch without the mouse; each key is named in its control's tooltip."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL
+    from protorefine.napari.state import PROBABILITY
+    from protorefine.napari.widgets.project import ProjectWidget
+
+    viewer, state, _, refine, review = gui(show=True)
+    slides = ProjectWidget(viewer)
+    viewer.window.add_dock_widget(slides, name="Project and slides")
+    finish(qtbot, refine.runner, refine.run)
+    qtbot.waitUntil(review.unsure_box.isEnabled)
+    window = viewer.window._qt_window
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    canvas = viewer.window._qt_viewer.canvas.native
+    project, first = state.project, state.slide_id
+    order = [slides.table.item(r, 0).text() for r in range(slides.table.rowCount())]
+
+    def press(key, modifier=Qt.KeyboardModifier.ShiftModifier) -> None:
+        qtbot.keyClick(canvas, key, modifier)
+
+    press(Qt.Key.Key_U)
+    assert review.unsure_box.isChecked() and state.layer(PROBABILITY).visible
+    press(Qt.Key.Key_R)
+    assert project.review_state(first) == "reviewed"
+    press(Qt.Key.Key_T)
+    corrections = viewer.layers.selection.active
+    assert corrections.mode == "paint" and corrections.selected_label == TUMOUR_LABEL
+    press(Qt.Key.Key_B)
+    assert corrections.selected_label == NORMAL_LABEL
+    press(Qt.Key.Key_N)  # the one slide not ticked yet
+    other = next(s.id for s in project.slides if s.id != first)
+    qtbot.waitUntil(lambda: state.slide_id == other)
+    press(
+        Qt.Key.Key_PageUp if order.index(other) else Qt.Key.Key_PageDown,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    qtbot.waitUntil(lambda: state.slide_id == first)
+    assert "(Shift+N)" in review.next_button.toolTip()
+    assert "PgDown / PgUp" in slides.table.toolTip()
 
 
 def test_a_batch_outlined_in_part_refines_the_outlined_slides(qtbot, gui, notes, tmp_path):

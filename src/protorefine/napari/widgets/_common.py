@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import QAbstractButton, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from protorefine.napari.state import (
     GRID_LAYERS,
@@ -28,6 +29,31 @@ if TYPE_CHECKING:
 
 #: Colour of the "refined outline" Shapes layer (the polygons that get exported).
 OUTLINE_COLOUR = "#ff1a1a"
+
+
+def add_shortcut(
+    owner: QWidget, keys: str, control: QWidget, action: Callable[[], object] | None = None
+) -> QShortcut:
+    """``keys`` (e.g. "Shift+N") anywhere in napari's window does what ``control`` does
+    (``action``, else a click on the button) while ``owner`` is shown and ``control``
+    enabled; a button's tooltip names the key. Review a batch without the mouse."""
+    shortcut = QShortcut(QKeySequence(keys), owner)
+    shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)  # a floating dock too
+    button = isinstance(control, QAbstractButton)
+    run = action or (control.click if button else None)
+    if run is None:
+        raise TypeError(f"add_shortcut({keys!r}): {type(control).__name__} needs an action")
+
+    def fire() -> None:
+        if control.isEnabled() and control.isVisible():
+            run()
+
+    shortcut.activated.connect(fire)
+    if button:
+        tip = control.toolTip()
+        control.setToolTip(f"{tip} ({keys})" if tip else keys)
+    return shortcut
+
 
 #: Modules the pipeline imports lazily. A first import holds the GIL for up to seconds
 #: (torch's optimiser pulls in torch._dynamo and sympy), which would freeze the window

@@ -34,6 +34,7 @@ from protorefine.errors import ProtorefineError
 from protorefine.measure import UNSURE
 from protorefine.napari.layers import META_PATH
 from protorefine.napari.state import get_state
+from protorefine.napari.widgets._common import add_shortcut
 from protorefine.napari.widgets._worker import LatestOnly
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ REVIEWED_COLUMN = COLUMNS.index("reviewed")
 STATUS_COLUMNS = (TUMOUR_COLUMN, UNSURE_COLUMN, REVIEWED_COLUMN)
 #: The tumour column of a slide without a coarse outline (a run leaves it out).
 NO_OUTLINE = "no outline yet"
+#: Keys that step through the slide list from anywhere in napari's window.
+NEXT_SLIDE_KEYS = "PgDown"
+PREVIOUS_SLIDE_KEYS = "PgUp"
 #: The reviewed column's words for a slide's review state (None: never checked).
 REVIEW_MARKS = {"reviewed": "✓", "changed": "changed"}
 MPP_TIP = (
@@ -144,6 +148,12 @@ class ProjectWidget(QWidget):
         self.remove_button.clicked.connect(self._on_remove)
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.cellDoubleClicked.connect(self._on_double_click)
+        self.table.setToolTip(
+            f"Click a slide to show it ({NEXT_SLIDE_KEYS} / {PREVIOUS_SLIDE_KEYS}: the next / "
+            "previous one); double-click its mpp to set the pixel size"
+        )
+        add_shortcut(self, NEXT_SLIDE_KEYS, self.table, lambda: self.step_slide(1))
+        add_shortcut(self, PREVIOUS_SLIDE_KEYS, self.table, lambda: self.step_slide(-1))
 
         self._camera_timer = QTimer(self)
         self._camera_timer.setSingleShot(True)
@@ -256,6 +266,17 @@ class ProjectWidget(QWidget):
         if _guard(lambda: self.state.show_slide(slide_id), ok=True):
             self._restore_view(slide_id)
             self.save_view()
+
+    def step_slide(self, delta: int) -> str | None:
+        """Show the slide ``delta`` rows below (above, when negative) the one on screen in
+        the list; None at either end."""
+        ids = [self.table.item(r, 0).text() for r in range(self.table.rowCount())]
+        here = ids.index(self.state.slide_id) if self.state.slide_id in ids else -1
+        target = here + delta if here >= 0 else 0
+        if not ids or not 0 <= target < len(ids) or target == here:
+            return None
+        self.select_slide(ids[target])
+        return ids[target]
 
     def locate_slide(self, slide_id: str, path: str | Path) -> bool:
         """Point a slide whose file moved at ``path`` (the same slide: checked) and show it;

@@ -57,6 +57,7 @@ from protorefine.napari.widgets._common import (
     REFINED_OUTLINE,
     SlideResults,
     WorkflowWidget,
+    add_shortcut,
     check_coarse,
     edited_outlines,
     load_results,
@@ -89,6 +90,12 @@ UNDO_WORDS = {
     "removed": "Put this part back into the outline",
     "added": "Take this part out of the outline",
 }
+#: Keyboard shortcuts of the review loop (anywhere in napari's window; none clashes with napari's own).
+NEXT_KEYS = "Shift+N"
+REVIEWED_KEYS = "Shift+R"
+UNSURE_KEYS = "Shift+U"
+PAINT_TUMOUR_KEYS = "Shift+T"
+PAINT_NORMAL_KEYS = "Shift+B"
 #: Name of the NGFF labels image the refined outline is written to inside the slide's zarr.
 NGFF_LABELS_NAME = "refined"
 
@@ -210,6 +217,11 @@ class ReviewWidget(WorkflowWidget):
         self.discard_button.setToolTip("Back to the refined outline as the classifier drew it")
         self.discard_button.clicked.connect(self.discard_outline_edits)
         self._outline_layer = None
+        add_shortcut(self, NEXT_KEYS, self.next_button)
+        add_shortcut(self, REVIEWED_KEYS, self.reviewed_box)
+        add_shortcut(self, UNSURE_KEYS, self.unsure_box)
+        add_shortcut(self, PAINT_TUMOUR_KEYS, self.tumour_button)
+        add_shortcut(self, PAINT_NORMAL_KEYS, self.normal_button)
         ex.addWidget(self.tumour_label)
         ex.addWidget(self.region_list)
         ex.addWidget(self.region_info)
