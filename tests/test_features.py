@@ -222,8 +222,35 @@ def test_resolve_device() -> None:
         resolve_device("tpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")
-        with pytest.raises(ProtorefineError, match="no CUDA GPU"):
+        with pytest.raises(ProtorefineError, match="CPU-only build|no CUDA GPU answers"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [(None, "CPU-only build; install a CUDA build"), ("12.8", "no CUDA GPU answers .*nvidia-smi")],
+)
+def test_cuda_asked_for_without_a_gpu_says_why(monkeypatch, build, message) -> None:
+    """The two usual causes on a desktop: the CPU wheel of torch, or no driver answering."""
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ProtorefineError, match=message):
+        resolve_device("cuda")
+
+
+def test_auto_on_a_gpu_machine_with_the_cpu_wheel_says_so_once(monkeypatch, caplog) -> None:
+    from protorefine.features import device
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "_mps_available", lambda: False)
+    monkeypatch.setattr(device.shutil, "which", lambda cmd: "/usr/bin/nvidia-smi")
+    device._warn_cpu_build_beside_gpu.cache_clear()
+    with caplog.at_level("WARNING", logger="protorefine"):
+        assert resolve_device("auto") == resolve_device("auto") == torch.device("cpu")
+    device._warn_cpu_build_beside_gpu.cache_clear()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "CPU-only build" in said[0] and "README" in said[0]
 
 
 def test_efficientnet_lite0_shape_determinism_and_hash() -> None:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import shutil
+
 import torch
 
 from protorefine.errors import ProtorefineError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+log = logging.getLogger("protorefine")
+
+
+@functools.cache
+def _warn_cpu_build_beside_gpu() -> None:
+    """Say once when ``auto`` falls back to the CPU on a machine with an NVIDIA driver but a
+    CPU-only torch (pip's CPU wheel): the run works, 10-50x slower than it could."""
+    if torch.version.cuda is None and shutil.which("nvidia-smi"):
+        log.warning(
+            "protorefine: an NVIDIA driver is installed (nvidia-smi) but this torch "
+            f"({torch.__version__}) is a CPU-only build, so the run uses the CPU; install a "
+            "CUDA build for speed (README, 'GPU')"
+        )
 
 
 def _mps_available() -> bool:
@@ -25,6 +42,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
+        _warn_cpu_build_beside_gpu()
         return torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
@@ -33,10 +51,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             raise ProtorefineError("device 'mps': Apple MPS is not available on this machine")
         return torch.device("mps")
     if text == "cuda" or text.startswith("cuda:"):
+        if torch.version.cuda is None:  # the usual cause on a GPU desktop: the CPU wheel
+            raise ProtorefineError(
+                f"device {name!r}: this torch ({torch.__version__}) is a CPU-only build; install "
+                "a CUDA build (README, 'GPU') or use --device cpu or auto"
+            )
         if not torch.cuda.is_available():
             raise ProtorefineError(
-                f"device {name!r}: no CUDA GPU is available (torch {torch.__version__}); "
-                "use --device cpu or auto"
+                f"device {name!r}: no CUDA GPU answers (torch {torch.__version__}, CUDA "
+                f"{torch.version.cuda}; check the NVIDIA driver with nvidia-smi); use --device cpu "
+                "or auto"
             )
         try:
             dev = torch.device(text)
