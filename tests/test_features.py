@@ -251,6 +251,7 @@ def test_auto_on_a_gpu_machine_with_the_cpu_wheel_says_so_once(monkeypatch, capl
     device._warn_cpu_build_beside_gpu.cache_clear()
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "CPU-only build" in said[0] and "README" in said[0]
+    assert device.gpu_left_unused() in said[0]
 
 
 def test_efficientnet_lite0_shape_determinism_and_hash() -> None:

@@ -1148,3 +1148,20 @@ def test_grid_choices_on_screen_survive_a_refresh(qtbot):
     assert controls.changes()["patch_size"] == 96 and controls.changes()["mpp"] == 1.0
     options = [controls.resolution.itemText(i) for i in range(controls.resolution.count())]
     assert "level 2" not in options and "0.25 µm/px" not in options
+
+
+def test_the_device_line_says_why_a_gpu_machine_runs_on_the_cpu(monkeypatch):
+    import torch
+
+    from protorefine.features import device
+    from protorefine.napari.widgets.refine import device_text
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "_mps_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(device.shutil, "which", lambda cmd: None)
+    assert device_text("auto") == "CPU (no GPU found)"
+    monkeypatch.setattr(device.shutil, "which", lambda cmd: "/usr/bin/nvidia-smi")
+    text = device_text("auto")
+    assert text.startswith("CPU: an NVIDIA driver is installed") and "CUDA build" in text
+    assert device_text("cpu") == "CPU"

@@ -14,16 +14,23 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 log = logging.getLogger("protorefine")
 
 
+def gpu_left_unused() -> str | None:
+    """Why the CPU runs on a machine with an NVIDIA driver (a CPU-only torch, pip's CPU
+    wheel: the run works, many times slower than it could), or None."""
+    if torch.version.cuda is None and shutil.which("nvidia-smi"):
+        return (
+            f"an NVIDIA driver is installed but this torch ({torch.__version__}) is a CPU-only "
+            "build; install a CUDA build for speed (README, 'GPU')"
+        )
+    return None
+
+
 @functools.cache
 def _warn_cpu_build_beside_gpu() -> None:
-    """Say once when ``auto`` falls back to the CPU on a machine with an NVIDIA driver but a
-    CPU-only torch (pip's CPU wheel): the run works, 10-50x slower than it could."""
-    if torch.version.cuda is None and shutil.which("nvidia-smi"):
-        log.warning(
-            "protorefine: an NVIDIA driver is installed (nvidia-smi) but this torch "
-            f"({torch.__version__}) is a CPU-only build, so the run uses the CPU; install a "
-            "CUDA build for speed (README, 'GPU')"
-        )
+    """Say :func:`gpu_left_unused` once per process when ``auto`` falls back to the CPU."""
+    reason = gpu_left_unused()
+    if reason:
+        log.warning(f"protorefine: running on the CPU: {reason}")
 
 
 def _mps_available() -> bool:

@@ -57,7 +57,12 @@ def device_text(name: str) -> str:
         return f"GPU: {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
         return "GPU: Apple MPS"
-    return "CPU (no GPU found)" if name == "auto" else "CPU"
+    if name != "auto":
+        return "CPU"
+    from protorefine.features.device import gpu_left_unused
+
+    reason = gpu_left_unused()
+    return f"CPU: {reason}" if reason else "CPU (no GPU found)"
 
 
 class RefineWidget(WorkflowWidget):
@@ -73,6 +78,7 @@ class RefineWidget(WorkflowWidget):
         )
         intro.setWordWrap(True)
         self.device_label = QLabel(device_text("auto"))
+        self.device_label.setWordWrap(True)  # a CPU-only torch on a GPU machine says why
         self.rounds = QSpinBox()
         self.rounds.setRange(1, 20)
         self.rounds.setToolTip("Rounds of re-finetuning on updated pseudo-labels (1 = train once)")
