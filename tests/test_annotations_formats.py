@@ -281,6 +281,34 @@ def test_partly_outside_is_clipped_with_warning(tmp_path: Path, fmt: str) -> Non
     assert read_annotations(path).warnings == []
 
 
+@pytest.mark.parametrize("fmt", ["geojson", "xml"])
+def test_classes_neither_tumour_nor_exclusion_are_named_as_not_used(tmp_path: Path, fmt) -> None:
+    """A QuPath outline with Necrosis and Stroma beside Tumor: the tumour region is the
+    Tumor polygons, and the user is told which classes were not used and how to use them."""
+    s = AnnotationSet(
+        [
+            Annotation(box(100, 100, 600, 600), TUMOR),
+            Annotation(box(200, 200, 300, 300), "Necrosis"),
+            Annotation(box(700, 700, 800, 800), "Stroma"),
+            Annotation(box(650, 100, 700, 150), "Stroma"),
+        ]
+    )
+    path = write_annotations(s, tmp_path / f"mixed.{fmt}")
+    back = read_annotations(path, slide_shape=SLIDE)
+    assert tumour_geometry(back).equals(box(100, 100, 600, 600))
+    assert back.warnings == [
+        f"{path}: not used, as neither tumour nor exclusion: 'Necrosis' (1), 'Stroma' (2); "
+        "name the class Tumor (or Exclusion, for a hole) to use it"
+    ]
+    # no tumour class at all: the other classes are the outline, and the note says so
+    alone = write_annotations(AnnotationSet(s.annotations[1:]), tmp_path / f"alone.{fmt}")
+    back = read_annotations(alone, slide_shape=SLIDE)
+    assert tumour_geometry(back).area == pytest.approx(100 * 100 * 2 + 50 * 50)
+    assert back.warnings == [
+        f"{alone}: no tumour class, so 'Necrosis' (1), 'Stroma' (2) make the tumour outline"
+    ]
+
+
 def test_jpeg_mask_is_thresholded_at_half(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -219,6 +219,28 @@ def test_unusable_coarse_annotation(case, tmp_path, capsys, classification, size
     assert message in one_error_line(capsys)
 
 
+def test_refine_says_what_it_changed_in_the_coarse_file(refined, case, tmp_path, capsys):
+    """Notes on reading the coarse file reach the terminal: a class left out, parts clipped."""
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet, read_annotations
+
+    coarse = read_annotations(case["coarse"]).annotations
+    extra = [
+        Annotation(box(900, 900, 1100, 1100), "Tumor"),
+        Annotation(box(0, 0, 50, 50), "Stroma"),
+    ]
+    path = tmp_path / "s1.geojson"
+    write_geojson(AnnotationSet([*coarse, *extra]), path)
+    args = refine_args(case["slide"], path, tmp_path / "o", *FAST)
+    assert main([*args, "--project", str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    clipped = rf"{re.escape(str(path))}: clipped (\d+) annotation\(s\) partly outside the 1024x1024"
+    found = re.search(clipped, err)
+    assert found and int(found.group(1)) >= 1  # the one added here, and any of the simulation's
+    assert "not used, as neither tumour nor exclusion: 'Stroma' (1)" in err
+
+
 def test_slide_without_tissue(case, tmp_path, capsys):
     blank = tmp_path / "blank.png"
     iio.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8))

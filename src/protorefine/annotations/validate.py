@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from protorefine.annotations.classes import polygonal
+from protorefine.annotations.classes import is_exclusion_class, is_tumour_class, polygonal
 from protorefine.annotations.model import Annotation, AnnotationSet
 from protorefine.errors import ProtorefineError
 
@@ -78,4 +79,17 @@ def clean(
         warnings.append(
             f"{source}: clipped {clipped} annotation(s) partly outside the {w}x{h} slide"
         )
+    unused = Counter(
+        a.classification
+        for a in kept
+        if not (is_tumour_class(a.classification) or is_exclusion_class(a.classification))
+    )
+    names = ", ".join(f"{name!r} ({n})" for name, n in sorted(unused.items()))
+    if unused and any(is_tumour_class(a.classification) for a in kept):
+        warnings.append(
+            f"{source}: not used, as neither tumour nor exclusion: {names}; name the class Tumor "
+            "(or Exclusion, for a hole) to use it"
+        )
+    elif unused:  # tumour_geometry's rule: a file with no tumour class is all outline
+        warnings.append(f"{source}: no tumour class, so {names} make the tumour outline")
     return AnnotationSet(annotations=kept, warnings=warnings)

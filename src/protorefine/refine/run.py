@@ -146,6 +146,8 @@ def refine_command(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         ann = read_annotations(coarse_path, slide_shape=entry.shape)
+        for note in ann.warnings:  # clipped, repaired, classes left out, a mask's downsample
+            print(note, file=sys.stderr)
         old = project.coarse(entry.id)
         if not _same_annotations(old, ann):
             project.set_coarse(entry.id, ann)
