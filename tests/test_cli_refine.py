@@ -542,3 +542,23 @@ def test_a_mask_too_large_for_memory_is_refused_with_the_downsample_that_fits(tm
     ):
         write_mask(big, tmp_path / "m.tif", (80000, 100000), 1)
     assert not (tmp_path / "m.tif").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_run(case, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = refine_args(case["slide"], case["coarse"], blocker / "out", *FAST)
+    assert main([*args, "--project", str(tmp_path / "p")]) == 2
+    assert "a-file/out: cannot create the output folder" in one_error_line(capsys)
+    assert not (tmp_path / "p").exists()  # refused before anything ran
+
+
+def test_a_full_disk_while_writing_is_one_line(refined, tmp_path, capsys, monkeypatch):
+    import protorefine.refine.run as run
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "s1.geojson"))
+
+    monkeypatch.setattr(run, "write_outputs", full)
+    assert main(["export", str(refined / "project"), "--out", str(tmp_path / "o")]) == 2
+    assert one_error_line(capsys).endswith("o/s1.geojson: No space left on device")

@@ -221,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProtorefineError as exc:
         print(f"protorefine: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder without permission: the file and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"protorefine: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -172,7 +173,6 @@ def refine_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     """Run ``protorefine export``: write a project's accepted outlines (hand edits included)
     as ``refine`` does, without running anything; slides not refined yet are named and left out."""
-    out = _output_folder(args)
     project = Project.open(args.project)
     with project.reading():
         ids = [s.id for s in project.slides if project.has_results(s.id)]
@@ -185,6 +185,7 @@ def export_command(args: argparse.Namespace) -> int:
     if left_out:
         print(f"not refined yet, left out: {', '.join(left_out)}", file=sys.stderr)
     _check_masks(project, ids, args)
+    out = _output_folder(args)
     bars = StageBars()
     write_outputs(project, ids, out, args, bars)
     say_results(project, ids)
@@ -200,6 +201,12 @@ def _output_folder(args: argparse.Namespace) -> Path:
     d = getattr(args, "mask_downsample", None)
     if d is not None and not d >= 1:
         raise ProtorefineError(f"--mask-downsample {d:g}: must be 1 (full resolution) or more")
+    try:  # before a long run, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProtorefineError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ProtorefineError(f"{out}: the output folder is not writable")
     return out
 
 
