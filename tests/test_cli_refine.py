@@ -562,3 +562,15 @@ def test_a_full_disk_while_writing_is_one_line(refined, tmp_path, capsys, monkey
     monkeypatch.setattr(run, "write_outputs", full)
     assert main(["export", str(refined / "project"), "--out", str(tmp_path / "o")]) == 2
     assert one_error_line(capsys).endswith("o/s1.geojson: No space left on device")
+
+
+def test_export_reviewed_only_takes_the_ticked_outlines(refined, tmp_path, capsys):
+    project_dir = tmp_path / "project"
+    shutil.copytree(refined / "project", project_dir)
+    args = ["export", str(project_dir), "--out", str(tmp_path / "o"), "--reviewed-only"]
+    assert main(args) == 2
+    assert "no outline is ticked as reviewed" in one_error_line(capsys)
+    assert not (tmp_path / "o" / "s1.geojson").exists()
+    Project.open(project_dir).set_reviewed("s1", True)  # the pathologist's tick
+    assert main(args) == 0
+    assert (tmp_path / "o" / "s1.geojson").exists()

@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("project", help="project folder (refine's --project, or one made in napari)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--reviewed-only",
+        action="store_true",
+        help="only the slides whose outline is ticked as reviewed in napari (as it is now)",
+    )
     _output_options(p)
     p.set_defaults(func=_cmd_export)
 

@@ -808,11 +808,13 @@ class Project:
         suffix: str = ".geojson",
         *,
         downsample: float | None = None,
+        slides: Sequence[str] | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
     ) -> list[Path]:
-        """Write every slide's accepted outline to ``folder/<slide><suffix>`` (:meth:`export_outline`;
-        e.g. ``"_mask.tif"`` with a ``downsample`` for masks) and their measurements to
+        """Write every refined slide's accepted outline (or those of ``slides``) to
+        ``folder/<slide><suffix>`` (:meth:`export_outline`; e.g. ``"_mask.tif"`` with a
+        ``downsample`` for masks) and the project's measurements to
         ``folder/tumour_measurements.csv``; returns the outlines' paths.
         A cancel stops between slides (the files written so far are whole)."""
         from protorefine.measure import write_measurements_csv
@@ -821,7 +823,11 @@ class Project:
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         with self.reading():
-            refined = [s for s in self.slides if self.has_results(s.id)]  # others: no outline
+            refined = [  # others: no outline
+                s
+                for s in self.slides
+                if self.has_results(s.id) and (slides is None or s.id in slides)
+            ]
             n = len(refined)
             for i, s in enumerate(refined):
                 if cancel is not None and cancel():

@@ -177,13 +177,23 @@ def export_command(args: argparse.Namespace) -> int:
     with project.reading():
         ids = [s.id for s in project.slides if project.has_results(s.id)]
         left_out = [s.id for s in project.slides if s.id not in ids]
-    if not ids:
-        raise ProtorefineError(
-            f"{args.project}: no slide has a refined outline yet; run `protorefine refine` or "
-            "napari's Refine and train first"
-        )
+        if not ids:
+            raise ProtorefineError(
+                f"{args.project}: no slide has a refined outline yet; run `protorefine refine` "
+                "or napari's Refine and train first"
+            )
+        unchecked = [s for s in ids if project.review_state(s) != "reviewed"]
     if left_out:
         print(f"not refined yet, left out: {', '.join(left_out)}", file=sys.stderr)
+    if getattr(args, "reviewed_only", False):
+        if unchecked:
+            print(f"not ticked as reviewed, left out: {', '.join(unchecked)}", file=sys.stderr)
+        ids = [s for s in ids if s not in unchecked]
+        if not ids:
+            raise ProtorefineError(
+                f"{args.project}: no outline is ticked as reviewed (as it is now); tick them in "
+                "napari's Review pane, or export without --reviewed-only"
+            )
     _check_masks(project, ids, args)
     out = _output_folder(args)
     bars = StageBars()
@@ -226,12 +236,12 @@ def write_outputs(
     """Per slide ``<id>.geojson`` and ``<id>_refined.png``, ``tumour_measurements.csv``, and
     what the options ask for: ``<id>.xml``, ``<id>_mask.tif``, ``<id>.ome.zarr``."""
     out.mkdir(parents=True, exist_ok=True)
-    project.export_refined(out)  # every slide of the project with results: ``ids``
+    project.export_refined(out, slides=ids)
     if getattr(args, "asap_xml", False):
-        project.export_refined(out, ".xml")
+        project.export_refined(out, ".xml", slides=ids)
     mask_downsample = getattr(args, "mask_downsample", None)
     if mask_downsample is not None:
-        project.export_refined(out, MASK_SUFFIX, downsample=mask_downsample)
+        project.export_refined(out, MASK_SUFFIX, downsample=mask_downsample, slides=ids)
     for sid in ids:
         _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):
