@@ -204,14 +204,15 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
-    """``--out``, refused (before anything changes) when it is a file; checks ``--mask-downsample``."""
+    """``--out``, made now and refused when it cannot be written (before a long run, not
+    after it); ``--mask-downsample`` checked too."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ProtorefineError(f"{out}: output path exists and is not a folder")
     d = getattr(args, "mask_downsample", None)
     if d is not None and not d >= 1:
         raise ProtorefineError(f"--mask-downsample {d:g}: must be 1 (full resolution) or more")
-    try:  # before a long run, not after it
+    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ProtorefineError(f"{out}: cannot create the output folder ({exc.strerror})") from None
