@@ -574,3 +574,25 @@ def test_export_reviewed_only_takes_the_ticked_outlines(refined, tmp_path, capsy
     Project.open(project_dir).set_reviewed("s1", True)  # the pathologist's tick
     assert main(args) == 0
     assert (tmp_path / "o" / "s1.geojson").exists()
+
+
+def test_results_never_overwrite_the_coarse_file(refined, case, tmp_path, capsys):
+    """``--out`` the folder of the coarse files: refine and export stop before writing over
+    the pathologist's outline (a rerun or re-export over earlier results is fine)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    coarse = work / "s1.geojson"
+    shutil.copy(case["coarse"], coarse)
+    before = coarse.read_bytes()
+    args = refine_args(case["slide"], coarse, work, *FAST)
+    assert main([*args, "--project", str(tmp_path / "p")]) == 2
+    assert "would overwrite the coarse annotation s1.geojson" in one_error_line(capsys)
+    assert coarse.read_bytes() == before and not (tmp_path / "p").exists()
+
+    assert main(["export", str(refined / "project"), "--out", str(work)]) == 2
+    assert "holds the coarse outline of slide 's1'" in one_error_line(capsys)
+    assert coarse.read_bytes() == before
+
+    again = tmp_path / "again"
+    for _ in range(2):
+        assert main(["export", str(refined / "project"), "--out", str(again)]) == 0

@@ -32,6 +32,36 @@ def _annotation_stem(path: Path) -> str:
 CHECK_FIRST = 3
 #: File name ending of the refined outline as a mask (``--mask-downsample``).
 MASK_SUFFIX = "_mask.tif"
+#: File name ending of the refined patch grid as an image.
+GRID_PNG_SUFFIX = "_refined.png"
+
+
+def _output_suffixes(args: argparse.Namespace) -> list[str]:
+    """The endings of each slide's files that :func:`write_outputs` writes, after its id."""
+    suffixes = [".geojson", GRID_PNG_SUFFIX]
+    if getattr(args, "asap_xml", False):
+        suffixes.append(".xml")
+    if getattr(args, "mask_downsample", None) is not None:
+        suffixes.append(MASK_SUFFIX)
+    return suffixes
+
+
+def _refuse_overwriting_inputs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) -> None:
+    """A coarse file (or slide) in the ``--out`` folder under the name a result would take
+    (``a.geojson`` beside ``a.svs`` with ``--out .``) is the user's work: stop before the run."""
+    inputs = {}
+    for slide, coarse in pairs:
+        inputs[slide.resolve()] = f"the slide {slide.name}"
+        inputs[coarse.resolve()] = f"the coarse annotation {coarse.name}"
+    out = Path(args.out)
+    for slide, _ in pairs:
+        for suffix in _output_suffixes(args):
+            target = (out / f"{_stem(slide)}{suffix}").resolve()
+            if target in inputs:
+                raise ProtorefineError(
+                    f"{out / target.name}: the refined outline would overwrite {inputs[target]}; "
+                    "give another --out folder"
+                )
 
 
 def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]]:
@@ -122,6 +152,7 @@ def refine_command(args: argparse.Namespace) -> int:
         from protorefine.features.encoders import parse_encoder_name
 
         parse_encoder_name(args.encoder)
+    _refuse_overwriting_inputs(pairs, args)
     out = _output_folder(args)
     folder = Path(args.project) if getattr(args, "project", None) else out / "project"
     if (folder / "config.json").exists():
@@ -195,12 +226,36 @@ def export_command(args: argparse.Namespace) -> int:
                 "napari's Review pane, or export without --reviewed-only"
             )
     _check_masks(project, ids, args)
+    _refuse_overwriting_coarse(project, ids, args)
     out = _output_folder(args)
     bars = StageBars()
     write_outputs(project, ids, out, args, bars)
     say_results(project, ids)
     print(f"exported {len(ids)} slide(s) to {out}")
     return 0
+
+
+def _refuse_overwriting_coarse(project: Project, ids: list[str], args: argparse.Namespace) -> None:
+    """``export`` into the folder of the coarse files: a file where a result would go that
+    holds a slide's coarse outline is the user's work, not an earlier export; stop."""
+    from protorefine.annotations import read_annotations
+
+    out = Path(args.out)
+    for sid in ids:
+        for suffix in (".geojson", ".xml"):
+            target = out / f"{sid}{suffix}"
+            if not target.is_file():
+                continue
+            try:
+                shape = project.slide(sid).shape
+                there = read_annotations(target, slide_shape=shape, allow_empty=True)
+            except ProtorefineError:
+                continue  # not an outline: nothing of the user's to keep
+            if _same_annotations(project.coarse(sid), there):
+                raise ProtorefineError(
+                    f"{target}: holds the coarse outline of slide {sid!r}, which the export "
+                    "would overwrite; give another --out folder"
+                )
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
@@ -244,7 +299,7 @@ def write_outputs(
     if mask_downsample is not None:
         project.export_refined(out, MASK_SUFFIX, downsample=mask_downsample, slides=ids)
     for sid in ids:
-        _write_png(out / f"{sid}_refined.png", project.result_grid(sid, "refined"))
+        _write_png(out / f"{sid}{GRID_PNG_SUFFIX}", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):
         from protorefine.labels_export import export_refined_labels
 
