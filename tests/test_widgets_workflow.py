@@ -615,6 +615,18 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
         assert read_geojson(path).union().symmetric_difference(expected).area < 1e-6
     table = (tmp_path / "all" / "tumour_measurements.csv").read_text().splitlines()
     assert len(table) == 1 + len(written) and table[0].startswith("slide,mpp,")
+    # never over a coarse outline: the folder it was imported from is refused, untouched
+    from protorefine.annotations import write_geojson
+
+    imported = tmp_path / "coarse-files" / f"{state.slide_id}.geojson"
+    imported.parent.mkdir()
+    write_geojson(state.project.coarse(state.slide_id), imported)
+    before = imported.read_bytes()
+    with qtbot.waitSignal(review.export_runner.finished, timeout=60_000):
+        assert review.export_all(imported.parent)
+    assert review.export_runner.last_outcome == "error"
+    assert "holds the coarse outline" in review.export_runner.last_message
+    assert imported.read_bytes() == before
     # NGFF labels inside the slide's zarr, at the step the outline was traced at
     finish(qtbot, review.export_runner, review.export_ngff)
     labels_dir = review.labels_path

@@ -820,7 +820,6 @@ class Project:
         from protorefine.measure import write_measurements_csv
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         written = []
         with self.reading():
             refined = [  # others: no outline
@@ -828,6 +827,8 @@ class Project:
                 for s in self.slides
                 if self.has_results(s.id) and (slides is None or s.id in slides)
             ]
+            self.check_export_targets(folder, [suffix], [s.id for s in refined])
+            folder.mkdir(parents=True, exist_ok=True)
             n = len(refined)
             for i, s in enumerate(refined):
                 if cancel is not None and cancel():
@@ -841,6 +842,35 @@ class Project:
         if progress is not None:
             progress(n + 1, n + 1, MEASUREMENTS_CSV)
         return written
+
+    def check_export_targets(
+        self, folder: str | Path, suffixes: Sequence[str], slides: Sequence[str]
+    ) -> None:
+        """Refuse an export into the folder of the coarse files: a ``<slide><suffix>`` there
+        that holds that slide's coarse outline is the pathologist's work, not an earlier
+        export (which may be overwritten)."""
+        from protorefine.annotations import read_annotations
+
+        for sid in slides:
+            for suffix in suffixes:
+                target = Path(folder) / f"{sid}{suffix}"
+                if target.suffix.lower() not in (".geojson", ".json", ".xml"):
+                    continue
+                if not target.is_file():
+                    continue
+                coarse = self.coarse(sid)
+                try:  # as written, and clipped to the slide as a coarse file is when read in
+                    there = [
+                        read_annotations(target, slide_shape=shape, allow_empty=True)
+                        for shape in (None, self.slide(sid).shape)
+                    ]
+                except ProtorefineError:
+                    continue  # not an outline: nothing of the pathologist's to keep
+                if any(same_annotations(coarse, t) for t in there):
+                    raise ProtorefineError(
+                        f"{target}: holds the coarse outline of slide {sid!r}, which the export "
+                        "would overwrite; choose another folder"
+                    )
 
     def measurements(self, slide_id: str) -> dict[str, Measurements]:
         """Regions, area and greatest dimension of the coarse and (when run) accepted outlines."""
@@ -908,6 +938,17 @@ def checked_mpp(mpp: float) -> float:
             "(a 40x scan is about 0.25, 20x about 0.5)"
         )
     return value
+
+
+def same_annotations(a: AnnotationSet | None, b: AnnotationSet | None) -> bool:
+    """True when two annotation sets hold the same classes and (nearly) the same regions."""
+    if a is None or b is None or a.classes() != b.classes():
+        return False
+    for cls in a.classes():
+        ga, gb = a.union([cls]), b.union([cls])
+        if ga.symmetric_difference(gb).area > 1e-6 * max(ga.area, 1.0):
+            return False
+    return True
 
 
 def _stem(path: Path) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from protorefine._atomic import atomic_write_bytes, atomic_write_text
 from protorefine.errors import ProtorefineError
-from protorefine.project import Project, _stem, checked_mpp
+from protorefine.project import Project, _stem, checked_mpp, same_annotations
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.pipeline import Pipeline
 
@@ -181,7 +181,7 @@ def refine_command(args: argparse.Namespace) -> int:
         for note in ann.warnings:  # clipped, repaired, classes left out, a mask's downsample
             print(note, file=sys.stderr)
         old = project.coarse(entry.id)
-        if not _same_annotations(old, ann):
+        if not same_annotations(old, ann):
             project.set_coarse(entry.id, ann)
         ids.append(entry.id)
     _check_masks(project, ids, args)  # before a long run, not after it
@@ -226,36 +226,13 @@ def export_command(args: argparse.Namespace) -> int:
                 "napari's Review pane, or export without --reviewed-only"
             )
     _check_masks(project, ids, args)
-    _refuse_overwriting_coarse(project, ids, args)
+    project.check_export_targets(args.out, _output_suffixes(args), ids)
     out = _output_folder(args)
     bars = StageBars()
     write_outputs(project, ids, out, args, bars)
     say_results(project, ids)
     print(f"exported {len(ids)} slide(s) to {out}")
     return 0
-
-
-def _refuse_overwriting_coarse(project: Project, ids: list[str], args: argparse.Namespace) -> None:
-    """``export`` into the folder of the coarse files: a file where a result would go that
-    holds a slide's coarse outline is the user's work, not an earlier export; stop."""
-    from protorefine.annotations import read_annotations
-
-    out = Path(args.out)
-    for sid in ids:
-        for suffix in (".geojson", ".xml"):
-            target = out / f"{sid}{suffix}"
-            if not target.is_file():
-                continue
-            try:
-                shape = project.slide(sid).shape
-                there = read_annotations(target, slide_shape=shape, allow_empty=True)
-            except ProtorefineError:
-                continue  # not an outline: nothing of the user's to keep
-            if _same_annotations(project.coarse(sid), there):
-                raise ProtorefineError(
-                    f"{target}: holds the coarse outline of slide {sid!r}, which the export "
-                    "would overwrite; give another --out folder"
-                )
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
@@ -328,17 +305,6 @@ def say_results(project: Project, ids: list[str]) -> None:
     if len(ids) > 1:
         first = sorted(ids, key=lambda sid: -unsure[sid])[:CHECK_FIRST]
         print("check first (least sure): " + ", ".join(f"{s} ({unsure[s]:.0%})" for s in first))
-
-
-def _same_annotations(a, b) -> bool:
-    """True when two annotation sets hold the same classes and (nearly) the same regions."""
-    if a is None or b is None or a.classes() != b.classes():
-        return False
-    for cls in a.classes():
-        ga, gb = a.union([cls]), b.union([cls])
-        if ga.symmetric_difference(gb).area > 1e-6 * max(ga.area, 1.0):
-            return False
-    return True
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
