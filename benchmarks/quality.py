@@ -19,7 +19,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ ABLATIONS = {
     "ours: no dynamic sampling": {"dynamic_sampling": False},
     "ours: 3 rounds of re-finetuning": {"rounds": 3},
     "ours: no early stopping (10 epochs)": {"early_stop": 0.0, "epochs": 10},
+    "ours: no colour prototypes": {"colour_prototypes": 0},
 }
 
 
@@ -57,6 +58,17 @@ class PatchData:
     encoder: str
     seconds: float
     blocks: tuple[int, ...] | None = None
+    grids: list = field(default_factory=list, repr=False)
+    colour: dict = field(default_factory=dict, repr=False)  # (slide, factor) -> cell features
+
+    def colour_features(self, cohort: C.Cohort, k: int, factor: int) -> np.ndarray:
+        """Slide ``k``'s fine-cell stain statistics for colour prototypes (computed once)."""
+        from protorefine.refine.colour import cell_features, cell_sums
+
+        if (k, factor) not in self.colour:
+            sums = cell_sums(cohort.slides[k].slide(), self.grids[k], factor)
+            self.colour[k, factor] = cell_features(sums)
+        return self.colour[k, factor]
 
 
 def patch_data(
@@ -145,6 +157,7 @@ def patch_data(
         cells=[float(g.downsample) for g in grids],
         encoder=encoder_name,
         seconds=seconds,
+        grids=grids,
     )
 
 
@@ -177,8 +190,9 @@ def output_masks(prob: np.ndarray, pd: PatchData, cohort: C.Cohort, config) -> l
         valid = np.zeros(pd.grid_shapes[k], bool)
         pgrid[pd.rc[sel, 0], pd.rc[sel, 1]] = prob[sel]
         valid[pd.rc[sel, 0], pd.rc[sel, 1]] = True
-        if f > 1 and hasattr(pp, "prob_to_fine_mask"):
-            mask = pp.prob_to_fine_mask(pgrid, tissue=valid, config=config, factor=f)
+        if f > 1:
+            colour = pd.colour_features(cohort, k, f) if config.colour_prototypes > 0 else None
+            mask = pp.prob_to_fine_mask(pgrid, tissue=valid, config=config, factor=f, colour=colour)
         else:
             mask, f = pp.prob_to_mask(pgrid, tissue=valid, config=config), 1
         h, w = s.truth.shape
@@ -254,10 +268,10 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
     coarse = (pd.inside >= 0.5).astype(np.uint8)
     out: dict[str, dict] = {}
 
-    def record(name: str, probs_per_seed: list[np.ndarray], seconds: float) -> None:
+    def record(name: str, probs_per_seed: list[np.ndarray], seconds: float, config=base) -> None:
         per_seed = []
         for prob in probs_per_seed:
-            pred = output_masks(np.asarray(prob, np.float32), pd, cohort, base)
+            pred = output_masks(np.asarray(prob, np.float32), pd, cohort, config)
             per_seed.append(scores(pred, cohort))
         res = {
             "dice": float(np.mean([r["dice"] for r in per_seed])),
@@ -271,9 +285,11 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
             f"    {name:34s} Dice {res['dice']:.3f}  IoU {res['iou']:.3f}  ({res['seconds']:.1f} s)"
         )
 
+    # references: what the grid itself allows, so without the colour step below the patch
+    grid_only = base.replace(colour_prototypes=0)
     truth = (truth_fraction(pd, cohort) >= 0.5).astype(np.float32)
-    record("true labels on the patch grid (reference)", [truth], 0.0)
-    record("coarse labels on the patch grid", [coarse.astype(np.float32)], 0.0)
+    record("true labels on the patch grid (reference)", [truth], 0.0, grid_only)
+    record("coarse labels on the patch grid", [coarse.astype(np.float32)], 0.0, grid_only)
 
     t = time.perf_counter()
     probs = [
@@ -299,10 +315,9 @@ def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print)
 
     for name, change in ABLATIONS.items():
         t = time.perf_counter()
-        probs = []
-        for seed in seeds:
-            probs.append(refine_cohort(pd, base.replace(seed=seed, **change)))
-        record(name, probs, time.perf_counter() - t)
+        config = base.replace(**change)
+        probs = [refine_cohort(pd, config.replace(seed=seed)) for seed in seeds]
+        record(name, probs, time.perf_counter() - t, config)
     return out
 
 

@@ -483,3 +483,35 @@ def test_export_every_slide_reports_progress_and_stops_on_cancel(done, tmp_path)
     with pytest.raises(CancelledError, match="export cancelled after 0 of 1 slides"):
         p.export_refined(tmp_path / "cancelled", cancel=lambda: True)
     assert list((tmp_path / "cancelled").iterdir()) == []
+
+
+def test_colour_statistics_are_read_once_and_shape_the_outline(done, tmp_path, monkeypatch):
+    """The output stage reads the slide's stain statistics once per grid (``colour/``); a
+    redraw reuses them, and switching colour prototypes off changes the outline."""
+    import shutil
+
+    import protorefine.refine.colour as colour
+    from protorefine.annotations import tumour_geometry
+
+    src, _ = done
+    folder = tmp_path / "p"
+    shutil.copytree(src.folder, folder)
+    p = Project.open(folder)
+    cached = list((folder / "colour").glob("s1-f*.npy"))
+    assert (
+        len(cached) == 1 and cached[0].with_suffix(".cells").read_text() == p.grid("s1").signature()
+    )
+    with_colour = tumour_geometry(p.refined_annotations("s1"))
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the slide was read again")
+
+    monkeypatch.setattr(colour, "cell_sums", no_reading)
+    p.set_config(p.config.replace(threshold=p.config.threshold + 0.05))
+    Pipeline(p).run()  # a redraw: statistics from colour/
+    p.set_config(p.config.replace(threshold=p.config.threshold - 0.05, colour_prototypes=0))
+    pipe = Pipeline(p)
+    pipe.run()
+    assert set(pipe.times) == {"output"}
+    plain = tumour_geometry(p.refined_annotations("s1"))
+    assert plain.symmetric_difference(with_colour).area > 0.01 * with_colour.area

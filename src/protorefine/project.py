@@ -14,6 +14,8 @@ Layout::
     ui_state.json            free-form widget state
     features/<key>/<id>.npy  feature cache, keyed by encoder + weight hash + grid settings
                              (+ <id>.cells: which cells its rows belong to)
+    colour/<id>-f<k>.npy     stain statistics per fine cell for colour prototypes
+                             (+ .cells: the grid they were read on)
     stages/<stage>/          each stage's output, moved in atomically with done.json
 
 A stage counts as done when its folder holds ``done.json`` whose fingerprint

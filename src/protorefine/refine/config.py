@@ -57,6 +57,8 @@ _STAGE_OF: dict[str, str] = {
     "outside_threshold": "output",
     "output_upsample": "output",
     "outline_smoothing": "output",
+    "colour_prototypes": "output",
+    "colour_weight": "output",
     "min_area": "output",
     "max_hole": "output",
     "device": "",
@@ -124,6 +126,8 @@ class RefineConfig:
     outside_threshold: float = 0.9
     output_upsample: int = 4
     outline_smoothing: int = 3
+    colour_prototypes: int = 32
+    colour_weight: float = 0.3
     min_area: int = 2
     max_hole: int = 2
     # run
@@ -156,12 +160,17 @@ class RefineConfig:
             )
         if float(self.context) < 0:
             raise ProtorefineError(f"config context={self.context!r}: must be >= 0")
+        if int(self.colour_prototypes) < 0 or int(self.colour_prototypes) == 1:
+            raise ProtorefineError(
+                f"config colour_prototypes={self.colour_prototypes!r}: must be 0 (off) or >= 2"
+            )
         for name in (
             "merge_threshold",
             "coarse_trust",
             "threshold",
             "update_confidence",
             "final_blend",
+            "colour_weight",
         ):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:

@@ -431,6 +431,25 @@ class Pipeline:
         (out / "history.json").write_text(json.dumps(cr.history, indent=2))
         return {"history": cr.history, "device": str(device)}
 
+    def _colour(self, slide_id: str, grid, factor: int, check) -> np.ndarray | None:
+        """The fine cells' stain statistics for colour prototypes (None when they are off),
+        read from the slide once per grid and kept in ``colour/`` (a redraw reuses them)."""
+        from protorefine.refine.colour import cell_features, cell_sums
+
+        if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0:
+            return None
+        path, cells = _colour_cache(self.project, slide_id, factor)
+        if path.exists() and cells.exists() and cells.read_text() == grid.signature():
+            sums = np.load(path)
+        else:
+            sums = cell_sums(self.project.open_slide(slide_id), grid, factor, cancel=check)
+            path.parent.mkdir(exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, sums.astype(np.float32))
+            atomic_write_text(cells, grid.signature())
+        return cell_features(sums)
+
     def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         from shapely.geometry import box
 
@@ -462,7 +481,10 @@ class Pipeline:
             mask = prob_to_mask(pgrid, tissue=tissue, config=self.config)
             np.save(out / f"{s.id}_refined.npy", mask)
             f = max(1, int(self.config.output_upsample))
-            fine = prob_to_fine_mask(pgrid, tissue=tissue, config=self.config, factor=f)
+            colour = self._colour(s.id, grid, f, check) if f > 1 else None
+            fine = prob_to_fine_mask(
+                pgrid, tissue=tissue, config=self.config, factor=f, colour=colour
+            )
             step = grid.downsample / f
             annset = vectorize(
                 fine, step, classification=tumour_class_name(self.project.coarse(s.id))
@@ -477,6 +499,11 @@ class Pipeline:
             counts[s.id] = {"refined_patches": int(mask.sum()), "tissue": int(tissue.sum())}
         prog(n, n, "done")
         return {"slides": counts}
+
+
+def _colour_cache(project, slide_id: str, factor: int) -> tuple[Path, Path]:
+    folder = project.folder / "colour"
+    return folder / f"{slide_id}-f{factor}.npy", folder / f"{slide_id}-f{factor}.cells"
 
 
 def _polygonal(geom):

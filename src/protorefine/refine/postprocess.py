@@ -141,11 +141,14 @@ def prob_to_fine_mask(
     tissue: np.ndarray | None = None,
     config: RefineConfig | None = None,
     factor: int | None = None,
+    colour: np.ndarray | None = None,
 ) -> np.ndarray:
     """Refined mask at ``factor`` (default ``output_upsample``) x grid resolution, for polygons.
 
-    Bilinear sub-patch probability, threshold, limited to tissue patches, then the
-    same cleaning as :func:`prob_to_mask` with areas scaled by ``factor**2``.
+    Bilinear sub-patch probability, moved toward the fine cells' colour prototypes when
+    ``colour`` (their :func:`protorefine.refine.colour.cell_features`) is given and
+    ``colour_prototypes`` > 0, threshold, limited to tissue patches, then the same
+    cleaning as :func:`prob_to_mask` with areas scaled by ``factor**2``.
     """
     config = config or RefineConfig()
     f = int(factor if factor is not None else config.output_upsample)
@@ -153,7 +156,15 @@ def prob_to_fine_mask(
         return prob_to_mask(prob_grid, tissue=tissue, config=config)
     valid = np.ones(np.shape(prob_grid), bool) if tissue is None else np.asarray(tissue, bool)
     up_valid = np.kron(valid, np.ones((f, f), bool))
-    mask = fine_prob(prob_grid, tissue=valid, config=config, factor=f) >= config.threshold
+    fine = fine_prob(prob_grid, tissue=valid, config=config, factor=f)
+    if colour is not None and config.colour_prototypes > 0 and config.colour_weight > 0:
+        from protorefine.refine.colour import colour_prototype_prob
+
+        proto = colour_prototype_prob(
+            colour, fine, up_valid, config.colour_prototypes, seed=config.seed
+        )
+        fine = (1 - config.colour_weight) * fine + config.colour_weight * proto
+    mask = fine >= config.threshold
     mask &= up_valid
     cleaned = config.replace(
         smooth_sigma=0.0,
