@@ -596,3 +596,16 @@ def test_results_never_overwrite_the_coarse_file(refined, case, tmp_path, capsys
     again = tmp_path / "again"
     for _ in range(2):
         assert main(["export", str(refined / "project"), "--out", str(again)]) == 0
+
+
+def test_colour_prototypes_off_redraws_only_the_outline(refined, case, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(refined, out)
+    before = read_geojson(out / "s1.geojson").union()
+    args = refine_args(case["slide"], case["coarse"], out, *FAST, "--colour-prototypes", "0")
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output"]
+    assert report["config"]["colour_prototypes"] == 0
+    after = read_geojson(out / "s1.geojson").union()
+    assert after.symmetric_difference(before).area > 0.01 * before.area

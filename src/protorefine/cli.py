@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "lower: looser, higher: tighter); a rerun with only this changed redraws the outline "
         "without retraining",
     )
+    p.add_argument(
+        "--colour-prototypes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="colour groups per slide that let the outline follow stain boundaries inside a "
+        "patch (default 32; 0: off, the outline then interpolates between patch centres)",
+    )
     p.add_argument("--seed", type=int, default=0)
     _output_options(p)
     p.set_defaults(func=_cmd_refine)
