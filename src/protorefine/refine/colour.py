@@ -25,54 +25,68 @@ CHANNELS = 3
 WINDOWS = (1, 3, 5)
 #: Cells that fit a slide's clusters (the rest are assigned to them): enough for 32 colours.
 FIT_CELLS = 20_000
-#: Pixels of the grid's level read and converted at once (bounds memory on whole slides).
-BAND_PIXELS = 8_000_000
+#: Pixels read and converted at once (bounds memory on whole slides).
+BAND_PIXELS = 4_000_000
+#: Pixels per fine-cell side the statistics are taken from: a coarser pyramid level, or
+#: every n-th pixel, when the cell is larger (colour statistics need no more).
+CELL_PIXELS = 16
 
 _UNMIX = (hed_from_rgb / -np.log(1e-6)).astype(np.float32)
+_OD = -np.log(np.maximum(np.arange(256, dtype=np.float32) / 255.0, 1e-6))  # per 8-bit value
 
 
 def stain_channels(rgb: np.ndarray) -> np.ndarray:
     """``(h, w, 3)`` uint8 RGB -> ``(h, w, 3)`` float32 haematoxylin, eosin, optical density."""
-    od = -np.log(np.maximum(rgb[..., :3].astype(np.float32) / 255.0, 1e-6))
+    od = _OD[rgb[..., :3]]
     he = np.maximum(od @ _UNMIX, 0)[..., :2]
     return np.concatenate([he, od.sum(-1, keepdims=True)], axis=-1)
 
 
 def cell_sums(slide, grid, factor: int, *, cancel: Cancel | None = None) -> np.ndarray:
-    """Per fine cell of ``grid`` (``factor`` per cell side), the pixel count and the sums of
-    each stain channel and of its square over the cell's pixels at the grid's level:
-    ``(rows * factor, cols * factor, 1 + 2 * CHANNELS)`` float64. Bands without a tissue
-    cell are not read (zeros)."""
+    """Per fine cell of ``grid`` (``factor`` per cell side), the number of pixels sampled and
+    the sums of each stain channel and of its square over them:
+    ``(rows * factor, cols * factor, 1 + 2 * CHANNELS)`` float64. About
+    :data:`CELL_PIXELS` pixels per cell side are sampled, from the coarsest pyramid level
+    that has them (never finer than the grid's); bands without a tissue cell are skipped."""
     rows, cols, f = grid.rows, grid.cols, int(factor)
     out = np.zeros((rows * f, cols * f, 1 + 2 * CHANNELS))
-    step = grid.read_stride  # level pixels per grid cell
-    level_h, level_w = slide.levels[grid.level].shape[:2]
-    width = min(cols * step, level_w)
-    band_rows = max(1, BAND_PIXELS // max(1, width * step))
+    cell0 = grid.downsample / f  # fine cell side in level-0 pixels
+    level = slide.best_level_for_downsample(max(cell0 / CELL_PIXELS, grid.level_downsample))
+    ds = slide.downsamples[level]
+    sub = max(1, int(cell0 / ds // CELL_PIXELS))  # then every sub-th pixel
+    level_h, level_w = slide.levels[level].shape[:2]
+    band_rows = max(1, int(BAND_PIXELS // max(1.0, level_w * grid.downsample / ds)))
     tissue = np.asarray(grid.tissue, bool).reshape(rows, cols)
-    xcell = (np.arange(width) * f) // step  # fine column of each pixel
+    xs = np.arange(0, level_w, sub)
+    xcell = np.minimum(((xs + 0.5) * ds // cell0).astype(np.int64), cols * f - 1)
     for r0 in range(0, rows, band_rows):
         r1 = min(rows, r0 + band_rows)
         if not tissue[r0:r1].any():
             continue
         if cancel is not None and cancel():
             raise CancelledError("colour statistics cancelled")
-        y0, y1 = r0 * step, min(r1 * step, level_h)
+        y0 = int(r0 * grid.downsample / ds)
+        y1 = min(int(np.ceil(r1 * grid.downsample / ds)), level_h)
+        y0 += (-y0) % sub  # the same sampled rows whatever the band
         if y1 <= y0:
             continue
-        stains = stain_channels(slide.read_region(grid.level, y0, 0, y1 - y0, width))
-        ycell = ((np.arange(y0, y1) * f) // step) - r0 * f
-        index = (ycell[:, None] * (cols * f) + xcell[None, :]).ravel()
-        n = (r1 - r0) * f * cols * f
-        band = out[r0 * f : r1 * f]
-        band[..., 0] += np.bincount(index, minlength=n).reshape(band.shape[:2])
-        flat = stains.reshape(-1, CHANNELS).astype(np.float64)
-        for c in range(CHANNELS):
-            band[..., 1 + c] += np.bincount(index, flat[:, c], n).reshape(band.shape[:2])
-            band[..., 1 + CHANNELS + c] += np.bincount(index, flat[:, c] ** 2, n).reshape(
-                band.shape[:2]
-            )
+        ys = np.arange(y0, y1, sub)
+        ycell = ((ys + 0.5) * ds // cell0).astype(np.int64)
+        keep = (ycell >= r0 * f) & (ycell < r1 * f)  # a row shared with the next band: there
+        rgb = slide.read_region(level, y0, 0, y1 - y0, level_w)[::sub, ::sub][keep]
+        stains = stain_channels(rgb)
+        values = np.concatenate([np.ones_like(stains[..., :1]), stains, stains**2], axis=-1)
+        _add_cell_sums(out, values, ycell[keep], xcell)
     return out
+
+
+def _add_cell_sums(out: np.ndarray, values: np.ndarray, ycell: np.ndarray, xcell: np.ndarray):
+    """Add the sums of ``values`` ``(ny, nx, C)`` over each run of pixels sharing a cell
+    (``ycell``/``xcell`` ascending) into ``out[cell]``."""
+    xs = np.flatnonzero(np.diff(xcell, prepend=-1))  # first pixel of each cell column
+    ys = np.flatnonzero(np.diff(ycell, prepend=-1))
+    sums = np.add.reduceat(np.add.reduceat(values, xs, axis=1), ys, axis=0)
+    out[ycell[ys][:, None], xcell[xs][None, :]] += sums
 
 
 def cell_features(sums: np.ndarray) -> np.ndarray:
