@@ -3,7 +3,9 @@
 Target: all stages for 10,000 patches with 1280-d features (EfficientNet-Lite0 width)
 in under 10 s on 2 CPU cores. Features are synthetic clouds (tumour and normal
 patterns per slide) laid on grids of ``--slides`` slides; the timing does not
-depend on what the features mean.
+depend on what the features mean. The output stage includes the colour prototypes:
+their stain statistics are read from an in-memory slide of 224 px patches at level 0
+(a real slide adds the decoding of its tiles), then clustered per slide.
 
     python benchmarks/stages_bench.py [--patches 10000] [--dim 1280] [--slides 4] [--threads 2]
     python benchmarks/stages_bench.py --blocks 1280,77   # efficientnet-lite0+colour-texture
@@ -58,14 +60,21 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
     ``blocks``: feature widths of a combined encoder (``dim`` is then their sum).
     """
     from protorefine.annotations import smooth_outline, vectorize
+    from protorefine.features import make_grid
     from protorefine.refine.classifier import train_classifier
+    from protorefine.refine.colour import cell_features, cell_sums
     from protorefine.refine.config import RefineConfig
     from protorefine.refine.postprocess import prob_to_fine_mask, prob_to_mask, scatter_grid
     from protorefine.refine.prototypes import build_prototypes, embed_for_cosine
     from protorefine.refine.pseudolabels import make_pseudo_labels
+    from protorefine.slides.base import Slide
 
     f, c, d, s, rc = cohort(n, dim, slides)
     cfg = RefineConfig(device="cpu")
+    side = int(rc.max()) + 1
+    block = np.random.default_rng(1).integers(60, 250, (224, 224, 3), dtype=np.uint8)
+    image = Slide.from_array(np.tile(block, (side, side, 1)))  # each slide's pixels
+    pixel_grid = make_grid(image, patch_size=224, tissue=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
     x = embed_for_cosine(torch.from_numpy(f), "none", blocks)
@@ -88,7 +97,11 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
         grid = scatter_grid(cr.prob[idx], rc[idx])
         tissue = scatter_grid(np.ones(len(idx), bool), rc[idx], grid.shape, fill=False)
         prob_to_mask(grid, tissue=tissue, config=cfg)  # the per-patch mask, as the pipeline
-        fine = prob_to_fine_mask(grid, tissue=tissue, config=cfg)  # and its polygons' mask
+        colour = cell_features(cell_sums(image, pixel_grid, cfg.output_upsample))
+        colour = colour[
+            : grid.shape[0] * cfg.output_upsample, : grid.shape[1] * cfg.output_upsample
+        ]
+        fine = prob_to_fine_mask(grid, tissue=tissue, config=cfg, colour=colour)
         step = 224.0 / cfg.output_upsample
         for ann in vectorize(fine, step):
             smooth_outline(ann.geometry, step, cfg.outline_smoothing)
