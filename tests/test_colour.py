@@ -99,3 +99,18 @@ def test_the_outline_moves_to_the_colour_boundary_inside_a_patch() -> None:
 def test_bad_colour_settings_are_named(change, message) -> None:
     with pytest.raises(ProtorefineError, match=message):
         RefineConfig(**change)
+
+
+def test_no_speck_hangs_on_by_a_corner() -> None:
+    """Parts of the fine mask that touch only at a corner are traced as separate polygons
+    (a tiny diamond once rounded), so each must reach ``min_area`` on its own."""
+    from scipy import ndimage
+
+    prob = np.zeros((3, 3), np.float32)
+    prob[0, 0] = prob[1, 1] = 1.0  # two 2 x 2 blocks of fine cells, corner to corner
+    loose = RefineConfig(smooth_sigma=0.0, threshold=0.5, min_area=1, max_hole=0)
+    fine = prob_to_fine_mask(prob, config=loose, factor=2)
+    lab, n = ndimage.label(fine)
+    assert n == 2 and fine.sum() == 8  # min_area 1 patch = 4 fine cells: both kept
+    strict = loose.replace(min_area=2)  # 8 fine cells: each corner-joined block is too small
+    assert not prob_to_fine_mask(prob, config=strict, factor=2).any()

@@ -172,7 +172,13 @@ def prob_to_fine_mask(
         min_area=config.min_area * f * f,
         max_hole=config.max_hole * f * f,
     )
-    return prob_to_mask(mask.astype(np.float32), tissue=up_valid, config=cleaned)
+    mask = prob_to_mask(mask.astype(np.float32), tissue=up_valid, config=cleaned)
+    if cleaned.min_area > 0:  # a part held on only by a corner becomes its own polygon: drop it
+        lab, _ = ndimage.label(mask)  # 4-connected, as the polygons are traced
+        small = np.bincount(lab.ravel()) < cleaned.min_area
+        small[0] = False
+        mask[small[lab]] = False
+    return mask
 
 
 def masks_per_slide(
