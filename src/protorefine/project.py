@@ -807,7 +807,7 @@ class Project:
     def export_refined(
         self,
         folder: str | Path,
-        suffix: str = ".geojson",
+        suffixes: str | Sequence[str] = ".geojson",
         *,
         downsample: float | None = None,
         slides: Sequence[str] | None = None,
@@ -815,13 +815,16 @@ class Project:
         cancel: Cancel | None = None,
     ) -> list[Path]:
         """Write every refined slide's accepted outline (or those of ``slides``) to
-        ``folder/<slide><suffix>`` (:meth:`export_outline`; e.g. ``"_mask.tif"`` with a
-        ``downsample`` for masks) and the project's measurements to
-        ``folder/tumour_measurements.csv``; returns the outlines' paths.
-        A cancel stops between slides (the files written so far are whole)."""
+        ``folder/<slide><suffix>`` for each of ``suffixes`` (:meth:`export_outline`; e.g.
+        ``"_mask.tif"`` with a ``downsample`` for masks) and the project's measurements to
+        ``folder/tumour_measurements.csv``; returns the outlines' paths. Refused before
+        anything is written where a target holds a coarse outline
+        (:meth:`check_export_targets`); a cancel stops between slides (the files written
+        so far are whole)."""
         from protorefine.measure import write_measurements_csv
 
         folder = Path(folder)
+        suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
         written = []
         with self.reading():
             refined = [  # others: no outline
@@ -829,7 +832,7 @@ class Project:
                 for s in self.slides
                 if self.has_results(s.id) and (slides is None or s.id in slides)
             ]
-            self.check_export_targets(folder, [suffix], [s.id for s in refined])
+            self.check_export_targets(folder, suffixes, [s.id for s in refined])
             folder.mkdir(parents=True, exist_ok=True)
             n = len(refined)
             for i, s in enumerate(refined):
@@ -837,9 +840,9 @@ class Project:
                     raise CancelledError(f"export cancelled after {i} of {n} slides")
                 if progress is not None:
                     progress(i, n + 1, s.id)
-                written.append(
-                    self.export_outline(s.id, folder / f"{s.id}{suffix}", downsample=downsample)
-                )
+                for suffix in suffixes:
+                    target = folder / f"{s.id}{suffix}"
+                    written.append(self.export_outline(s.id, target, downsample=downsample))
         write_measurements_csv(self, folder / MEASUREMENTS_CSV)
         if progress is not None:
             progress(n + 1, n + 1, MEASUREMENTS_CSV)

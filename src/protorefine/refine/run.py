@@ -36,9 +36,9 @@ MASK_SUFFIX = "_mask.tif"
 GRID_PNG_SUFFIX = "_refined.png"
 
 
-def _output_suffixes(args: argparse.Namespace) -> list[str]:
-    """The endings of each slide's files that :func:`write_outputs` writes, after its id."""
-    suffixes = [".geojson", GRID_PNG_SUFFIX]
+def _outline_suffixes(args: argparse.Namespace) -> list[str]:
+    """The endings, after the slide id, of the outline files :func:`write_outputs` writes."""
+    suffixes = [".geojson"]
     if getattr(args, "asap_xml", False):
         suffixes.append(".xml")
     if getattr(args, "mask_downsample", None) is not None:
@@ -55,7 +55,7 @@ def _refuse_overwriting_inputs(pairs: list[tuple[Path, Path]], args: argparse.Na
         inputs[coarse.resolve()] = f"the coarse annotation {coarse.name}"
     out = Path(args.out)
     for slide, _ in pairs:
-        for suffix in _output_suffixes(args):
+        for suffix in (*_outline_suffixes(args), GRID_PNG_SUFFIX):
             target = (out / f"{_stem(slide)}{suffix}").resolve()
             if target in inputs:
                 raise ProtorefineError(
@@ -228,7 +228,6 @@ def export_command(args: argparse.Namespace) -> int:
                 "napari's Review pane, or export without --reviewed-only"
             )
     _check_masks(project, ids, args)
-    project.check_export_targets(args.out, _output_suffixes(args), ids)
     out = _output_folder(args)
     bars = StageBars()
     write_outputs(project, ids, out, args, bars)
@@ -270,13 +269,8 @@ def write_outputs(
 ) -> None:
     """Per slide ``<id>.geojson`` and ``<id>_refined.png``, ``tumour_measurements.csv``, and
     what the options ask for: ``<id>.xml``, ``<id>_mask.tif``, ``<id>.ome.zarr``."""
-    out.mkdir(parents=True, exist_ok=True)
-    project.export_refined(out, slides=ids)
-    if getattr(args, "asap_xml", False):
-        project.export_refined(out, ".xml", slides=ids)
-    mask_downsample = getattr(args, "mask_downsample", None)
-    if mask_downsample is not None:
-        project.export_refined(out, MASK_SUFFIX, downsample=mask_downsample, slides=ids)
+    downsample = getattr(args, "mask_downsample", None)
+    project.export_refined(out, _outline_suffixes(args), downsample=downsample, slides=ids)
     for sid in ids:
         _write_png(out / f"{sid}{GRID_PNG_SUFFIX}", project.result_grid(sid, "refined"))
     if getattr(args, "ome_zarr", False):
