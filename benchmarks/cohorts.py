@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from protorefine.annotations import fit_mask
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PROTOREFINE_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("PROTOREFINE_BENCH_CACHE", "/tmp/protorefine-bench"))
@@ -245,7 +247,7 @@ def add_coarse(slides: list[BenchSlide], seed: int, *, target: float = TARGET_CO
                 ann = simulate_coarse(
                     fine, s.eval_downsample / f, strength=strength, seed=seed * 1000 + k
                 )
-                cm = _fit(_raster(ann, s.image.shape[:2], s.eval_downsample), s.truth.shape)
+                cm = fit_mask(_raster(ann, s.image.shape[:2], s.eval_downsample), s.truth.shape)
                 results.append((ann, cm, dice(cm, s.truth, s.tissue)))
             tried[strength] = (float(np.mean([r[2] for r in results])), results)
         return tried[strength][0]
@@ -268,14 +270,6 @@ def add_coarse(slides: list[BenchSlide], seed: int, *, target: float = TARGET_CO
         "coarse_dice": round(mean, 4),
         "strengths_tried": {str(st): round(v[0], 4) for st, v in sorted(tried.items())},
     }
-
-
-def _fit(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop or pad a map to ``shape`` (rasterisers may round sizes up)."""
-    out = np.zeros(shape, bool)
-    h, w = min(shape[0], m.shape[0]), min(shape[1], m.shape[1])
-    out[:h, :w] = m[:h, :w]
-    return out
 
 
 # ---------------------------------------------------------------- builders
@@ -387,7 +381,7 @@ def build_synthetic_cohort(
         slide, truth, tds = synthetic_slide(shape, seed=seed + k)
         img = np.asarray(slide.levels[0])
         tds = int(round(tds))
-        truth = _fit(np.asarray(truth, bool), (shape[0] // tds, shape[1] // tds))
+        truth = fit_mask(np.asarray(truth, bool), (shape[0] // tds, shape[1] // tds))
         small = img[: truth.shape[0] * tds, : truth.shape[1] * tds]
         small = small.reshape(truth.shape[0], tds, truth.shape[1], tds, 3).mean(axis=(1, 3))
         tissue = small.min(axis=-1) < 215  # not background: any channel clearly below white

@@ -256,3 +256,11 @@ def test_smoothed_circle_loses_its_stairs() -> None:
     assert _axis_parallel_share(exact) == 1.0 and _axis_parallel_share(smooth) < 0.1
     assert smooth.hausdorff_distance(exact) <= d / 2 + 1e-6
     assert smooth_outline(exact, d, 0).equals(exact)
+
+
+def test_fit_mask_crops_and_pads() -> None:
+    from protorefine.annotations import fit_mask
+
+    m = np.ones((3, 5), bool)
+    out = fit_mask(m, (4, 4))
+    assert out.shape == (4, 4) and out[:3].all() and not out[3].any()

@@ -22,7 +22,13 @@ from protorefine.annotations.model import (
     Annotation,
     AnnotationSet,
 )
-from protorefine.annotations.raster import mask_shape, rasterize, smooth_outline, vectorize
+from protorefine.annotations.raster import (
+    fit_mask,
+    mask_shape,
+    rasterize,
+    smooth_outline,
+    vectorize,
+)
 from protorefine.annotations.shapes import annotations_to_shapes, shapes_to_annotations
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "annotations_to_shapes",
     "is_exclusion_class",
     "is_tumour_class",
+    "fit_mask",
     "mask_shape",
     "rasterize",
     "read_annotations",

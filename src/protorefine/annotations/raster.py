@@ -39,6 +39,15 @@ def mask_shape(shape_level0: Sequence[int], downsample: float) -> tuple[int, int
     return math.ceil(h / downsample - 1e-9), math.ceil(w / downsample - 1e-9)
 
 
+def fit_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``mask`` cropped or padded (False) to ``shape``: masks rasterised at one downsample
+    and grids laid over the same slide may differ by a cell at the far edges."""
+    out = np.zeros(tuple(int(v) for v in shape), bool)
+    h, w = min(out.shape[0], mask.shape[0]), min(out.shape[1], mask.shape[1])
+    out[:h, :w] = mask[:h, :w]
+    return out
+
+
 def _geometry_of(
     geometry_or_annset: BaseGeometry | AnnotationSet | Annotation, classes: Sequence[str] | None
 ) -> BaseGeometry:

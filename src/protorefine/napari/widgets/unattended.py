@@ -98,10 +98,10 @@ def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
     tissue = grid.tissue.reshape(grid.rows, grid.cols)
     truth_file = project.ui_state.get("truth", {}).get(sid)
     if truth_file and Path(truth_file).exists():
-        from protorefine.annotations import rasterize, read_annotations
+        from protorefine.annotations import fit_mask, rasterize, read_annotations
 
         truth = rasterize(read_annotations(truth_file), grid.shape, grid.downsample)
-        truth = _fit(truth, refined.shape)
+        truth = fit_mask(truth, refined.shape)
         rr, cc = np.nonzero(tissue & (truth != refined))
         labels = np.where(truth[rr, cc], TUMOUR_LABEL, NORMAL_LABEL)
     else:
@@ -116,14 +116,6 @@ def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
         if pick.any():
             painted += review.paint_cells(rr[pick], cc[pick], value)
     return painted
-
-
-def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop or pad a mask to ``shape`` (rasterised grids may differ by one cell at the edge)."""
-    out = np.zeros(shape, bool)
-    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
-    out[:h, :w] = mask[:h, :w]
-    return out
 
 
 def run_unattended(
