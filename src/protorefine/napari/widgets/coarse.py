@@ -67,7 +67,10 @@ class CoarseWidget(QWidget):
             "fat): it becomes a hole, saved as class Exclusion (ASAP: _2)"
         )
         self.import_button = QPushButton("Import…")
-        self.import_button.setToolTip("Replace the outline with a GeoJSON or ASAP XML file")
+        self.import_button.setToolTip(
+            "Replace the outline with a GeoJSON or ASAP XML file, or a mask image at any "
+            "downsample of the slide"
+        )
         self.export_geojson_button = QPushButton("Export GeoJSON…")
         self.export_xml_button = QPushButton("Export ASAP XML…")
         self.delete_button = QPushButton("Delete selected")
