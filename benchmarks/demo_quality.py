@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the demo cohort, refine it, print coarse and refined Dice per slide and the times."""
     from protorefine.annotations import rasterize, tumour_geometry
     from protorefine.demo import COHORT_SHAPES, make_sample_cohort
-    from protorefine.refine.pipeline import Pipeline
+    from protorefine.project.pipeline import Pipeline
     from protorefine.synthetic import synthetic_slide
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

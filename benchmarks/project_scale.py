@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     from protorefine.measure import write_measurements_csv
     from protorefine.napari.widgets.project import _slide_status
     from protorefine.project import Project
+    from protorefine.project.pipeline import Pipeline
     from protorefine.refine import RefineConfig
-    from protorefine.refine.pipeline import Pipeline
     from protorefine.synthetic import simulate_coarse, synthetic_slide
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

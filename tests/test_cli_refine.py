@@ -16,7 +16,7 @@ from protorefine.annotations import read_geojson, write_geojson
 from protorefine.cli import main
 from protorefine.errors import ProtorefineError
 from protorefine.project import Project
-from protorefine.refine.pipeline import Pipeline
+from protorefine.project.pipeline import Pipeline
 from refine_synth import write_slide_case
 
 FAST = ["--patch-size", "64", "--encoder", "colour-texture", "--device", "cpu"]

@@ -8,8 +8,8 @@ import pytest
 from protorefine.annotations import read_geojson
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.project import Project
+from protorefine.project.pipeline import Pipeline
 from protorefine.refine import RefineConfig
-from protorefine.refine.pipeline import Pipeline
 from refine_synth import write_slide_case
 
 CFG = RefineConfig(patch_size=64, encoder="colour-texture", device="cpu", epochs=4, rounds=2)

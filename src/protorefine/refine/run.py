@@ -16,9 +16,9 @@ import numpy as np
 
 from protorefine._atomic import atomic_write_bytes, atomic_write_text
 from protorefine.errors import ProtorefineError
-from protorefine.project import Project, _stem, checked_mpp, same_annotations
+from protorefine.project.pipeline import Pipeline
+from protorefine.project.store import Project, _stem, checked_mpp, same_annotations
 from protorefine.refine.config import RefineConfig
-from protorefine.refine.pipeline import Pipeline
 
 
 def _annotation_stem(path: Path) -> str:

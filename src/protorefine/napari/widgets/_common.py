@@ -59,7 +59,7 @@ def add_shortcut(
 #: (torch's optimiser pulls in torch._dynamo and sympy), which would freeze the window
 #: in the middle of a run, so the widgets import them once, up front, in the background.
 WARM_MODULES = (
-    "protorefine.refine.pipeline",
+    "protorefine.project.pipeline",
     "protorefine.features",
     "protorefine.slides",
     "protorefine.annotations",
@@ -174,7 +174,7 @@ def pipeline_for(project, config=None):
     Patches are read by threads on a GPU too: forking worker processes out of a running
     GUI (Qt and Python threads holding locks) can hang them.
     """
-    from protorefine.refine.pipeline import Pipeline
+    from protorefine.project.pipeline import Pipeline
 
     return Pipeline(project, config, partial=True, loader="thread")
 

@@ -15,7 +15,7 @@ import torch
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
-from protorefine.project import Project, write_npz
+from protorefine.project.store import Project, write_npz
 from protorefine.refine.classifier import (
     load_checkpoint,
     predict,
