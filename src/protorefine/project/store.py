@@ -43,7 +43,7 @@ from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_te
 from protorefine._types import Cancel, Progress
 from protorefine.annotations.model import TUMOR, AnnotationSet
 from protorefine.errors import CancelledError, ProtorefineError
-from protorefine.refine.config import _STAGE_OF, STAGE_ORDER, RefineConfig
+from protorefine.refine.config import STAGE_OF, STAGE_ORDER, RefineConfig
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
@@ -499,7 +499,7 @@ class Project:
         fp = ""
         run = self.run_slides()
         for stage in STAGE_ORDER:
-            own = {k: v for k, v in self.config.to_dict().items() if _STAGE_OF.get(k) == stage}
+            own = {k: v for k, v in self.config.to_dict().items() if STAGE_OF.get(k) == stage}
             extra: Any = None
             if stage == "grid" and legacy:
                 extra = [(s.id, s.path, list(s.shape)) for s in run]

@@ -11,7 +11,7 @@ from protorefine.errors import ProtorefineError
 
 # Which stage each field belongs to: changing a field invalidates that stage and
 # every stage after it (see ``first_changed_stage``).
-_STAGE_OF: dict[str, str] = {
+STAGE_OF: dict[str, str] = {
     "patch_size": "grid",
     "level": "grid",
     "mpp": "grid",
@@ -224,7 +224,7 @@ class RefineConfig:
 
 def stage_of(field_name: str) -> str:
     """The first stage that depends on ``field_name`` ('' when none)."""
-    return _STAGE_OF.get(field_name, "grid")
+    return STAGE_OF.get(field_name, "grid")
 
 
 def first_changed_stage(old: RefineConfig, new: RefineConfig) -> str | None:
