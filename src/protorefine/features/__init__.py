@@ -7,11 +7,11 @@ from protorefine.features.encoders import (
     get_encoder,
     list_encoders,
     register_encoder,
-    resize_batch,
     save_encoder,
 )
 from protorefine.features.extract import extract_features, read_patches
 from protorefine.features.grid import PatchGrid, make_grid
+from protorefine.features.images import resize_batch
 from protorefine.features.labels import coarse_labels
 
 __all__ = [

@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from skimage.color import hed_from_rgb
 
+from protorefine._atomic import atomic_write_text
+from protorefine.features.images import resize_batch
+
 REF_FILE = Path(__file__).with_name("colour_texture_ref.json")
 VERSION = "colour-texture/1"
 _GRAD_EDGES = (0.01, 0.02, 0.035, 0.05, 0.07, 0.1, 0.15)  # gradient magnitude bin edges
@@ -203,8 +206,6 @@ def calibrate(image_dirs: list[Path], patch: int = 224, size: int = 112) -> dict
     """Measure reference mean/std of the raw statistics on patches cut from H&E images."""
     from skimage.io import imread
 
-    from protorefine.features.encoders import resize_batch
-
     patches = []
     for d in image_dirs:
         for f in sorted(Path(d).glob("*.jpg")):
@@ -228,8 +229,6 @@ def calibrate(image_dirs: list[Path], patch: int = 224, size: int = 112) -> dict
 
 
 if __name__ == "__main__":
-    from protorefine._atomic import atomic_write_text
-
     ref = calibrate([Path(a) for a in sys.argv[1:]])
     atomic_write_text(REF_FILE, json.dumps(ref, indent=1) + "\n")
     print(f"wrote {REF_FILE} from {ref['n_patches']} patches")

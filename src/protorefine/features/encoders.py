@@ -20,47 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from protorefine._atomic import atomic_path
 from protorefine.errors import ProtorefineError
+from protorefine.features.colour_texture import ColourTexture, feature_names, load_reference
 from protorefine.features.device import resolve_device
+from protorefine.features.images import resize_batch
 
 DEFAULT_ENCODER = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
-
-
-def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch.Tensor:
-    """Resize a uint8 (B, H, W, 3) batch to (B, size, size, 3), antialiased.
-
-    An integer shrink factor averages boxes (exact, cheapest); other factors use
-    antialiased bilinear filtering. NumPy batches go through Pillow (C, releases
-    the GIL: cheap in reader threads); tensors through torch on their own device.
-    """
-    h, w = int(batch.shape[1]), int(batch.shape[2])
-    if (h, w) == (size, size):
-        return batch
-    factor = h // size if h == w and h % size == 0 else 0
-    if isinstance(batch, np.ndarray):
-        out = np.empty((batch.shape[0], size, size, 3), dtype=np.uint8)
-        for i, patch in enumerate(batch):
-            img = Image.fromarray(np.ascontiguousarray(patch[..., :3]))
-            if factor:
-                img = img.reduce(factor)
-            else:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(img)
-        return out
-    y = batch.permute(0, 3, 1, 2).float()
-    if factor:
-        y = F.avg_pool2d(y, factor)
-    else:
-        y = F.interpolate(
-            y, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 @functools.lru_cache(maxsize=32)
@@ -283,8 +253,6 @@ def _efficientnet_lite0(device: torch.device, input_size: int | None) -> Encoder
 
 def _colour_texture(device: torch.device, input_size: int | None) -> Encoder:
     """Weight-free stain and texture statistics, standardised with fixed reference values."""
-    from protorefine.features.colour_texture import ColourTexture, feature_names, load_reference
-
     mean, std, digest = load_reference()
     return Encoder(
         "colour-texture",
@@ -359,8 +327,6 @@ def save_encoder(
     the file. Run it once where the model's own code is installed; protorefine then needs
     only the file (nothing is downloaded). The file is written atomically.
     """
-    from protorefine._atomic import atomic_path
-
     path = Path(path)
     if path.suffix.lower() not in TORCHSCRIPT_SUFFIXES:
         raise ProtorefineError(f"{path}: name the encoder file .pt, .pth, .ts or .torchscript")

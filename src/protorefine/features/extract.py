@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
-from protorefine.features.encoders import Encoder, resize_batch
+from protorefine.features.encoders import Encoder
 from protorefine.features.grid import PatchGrid
+from protorefine.features.images import resize_batch
 from protorefine.slides.base import Slide, compute
 
 #: Loader kinds: ``thread`` (background threads), ``process`` (DataLoader worker processes),

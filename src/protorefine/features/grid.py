@@ -11,6 +11,7 @@ import numpy as np
 
 from protorefine.errors import ProtorefineError
 from protorefine.slides.base import Slide
+from protorefine.slides.tissue import tissue_mask
 
 #: A level whose downsample is within this relative distance of the target is read as is.
 LEVEL_TOLERANCE = 0.02
@@ -239,8 +240,6 @@ def _tissue_fraction(slide: Slide, grid: PatchGrid, tissue: Any) -> np.ndarray:
     if tissue is True:
         return np.ones(grid.n, dtype=np.float32)
     if tissue is None:
-        from protorefine.slides import tissue_mask
-
         mask, mask_ds = tissue_mask(slide)
     elif isinstance(tissue, tuple):
         mask, mask_ds = tissue

@@ -26,6 +26,7 @@ from protorefine._atomic import atomic_path
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.slides.base import Slide
+from protorefine.slides.dispatch import open_slide
 
 # LZ4 in Blosc: about 4x faster to write than zstd-1 for ~10% more bytes on H&E tiles
 # (benchmarks/convert_bench.py); every zarr reader has Blosc.
@@ -197,8 +198,6 @@ def convert_to_ome_zarr(
     if isinstance(slide_or_path, Slide):
         slide = slide_or_path
     else:
-        from protorefine.slides.dispatch import open_slide
-
         slide = open_slide(slide_or_path)
     if tile < 16:
         raise ProtorefineError(f"tile={tile}: must be at least 16 pixels")
