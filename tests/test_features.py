@@ -238,6 +238,42 @@ def test_cuda_asked_for_without_a_gpu_says_why(monkeypatch, build, message) -> N
         resolve_device("cuda")
 
 
+@pytest.mark.parametrize(
+    ("cuda", "mps", "picked"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, picked) -> None:
+    """The one device resolver: ``auto`` (or no name) is CUDA, then Apple MPS, then the CPU."""
+    from protorefine.features import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(device, "_mps_available", lambda: mps)
+    monkeypatch.setattr(device, "gpu_left_unused", lambda: None)
+    for name in ("auto", "AUTO", None, ""):
+        assert resolve_device(name) == torch.device(picked)
+
+
+@pytest.mark.parametrize("build", [None, "12.8"])
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "CUDA:1"])
+def test_cuda_name_without_cuda_is_one_line_error(monkeypatch, build, name) -> None:
+    """A CUDA name on a machine without CUDA fails at once, in one line, naming the device."""
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ProtorefineError) as err:
+        resolve_device(name)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"device {name!r}: ")
+    assert "--device cpu or auto" in text
+
+
+def test_mps_asked_for_without_mps(monkeypatch) -> None:
+    from protorefine.features import device
+
+    monkeypatch.setattr(device, "_mps_available", lambda: False)
+    with pytest.raises(ProtorefineError, match="Apple MPS is not available"):
+        resolve_device("mps")
+
+
 def test_auto_on_a_gpu_machine_with_the_cpu_wheel_says_so_once(monkeypatch, caplog) -> None:
     from protorefine.features import device
 
