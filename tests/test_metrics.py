@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from protorefine.errors import ProtorefineError
-from protorefine.metrics import all_metrics, dice, format_table, iou, precision, recall
+from protorefine.evaluate import all_metrics, dice, format_table, iou, precision, recall
 
 
 def test_known_values():

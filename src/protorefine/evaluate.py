@@ -1,15 +1,19 @@
-"""Overlap metrics (Dice, IoU, precision, recall) and the ``protorefine evaluate`` command."""
+"""Evaluation against ground truth: overlap metrics (Dice, IoU, precision, recall), a folder
+of predictions scored by stem (``protorefine evaluate``), and one project slide's coarse and
+refined outlines scored (napari's Review pane)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from protorefine.annotations import rasterize, read_annotations, tumour_geometry
 from protorefine.errors import ProtorefineError
+from protorefine.slides import open_slide, tissue_mask
 
 ANNOTATION_SUFFIXES = (
     ".geojson",
@@ -86,7 +90,7 @@ def all_metrics(pred, truth, mask=None) -> dict[str, float]:
     }
 
 
-# ---- evaluate command ------------------------------------------------------------------
+# ---- folders of predictions ------------------------------------------------------------
 def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
     """Files (or .zarr folders) in ``folder`` by stem; ``<stem>.geojson`` wins over masks."""
     if not folder.is_dir():
@@ -112,8 +116,6 @@ def _frame(
 ) -> tuple[tuple[int, int], float, np.ndarray | None]:
     """Level-0 shape, evaluation downsample and tissue mask (None: all pixels) for one slide."""
     if stem in slides:
-        from protorefine.slides import open_slide, tissue_mask
-
         slide = open_slide(slides[stem])
         mask, ds = tissue_mask(slide)
         return slide.shape, float(ds), np.asarray(mask, dtype=bool)
@@ -130,8 +132,6 @@ def _frame(
 
 def _raster(path: Path, shape: tuple[int, int], ds: float) -> np.ndarray:
     """The tumour region of an annotation file as a bool mask at downsample ``ds``."""
-    from protorefine.annotations import rasterize, read_annotations, tumour_geometry
-
     ann = read_annotations(path, slide_shape=shape)
     return np.asarray(rasterize(tumour_geometry(ann), shape, ds), dtype=bool)
 
@@ -151,7 +151,7 @@ def evaluate_folders(
             f"(ground truth: {', '.join(sorted(gts)) or 'none'}; "
             f"predictions: {', '.join(sorted(preds)) or 'none'})"
         )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stem in stems:
         shape, ds, tissue = _frame(stem, slide_files, gts[stem])
         truth = _raster(gts[stem], shape, ds)
@@ -159,7 +159,7 @@ def evaluate_folders(
             from skimage.transform import resize
 
             tissue = resize(tissue, truth.shape, order=0, preserve_range=True).astype(bool)
-        row = {
+        row: dict[str, Any] = {
             "slide": stem,
             "refined": all_metrics(_raster(preds[stem], shape, ds), truth, tissue),
         }
@@ -196,19 +196,38 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """``protorefine evaluate``: print the metrics table (and write JSON with ``--json``)."""
-    result = evaluate_folders(
-        Path(args.pred),
-        Path(args.gt),
-        Path(args.coarse) if getattr(args, "coarse", None) else None,
-        Path(args.slides) if getattr(args, "slides", None) else None,
-    )
-    print(format_table(result))
-    if result["missing_predictions"]:
-        print(f"no prediction for: {', '.join(result['missing_predictions'])}")
-    if getattr(args, "json", None):
-        from protorefine._atomic import atomic_write_text
+# ---- one project slide -----------------------------------------------------------------
+def score_slide(
+    project, slide_id: str, truth: str | os.PathLike[str]
+) -> dict[str, dict[str, float]]:
+    """Dice, IoU, precision and recall within tissue of the coarse and (when run) refined outlines.
 
-        atomic_write_text(args.json, json.dumps(result, indent=2))
-    return 0
+    ``truth`` is a GeoJSON, ASAP XML or mask file for the slide. Returns
+    ``{"coarse": {...}, "refined": {...}}`` (a key is absent when that outline is).
+    """
+    truth = Path(truth)
+    slide = project.open_slide(slide_id)
+    shape = slide.shape
+    truth_set = read_annotations(truth, slide_shape=shape)
+    truth_geom = tumour_geometry(truth_set)
+    if truth_geom.is_empty:
+        raise ProtorefineError(f"{truth}: no tumour region to compare with")
+    tissue, ds = tissue_mask(slide)
+    tissue = np.asarray(tissue, dtype=bool)
+
+    def raster(geom) -> np.ndarray:
+        mask = np.asarray(rasterize(geom, shape, ds), dtype=bool)
+        out: np.ndarray = np.zeros(tissue.shape, bool)
+        h, w = min(out.shape[0], mask.shape[0]), min(out.shape[1], mask.shape[1])
+        out[:h, :w] = mask[:h, :w]
+        return out
+
+    truth_mask = raster(truth_geom)
+    scores: dict[str, dict[str, float]] = {}
+    coarse = project.coarse(slide_id)
+    if coarse is not None:
+        scores["coarse"] = all_metrics(raster(tumour_geometry(coarse)), truth_mask, tissue)
+    if project.has_results(slide_id):
+        refined = project.accepted_outline(slide_id)
+        scores["refined"] = all_metrics(raster(tumour_geometry(refined)), truth_mask, tissue)
+    return scores

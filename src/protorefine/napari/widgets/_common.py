@@ -63,7 +63,7 @@ WARM_MODULES = (
     "protorefine.features",
     "protorefine.slides",
     "protorefine.annotations",
-    "protorefine.slide_scores",
+    "protorefine.evaluate",
     "protorefine.labels_export",
     "torch._dynamo",
     "torch.optim",

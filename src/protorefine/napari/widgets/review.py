@@ -717,7 +717,7 @@ class ReviewWidget(WorkflowWidget):
 
     def update_scores(self) -> bool:
         """Recompute Dice of the coarse and refined outlines against the loaded ground truth."""
-        from protorefine.slide_scores import score_slide
+        from protorefine.evaluate import score_slide
 
         project, sid, truth = self.state.project, self.state.slide_id, self.truth_path
         if project is None or sid is None or truth is None:

@@ -55,7 +55,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from protorefine.metrics import evaluate_command
+    from protorefine.cli.evaluate import evaluate_command
 
     return evaluate_command(args)
 
@@ -238,7 +238,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"protorefine: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m protorefine.cli``: the ``protorefine`` command."""
+
+from protorefine.cli import main
+
+raise SystemExit(main())
