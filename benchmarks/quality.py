@@ -63,7 +63,7 @@ class PatchData:
 
     def colour_features(self, cohort: C.Cohort, k: int, factor: int) -> np.ndarray:
         """Slide ``k``'s fine-cell stain statistics for colour prototypes (computed once)."""
-        from protorefine.refine.colour import cell_features, cell_sums
+        from protorefine.refine.stain_clusters import cell_features, cell_sums
 
         if (k, factor) not in self.colour:
             sums = cell_sums(cohort.slides[k].slide(), self.grids[k], factor)

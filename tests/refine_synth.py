@@ -106,3 +106,72 @@ def write_slide_case(folder, *, size: int = 1024, seed: int = 3) -> dict:
         "truth": truth,
         "downsample": ds,
     }
+
+
+def run_steps(
+    features,
+    coarse,
+    slide_index,
+    rc,
+    *,
+    distance=None,
+    corrections=None,
+    marks=None,
+    config=None,
+    progress=None,
+    cancel=None,
+    on_round=None,
+    blocks=None,
+):
+    """The refinement's steps in the pipeline's order on one in-memory cohort.
+
+    Returns a namespace: ``prototypes`` and its per-patch ids and scores, ``initial``
+    pseudo-labels, the classifier's ``pseudo``/``confidence``/``history``, the refined
+    ``prob`` and ``refined`` mask per patch (each slide's grid cleaned as the output stage does).
+    """
+    from types import SimpleNamespace
+
+    from protorefine.refine import (
+        Cohort,
+        RefineConfig,
+        classifier_step,
+        probability_step,
+        prototypes_step,
+        pseudo_labels_step,
+    )
+    from protorefine.refine.postprocess import masks_per_slide
+
+    config = config or RefineConfig()
+    slide_index = np.asarray(slide_index)
+    ids = [str(i) for i in range(int(slide_index.max()) + 1)]
+    rows = {
+        sid: tuple(int(x) for x in np.flatnonzero(slide_index == i)[[0, -1]] + [0, 1])
+        for i, sid in enumerate(ids)
+    }
+    cohort = Cohort(
+        slide_ids=ids,
+        features=np.asarray(features, np.float32),
+        slide_index=slide_index,
+        rc=np.asarray(rc, np.int64),
+        rows=rows,
+        blocks=tuple(blocks) if blocks else None,
+        coarse=np.asarray(coarse, np.float32),
+        distance=distance,
+        corrections=corrections,
+    )
+    protos = prototypes_step(cohort, config, cancel=cancel)
+    initial = pseudo_labels_step(cohort, protos, config, marks=marks)
+    cr = classifier_step(cohort, initial, config, cancel=cancel, on_round=on_round)
+    prob = probability_step(cohort, cr.model, initial.score, config)
+    return SimpleNamespace(
+        prototypes=protos,
+        local_proto=protos.local_proto,
+        global_proto=protos.global_proto,
+        global_scores=protos.global_scores,
+        initial=initial,
+        pseudo=cr.pseudo,
+        confidence=cr.confidence,
+        history=cr.history,
+        prob=prob,
+        refined=masks_per_slide(prob, slide_index, cohort.rc, config),
+    )

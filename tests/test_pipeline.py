@@ -423,16 +423,16 @@ def test_refined_outline_in_the_coarse_outlines_class(tmp_path, case):
 
 def test_the_patch_reader_is_the_callers_choice(tmp_path, case, monkeypatch):
     """napari asks for reader threads (no fork out of a GUI); the CLI keeps the default."""
-    import protorefine.features as features
+    import protorefine.project.pipeline as pipeline
 
     seen = []
-    real = features.extract_features
+    real = pipeline.extract_features
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("loader"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(features, "extract_features", spy)
+    monkeypatch.setattr(pipeline, "extract_features", spy)
     Pipeline(new_project(tmp_path / "a", case), loader="inline").run(until="features")
     Pipeline(new_project(tmp_path / "b", case)).run(until="features")
     assert seen == ["inline", None]
@@ -490,7 +490,7 @@ def test_colour_statistics_are_read_once_and_shape_the_outline(done, tmp_path, m
     redraw reuses them, and switching colour prototypes off changes the outline."""
     import shutil
 
-    import protorefine.refine.colour as colour
+    import protorefine.project.pipeline as pipeline
     from protorefine.annotations import tumour_geometry
 
     src, _ = done
@@ -506,7 +506,7 @@ def test_colour_statistics_are_read_once_and_shape_the_outline(done, tmp_path, m
     def no_reading(*_args, **_kwargs):
         raise AssertionError("the slide was read again")
 
-    monkeypatch.setattr(colour, "cell_sums", no_reading)
+    monkeypatch.setattr(pipeline, "cell_sums", no_reading)
     p.set_config(p.config.replace(threshold=p.config.threshold + 0.05))
     Pipeline(p).run()  # a redraw: statistics from colour/
     p.set_config(p.config.replace(threshold=p.config.threshold - 0.05, colour_prototypes=0))

@@ -1,4 +1,4 @@
-"""The array-level refinement core on synthetic feature clouds with corrupted coarse labels."""
+"""The refinement steps on synthetic feature clouds with corrupted coarse labels."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from protorefine.errors import CancelledError, ProtorefineError
-from protorefine.refine import RefineConfig, prob_to_mask, refine_patches
+from protorefine.refine import RefineConfig, prob_to_mask
 from protorefine.refine.classifier import load_checkpoint, save_checkpoint, train_classifier
 from protorefine.refine.config import first_changed_stage
-from refine_synth import dice, make_cohort
+from refine_synth import dice, make_cohort, run_steps
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def cohort():
 @pytest.fixture(scope="module")
 def result(cohort):
     f, c, t, s, rc, d = cohort
-    return refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
+    return run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
 
 
 def test_refined_beats_coarse(cohort, result):
@@ -59,11 +59,11 @@ def test_global_scores_separate_tumour_from_normal_patterns(cohort, result):
 
 def test_deterministic(cohort, result):
     f, c, t, s, rc, d = cohort
-    again = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
+    again = run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
     np.testing.assert_array_equal(again.local_proto, result.local_proto)
     np.testing.assert_array_equal(again.global_proto, result.global_proto)
     np.testing.assert_allclose(again.prob, result.prob, atol=1e-6)
-    other = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, seed=5))
+    other = run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, seed=5))
     assert not np.allclose(other.prob, result.prob)
 
 
@@ -81,7 +81,7 @@ def test_deterministic(cohort, result):
 )
 def test_ablation_switches_change_behaviour(cohort, result, change):
     f, c, t, s, rc, d = cohort
-    r = refine_patches(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, **change))
+    r = run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8, **change))
     if "rounds" in change:
         assert len(r.history) == 3
         assert len(result.history) == 1
@@ -94,7 +94,7 @@ def test_ablation_switches_change_behaviour(cohort, result, change):
 
 def test_no_prototypes_falls_back_to_coarse_labels(cohort):
     f, c, t, s, rc, d = cohort
-    r = refine_patches(
+    r = run_steps(
         f, c, s, rc, distance=d, config=RefineConfig(use_local=False, use_global=False, rounds=1)
     )
     np.testing.assert_array_equal(r.initial.proto_score, c)
@@ -104,7 +104,7 @@ def test_corrections_are_hard_labels(cohort):
     f, c, t, s, rc, d = cohort
     corr = np.full(len(c), -1, dtype=np.int8)
     corr[:50] = 1 - t[:50].astype(np.int8)  # deliberately the opposite of the truth
-    r = refine_patches(f, c, s, rc, distance=d, corrections=corr, config=RefineConfig(epochs=4))
+    r = run_steps(f, c, s, rc, distance=d, corrections=corr, config=RefineConfig(epochs=4))
     np.testing.assert_array_equal(r.pseudo[:50], corr[:50])
     np.testing.assert_array_equal(r.prob[:50], corr[:50].astype(np.float32))
     assert (r.confidence[:50] == 1).all()
@@ -113,22 +113,22 @@ def test_corrections_are_hard_labels(cohort):
 def test_prototype_relabels(cohort, result):
     f, c, t, s, rc, d = cohort
     g = int(np.argmax(result.global_scores))
-    r = refine_patches(
-        f, c, s, rc, distance=d, prototype_labels={g: "normal"}, config=RefineConfig(epochs=4)
+    r = run_steps(
+        f, c, s, rc, distance=d, marks={g: "normal"}, config=RefineConfig(epochs=4)
     )
     assert (r.initial.pseudo[r.global_proto == g] == 0).all()
-    r2 = refine_patches(
-        f, c, s, rc, distance=d, prototype_labels={g: "ignore"}, config=RefineConfig(epochs=4)
+    r2 = run_steps(
+        f, c, s, rc, distance=d, marks={g: "ignore"}, config=RefineConfig(epochs=4)
     )
     assert (r2.initial.confidence[r2.global_proto == g] == 0).all()
     with pytest.raises(ProtorefineError, match="prototype label 'maybe'"):
-        refine_patches(f, c, s, rc, prototype_labels={g: "maybe"}, config=RefineConfig(epochs=1))
+        run_steps(f, c, s, rc, marks={g: "maybe"}, config=RefineConfig(epochs=1))
 
 
 def test_on_round_and_cancel(cohort):
     f, c, t, s, rc, d = cohort
     seen = []
-    refine_patches(f, c, s, rc, config=RefineConfig(epochs=2, rounds=2), on_round=seen.append)
+    run_steps(f, c, s, rc, config=RefineConfig(epochs=2, rounds=2), on_round=seen.append)
     assert [x["round"] for x in seen] == [1, 2]
     calls = {"n": 0}
 
@@ -137,17 +137,17 @@ def test_on_round_and_cancel(cohort):
         return calls["n"] > 3
 
     with pytest.raises(CancelledError):
-        refine_patches(f, c, s, rc, config=RefineConfig(epochs=2), cancel=cancel)
+        run_steps(f, c, s, rc, config=RefineConfig(epochs=2), cancel=cancel)
 
 
 def test_bad_inputs(cohort):
     f, c, t, s, rc, d = cohort
     with pytest.raises(ProtorefineError, match="covers all tissue"):
-        refine_patches(f, np.ones_like(c), s, rc)
+        run_steps(f, np.ones_like(c), s, rc)
     with pytest.raises(ProtorefineError, match="no patch lies inside"):
-        refine_patches(f, np.zeros_like(c), s, rc)
+        run_steps(f, np.zeros_like(c), s, rc)
     with pytest.raises(ProtorefineError, match="rc: expected shape"):
-        refine_patches(f, c, s, rc[:10])
+        run_steps(f, c, s, rc[:10])
     with pytest.raises(ProtorefineError, match="temperature"):
         RefineConfig(temperature=0)
     with pytest.raises(ProtorefineError, match="early_stop=1.0"):
@@ -217,7 +217,7 @@ def test_feature_blocks_train_one_net_per_encoder(cohort, tmp_path):
     weak = (f[:, :6] + rng.normal(0, 2, (len(f), 6))).astype(np.float32)  # a noisier encoder
     both = np.concatenate([f, weak], axis=1)
     blocks = (f.shape[1], 6)
-    res = refine_patches(both, c, s, rc, distance=d, config=RefineConfig(epochs=8), blocks=blocks)
+    res = run_steps(both, c, s, rc, distance=d, config=RefineConfig(epochs=8), blocks=blocks)
     assert dice(res.refined, t) > dice(c >= 0.5, t) + 0.1
     x = torch.from_numpy(both)
     cr = train_classifier(
@@ -240,7 +240,7 @@ def test_feature_blocks_train_one_net_per_encoder(cohort, tmp_path):
         again = torch.sigmoid(load_checkpoint(path).eval()(x)).numpy()
     np.testing.assert_allclose(again, cr.prob, atol=1e-5)
     with pytest.raises(ProtorefineError, match=r"feature blocks \(10, 10\)"):
-        refine_patches(both, c, s, rc, distance=d, config=RefineConfig(epochs=1), blocks=(10, 10))
+        run_steps(both, c, s, rc, distance=d, config=RefineConfig(epochs=1), blocks=(10, 10))
 
 
 def test_single_net_checkpoint_of_an_earlier_version_loads(cohort, tmp_path):

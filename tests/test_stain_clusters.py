@@ -7,7 +7,7 @@ import pytest
 
 from protorefine.errors import ProtorefineError
 from protorefine.features import make_grid
-from protorefine.refine.colour import (
+from protorefine.refine.stain_clusters import (
     cell_features,
     cell_sums,
     colour_prototype_prob,

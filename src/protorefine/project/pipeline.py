@@ -10,29 +10,27 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
+from protorefine.annotations import tumour_class_name, tumour_geometry, write_geojson
 from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.features import extract_features, get_encoder
+from protorefine.features.device import resolve_device
 from protorefine.project.store import Project, write_npz
-from protorefine.refine.classifier import (
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-    train_classifier,
-)
+from protorefine.refine.classifier import load_checkpoint, save_checkpoint
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
-from protorefine.refine.core import compute_device, final_probability
-from protorefine.refine.postprocess import context_features, prob_to_fine_mask, prob_to_mask
-from protorefine.refine.prototypes import (
-    Prototypes,
-    build_prototypes,
-    carry_marks,
-    embed_for_cosine,
-    standardize_per_slide,
+from protorefine.refine.prototypes import Prototypes, carry_marks
+from protorefine.refine.pseudolabels import PseudoLabels
+from protorefine.refine.stain_clusters import cell_features, cell_sums
+from protorefine.refine.steps import (
+    Cohort,
+    classifier_step,
+    outline_step,
+    probability_step,
+    prototypes_step,
+    pseudo_labels_step,
 )
-from protorefine.refine.pseudolabels import make_pseudo_labels
 
 
 class Pipeline:
@@ -143,8 +141,6 @@ class Pipeline:
     def check_coarse(self) -> None:
         """Every slide needs a coarse annotation with a tumour region (``partial``: at least
         one slide does)."""
-        from protorefine.annotations import tumour_geometry
-
         if not self.project.slides:
             raise ProtorefineError(f"project {self.project.folder} has no slides")
         if self.partial:
@@ -180,13 +176,9 @@ class Pipeline:
         return {"patches": counts}
 
     def _encoder(self):
-        from protorefine.features import get_encoder
-
         return get_encoder(self.config.encoder, device=self.config.device)
 
     def _stage_features(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        from protorefine.features import extract_features
-
         encoder = self._encoder()
         self.project.set_encoder_info(encoder.name, encoder.weight_hash, encoder.blocks)
         cache = self.project.feature_cache(encoder.name, encoder.weight_hash)
@@ -241,41 +233,23 @@ class Pipeline:
             self._features[key] = np.load(key)
         return self._features[key]
 
-    def cohort(self) -> dict[str, np.ndarray]:
-        """All slides' tissue patches stacked: features, slide_index, rc, and slide row ranges."""
-        feats, sidx, rcs, index = [], [], [], {}
-        a = 0
-        for i, s in enumerate(self.slides):
+    def cohort(self, *, coarse: bool = True) -> Cohort:
+        """All run slides' tissue cells stacked, with their corrections and (``coarse``)
+        the coarse labels the prototypes stage stored."""
+        slides = []
+        for s in self.slides:
             grid = self.project.grid(s.id)
-            f = self.features(s.id)
-            feats.append(f)
-            sidx.append(np.full(len(f), i, dtype=np.int64))
-            rcs.append(grid.rc[grid.tissue_index])
-            index[s.id] = (a, a + len(f))
-            a += len(f)
-        return {
-            "features": np.concatenate(feats).astype(np.float32),
-            "slide_index": np.concatenate(sidx),
-            "rc": np.concatenate(rcs),
-            "index": index,
-        }
+            slides.append((s.id, self.features(s.id), grid.rc[grid.tissue_index]))
+        cohort = Cohort.stack(slides, self.project.feature_blocks)
+        cohort.corrections = self._corrections_vector()
+        if coarse:
+            stored = self._load("prototypes", "cohort.npz")
+            cohort.coarse, cohort.distance = stored["coarse"], stored["distance"]
+        return cohort
 
-    def _refine_features(self, coh: dict[str, np.ndarray]) -> np.ndarray:
-        """The cohort's features as the refinement sees them (z-scored per slide with ``slide_norm``)."""
-        if self.config.slide_norm:
-            return standardize_per_slide(coh["features"], coh["slide_index"])
-        return coh["features"]
-
-    def _cosine_features(self, coh: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
-        """Unit rows for prototype cosines, each encoder's block weighed equally."""
-        return embed_for_cosine(
-            torch.from_numpy(self._refine_features(coh)).to(device),
-            self.config.feature_norm,
-            self.project.feature_blocks,
-        )
-
-    def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        coh = self.cohort()
+    def _coarse_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per tissue cell of the run slides: 1 inside the coarse outline, and the signed
+        distance to it; a slide whose outline covers all its tissue is refused."""
         coarse, dist = [], []
         for s in self.slides:
             grid = self.project.grid(s.id)
@@ -290,33 +264,26 @@ class Pipeline:
         coarse_a = np.concatenate(coarse)
         if not coarse_a.any():
             raise ProtorefineError("no tissue patch lies inside any coarse tumour outline")
-        device = compute_device(self.config.device)
-        x = self._cosine_features(coh, device)
-        gen = torch.Generator().manual_seed(self.config.seed)
-        protos = build_prototypes(
-            x,
-            coarse_a,
-            coh["slide_index"],
-            distance=np.concatenate(dist),
-            config=self.config,
-            generator=gen,
-            progress=prog,
-            cancel=check,
-        )
+        return coarse_a, np.concatenate(dist)
+
+    def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
+        coh = self.cohort(coarse=False)
+        coh.coarse, coh.distance = self._coarse_labels()
+        protos = prototypes_step(coh, self.config, progress=prog, cancel=check)
         centres, cells = self._patch_centres(coh)
         marks = self.project.prototype_labels()  # of the build this one replaces
-        carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh["index"])
+        carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh.rows)
         write_npz(out / "prototypes.npz", **protos.to_arrays())
         write_npz(
             out / "cohort.npz",
-            coarse=coarse_a,
-            distance=np.concatenate(dist),
-            slide_index=coh["slide_index"],
-            rc=coh["rc"],
+            coarse=coh.coarse,
+            distance=coh.distance,
+            slide_index=coh.slide_index,
+            rc=coh.rc,
             centres=centres,
             cells=cells,
         )
-        (out / "index.json").write_text(json.dumps(coh["index"]))
+        (out / "index.json").write_text(json.dumps(coh.rows))
         (out / "marks.json").write_text(json.dumps({str(k): v for k, v in carried.items()}))
         return {
             "run": uuid.uuid4().hex,
@@ -324,7 +291,7 @@ class Pipeline:
             "marks_carried": len(carried),
             "local": int(len(protos.local_centers)),
             "global": int(len(protos.global_centers)),
-            "patches": int(len(coarse_a)),
+            "patches": len(coh),
         }
 
     def _load(self, stage: str, name: str) -> dict[str, np.ndarray]:
@@ -343,15 +310,15 @@ class Pipeline:
                 any_set = any_set or bool((corr >= 0).any())
         return np.concatenate(parts) if any_set else None
 
-    def _patch_centres(self, coh: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _patch_centres(self, coh: Cohort) -> tuple[np.ndarray, np.ndarray]:
         """Level-0 (x, y) centre and cell size of every tissue patch of the cohort."""
         centres, cells = [], []
         for s in self.slides:
             grid = self.project.grid(s.id)
-            a, b = coh["index"][s.id]
-            rc = coh["rc"][a:b].astype(np.float64)
+            rows = coh.slide_rows(s.id)
+            rc = coh.rc[rows].astype(np.float64)
             centres.append((rc[:, ::-1] + 0.5) * grid.downsample)
-            cells.append(np.full(b - a, grid.downsample, dtype=np.float64))
+            cells.append(np.full(len(rc), grid.downsample, dtype=np.float64))
         return np.concatenate(centres), np.concatenate(cells)
 
     def _carry_marks(
@@ -375,22 +342,10 @@ class Pipeline:
         return carry_marks(marks, old, new, radius)
 
     def _stage_pseudo_labels(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        coh = self._load("prototypes", "cohort.npz")
+        coh = self.cohort()
         protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
-        device = compute_device(self.config.device)
-        x = self._cosine_features(self.cohort(), device)
         prog(0, 1, "scoring patches")
-        pl = make_pseudo_labels(
-            x,
-            coh["coarse"],
-            coh["slide_index"],
-            coh["rc"],
-            protos,
-            distance=coh["distance"],
-            corrections=self._corrections_vector(),
-            prototype_labels=self.project.prototype_labels(),
-            config=self.config,
-        )
+        pl = pseudo_labels_step(coh, protos, self.config, marks=self.project.prototype_labels())
         write_npz(
             out / "pseudo.npz",
             pseudo=pl.pseudo,
@@ -399,44 +354,32 @@ class Pipeline:
             proto_score=pl.proto_score,
         )
         prog(1, 1, "done")
-        changed = int((pl.pseudo != (coh["coarse"] >= 0.5)).sum())
+        assert coh.coarse is not None
+        changed = int((pl.pseudo != (coh.coarse >= 0.5)).sum())
         return {"changed_from_coarse": changed}
 
-    def _classifier_input(self) -> np.ndarray:
-        """Features the head sees: the patch's own, plus its grid neighbourhood when ``context`` > 0."""
-        coh = self.cohort()
-        feats = self._refine_features(coh)
-        return context_features(feats, coh["slide_index"], coh["rc"], self.config.context)
-
     def _stage_classifier(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        pl = self._load("pseudo_labels", "pseudo.npz")
-        device = compute_device(self.config.device)
-        feats = torch.from_numpy(self._classifier_input()).to(device)
-        cr = train_classifier(
-            feats,
-            pl["pseudo"],
-            pl["confidence"],
-            pl["proto_score"],
-            corrections=self._corrections_vector(),
-            config=self.config,
+        stored = self._load("pseudo_labels", "pseudo.npz")
+        pl = PseudoLabels(**stored)
+        cr = classifier_step(
+            self.cohort(),
+            pl,
+            self.config,
             progress=prog,
             cancel=check,
             on_round=on_round,
             on_epoch=on_epoch,
-            blocks=self.project.feature_blocks,
         )
         save_checkpoint(cr.model, out / "model.pt")
         write_npz(out / "prob.npz", prob=cr.prob)
         write_npz(out / "pseudo.npz", pseudo=cr.pseudo, confidence=cr.confidence)
         (out / "history.json").write_text(json.dumps(cr.history, indent=2))
-        return {"history": cr.history, "device": str(device)}
+        return {"history": cr.history, "device": str(resolve_device(self.config.device))}
 
     def _colour(self, slide_id: str, grid, factor: int, check) -> np.ndarray | None:
         """The fine cells' stain statistics for colour prototypes (None when they are off),
         read from the slide once per grid and kept in ``colour/`` (a redraw reuses them)."""
-        from protorefine.refine.colour import cell_features, cell_sums
-
-        if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0:
+        if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0 or factor <= 1:
             return None
         path, cells = _colour_cache(self.project, slide_id, factor)
         if path.exists() and cells.exists() and cells.read_text() == grid.signature():
@@ -451,22 +394,11 @@ class Pipeline:
         return cell_features(sums)
 
     def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        from shapely.geometry import box
-
-        from protorefine.annotations import (
-            smooth_outline,
-            tumour_class_name,
-            vectorize,
-            write_geojson,
-        )
-
-        device = compute_device(self.config.device)
+        device = resolve_device(self.config.device)
         model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
         coh = self.cohort()
-        prob = predict(model, torch.from_numpy(self._classifier_input()).to(device))
         score = self._load("pseudo_labels", "pseudo.npz")["score"]
-        coarse = self._load("prototypes", "cohort.npz")["coarse"]
-        prob = final_probability(prob, score, self._corrections_vector(), self.config, coarse)
+        prob = probability_step(coh, model, score, self.config)
         write_npz(out / "prob.npz", prob=prob)
         n = len(self.slides)
         counts = {}
@@ -475,28 +407,21 @@ class Pipeline:
                 raise CancelledError("output stage cancelled")
             prog(i, n, s.id)
             grid = self.project.grid(s.id)
-            a, b = coh["index"][s.id]
-            pgrid = grid.to_image(prob[a:b].astype(np.float32), fill=0.0)
+            pgrid = grid.to_image(prob[coh.slide_rows(s.id)].astype(np.float32), fill=0.0)
             tissue = grid.tissue.reshape(grid.rows, grid.cols)
-            mask = prob_to_mask(pgrid, tissue=tissue, config=self.config)
-            np.save(out / f"{s.id}_refined.npy", mask)
-            f = max(1, int(self.config.output_upsample))
-            colour = self._colour(s.id, grid, f, check) if f > 1 else None
-            fine = prob_to_fine_mask(
-                pgrid, tissue=tissue, config=self.config, factor=f, colour=colour
+            colour = self._colour(s.id, grid, max(1, int(self.config.output_upsample)), check)
+            res = outline_step(
+                pgrid,
+                tissue,
+                self.config,
+                cell=grid.downsample,
+                shape=grid.shape,
+                classification=tumour_class_name(self.project.coarse(s.id)),
+                colour=colour,
             )
-            step = grid.downsample / f
-            annset = vectorize(
-                fine, step, classification=tumour_class_name(self.project.coarse(s.id))
-            )
-            h, w = grid.shape
-            frame = box(0, 0, w, h)
-            for ann in annset.annotations:
-                smooth = smooth_outline(ann.geometry, step, self.config.outline_smoothing)
-                ann.geometry = _polygonal(smooth.intersection(frame))
-            annset.annotations = [a_ for a_ in annset.annotations if not a_.geometry.is_empty]
-            write_geojson(annset, out / f"{s.id}.geojson")
-            counts[s.id] = {"refined_patches": int(mask.sum()), "tissue": int(tissue.sum())}
+            np.save(out / f"{s.id}_refined.npy", res.refined)
+            write_geojson(res.outline, out / f"{s.id}.geojson")
+            counts[s.id] = {"refined_patches": int(res.refined.sum()), "tissue": int(tissue.sum())}
         prog(n, n, "done")
         return {"slides": counts}
 
@@ -504,13 +429,3 @@ class Pipeline:
 def _colour_cache(project, slide_id: str, factor: int) -> tuple[Path, Path]:
     folder = project.folder / "colour"
     return folder / f"{slide_id}-f{factor}.npy", folder / f"{slide_id}-f{factor}.cells"
-
-
-def _polygonal(geom):
-    """Keep only the polygon parts of a clipped geometry."""
-    from shapely.geometry import MultiPolygon, Polygon
-
-    if isinstance(geom, (Polygon, MultiPolygon)):
-        return geom
-    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
-    return MultiPolygon(parts) if parts else Polygon()

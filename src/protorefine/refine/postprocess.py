@@ -146,7 +146,7 @@ def prob_to_fine_mask(
     """Refined mask at ``factor`` (default ``output_upsample``) x grid resolution, for polygons.
 
     Bilinear sub-patch probability, moved toward the fine cells' colour prototypes when
-    ``colour`` (their :func:`protorefine.refine.colour.cell_features`) is given and
+    ``colour`` (their :func:`protorefine.refine.stain_clusters.cell_features`) is given and
     ``colour_prototypes`` > 0, threshold, limited to tissue patches, then the same
     cleaning as :func:`prob_to_mask` with areas scaled by ``factor**2``.
     """
@@ -158,7 +158,7 @@ def prob_to_fine_mask(
     up_valid = np.kron(valid, np.ones((f, f), bool))
     fine = fine_prob(prob_grid, tissue=valid, config=config, factor=f)
     if colour is not None and config.colour_prototypes > 0 and config.colour_weight > 0:
-        from protorefine.refine.colour import colour_prototype_prob
+        from protorefine.refine.stain_clusters import colour_prototype_prob
 
         proto = colour_prototype_prob(
             colour, fine, up_valid, config.colour_prototypes, seed=config.seed
