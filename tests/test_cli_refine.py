@@ -554,7 +554,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_run(case, tm
 
 
 def test_a_full_disk_while_writing_is_one_line(refined, tmp_path, capsys, monkeypatch):
-    import protorefine.refine.run as run
+    import protorefine.cli.refine as run
 
     def full(*_args, **_kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "o" / "s1.geojson"))

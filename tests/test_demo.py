@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from protorefine import demo
+from protorefine.cli import demo as cli_demo
 from protorefine.cli import main
 
 SMALL = ((768, 768), (512, 768), (768, 512))
@@ -44,7 +45,7 @@ def test_headless_demo_writes_zarr_and_overlay(small_cohort, tmp_path: Path, cap
 def test_demo_without_display_says_so_and_runs_headless(
     small_cohort, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(demo.sys, "platform", "linux")
+    monkeypatch.setattr(cli_demo.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert main(["demo", "--out", str(tmp_path)]) == 0
@@ -90,9 +91,11 @@ def test_demo_window_has_project_and_docked_widgets(small_cohort, tmp_path: Path
     from napari.layers import Image, Shapes
     from napari.settings import get_settings
 
+    from protorefine.napari.demo import open_demo_viewer
+
     prefs = dict(get_settings().plugins.extension2reader)
 
-    viewer, state, docked = demo.open_demo_viewer(tmp_path, show=False)
+    viewer, state, docked = open_demo_viewer(tmp_path, show=False)
     try:
         assert {"Project and slides", "Coarse annotation"} <= set(docked)
         assert len(state.project.slides) == 3

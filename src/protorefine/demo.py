@@ -1,38 +1,27 @@
-"""``protorefine demo``: a sample cohort in a fresh project, opened in napari (or headless).
+"""The demo's sample cohort: synthetic slides (OME-Zarr), their true outlines and a project
+with coarse outlines; an overlay PNG of a slide's outlines; the headless demo.
 
-With a display it opens napari with the five dock widgets and the first slide.
-Without one (or with ``--headless``) it says so in one line, converts the sample
-slide to OME-Zarr and writes an overlay PNG. ``--screenshot PNG`` runs the whole
-flow through the widgets unattended and saves a screenshot of the window.
-Nothing here imports Qt or napari at module level: the GUI parts import
-``protorefine.napari`` only when a window is wanted.
+``protorefine demo`` (:mod:`protorefine.cli.demo`) runs it; the napari window is built
+in :mod:`protorefine.napari.demo`. Nothing here imports Qt or napari.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from protorefine._atomic import atomic_path
+from protorefine.annotations import rasterize, vectorize, write_geojson
 from protorefine.errors import ProtorefineError
+from protorefine.project import Project
+from protorefine.refine.config import RefineConfig
+from protorefine.slides import convert_to_ome_zarr, open_slide
 from protorefine.slides.base import compute
+from protorefine.synthetic import simulate_coarse, synthetic_slide
 
-#: The dock widgets of the manifest, in docking order.
-WIDGETS = (
-    "Project and slides",
-    "Coarse annotation",
-    "Prototypes",
-    "Refine and train",
-    "Review and export",
-)
 #: Patch size of the demo project, in level-0 pixels: the synthetic tumour borders are
 #: smooth at this scale, so refinement visibly improves the coarse outline (224 px
 #: patches on 3072 px slides are too coarse a grid to beat it; see docs/method.md).
@@ -48,13 +37,6 @@ class SampleCohort:
     project_folder: Path
     slide_paths: list[Path]
     truth_paths: list[Path]
-
-
-def has_display() -> bool:
-    """True when a window can be shown (always on macOS/Windows; DISPLAY/WAYLAND on Linux)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def cache_dir() -> Path:
@@ -78,11 +60,6 @@ def make_sample_cohort(
     ``folder/truth/<id>.geojson``, the project to ``folder/project`` (reopened
     when it exists).
     """
-    from protorefine.annotations import vectorize, write_geojson
-    from protorefine.project import Project
-    from protorefine.slides import convert_to_ome_zarr
-    from protorefine.synthetic import simulate_coarse, synthetic_slide
-
     folder = Path(folder)
     slides_dir = Path(slides_dir) if slides_dir is not None else folder / "slides"
     project_folder = folder / "project"
@@ -110,8 +87,6 @@ def make_sample_cohort(
         write_geojson(vectorize(truth, truth_ds), truth_path)
         truth_paths.append(truth_path)
         coarse_sets.append(simulate_coarse(truth, truth_ds, strength=strength, seed=i))
-    from protorefine.refine.config import RefineConfig
-
     project = Project.create(project_folder, RefineConfig(patch_size=DEMO_PATCH_SIZE))
     truth_by_id = {}
     for path, coarse, truth_path in zip(slide_paths, coarse_sets, truth_paths, strict=True):
@@ -126,8 +101,6 @@ def make_sample_cohort(
 
 def _usable(path: Path, shape: tuple[int, int]) -> bool:
     """True when ``path`` is an OME-Zarr slide of ``shape`` left by an earlier run."""
-    from protorefine.slides import open_slide
-
     if not path.is_dir():
         return False
     try:
@@ -143,8 +116,6 @@ def overlay_png(
     from skimage.io import imsave
     from skimage.segmentation import find_boundaries
     from skimage.transform import resize
-
-    from protorefine.annotations import rasterize
 
     slide = project.open_slide(slide_id)
     h0, w0 = slide.shape
@@ -190,128 +161,3 @@ def headless_demo(out: Path, slides_dir: Path | None = None) -> int:
     print(f"OME-Zarr: {cohort.slide_paths[0]}")
     print(f"overlay:  {png}")
     return 0
-
-
-def open_demo_viewer(out: Path, *, show: bool = True, slides_dir: Path | None = None):
-    """A napari viewer with the sample cohort's project open and all dock widgets docked."""
-    import napari
-
-    from protorefine.napari.state import get_state
-
-    project, _ = make_sample_cohort(out, slides_dir=slides_dir)
-    viewer = napari.Viewer(title="protorefine demo", show=show)
-    _fit_window(viewer)
-    docked = dock_widgets(viewer)
-    state = get_state(viewer)
-    state.set_project(project)
-    state.show_slide(project.ui_state.get("current_slide") or project.slides[0].id)
-    return viewer, state, docked
-
-
-#: Preferred demo window size (width, height); capped by the screen.
-WINDOW_SIZE = (1680, 1050)
-
-
-def _fit_window(viewer) -> None:
-    """Size the window so the canvas keeps most of the width beside the docked widgets."""
-    from qtpy.QtWidgets import QApplication
-
-    screen = QApplication.primaryScreen()
-    width, height = WINDOW_SIZE
-    if screen is not None:
-        avail = screen.availableGeometry()
-        width, height = min(width, avail.width()), min(height, avail.height())
-    viewer.window.resize(width, height)
-
-
-#: Widgets docked as tabs of the widget before them (the pipeline steps share one pane).
-TABIFIED = ("Refine and train", "Review and export")
-
-
-def dock_widgets(viewer) -> dict:
-    """Dock every protorefine widget that imports; returns {name: widget}.
-
-    "Project and slides" and "Coarse annotation" get a pane each; the three
-    pipeline steps share a third pane as tabs.
-    """
-    docked = {}
-    docks = {}
-    for name in WIDGETS:
-        try:
-            docks[name], widget = viewer.window.add_plugin_dock_widget(
-                "protorefine", name, tabify=name in TABIFIED and bool(docked)
-            )
-        except (ImportError, AttributeError, KeyError) as exc:
-            print(f"protorefine: widget {name!r} is not available: {exc}", file=sys.stderr)
-            continue
-        docked[name] = widget
-    if "Prototypes" in docks:  # the first pipeline step is the visible tab
-        from qtpy.QtCore import QTimer
-
-        docks["Prototypes"].raise_()
-        QTimer.singleShot(0, docks["Prototypes"].raise_)
-    return docked
-
-
-def screenshot_demo(out: Path, screenshot: Path, slides_dir: Path | None = None) -> int:
-    """Run the whole flow through the widgets unattended and save a window screenshot."""
-    import napari
-
-    from protorefine.napari.widgets.unattended import run_unattended
-
-    viewer, state, _ = open_demo_viewer(out, show=True, slides_dir=slides_dir)
-    try:
-        run_unattended(viewer, state, screenshot)
-    finally:
-        viewer.close()
-        napari.Viewer.close_all()
-    print(f"screenshot: {screenshot}")
-    return 0
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """Entry point of ``protorefine demo`` (see module docstring)."""
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="protorefine-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
-    slides_dir = None if args.out else cache_dir()
-    if args.screenshot:
-        if not has_display():
-            return _rerun_under_xvfb(args)
-        return screenshot_demo(out, Path(args.screenshot), slides_dir)
-    if args.headless or not has_display():
-        reason = "--headless" if args.headless else "no display (DISPLAY/WAYLAND_DISPLAY unset)"
-        print(
-            f"protorefine demo: {reason}: converting the sample slide and writing an overlay PNG instead of opening napari"
-        )
-        return headless_demo(out, slides_dir)
-    import napari
-
-    open_demo_viewer(out, slides_dir=slides_dir)
-    print(f"protorefine demo: project in {out / 'project'}")
-    napari.run()
-    return 0
-
-
-def _rerun_under_xvfb(args: argparse.Namespace) -> int:
-    """Run ``demo --screenshot`` again inside ``xvfb-run`` when there is no display."""
-    xvfb = shutil.which("xvfb-run")
-    if xvfb is None:
-        raise ProtorefineError(
-            "--screenshot needs a display: none is set and xvfb-run is not installed"
-        )
-    print("protorefine demo: no display; running the screenshot flow under xvfb-run")
-    cmd = [
-        xvfb,
-        "-a",
-        "-s",
-        "-screen 0 1920x1200x24",
-        sys.executable,
-        "-m",
-        "protorefine.cli",
-        "demo",
-        "--screenshot",
-        str(args.screenshot),
-    ]
-    if args.out:
-        cmd += ["--out", str(args.out)]
-    return subprocess.call(cmd)

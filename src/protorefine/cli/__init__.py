@@ -1,6 +1,7 @@
 """Command line: ``protorefine convert | refine | export | evaluate | demo``.
 
-Each subcommand parses its arguments here and calls the library; user errors
+Each subcommand parses its arguments here and runs its module in this package
+(``convert``, ``refine`` for refine and export, ``evaluate``, ``demo``); user errors
 (:class:`ProtorefineError`) print one line and exit 2, never a traceback.
 """
 
@@ -8,50 +9,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
+from protorefine.cli.progress import tqdm_progress
 from protorefine.errors import CancelledError, ProtorefineError
 
-
-def tqdm_progress(desc: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    """A progress callback that draws a tqdm bar on stderr, and a function to close it."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
-
-    def progress(done: int, total: int, message: str = "") -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = done
-        if message:
-            bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
-
-    return progress, bar.close
+__all__ = ["build_parser", "main", "tqdm_progress"]
 
 
+# The subcommands import their modules when run: the library pulls in torch, and
+# ``protorefine --help`` should answer at once.
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from protorefine.slides import convert_to_ome_zarr, open_slide
+    from protorefine.cli.convert import convert_command
 
-    out = Path(args.out)
-    for path in args.slides:
-        slide = open_slide(path)
-        progress, close = tqdm_progress(f"convert {slide.name}")
-        try:
-            target = convert_to_ome_zarr(
-                slide, out / f"{slide.name}.zarr", tile=args.tile, progress=progress
-            )
-        finally:
-            close()
-        print(target)
-    return 0
+    return convert_command(args)
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from protorefine.refine.run import refine_command
+    from protorefine.cli.refine import refine_command
 
     return refine_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from protorefine.cli.refine import export_command
+
+    return export_command(args)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -61,15 +44,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from protorefine.demo import demo_command
+    from protorefine.cli.demo import demo_command
 
     return demo_command(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from protorefine.refine.run import export_command
-
-    return export_command(args)
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
