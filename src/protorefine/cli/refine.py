@@ -20,7 +20,6 @@ import torch
 
 import protorefine
 from protorefine._atomic import atomic_write_bytes, atomic_write_text
-from protorefine.annotations import read_annotations
 from protorefine.annotations.masks import check_mask_size
 from protorefine.cli.progress import tqdm_progress
 from protorefine.errors import ProtorefineError
@@ -28,8 +27,8 @@ from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
 from protorefine.labels_export import export_refined_labels
 from protorefine.measure import changes_report
-from protorefine.project import Project, checked_mpp, same_annotations
-from protorefine.project.pipeline import Pipeline
+from protorefine.project import Project, checked_mpp
+from protorefine.project.pipeline import Pipeline, prepare_project
 from protorefine.project.store import _stem
 from protorefine.refine.config import RefineConfig
 
@@ -162,35 +161,13 @@ def refine_command(args: argparse.Namespace) -> int:
     _refuse_overwriting_inputs(pairs, args)
     out = _output_folder(args)
     folder = Path(args.project) if getattr(args, "project", None) else out / "project"
-    if (folder / "config.json").exists():
-        project = Project.open(folder)
-        project.set_config(config_from_args(args, project.config))
-    else:
-        project = Project.create(folder, config_from_args(args))
-    # the project's slides become exactly the given ones
-    wanted = {str(p.resolve()) for p, _ in pairs}
-    for s in list(project.slides):
-        if s.path not in wanted:
-            project.remove_slide(s.id)
-    ids = []
-    for slide_path, coarse_path in pairs:
-        entry = project.add_slide(slide_path)
-        if slide_mpp is not None:
-            if entry.mpp is None or entry.mpp_by_user:
-                project.set_slide_mpp(entry.id, slide_mpp)
-            elif abs(entry.mpp - slide_mpp) > 0.01 * entry.mpp:
-                print(
-                    f"{slide_path}: the file records {entry.mpp:.4g} µm/px; "
-                    f"--slide-mpp {slide_mpp:g} is for files that record none",
-                    file=sys.stderr,
-                )
-        ann = read_annotations(coarse_path, slide_shape=entry.shape)
-        for note in ann.warnings:  # clipped, repaired, classes left out, a mask's downsample
-            print(note, file=sys.stderr)
-        old = project.coarse(entry.id)
-        if not same_annotations(old, ann):
-            project.set_coarse(entry.id, ann)
-        ids.append(entry.id)
+    project, ids = prepare_project(
+        folder,
+        pairs,
+        lambda base: config_from_args(args, base),
+        slide_mpp=slide_mpp,
+        warn=lambda note: print(note, file=sys.stderr),
+    )
     _check_masks(project, ids, args)  # before a long run, not after it
     bars = StageBars()
     t0 = time.perf_counter()

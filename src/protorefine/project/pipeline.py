@@ -6,18 +6,23 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
-from protorefine.annotations import tumour_class_name, tumour_geometry, write_geojson
+from protorefine.annotations import (
+    read_annotations,
+    tumour_class_name,
+    tumour_geometry,
+    write_geojson,
+)
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features import extract_features, get_encoder
 from protorefine.features.device import resolve_device
-from protorefine.project.store import Project, write_npz
+from protorefine.project.store import Project, same_annotations, write_npz
 from protorefine.refine.classifier import load_checkpoint, save_checkpoint
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
 from protorefine.refine.prototypes import Prototypes, carry_marks
@@ -429,3 +434,51 @@ class Pipeline:
 def _colour_cache(project, slide_id: str, factor: int) -> tuple[Path, Path]:
     folder = project.folder / "colour"
     return folder / f"{slide_id}-f{factor}.npy", folder / f"{slide_id}-f{factor}.cells"
+
+
+def prepare_project(
+    folder: str | Path,
+    pairs: Sequence[tuple[Path, Path]],
+    configure: Callable[[RefineConfig], RefineConfig],
+    *,
+    slide_mpp: float | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Project, list[str]]:
+    """The project at ``folder`` (made when new) holding exactly the given slides, each with
+    the coarse outline of its ``(slide, coarse file)`` pair; ``configure`` gets the project's
+    config (defaults when new) and returns the one to run. What ``protorefine refine`` and the
+    quality benchmark do before :meth:`Pipeline.run`. Returns the project and the slide ids.
+
+    ``slide_mpp`` is the pixel size of slides whose files record none; ``warn`` gets the
+    reading notes (clipped, repaired, classes left out) and a ``slide_mpp`` that disagrees
+    with the file.
+    """
+    say = warn or (lambda _msg: None)
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        project = Project.open(folder)
+        project.set_config(configure(project.config))
+    else:
+        project = Project.create(folder, configure(RefineConfig()))
+    wanted = {str(Path(p).resolve()) for p, _ in pairs}
+    for s in list(project.slides):
+        if s.path not in wanted:
+            project.remove_slide(s.id)
+    ids = []
+    for slide_path, coarse_path in pairs:
+        entry = project.add_slide(slide_path)
+        if slide_mpp is not None:
+            if entry.mpp is None or entry.mpp_by_user:
+                project.set_slide_mpp(entry.id, slide_mpp)
+            elif abs(entry.mpp - slide_mpp) > 0.01 * entry.mpp:
+                say(
+                    f"{slide_path}: the file records {entry.mpp:.4g} µm/px; "
+                    f"--slide-mpp {slide_mpp:g} is for files that record none"
+                )
+        ann = read_annotations(coarse_path, slide_shape=entry.shape)
+        for note in ann.warnings:  # clipped, repaired, classes left out, a mask's downsample
+            say(note)
+        if not same_annotations(project.coarse(entry.id), ann):
+            project.set_coarse(entry.id, ann)
+        ids.append(entry.id)
+    return project, ids
