@@ -61,8 +61,8 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def _uniform(seed: int, stream: int, i: np.ndarray, j: np.ndarray, k: int = 0) -> np.ndarray:
     """Uniform [0, 1) float32 that depends only on (seed, stream, i, j, k): tiling-independent."""
     with np.errstate(over="ignore"):
-        h = np.uint64(seed * 1_000_003 + stream * 7919 + k * 104_729 + 1) * _GOLD
-        h = _mix(h ^ (np.asarray(i).astype(np.int64).astype(np.uint64) * _M1))
+        h0 = np.uint64(seed * 1_000_003 + stream * 7919 + k * 104_729 + 1) * _GOLD
+        h = _mix(h0 ^ (np.asarray(i).astype(np.int64).astype(np.uint64) * _M1))
         h = _mix(h ^ (np.asarray(j).astype(np.int64).astype(np.uint64) * _M2))
     return ((h >> np.uint64(40)).astype(np.float32)) * np.float32(1.0 / (1 << 24))
 

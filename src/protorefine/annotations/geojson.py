@@ -60,9 +60,10 @@ def _features(obj: Any, source: str) -> list[dict]:
     elif isinstance(obj, dict):
         kind = obj.get("type")
         if kind == "FeatureCollection" or (kind is None and "features" in obj):
-            items = obj.get("features")
-            if not isinstance(items, list):
+            listed = obj.get("features")
+            if not isinstance(listed, list):
                 raise ProtorefineError(f"{source}: FeatureCollection without a 'features' list")
+            items = listed
         elif kind == "Feature":
             items = [obj]
         elif kind in _GEOMETRY_TYPES:

@@ -63,8 +63,9 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
                     if _META_KEY in text:
                         meta = json.loads(text[_META_KEY])
                     if im.mode in ("P", "PA"):
-                        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                    arr = np.asarray(im)
+                        arr = np.asarray(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+                    else:
+                        arr = np.asarray(im)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
     except ProtorefineError:

@@ -131,6 +131,14 @@ def _hist(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 class ColourTexture(torch.nn.Module):
     """Stain and texture statistics of RGB patches in [0, 1] (B, 3, H, W) -> (B, D), standardised."""
 
+    # Buffers (registered in __init__; ``taps_blob<i>`` are read with getattr).
+    hed_from_rgb: torch.Tensor
+    grad_edges: torch.Tensor
+    taps_log: torch.Tensor
+    sobel: torch.Tensor
+    ref_mean: torch.Tensor
+    ref_std: torch.Tensor
+
     def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
         super().__init__()
         dim = len(feature_names())
@@ -214,9 +222,9 @@ def calibrate(image_dirs: list[Path], patch: int = 224, size: int = 112) -> dict
                 for x in range(0, img.shape[1] - patch + 1, patch):
                     patches.append(img[y : y + patch, x : x + patch])
     batch = resize_batch(np.stack(patches), size)
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
+    rgb = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
-        raw = torch.cat([ColourTexture().raw(c) for c in x.split(64)]).numpy()
+        raw = torch.cat([ColourTexture().raw(c) for c in rgb.split(64)]).numpy()
     return {
         "names": feature_names(),
         "mean": raw.mean(0).round(6).tolist(),

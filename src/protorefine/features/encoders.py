@@ -10,13 +10,15 @@ parts side by side, in ``blocks``; the refinement trains one head per block and
 averages them. Nothing is downloaded.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: torch.jit.script reads the buffer
+# annotations of _Renormalised at run time and cannot resolve them from strings.
 
 import functools
 import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +79,8 @@ class Encoder:
         self.net = net.eval().to(device)
         self.amp = mixed_precision and device.type == "cuda"
         if device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's stubs leave it out.
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         scale = 1 / 255.0
         m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
         s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
@@ -163,7 +166,7 @@ class _EfficientNetFeatures(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # efficientnet_lite_pytorch's EfficientNet (untyped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(x).mean((2, 3))
@@ -192,6 +195,7 @@ _STATE_PREFIXES = ("module.", "model.", "backbone.")
 def _load_state_dict(path: Path, label: str) -> dict:
     """A state dict from ``.pth``/``.bin`` (``torch.load(weights_only=True)``) or
     ``.safetensors``, unwrapped from the usual checkpoint nesting, or one clear error line."""
+    state: Any  # whatever the file holds, checked below
     try:
         if path.suffix.lower() == ".safetensors":
             try:
@@ -274,7 +278,7 @@ def _torchscript(path: Path, device: torch.device, input_size: int | None) -> En
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a usable model
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProtorefineError(f"{path}: not a loadable TorchScript model ({msg[:160]})") from None
-    size = int(input_size or getattr(net, "input_size", 224))
+    size = int(input_size) if input_size else int(getattr(net, "input_size", 224))
     enc = Encoder(
         str(path), net, input_size=size, weight_hash=file_sha256(path), device=device, dim=0
     )
@@ -291,6 +295,9 @@ def _torchscript(path: Path, device: torch.device, input_size: int | None) -> En
 class _Renormalised(torch.nn.Module):
     """A traced network behind the ImageNet-normalised (B, 3, S, S) input protorefine feeds
     TorchScript encoders: converts to the network's own normalisation, keeps (B, D) out."""
+
+    scale: torch.Tensor  # buffers, registered in __init__ (real types: see the module top)
+    shift: torch.Tensor
 
     def __init__(self, net: torch.nn.Module, input_size: int, mean, std) -> None:
         super().__init__()

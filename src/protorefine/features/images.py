@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 
+@overload
+def resize_batch(batch: np.ndarray, size: int) -> np.ndarray: ...
+@overload
+def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor: ...
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch.Tensor:
     """Resize a uint8 (B, H, W, 3) batch to (B, size, size, 3), antialiased.
 

@@ -10,6 +10,9 @@ falls back to the lazy dask level.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import numpy as np
 import tifffile
 
@@ -26,9 +29,11 @@ class TiffRegionReader:
         self.pages: list[tifffile.TiffPage | None] = []
         for level in series.levels:
             page = level.pages[0] if len(level.pages) == 1 else None
+            if not isinstance(page, tifffile.TiffPage):  # several pages, or a TiffFrame
+                self.pages.append(None)
+                continue
             ok = (
-                isinstance(page, tifffile.TiffPage)
-                and series.axes.upper() in ("YX", "YXS")
+                series.axes.upper() in ("YX", "YXS")
                 and page.dtype == np.uint8
                 and page.imagedepth == 1
                 and (page.samplesperpixel == 1 or page.planarconfig == 1)
@@ -49,7 +54,11 @@ class TiffRegionReader:
         counts = [page.databytecounts[i] for i in indices]
         spp = int(page.samplesperpixel)
         out = np.zeros((h, w, spp), dtype=np.uint8)
-        segments = self.fh.read_segments(offsets, counts, indices=indices, lock=self.lock)
+        # flat=True (the default): one (data, index) pair per segment
+        segments = cast(
+            Iterator[tuple[bytes | None, int]],
+            self.fh.read_segments(offsets, counts, indices=indices, lock=self.lock),
+        )
         for data, index in segments:
             seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             if seg is None:

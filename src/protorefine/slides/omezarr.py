@@ -23,10 +23,19 @@ _UNIT_TO_UM = {
 }
 
 
-def ngff_attrs(group: zarr.Group) -> dict[str, Any]:
+def ngff_attrs(group: zarr.Group | zarr.Array) -> dict[str, Any]:
     """The OME attributes of a group: top level in NGFF 0.4, under ``ome`` in 0.5."""
     attrs = dict(group.attrs)
-    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
+    ome = attrs.get("ome")
+    return dict(ome) if isinstance(ome, dict) else attrs
+
+
+def _group_at(node: zarr.Group | zarr.Array | None, key: str) -> zarr.Group:
+    """``node[key]`` where both are groups, else TypeError (NGFF nests its metadata in groups)."""
+    child = node[key] if isinstance(node, zarr.Group) else None
+    if not isinstance(child, zarr.Group):
+        raise TypeError(f"{key!r} is not a zarr group")
+    return child
 
 
 def is_ome_zarr(path: str | Path) -> bool:
@@ -84,8 +93,10 @@ def open_ome_zarr(path: Path, name: str) -> Slide:
         raise ProtorefineError(f"{path}: not a zarr folder ({' '.join(str(exc).split())})") from exc
     attrs = ngff_attrs(group)
     if "multiscales" not in attrs and "bioformats2raw.layout" in attrs and "0" in group:
-        group = group["0"]
-        attrs = ngff_attrs(group)
+        child = group["0"]
+        if isinstance(child, zarr.Group):
+            group = child
+        attrs = ngff_attrs(child)
     if not attrs.get("multiscales"):
         raise ProtorefineError(f"{path}: zarr folder has no OME-Zarr 'multiscales' image metadata")
     multiscale = attrs["multiscales"][0]
@@ -97,6 +108,8 @@ def open_ome_zarr(path: Path, name: str) -> Slide:
     try:
         for i, ds in enumerate(datasets):
             arr = group[ds["path"]]
+            if not isinstance(arr, zarr.Array):
+                raise TypeError(f"{ds['path']!r} is a group, not an array")
             axes, unit = _axes(multiscale, arr.ndim)
             if i == 0:
                 mpp = _mpp(_scale_x(ds, axes), unit)
@@ -131,13 +144,14 @@ def read_ngff_labels(path: str | Path) -> list[NgffLabels]:
     path = Path(path)
     try:
         root = zarr.open_group(path, mode="r")
-        listed = ngff_attrs(root["labels"]).get("labels", []) if "labels" in root else []
+        labels = root["labels"] if "labels" in root else None
+        listed = ngff_attrs(labels).get("labels", []) if labels is not None else []
     except Exception as exc:
         raise ProtorefineError(f"{path}: cannot read its labels listing ({exc})") from exc
     out = []
     for name in listed:
         try:
-            group = root["labels"][name]
+            group = _group_at(labels, name)
             attrs = ngff_attrs(group)
             ms = attrs["multiscales"][0]
             levels, first = [], None
@@ -146,7 +160,8 @@ def read_ngff_labels(path: str | Path) -> list[NgffLabels]:
                 levels.append(arr.reshape(arr.shape[-2:]))  # leading axes are singletons
                 first = first or ds.get("coordinateTransformations", [])
             tfs = {t["type"]: t for t in first or []}
-            scale = tuple(float(v) for v in tfs.get("scale", {}).get("scale", [1.0, 1.0])[-2:])
+            scale_yx = tfs.get("scale", {}).get("scale", [1.0, 1.0])
+            scale = (float(scale_yx[-2]), float(scale_yx[-1]))
             shift = tfs.get("translation", {}).get("translation", [0.0, 0.0])
             colors = {
                 int(c["label-value"]): tuple(v / 255.0 for v in c["rgba"])

@@ -41,12 +41,13 @@ def _mpp_from_ome(tf: tifffile.TiffFile) -> float | None:
     except ET.ParseError:
         return None
     for el in root.iter():
-        if el.tag.endswith("Pixels") and el.get("PhysicalSizeX"):
+        size_x = el.get("PhysicalSizeX")
+        if el.tag.endswith("Pixels") and size_x:
             unit = el.get("PhysicalSizeXUnit", "µm")
             scale = _UNIT_TO_UM.get(unit)
             if scale is None:
                 return None
-            return float(el.get("PhysicalSizeX")) * scale
+            return float(size_x) * scale
     return None
 
 
@@ -132,11 +133,14 @@ def open_tiff(path: Path, name: str) -> Slide:
         _check_offsets(tf, series, path)
         store = series.aszarr()
         root = zarr.open(store, mode="r")
-        arrays = (
+        nodes = (
             [root]
             if isinstance(root, zarr.Array)
             else [root[str(i)] for i in range(len(series.levels))]
         )
+        arrays = [node for node in nodes if isinstance(node, zarr.Array)]
+        if len(arrays) != len(nodes):  # tifffile's store holds one array per level
+            raise TypeError("a pyramid level is a zarr group, not an array")
         _check_decode(arrays[0], path, last=False)
         _check_decode(arrays[-1], path, last=True)
         levels = []

@@ -39,7 +39,7 @@ def _thumbnail(slide: Slide, max_size: int) -> tuple[np.ndarray, float]:
         or max(slide.levels[fits].shape[:2]) * 2 > max_size
         or max(slide.levels[fits - 1].shape[:2]) > 4 * max_size
     )
-    if small_enough:
+    if fits is not None and small_enough:
         lvl = slide.levels[fits]
         return compute(lvl, "threads"), w0 / lvl.shape[1]
     # No level fits (or the fitting one is needlessly small): area-average the
