@@ -1,11 +1,15 @@
 """Quality benchmark: does the refinement make coarse tumour outlines better than the baselines?
 
-For every cohort (see ``cohorts.py``) and encoder it extracts patch features (cached),
-then scores, by pixel-level Dice and IoU within tissue against the true tumour map:
-the coarse outline itself; the coarse labels on the patch grid; a classifier trained on
-the coarse labels; DkNN; the refinement; and its ablations. Every patch-level
-prediction goes through the engine's own output path (``prob_to_fine_mask``, the
-one the pipeline's polygons come from). Prints one markdown table and writes it to
+For every cohort (see ``cohorts.py``) and encoder, the slides are written as TIFF files with
+their coarse outlines as GeoJSON and refined by the product's own pipeline: the project
+set-up and ``Pipeline`` that ``protorefine refine --patch-size P --stride S --encoder E
+--device cpu`` runs, with every other setting at its default (features cached in the
+project between runs). Scored by pixel-level Dice and IoU within tissue against the true
+tumour map, on each slide's evaluation grid: the coarse outline itself; true and coarse
+labels on the patch grid (what the grid allows); a classifier trained on the coarse labels;
+DkNN; ours (the outline polygons the product writes, rasterised); and ablations (the same
+run with one setting changed). Per-cell baselines go through the product's output step
+(``refine.outline_step``). Prints one markdown table and writes it to
 ``benchmarks/results/quality.md`` with the details in ``quality.json``.
 
     python benchmarks/quality.py [--cohorts a,b] [--encoders a,b] [--quick] [--seeds 0,1]
@@ -14,12 +18,11 @@ one the pipeline's polygons come from). Prints one markdown table and writes it 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cohorts as C  # noqa: E402
+
+from protorefine._atomic import atomic_path, atomic_write_text  # noqa: E402
+from protorefine.annotations import TUMOR, fit_mask, rasterize, write_geojson  # noqa: E402
+from protorefine.project import Project  # noqa: E402
+from protorefine.project.pipeline import Pipeline, prepare_project  # noqa: E402
+from protorefine.refine import Cohort, RefineConfig, outline_step  # noqa: E402
+from protorefine.refine.baselines import coarse_classifier, dknn  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENCODERS = ("efficientnet-lite0", "colour-texture", "efficientnet-lite0+colour-texture")
@@ -43,185 +53,150 @@ ABLATIONS = {
 
 
 @dataclass
-class PatchData:
-    """Everything the methods see for one cohort and encoder: one row per tissue patch."""
+class ProductRun:
+    """One cohort as ``protorefine refine`` sees it: slide files with their coarse outlines in
+    a project (kept between runs, so features are extracted once), refined with the config
+    the command makes from ``flags`` (its defaults for everything else)."""
 
-    features: np.ndarray
-    patch_size: int
-    stride: int
-    inside: np.ndarray
-    distance: np.ndarray
-    slide_index: np.ndarray
-    rc: np.ndarray
-    grid_shapes: list[tuple[int, int]]
-    cells: list[float]
-    encoder: str
-    seconds: float
-    blocks: tuple[int, ...] | None = None
-    grids: list = field(default_factory=list, repr=False)
-    colour: dict = field(default_factory=dict, repr=False)  # (slide, factor) -> cell features
+    cohort: C.Cohort
+    folder: Path
+    pairs: list[tuple[Path, Path]]
+    flags: dict
+    project: Project = field(repr=False)
+    ids: list[str] = field(default_factory=list)
 
-    def colour_features(self, cohort: C.Cohort, k: int, factor: int) -> np.ndarray:
-        """Slide ``k``'s fine-cell stain statistics for colour prototypes (computed once)."""
-        from protorefine.refine.stain_clusters import cell_features, cell_sums
+    @property
+    def config(self) -> RefineConfig:
+        """What ``protorefine refine`` with these flags runs on a new project."""
+        return RefineConfig().replace(**self.flags)
 
-        if (k, factor) not in self.colour:
-            sums = cell_sums(cohort.slides[k].slide(), self.grids[k], factor)
-            self.colour[k, factor] = cell_features(sums)
-        return self.colour[k, factor]
+    @property
+    def command(self) -> str:
+        """The ``protorefine refine`` command line that runs the same config."""
+        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.flags.items())
+        return f"protorefine refine SLIDES --coarse COARSE {opts}"
+
+    def refine(self, changes: dict | None = None) -> tuple[list[np.ndarray], float]:
+        """The product's refined outlines, rasterised on each slide's evaluation grid, with
+        ``changes`` to the config (ablations, seeds); and the seconds the run took."""
+        config = self.config.replace(**(changes or {}))
+        t = time.perf_counter()
+        self.project, self.ids = prepare_project(self.folder, self.pairs, lambda _base: config)
+        Pipeline(self.project).run()
+        seconds = time.perf_counter() - t
+        masks = [
+            outline_raster(self.project.refined_annotations(sid), self.project, sid, s)
+            for sid, s in zip(self.ids, self.cohort.slides, strict=True)
+        ]
+        return masks, seconds
+
+    def cells(self) -> Cohort:
+        """Every slide's tissue cells (features, grid positions, coarse labels) from the project."""
+        pipe = Pipeline(self.project)
+        cohort = pipe.cohort(coarse=False)
+        cohort.coarse, cohort.distance = pipe.coarse_labels()
+        return cohort
+
+    def output_masks(
+        self, prob: np.ndarray, cells: Cohort, config: RefineConfig
+    ) -> list[np.ndarray]:
+        """A per-cell tumour probability (a baseline's, a reference's) through the product's
+        output step, on each slide's evaluation grid."""
+        pipe = Pipeline(self.project)
+        out = []
+        for sid, s in zip(self.ids, self.cohort.slides, strict=True):
+            grid = self.project.grid(sid)
+            pgrid = grid.to_image(np.asarray(prob[cells.slide_rows(sid)], np.float32), fill=0.0)
+            f = max(1, int(config.output_upsample))
+            colour = pipe.stain_features(sid, grid, f) if config.colour_prototypes > 0 else None
+            res = outline_step(
+                pgrid,
+                grid.tissue.reshape(grid.rows, grid.cols),
+                config,
+                cell=grid.downsample,
+                shape=grid.shape,
+                classification=TUMOR,
+                colour=colour,
+            )
+            out.append(outline_raster(res.outline, self.project, sid, s))
+        return out
 
 
-def patch_data(
+def slide_files(cohort: C.Cohort, cache: Path = C.CACHE) -> list[tuple[Path, Path]]:
+    """Each benchmark slide as a tiled TIFF (0.5 µm/px in its resolution tags) with its coarse
+    outline as GeoJSON, written once per cohort: what a user hands ``protorefine refine``."""
+    import tifffile
+
+    folder = cache / "slides" / cohort.key
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for s in cohort.slides:
+        tif, coarse = folder / f"{s.name}.tif", folder / f"{s.name}.geojson"
+        if not tif.exists():
+            with atomic_path(tif) as tmp:
+                tifffile.imwrite(
+                    tmp,
+                    s.image,
+                    photometric="rgb",
+                    tile=(256, 256),
+                    compression="zlib",
+                    resolution=(1e4 / 0.5, 1e4 / 0.5),
+                    resolutionunit="CENTIMETER",
+                )
+        if not coarse.exists():
+            write_geojson(s.coarse, coarse)
+        pairs.append((tif, coarse))
+    return pairs
+
+
+def product_run(
     cohort: C.Cohort,
-    encoder_name: str,
+    encoder: str,
     *,
     patch_size: int | None = None,
     stride: int | None = None,
     cache: Path = C.CACHE,
     log=print,
-) -> PatchData:
-    """Grid, coarse labels and features of every slide of a cohort (features cached on disk).
+) -> ProductRun:
+    """The cohort's project for ``encoder`` with its features extracted (cached on disk).
 
-    ``patch_size`` (encoder window) and ``stride`` (grid cell) default to the cohort's patch size.
+    ``patch_size`` (encoder window) and ``stride`` (grid cell) default to the cohort's patch
+    size; they are the only flags besides the encoder and ``--device cpu``.
     """
-    from protorefine.features import coarse_labels, extract_features, get_encoder, make_grid
-
     patch_size = patch_size or cohort.patch_size
-    stride = stride or cohort.patch_size
-    if "+" in encoder_name:  # a combined encoder: its parts' cached features side by side
-        parts = [
-            patch_data(cohort, n, patch_size=patch_size, stride=stride, cache=cache, log=log)
-            for n in encoder_name.split("+")
-        ]
-        return replace(
-            parts[0],
-            features=np.concatenate([p.features for p in parts], axis=1),
-            encoder=encoder_name,
-            seconds=sum(p.seconds for p in parts),
-            blocks=tuple(p.features.shape[1] for p in parts),
-        )
-    encoder = get_encoder(encoder_name, device="cpu")
-    geometry = (
-        "" if (patch_size, stride) == (cohort.patch_size,) * 2 else f"-p{patch_size}s{stride}"
-    )
-    detect = cohort.name == "synthetic"  # real cohorts are crops of tissue: every patch counts
-    tissue = None if detect else True
-    grids = [
-        make_grid(s.slide(), patch_size=patch_size, stride=stride, tissue=tissue)
-        for s in cohort.slides
-    ]
-    name = f"{cohort.key}{geometry}-{encoder_name}-{encoder.weight_hash[:10]}"
-    if detect:  # other tissue detection, other patches: their features go to another file
-        packed = b"".join(np.packbits(g.tissue).tobytes() for g in grids)
-        name += f"-t{hashlib.sha1(packed).hexdigest()[:8]}"
-    path = cache / "features" / f"{name}.npz"
-    feats: list[np.ndarray] = []
-    seconds = 0.0
-    if path.exists():
-        z = np.load(path)
-        feats = [z[f"f{k}"] for k in range(len(cohort.slides))]
-        seconds = float(z["seconds"])
-    else:
-        t0 = time.perf_counter()
-        for k, (s, g) in enumerate(zip(cohort.slides, grids, strict=True)):
-            log(
-                f"  features {cohort.name} [{encoder_name}] slide {k + 1}/{len(grids)} ({int(g.tissue.sum())} patches)"
-            )
-            feats.append(np.asarray(extract_features(s.slide(), g, encoder), dtype=np.float32))
-        seconds = time.perf_counter() - t0
-        from protorefine._atomic import atomic_path
-
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, seconds=seconds, **{f"f{k}": f for k, f in enumerate(feats)})
-    rows = {k: [] for k in ("features", "inside", "distance", "slide", "rc")}
-    for k, (s, g, f) in enumerate(zip(cohort.slides, grids, feats, strict=True)):
-        idx = g.tissue_index
-        if len(f) != len(idx):
-            raise RuntimeError(f"{s.name}: {len(f)} feature rows for {len(idx)} tissue patches")
-        inside, distance = coarse_labels(g, s.coarse)
-        rows["features"].append(f)
-        rows["inside"].append(inside[idx])
-        rows["distance"].append(distance[idx])
-        rows["slide"].append(np.full(len(idx), k))
-        rows["rc"].append(g.rc[idx])
-    return PatchData(
-        features=np.concatenate(rows["features"]),
-        patch_size=patch_size,
-        stride=stride,
-        inside=np.concatenate(rows["inside"]).astype(np.float32),
-        distance=np.concatenate(rows["distance"]).astype(np.float32),
-        slide_index=np.concatenate(rows["slide"]),
-        rc=np.concatenate(rows["rc"]),
-        grid_shapes=[(g.rows, g.cols) for g in grids],
-        cells=[float(g.downsample) for g in grids],
-        encoder=encoder_name,
-        seconds=seconds,
-        grids=grids,
-    )
+    stride = stride or patch_size
+    flags = {"patch_size": patch_size, "stride": stride, "encoder": encoder, "device": "cpu"}
+    pairs = slide_files(cohort, cache)
+    folder = cache / "projects" / f"{cohort.key}-p{patch_size}s{stride}-{encoder}"
+    config = RefineConfig().replace(**flags)
+    project, ids = prepare_project(folder, pairs, lambda _base: config)
+    if not project.stage_done("features"):
+        log(f"  features {cohort.name} [{encoder}] {len(ids)} slides")
+    Pipeline(project).run(until="features")
+    return ProductRun(cohort, folder, pairs, flags, project, ids)
 
 
-def to_eval(labels: np.ndarray, pd: PatchData, k: int, s: C.BenchSlide) -> np.ndarray:
-    """Paint slide ``k``'s per-patch labels onto its evaluation raster (off-grid pixels are 0)."""
-    sel = pd.slide_index == k
-    grid = np.zeros(pd.grid_shapes[k], bool)
-    grid[pd.rc[sel, 0], pd.rc[sel, 1]] = labels[sel]
-    h, w = s.truth.shape
-    ds, cell = s.eval_downsample, pd.cells[k]
-    rr = np.minimum(((np.arange(h) + 0.5) * ds // cell).astype(int), grid.shape[0] - 1)
-    cc = np.minimum(((np.arange(w) + 0.5) * ds // cell).astype(int), grid.shape[1] - 1)
-    return grid[np.ix_(rr, cc)]
+def outline_raster(annset, project: Project, sid: str, s: C.BenchSlide) -> np.ndarray:
+    """An outline rasterised on a benchmark slide's evaluation grid (its truth's shape)."""
+    mask = rasterize(annset, project.slide(sid).shape, s.eval_downsample)
+    return fit_mask(mask, s.truth.shape)
 
 
-def output_masks(prob: np.ndarray, pd: PatchData, cohort: C.Cohort, config) -> list[np.ndarray]:
-    """Per-patch probability -> the pipeline's output mask per slide, on each evaluation raster.
-
-    Same path as the refined polygons the pipeline writes: the probability grid goes
-    through ``prob_to_fine_mask`` at ``config.output_upsample`` x the grid resolution
-    (``prob_to_mask`` on the grid itself when the factor is 1).
-    """
-    from protorefine.refine import postprocess as pp
-
-    f = max(1, int(getattr(config, "output_upsample", 1)))
-    out = []
-    for k, s in enumerate(cohort.slides):
-        sel = pd.slide_index == k
-        pgrid = np.zeros(pd.grid_shapes[k], np.float32)
-        valid = np.zeros(pd.grid_shapes[k], bool)
-        pgrid[pd.rc[sel, 0], pd.rc[sel, 1]] = prob[sel]
-        valid[pd.rc[sel, 0], pd.rc[sel, 1]] = True
-        if f > 1:
-            colour = pd.colour_features(cohort, k, f) if config.colour_prototypes > 0 else None
-            mask = pp.prob_to_fine_mask(pgrid, tissue=valid, config=config, factor=f, colour=colour)
-        else:
-            mask, f = pp.prob_to_mask(pgrid, tissue=valid, config=config), 1
-        h, w = s.truth.shape
-        cell = pd.cells[k] / f
-        rr = np.minimum(
-            ((np.arange(h) + 0.5) * s.eval_downsample // cell).astype(int), mask.shape[0] - 1
-        )
-        cc = np.minimum(
-            ((np.arange(w) + 0.5) * s.eval_downsample // cell).astype(int), mask.shape[1] - 1
-        )
-        out.append(mask[np.ix_(rr, cc)])
-    return out
-
-
-def truth_fraction(pd: PatchData, cohort: C.Cohort) -> np.ndarray:
-    """Share of each tissue patch that is truly tumour, from the slides' truth rasters."""
-    out = np.zeros(len(pd.slide_index), np.float32)
-    for k, s in enumerate(cohort.slides):
-        sel = np.flatnonzero(pd.slide_index == k)
-        f = pd.cells[k] / s.eval_downsample
-        rows, cols = pd.grid_shapes[k]
-        yy = np.minimum((np.arange(s.truth.shape[0]) // f).astype(int), rows - 1)
-        xx = np.minimum((np.arange(s.truth.shape[1]) // f).astype(int), cols - 1)
-        tot = np.zeros((rows, cols))
-        cnt = np.zeros((rows, cols))
+def truth_fraction(run: ProductRun, cells: Cohort) -> np.ndarray:
+    """Share of each tissue cell that is truly tumour, from the slides' truth rasters."""
+    out = np.zeros(len(cells), np.float32)
+    for sid, s in zip(run.ids, run.cohort.slides, strict=True):
+        grid = run.project.grid(sid)
+        rows = cells.slide_rows(sid)
+        f = grid.downsample / s.eval_downsample
+        yy = np.minimum((np.arange(s.truth.shape[0]) // f).astype(int), grid.rows - 1)
+        xx = np.minimum((np.arange(s.truth.shape[1]) // f).astype(int), grid.cols - 1)
+        tot = np.zeros((grid.rows, grid.cols))
+        cnt = np.zeros((grid.rows, grid.cols))
         np.add.at(tot, (yy[:, None], xx[None, :]), s.truth)
         np.add.at(cnt, (yy[:, None], xx[None, :]), 1)
         frac = tot / np.maximum(cnt, 1)
-        out[sel] = frac[pd.rc[sel, 0], pd.rc[sel, 1]]
+        out[rows] = frac[cells.rc[rows, 0], cells.rc[rows, 1]]
     return out
 
 
@@ -240,85 +215,72 @@ def scores(pred: list[np.ndarray], cohort: C.Cohort) -> dict:
     }
 
 
-def refine_cohort(pd: PatchData, config) -> np.ndarray:
-    """Ours on a cohort's patches: the final per-patch tumour probability (as the pipeline)."""
-    from protorefine.refine.core import refine_patches
-
-    res = refine_patches(
-        pd.features,
-        pd.inside,
-        pd.slide_index,
-        pd.rc,
-        distance=pd.distance,
-        config=config,
-        blocks=pd.blocks,
-    )
-    return np.asarray(res.prob, np.float32)
-
-
-def run_methods(cohort: C.Cohort, pd: PatchData, seeds: list[int], *, log=print) -> dict:
-    """Score every patch-level method (baselines, ours, ablations) on one cohort and encoder."""
-    from protorefine.refine.baselines import coarse_classifier, dknn
-    from protorefine.refine.config import RefineConfig
-    from protorefine.refine.prototypes import standardize_per_slide
-
-    base = RefineConfig(
-        patch_size=pd.patch_size, stride=pd.stride, encoder=pd.encoder, device="cpu"
-    )
-    coarse = (pd.inside >= 0.5).astype(np.uint8)
+def run_methods(run: ProductRun, seeds: list[int], *, log=print) -> dict:
+    """Score every method (references, baselines, ours and its ablations) on one cohort and
+    encoder. Ours is the product's own run; every per-cell baseline goes through its output step."""
+    cohort = run.cohort
+    base = run.config
     out: dict[str, dict] = {}
 
-    def record(name: str, probs_per_seed: list[np.ndarray], seconds: float, config=base) -> None:
-        per_seed = []
-        for prob in probs_per_seed:
-            pred = output_masks(np.asarray(prob, np.float32), pd, cohort, config)
-            per_seed.append(scores(pred, cohort))
+    def record(name: str, preds_per_seed: list[list[np.ndarray]], seconds: float) -> None:
+        per_seed = [scores(pred, cohort) for pred in preds_per_seed]
         res = {
             "dice": float(np.mean([r["dice"] for r in per_seed])),
             "iou": float(np.mean([r["iou"] for r in per_seed])),
             "dice_seeds": [round(r["dice"], 4) for r in per_seed],
             "dice_per_slide": per_seed[0]["dice_per_slide"],
-            "seconds": round(seconds / max(len(probs_per_seed), 1), 2),
+            "seconds": round(seconds / max(len(preds_per_seed), 1), 2),
         }
         out[name] = res
         log(
             f"    {name:34s} Dice {res['dice']:.3f}  IoU {res['iou']:.3f}  ({res['seconds']:.1f} s)"
         )
 
-    # references: what the grid itself allows, so without the colour step below the patch
-    grid_only = base.replace(colour_prototypes=0)
-    truth = (truth_fraction(pd, cohort) >= 0.5).astype(np.float32)
-    record("true labels on the patch grid (reference)", [truth], 0.0, grid_only)
-    record("coarse labels on the patch grid", [coarse.astype(np.float32)], 0.0, grid_only)
-
-    t = time.perf_counter()
-    probs = [
-        coarse_classifier(pd.features, coarse, seed=seed, config=base, blocks=pd.blocks)
-        for seed in seeds
-    ]
-    record("classifier on coarse labels", probs, time.perf_counter() - t)
-
-    t = time.perf_counter()
-    lab = dknn(pd.features, coarse, k=5, blocks=pd.blocks)
-    record("DkNN (k=5)", [lab.astype(np.float32)], time.perf_counter() - t)
-
-    # the same baselines on the features ours sees (z-scored within each slide), for fairness
-    zf = standardize_per_slide(pd.features, pd.slide_index)
-    t = time.perf_counter()
-    probs = [
-        coarse_classifier(zf, coarse, seed=seed, config=base, blocks=pd.blocks) for seed in seeds
-    ]
-    record("classifier on coarse labels, per-slide z-scored", probs, time.perf_counter() - t)
-    t = time.perf_counter()
-    lab = dknn(zf, coarse, k=5, blocks=pd.blocks)
-    record("DkNN (k=5), per-slide z-scored", [lab.astype(np.float32)], time.perf_counter() - t)
-
-    for name, change in ABLATIONS.items():
+    def timed(fn, probs_config=base) -> tuple[list[list[np.ndarray]], float]:
         t = time.perf_counter()
-        config = base.replace(**change)
-        probs = [refine_cohort(pd, config.replace(seed=seed)) for seed in seeds]
-        record(name, probs, time.perf_counter() - t, config)
-    return out
+        probs = fn()
+        seconds = time.perf_counter() - t
+        return [
+            run.output_masks(np.asarray(p, np.float32), cells, probs_config) for p in probs
+        ], seconds
+
+    # ours first: its prototypes stage stores the coarse labels the others read
+    for name, change in ABLATIONS.items():
+        preds, seconds = [], 0.0
+        for seed in seeds:
+            masks, sec = run.refine({**change, "seed": seed})
+            preds.append(masks)
+            seconds += sec
+        record(name, preds, seconds)
+    run.refine({"seed": seeds[0]})  # leave the project as `protorefine refine` made it
+    cells = run.cells()
+    coarse = (cells.coarse >= 0.5).astype(np.uint8)
+
+    # references: what the grid itself allows, so without the colour step below the cell
+    grid_only = base.replace(colour_prototypes=0)
+    truth = (truth_fraction(run, cells) >= 0.5).astype(np.float32)
+    record("true labels on the patch grid (reference)", *timed(lambda: [truth], grid_only))
+    record("coarse labels on the patch grid", *timed(lambda: [coarse], grid_only))
+    blocks = cells.blocks
+    for label, feats in (
+        ("", cells.features),
+        (", per-slide z-scored", cells.refine_features(base)),
+    ):
+        record(
+            f"classifier on coarse labels{label}",
+            *timed(
+                lambda f=feats: [
+                    coarse_classifier(f, coarse, seed=seed, config=base, blocks=blocks)
+                    for seed in seeds
+                ]
+            ),
+        )
+        record(
+            f"DkNN (k=5){label}",
+            *timed(lambda f=feats: [dknn(f, coarse, k=5, blocks=blocks).astype(np.float32)]),
+        )
+    first = [k for k in out if k not in ABLATIONS]  # references and baselines, then ours
+    return {k: out[k] for k in [*first, *ABLATIONS]}
 
 
 def coarse_pixel_scores(cohort: C.Cohort) -> dict:
@@ -375,8 +337,6 @@ def machine() -> dict:
 
 def merge(folders: list[str], out: Path) -> int:
     """Combine the quality.json of several runs (e.g. one per cohort, run in parallel) into one table."""
-    from protorefine._atomic import atomic_write_text
-
     runs = [json.loads((Path(f) / "quality.json").read_text()) for f in folders]
     results: dict = {}
     for r in runs:
@@ -446,13 +406,15 @@ def main(argv: list[str] | None = None) -> int:
             "patches": {},
         }
         for enc in encoders:
-            pd = patch_data(cohort, enc, patch_size=args.patch_size, stride=args.stride)
+            run = product_run(cohort, enc, patch_size=args.patch_size, stride=args.stride)
+            n = sum(int(run.project.grid(sid).tissue.sum()) for sid in run.ids)
             entry["patches"][enc] = {
-                "n": int(len(pd.features)),
-                "feature_seconds": round(pd.seconds, 1),
+                "n": n,
+                "feature_seconds": round(run.project.stage_info("features").get("seconds", 0), 1),
+                "command": run.command,
             }
-            print(f"  [{enc}] {len(pd.features)} patches")
-            entry["methods"][enc] = run_methods(cohort, pd, seeds)
+            print(f"  [{enc}] {n} tissue patches; ours = `{run.command}`")
+            entry["methods"][enc] = run_methods(run, seeds)
         results[name] = entry
     if not results:
         print("quality: no cohort could be built", file=sys.stderr)
@@ -469,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     out = Path(args.out)
-    from protorefine._atomic import atomic_write_text
 
     suffix = "-quick" if args.quick else ""
     atomic_write_text(out / f"quality{suffix}.md", header + "\n\n" + table + "\n")

@@ -1,8 +1,8 @@
 """Tuning aid: score config variants of the refinement, and what the features allow at all.
 
-Reuses ``quality.py``'s cached cohorts and features. For each cohort and encoder it
-prints the mean pixel Dice (seeds 0 and 1, the pipeline's output path) of ours under
-each variant, a dict of ``RefineConfig`` changes. ``--probe`` adds what a classifier
+Reuses ``quality.py``'s cached cohorts and projects. For each cohort and encoder it
+prints the mean pixel Dice (seeds 0 and 1) of the product's pipeline under each variant, a
+dict of ``RefineConfig`` changes (the run ``protorefine refine`` makes, with that change). ``--probe`` adds what a classifier
 trained on the *true* patch labels reaches (5-fold over patches of all slides mixed,
 so every slide is seen in training): logistic regression and the engine's own head,
 on raw and per-slide z-scored features; it tells features from method. Ours can
@@ -32,13 +32,13 @@ import cohorts as C  # noqa: E402
 import quality as Q  # noqa: E402
 
 
-def dice_of(prob: np.ndarray, pd: Q.PatchData, cohort: C.Cohort, config) -> float:
-    """Mean pixel Dice of a per-patch probability through the pipeline's output path."""
-    masks = Q.output_masks(np.asarray(prob, np.float32), pd, cohort, config)
-    return Q.scores(masks, cohort)["dice"]
+def dice_of(prob: np.ndarray, run: Q.ProductRun, cells, config) -> float:
+    """Mean pixel Dice of a per-cell probability through the product's output step."""
+    masks = run.output_masks(np.asarray(prob, np.float32), cells, config)
+    return Q.scores(masks, run.cohort)["dice"]
 
 
-def probe(pd: Q.PatchData, cohort: C.Cohort, config, folds: int = 5) -> dict[str, float]:
+def probe(run: Q.ProductRun, cells, config, folds: int = 5) -> dict[str, float]:
     """Dice of classifiers trained on the true patch labels, out of fold."""
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -46,13 +46,13 @@ def probe(pd: Q.PatchData, cohort: C.Cohort, config, folds: int = 5) -> dict[str
     from protorefine.refine.classifier import predict, train_classifier
     from protorefine.refine.prototypes import standardize_per_slide
 
-    y = (Q.truth_fraction(pd, cohort) >= 0.5).astype(np.int8)
+    y = (Q.truth_fraction(run, cells) >= 0.5).astype(np.int8)
     fold = np.random.default_rng(0).integers(0, folds, len(y))
     head_cfg = config.replace(early_stop=0.0, epochs=30, samples_per_epoch=8192)
     out = {}
-    for name, x in (("raw", pd.features), ("z-scored", None)):
+    for name, x in (("raw", cells.features), ("z-scored", None)):
         if x is None:
-            x = standardize_per_slide(pd.features, pd.slide_index)
+            x = standardize_per_slide(cells.features, cells.slide_index)
         xt = torch.from_numpy(np.asarray(x, np.float32))
         p_lr = np.zeros(len(y), np.float32)
         p_head = np.zeros(len(y), np.float32)
@@ -68,12 +68,12 @@ def probe(pd: Q.PatchData, cohort: C.Cohort, config, folds: int = 5) -> dict[str
                 config=head_cfg,
             )
             p_head[te] = predict(res.model, xt[te])
-        out[f"logistic, {name}"] = dice_of(p_lr, pd, cohort, config)
-        out[f"head, {name}"] = dice_of(p_head, pd, cohort, config)
+        out[f"logistic, {name}"] = dice_of(p_lr, run, cells, config)
+        out[f"head, {name}"] = dice_of(p_head, run, cells, config)
     return out
 
 
-def outline_probe(pd: Q.PatchData, cohort: C.Cohort, config) -> dict[str, float]:
+def outline_probe(run: Q.ProductRun, cells, config) -> dict[str, float]:
     """Dice of classifiers trained on the true labels of the *other* slides (folds by slide).
 
     Inputs: the per-slide z-scored features (blocks scaled to equal norm), the coarse
@@ -85,18 +85,18 @@ def outline_probe(pd: Q.PatchData, cohort: C.Cohort, config) -> dict[str, float]
 
     from protorefine.refine.prototypes import standardize_per_slide
 
-    y = (Q.truth_fraction(pd, cohort) >= 0.5).astype(np.int8)
-    x = standardize_per_slide(pd.features, pd.slide_index)
-    blocks = pd.blocks or (x.shape[1],)
+    y = (Q.truth_fraction(run, cells) >= 0.5).astype(np.int8)
+    x = standardize_per_slide(cells.features, cells.slide_index)
+    blocks = cells.blocks or (x.shape[1],)
     start = 0
     for width in blocks:
         x[:, start : start + width] *= np.sqrt(min(blocks) / width)
         start += width
-    d = np.clip(pd.distance, -3, 3)
+    d = np.clip(cells.distance, -3, 3)
     prior = 3 * np.stack(
-        [pd.inside, d, np.abs(d), (d > 0) * np.minimum(d, 1.5), np.exp(-(d**2))], axis=1
+        [cells.coarse, d, np.abs(d), (d > 0) * np.minimum(d, 1.5), np.exp(-(d**2))], axis=1
     )
-    fold = pd.slide_index % min(5, len(cohort.slides))
+    fold = cells.slide_index % min(5, len(run.cohort.slides))
     models = {
         "logistic": lambda: LogisticRegression(C=0.05, max_iter=3000),
         "MLP": lambda: MLPClassifier((256,), alpha=0.1, early_stopping=True, random_state=0),
@@ -111,14 +111,12 @@ def outline_probe(pd: Q.PatchData, cohort: C.Cohort, config) -> dict[str, float]
             for f in np.unique(fold):
                 tr, te = fold != f, fold == f
                 p[te] = make().fit(xin[tr], y[tr]).predict_proba(xin[te])[:, 1]
-            out[f"{mname}, {iname}"] = dice_of(p, pd, cohort, config.replace(threshold=0.5))
+            out[f"{mname}, {iname}"] = dice_of(p, run, cells, config.replace(threshold=0.5))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print ours under each variant (and the true-label probe) per cohort and encoder."""
-    from protorefine.refine.config import RefineConfig
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohorts", default="camelyon-canvas,camelyon-tiles")
     ap.add_argument("--encoders", default=",".join(Q.ENCODERS))
@@ -140,23 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         if cohort is None:
             continue
         for enc in args.encoders.split(","):
-            pd = Q.patch_data(
+            run = Q.product_run(
                 cohort, enc, patch_size=args.patch_size, stride=args.stride, log=lambda *a: None
             )
-            base = RefineConfig(
-                patch_size=pd.patch_size, stride=pd.stride, encoder=enc, device="cpu"
-            )
-            head = f"{name} {enc} p{pd.patch_size}/s{pd.stride}"
+            base = run.config
+            head = f"{name} {enc} p{base.patch_size}/s{base.stride}"
             for vname, change in variants.items():
-                cfg = base.replace(**change)
-                probs = [Q.refine_cohort(pd, cfg.replace(seed=s)) for s in seeds]
-                d = np.mean([dice_of(p, pd, cohort, cfg) for p in probs])
-                print(f"{head}  {vname:28s} {d:.3f}", flush=True)
+                dices = [
+                    Q.scores(run.refine({**change, "seed": s})[0], cohort)["dice"] for s in seeds
+                ]
+                print(f"{head}  {vname:28s} {np.mean(dices):.3f}", flush=True)
+            cells = run.cells()
             if args.probe:
-                for pname, d in probe(pd, cohort, base).items():
+                for pname, d in probe(run, cells, base).items():
                     print(f"{head}  true-label probe, {pname:14s} {d:.3f}", flush=True)
             if args.outline_probe:
-                for pname, d in outline_probe(pd, cohort, base).items():
+                for pname, d in outline_probe(run, cells, base).items():
                     print(f"{head}  other slides' labels, {pname:26s} {d:.3f}", flush=True)
     return 0
 

@@ -2,7 +2,8 @@
 
 "Next slide to review" goes to the slide whose refined tumour probabilities are most
 often unsure (``protorefine.measure.unsure_share``). This checks that ordering on the
-benchmark cohorts (``quality.py``'s cached cohorts and features): per slide, the
+benchmark cohorts refined by the product's pipeline (``quality.py``'s cached cohorts
+and projects): per slide, the
 unsure share against the refined outline's pixel Dice, as a Spearman rank correlation
 with the error (1 - Dice) and as the mean Dice of the least sure quarter of the
 slides against the rest. Cohorts need many slides for this to mean anything: the
@@ -42,9 +43,6 @@ def order_figures(unsure: np.ndarray, dice: np.ndarray) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print one line per cohort, encoder and seed."""
-    from protorefine.measure import unsure_share
-    from protorefine.refine import RefineConfig
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohorts", default="camelyon-tiles")
     ap.add_argument("--encoders", default="efficientnet-lite0+colour-texture,efficientnet-lite0")
@@ -57,15 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.cohorts.split(","):
         cohort = C.build_cohort(name)
         for enc in args.encoders.split(","):
-            pd = Q.patch_data(cohort, enc, log=lambda *a: None)
-            config = RefineConfig(patch_size=cohort.patch_size, encoder=enc, device="cpu")
+            run = Q.product_run(cohort, enc, log=lambda *a: None)
             for seed in (int(s) for s in args.seeds.split(",")):
-                prob = Q.refine_cohort(pd, config.replace(seed=seed))
-                masks = Q.output_masks(prob, pd, cohort, config)
+                masks, _ = run.refine({"seed": seed})
                 dice = np.array(Q.scores(masks, cohort)["dice_per_slide"])
-                unsure = np.array(
-                    [unsure_share(prob[pd.slide_index == k]) for k in range(len(dice))]
-                )
+                shares = run.project.unsure_shares()  # what "Next slide to review" sorts by
+                unsure = np.array([shares[sid] for sid in run.ids])
                 f = order_figures(unsure, dice)
                 print(
                     f"| {name} | {enc} | {seed} | {f['spearman']:.3f} | "

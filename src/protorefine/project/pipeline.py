@@ -252,7 +252,7 @@ class Pipeline:
             cohort.coarse, cohort.distance = stored["coarse"], stored["distance"]
         return cohort
 
-    def _coarse_labels(self) -> tuple[np.ndarray, np.ndarray]:
+    def coarse_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Per tissue cell of the run slides: 1 inside the coarse outline, and the signed
         distance to it; a slide whose outline covers all its tissue is refused."""
         coarse, dist = [], []
@@ -273,7 +273,7 @@ class Pipeline:
 
     def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort(coarse=False)
-        coh.coarse, coh.distance = self._coarse_labels()
+        coh.coarse, coh.distance = self.coarse_labels()
         protos = prototypes_step(coh, self.config, progress=prog, cancel=check)
         centres, cells = self._patch_centres(coh)
         marks = self.project.prototype_labels()  # of the build this one replaces
@@ -381,7 +381,9 @@ class Pipeline:
         (out / "history.json").write_text(json.dumps(cr.history, indent=2))
         return {"history": cr.history, "device": str(resolve_device(self.config.device))}
 
-    def _colour(self, slide_id: str, grid, factor: int, check) -> np.ndarray | None:
+    def stain_features(
+        self, slide_id: str, grid, factor: int, check: Cancel | None = None
+    ) -> np.ndarray | None:
         """The fine cells' stain statistics for colour prototypes (None when they are off),
         read from the slide once per grid and kept in ``colour/`` (a redraw reuses them)."""
         if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0 or factor <= 1:
@@ -414,7 +416,9 @@ class Pipeline:
             grid = self.project.grid(s.id)
             pgrid = grid.to_image(prob[coh.slide_rows(s.id)].astype(np.float32), fill=0.0)
             tissue = grid.tissue.reshape(grid.rows, grid.cols)
-            colour = self._colour(s.id, grid, max(1, int(self.config.output_upsample)), check)
+            colour = self.stain_features(
+                s.id, grid, max(1, int(self.config.output_upsample)), check
+            )
             res = outline_step(
                 pgrid,
                 tissue,
