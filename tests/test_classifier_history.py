@@ -23,6 +23,7 @@ def data():
     return torch.from_numpy(x), pseudo, confidence, score
 
 
+@pytest.mark.slow
 def test_history_and_progress_per_epoch(data):
     x, pseudo, confidence, score = data
     config = RefineConfig(epochs=5, finetune_epochs=3, rounds=3, samples_per_epoch=1024)

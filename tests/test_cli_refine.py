@@ -47,6 +47,7 @@ def one_error_line(capsys) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_refine_writes_outputs(refined, case):
     ann = read_geojson(refined / "s1.geojson")
     assert len(ann) >= 1 and all(a.classification == "Tumor" for a in ann)
@@ -103,6 +104,7 @@ def test_refine_writes_outputs(refined, case):
     assert row["area_mm2"] == "" and row["mpp"] == ""  # a PNG: no pixel size, no mm
 
 
+@pytest.mark.slow
 def test_refine_on_a_finer_grid(case, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(refine_args(case["slide"], case["coarse"], out, *FAST, "--stride", "32"))
@@ -128,6 +130,7 @@ def test_refine_on_a_finer_grid(case, tmp_path, capsys):
     assert row["refined"]["dice"] > row["coarse"]["dice"]
 
 
+@pytest.mark.slow
 def test_a_batch_ends_with_the_slides_to_check_first(case, tmp_path, capsys):
     import shutil
 
@@ -150,6 +153,7 @@ def test_a_batch_ends_with_the_slides_to_check_first(case, tmp_path, capsys):
     assert f"check first (least sure): {expected}" in said
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(refined, case):
     rc = main(
         [
@@ -167,6 +171,7 @@ def test_rerun_resumes_without_recomputing(refined, case):
     assert not any(s["ran_now"] for s in report["stages"].values())
 
 
+@pytest.mark.slow
 def test_evaluate_prints_table(refined, case, capsys, tmp_path):
     capsys.readouterr()
     js = tmp_path / "eval.json"
@@ -219,6 +224,7 @@ def test_unusable_coarse_annotation(case, tmp_path, capsys, classification, size
     assert message in one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_refine_says_what_it_changed_in_the_coarse_file(refined, case, tmp_path, capsys):
     """Notes on reading the coarse file reach the terminal: a class left out, parts clipped."""
     from shapely.geometry import box
@@ -269,6 +275,7 @@ def test_unknown_encoder(case, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_encoder_typo_on_a_finished_project_keeps_its_results(refined, case, tmp_path, capsys):
     proj = tmp_path / "proj"
     shutil.copytree(refined / "project", proj)
@@ -281,6 +288,7 @@ def test_encoder_typo_on_a_finished_project_keeps_its_results(refined, case, tmp
     assert all(project.stage_done(s) for s in Pipeline.STAGES)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint(refined, case, tmp_path, capsys):
     proj = tmp_path / "proj"
     shutil.copytree(refined / "project", proj)
@@ -291,6 +299,7 @@ def test_damaged_checkpoint(refined, case, tmp_path, capsys):
     assert "model.pt: checkpoint does not load" in one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_refine_a_real_svs_tightens_the_outline(slides_dir, tmp_path):
     """A quick outline around one tumour region of the TCGA slide (JPEG 2000 SVS): the refined
     outline stays in that region and drops part of it (the stroma), as a pathologist expects."""
@@ -312,6 +321,7 @@ def test_refine_a_real_svs_tightens_the_outline(slides_dir, tmp_path):
     assert 0.25 < refined.area / outline.area < 0.9
 
 
+@pytest.mark.slow
 def test_threshold_rerun_redraws_only_the_outline(refined, case, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(refined, out)
@@ -324,6 +334,7 @@ def test_threshold_rerun_redraws_only_the_outline(refined, case, tmp_path):
     assert read_geojson(out / "s1.geojson").union().area < before
 
 
+@pytest.mark.slow
 def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path, capsys):
     """``--ome-zarr``: the slide as OME-Zarr with the refined outline as NGFF labels, which the
     napari reader shows over it; a rerun keeps the copy; a folder in the way is refused."""
@@ -357,6 +368,7 @@ def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path,
     assert (other / "s1.ome.zarr" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(refined, tmp_path):
     from protorefine.errors import CancelledError
     from protorefine.labels_export import export_refined_labels
@@ -371,6 +383,7 @@ def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel
     assert project.stage_done("output")
 
 
+@pytest.mark.slow
 def test_a_moved_slide_keeps_its_project(refined, case, tmp_path):
     """A slide file moved (another folder, another computer) is found again: relocating it keeps
     outlines and every finished stage; a file of another size is refused; the CLI given the
@@ -405,6 +418,7 @@ def test_a_moved_slide_keeps_its_project(refined, case, tmp_path):
     assert not any(s["ran_now"] for s in report["stages"].values())
 
 
+@pytest.mark.slow
 def test_ome_zarr_output_for_an_ome_zarr_slide_leaves_the_input_alone(case, tmp_path):
     from protorefine.slides import convert_to_ome_zarr
 
@@ -415,6 +429,7 @@ def test_ome_zarr_output_for_an_ome_zarr_slide_leaves_the_input_alone(case, tmp_
     assert not (slide / "labels").exists()  # the user's slide is not written to
 
 
+@pytest.mark.slow
 def test_a_project_from_before_path_free_fingerprints_keeps_its_results(refined, tmp_path):
     """Stage records written when fingerprints held slide paths are adopted, not recomputed."""
     folder = tmp_path / "project"
@@ -434,6 +449,7 @@ def test_a_project_from_before_path_free_fingerprints_keeps_its_results(refined,
     assert not project.stage_done("output") and project.stage_done("classifier")
 
 
+@pytest.mark.slow
 def test_refine_writes_asap_xml_too(refined, case, tmp_path):
     """``--asap-xml``: the same outline as ASAP XML, for CAMELYON-style workflows."""
     from protorefine.annotations import read_asap_xml
@@ -450,6 +466,7 @@ def test_refine_writes_asap_xml_too(refined, case, tmp_path):
     assert not (tmp_path / "s1.txt").exists()
 
 
+@pytest.mark.slow
 def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
     """``--slide-mpp``: a PNG's pixel size given on the command line; figures come in microns.
     A value no scanner makes is refused before anything runs."""
@@ -471,6 +488,7 @@ def test_slide_mpp_for_files_that_record_none(case, tmp_path, capsys):
     assert float(row["area_mm2"]) == pytest.approx(float(row["area_px2"]) * 0.25e-6, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_slide_mpp_leaves_a_recorded_pixel_size_alone(case, tmp_path, capsys):
     """A file that records its pixel size keeps it; ``--slide-mpp`` says it was not used."""
     import tifffile
@@ -486,6 +504,7 @@ def test_slide_mpp_leaves_a_recorded_pixel_size_alone(case, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["slides"]["s1"]["mpp"] == 0.25
 
 
+@pytest.mark.slow
 def test_export_writes_the_accepted_outline_with_hand_edits(refined, case, tmp_path, capsys):
     """``export``: a project's outlines as refine writes them, hand edits included, plus a mask."""
     from shapely.geometry import box
@@ -515,6 +534,7 @@ def test_export_writes_the_accepted_outline_with_hand_edits(refined, case, tmp_p
     assert not (out / "report.json").exists()  # nothing was run
 
 
+@pytest.mark.slow
 def test_export_bad_input(refined, case, tmp_path, capsys):
     """Not a project, a project not refined yet, a mask too large to hold: one line each."""
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
@@ -553,6 +573,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_run(case, tm
     assert not (tmp_path / "p").exists()  # refused before anything ran
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_is_one_line(refined, tmp_path, capsys, monkeypatch):
     import protorefine.cli.refine as run
 
@@ -564,6 +585,7 @@ def test_a_full_disk_while_writing_is_one_line(refined, tmp_path, capsys, monkey
     assert one_error_line(capsys).endswith("o/s1.geojson: No space left on device")
 
 
+@pytest.mark.slow
 def test_export_reviewed_only_takes_the_ticked_outlines(refined, tmp_path, capsys):
     project_dir = tmp_path / "project"
     shutil.copytree(refined / "project", project_dir)
@@ -576,6 +598,7 @@ def test_export_reviewed_only_takes_the_ticked_outlines(refined, tmp_path, capsy
     assert (tmp_path / "o" / "s1.geojson").exists()
 
 
+@pytest.mark.slow
 def test_results_never_overwrite_the_coarse_file(refined, case, tmp_path, capsys):
     """``--out`` the folder of the coarse files: refine and export stop before writing over
     the pathologist's outline (a rerun or re-export over earlier results is fine)."""
@@ -598,6 +621,7 @@ def test_results_never_overwrite_the_coarse_file(refined, case, tmp_path, capsys
         assert main(["export", str(refined / "project"), "--out", str(again)]) == 0
 
 
+@pytest.mark.slow
 def test_colour_prototypes_off_redraws_only_the_outline(refined, case, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(refined, out)

@@ -12,6 +12,8 @@ from protorefine.project.pipeline import Pipeline
 from protorefine.refine import RefineConfig
 from refine_synth import write_slide_case
 
+pytestmark = pytest.mark.slow
+
 CFG = RefineConfig(patch_size=64, encoder="colour-texture", device="cpu", epochs=4, rounds=2)
 
 

@@ -23,6 +23,7 @@ def result(cohort):
     return run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
 
 
+@pytest.mark.slow
 def test_refined_beats_coarse(cohort, result):
     f, c, t, s, rc, d = cohort
     coarse_dice = dice(c >= 0.5, t)
@@ -34,6 +35,7 @@ def test_refined_beats_coarse(cohort, result):
     assert (result.refined[wrong] == t[wrong]).mean() > 0.7
 
 
+@pytest.mark.slow
 def test_result_shapes_and_ranges(cohort, result):
     f, c, t, s, rc, d = cohort
     n = len(c)
@@ -51,12 +53,14 @@ def test_result_shapes_and_ranges(cohort, result):
     assert all(0 <= h["agreement"] <= 1 and h["loss"] > 0 for h in result.history)
 
 
+@pytest.mark.slow
 def test_global_scores_separate_tumour_from_normal_patterns(cohort, result):
     f, c, t, s, rc, d = cohort
     score_of_patch = result.global_scores[result.global_proto]
     assert score_of_patch[t].mean() > score_of_patch[~t].mean() + 0.3
 
 
+@pytest.mark.slow
 def test_deterministic(cohort, result):
     f, c, t, s, rc, d = cohort
     again = run_steps(f, c, s, rc, distance=d, config=RefineConfig(epochs=8))
@@ -67,6 +71,7 @@ def test_deterministic(cohort, result):
     assert not np.allclose(other.prob, result.prob)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change",
     [
@@ -92,6 +97,7 @@ def test_ablation_switches_change_behaviour(cohort, result, change):
         assert not np.allclose(r.initial.proto_score, result.initial.proto_score)
 
 
+@pytest.mark.slow
 def test_no_prototypes_falls_back_to_coarse_labels(cohort):
     f, c, t, s, rc, d = cohort
     r = run_steps(
@@ -110,6 +116,7 @@ def test_corrections_are_hard_labels(cohort):
     assert (r.confidence[:50] == 1).all()
 
 
+@pytest.mark.slow
 def test_prototype_relabels(cohort, result):
     f, c, t, s, rc, d = cohort
     g = int(np.argmax(result.global_scores))
@@ -208,6 +215,7 @@ def test_checkpoint_roundtrip_and_bad_file(cohort, tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_feature_blocks_train_one_net_per_encoder(cohort, tmp_path):
     """Features of two encoders side by side: one net each, probabilities averaged, saved whole."""
     import torch

@@ -334,6 +334,7 @@ def test_tissue_mask_synthetic_white_background_and_full_tissue() -> None:
     assert fmask.mean() > 0.85
 
 
+@pytest.mark.slow
 def test_tissue_mask_keeps_pale_tumour(shared_data: Path) -> None:
     """Pale squamous carcinoma (OCDC tiles) and lymph-node metastases (CAMELYON tiles) are
     tissue: the mask keeps their tumour pixels (a split of pale from dark tissue used to
