@@ -1,11 +1,15 @@
-# protorefine: `make run` opens napari with a sample cohort; `make test` runs the suite.
-.PHONY: run test setup lint bench clean
+# protorefine: `make run` opens napari with a sample cohort; `make test` runs the suite;
+# `make test-fast` the quick library tests (no slow end-to-end runs, no GUI).
+.PHONY: run test test-fast setup lint bench clean
 
 run:
 	scripts/run.sh
 
 test:
 	scripts/test.sh
+
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow and not gui"
 
 setup:
 	scripts/setup.sh
