@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     import imageio.v3 as iio
     import numpy as np
 
-    from protorefine.measure import write_measurements_csv
+    from protorefine.project.review import write_measurements_csv
     from protorefine.napari.widgets.project import _slide_status
     from protorefine.project import Project
     from protorefine.project.pipeline import Pipeline

@@ -371,7 +371,7 @@ def test_refine_writes_an_ome_zarr_copy_with_the_labels(refined, case, tmp_path,
 @pytest.mark.slow
 def test_labels_export_of_a_plain_slide_needs_a_target_and_stops_clean_on_cancel(refined, tmp_path):
     from protorefine.errors import CancelledError
-    from protorefine.labels_export import export_refined_labels
+    from protorefine.project.labels_export import export_refined_labels
 
     project = Project.open(refined / "project")
     with pytest.raises(ProtorefineError, match="s1.png: not an OME-Zarr slide; name a .zarr"):

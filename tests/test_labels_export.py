@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from protorefine.errors import ProtorefineError
-from protorefine.labels_export import write_grid_labels
+from protorefine.project.labels_export import write_grid_labels
 from protorefine.slides import convert_to_ome_zarr, open_slide
 from protorefine.slides.base import Slide
 

@@ -279,7 +279,7 @@ def test_review_marks_go_stale_when_the_outline_changes(done, case, tmp_path):
     from shapely.geometry import box
 
     from protorefine.annotations import Annotation, AnnotationSet
-    from protorefine.measure import write_measurements_csv
+    from protorefine.project.review import write_measurements_csv
 
     p, _ = done
     assert p.review_state("s1") is None
@@ -342,7 +342,8 @@ def test_revert_a_change_to_the_coarse_outline(done):
 
 def test_unsure_share_and_review_order(done, tmp_path):
     """How unsure the model is on a slide, in the spreadsheet and the review order."""
-    from protorefine.measure import UNSURE, unsure_share, write_measurements_csv
+    from protorefine.measure import UNSURE, unsure_share
+    from protorefine.project.review import write_measurements_csv
 
     assert unsure_share(np.array([0.1, 0.5, 0.79, 0.8, 0.95])) == pytest.approx(2 / 5)
     assert unsure_share(np.array([])) == 0.0
@@ -392,7 +393,8 @@ def test_reading_many_slides_computes_each_fingerprint_once(done, monkeypatch):
 def test_why_a_part_says_how_sure_the_model_is(done):
     from shapely.geometry import box
 
-    from protorefine.measure import cells_in, part_explainer, unsure_share
+    from protorefine.measure import cells_in, unsure_share
+    from protorefine.project.review import part_explainer
 
     p, _ = done
     explain = part_explainer(p, "s1")

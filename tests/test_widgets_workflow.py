@@ -33,7 +33,6 @@ from protorefine.annotations import (  # noqa: E402
 from protorefine.measure import (  # noqa: E402
     format_area,
     measure,
-    part_explainer,
     prototype_makeup,
 )
 from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
@@ -48,6 +47,7 @@ from protorefine.napari.state import (  # noqa: E402
 )
 from protorefine.napari.widgets._common import WARMED  # noqa: E402
 from protorefine.project import Project  # noqa: E402
+from protorefine.project.review import part_explainer  # noqa: E402
 from protorefine.refine.config import RefineConfig  # noqa: E402
 
 SLIDE_SHAPE = (768, 768)

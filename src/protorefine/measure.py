@@ -8,29 +8,17 @@ Without microns per pixel the figures stay in level-0 pixels and say so.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from protorefine._atomic import atomic_write_text
 from protorefine.annotations import AnnotationSet, rasterize, tumour_geometry
 from protorefine.annotations.classes import polygonal
 
-if TYPE_CHECKING:
-    from protorefine.project import Project
-
-#: How a slide's review state reads in tables (None: never checked).
-REVIEW_WORDS = {"reviewed": "yes", "changed": "changed since review"}
 #: Refined tumour probabilities the model is unsure about. On the 61 CAMELYON tiles the
 #: share of such patches ranks the slides by their error (Spearman 0.63-0.67,
 #: docs/benchmarks.md, "Review order"), so the review goes least sure first.
@@ -189,7 +177,8 @@ def cells_in(geom: BaseGeometry, downsample: float, shape: tuple[int, int]) -> n
     mask = np.zeros(shape, bool)
     if geom.is_empty:
         return mask
-    drawn = rasterize(geom, (rows * downsample, cols * downsample), downsample)[:rows, :cols]
+    level0 = (int(rows * downsample), int(cols * downsample))  # as rasterize reads a shape
+    drawn = rasterize(geom, level0, downsample)[:rows, :cols]
     mask[: drawn.shape[0], : drawn.shape[1]] = drawn
     if not mask.any():
         p = geom.representative_point()
@@ -210,50 +199,6 @@ def prototype_makeup(
     values, counts = np.unique(found, return_counts=True)
     order = np.argsort(-counts, kind="stable")[:top]
     return [(int(values[i]), float(counts[i] / found.size)) for i in order]
-
-
-def part_explainer(
-    project: Project, sid: str
-) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
-    """A function that says what a part of ``sid``'s outline (level-0 geometry) is made of:
-    its main global prototypes with their tumour scores or the pathologist's marks, how sure
-    the model is of its patches (once refined) and how many of them were painted, i.e. why
-    the refinement put it in or left it out; with the main prototype. None before
-    prototypes exist."""
-    if not project.stage_done("prototypes"):
-        return None
-    ids = np.asarray(project.result_grid(sid, "global_proto"))
-    downsample = project.grid(sid).downsample
-    scores = np.asarray(project.global_scores(), dtype=float)
-    marks = project.prototype_labels()
-    painted = project.corrections(sid)
-    prob = np.asarray(project.result_grid(sid, "prob")) if project.has_results(sid) else None
-
-    def explain(geom: BaseGeometry) -> tuple[str, int | None]:
-        parts = prototype_makeup(geom, downsample, ids)
-        if not parts:
-            return "no tissue there (glass or background)", None
-        said = []
-        for gid, share in parts:
-            what = f"marked {marks[gid]}" if gid in marks else f"tumour score {scores[gid]:.2f}"
-            said.append(f"prototype {gid} ({what}, {share:.0%} of its patches)")
-        text = "mostly " + " and ".join(said)
-        if prob is not None and prob.shape == ids.shape:
-            cells = cells_in(geom, downsample, ids.shape) & (ids >= 0)
-            share = unsure_share(prob[cells])
-            text += (
-                f"; the model is unsure on {share:.0%} of its patches"
-                if share > 0
-                else "; the model is sure of every one of its patches"
-            )
-        if painted is not None and painted.shape == ids.shape:
-            inside = painted[cells_in(geom, downsample, ids.shape)]
-            for value, name in ((1, "tumour"), (0, "normal")):  # the project's correction codes
-                n = int((inside == value).sum())
-                text += f"; {n} of its patches painted {name}" if n else ""
-        return text, parts[0][0]
-
-    return explain
 
 
 def qupath_measurements(geom: Polygon | MultiPolygon, mpp: float | None) -> list[dict]:
@@ -279,77 +224,9 @@ def with_measurements(annset: AnnotationSet, mpp: float | None) -> AnnotationSet
     return AnnotationSet(annotations=anns, warnings=list(annset.warnings))
 
 
-def changes_report(project: Project, sid: str) -> list[dict]:
-    """The largest changes of ``sid``'s accepted outline against its coarse one, JSON-able
-    (for report.json): kind, area, level-0 bounds and why."""
-    coarse = project.coarse(sid)
-    if coarse is None or not project.has_results(sid):
-        return []
-    mpp = project.slide(sid).mpp
-    explain = part_explainer(project, sid)
-    u = "um" if mpp else "px"
-    return [
-        {
-            "kind": ch.kind,
-            f"area_{u}2": round(ch.area, 3),
-            "bounds_px": [round(v, 1) for v in ch.bounds],
-            "why": explain(ch.geometry)[0] if explain is not None else "",
-        }
-        for ch in outline_changes(coarse, project.accepted_outline(sid), mpp)
-    ]
-
-
 def unsure_share(prob: np.ndarray, unsure: tuple[float, float] = UNSURE) -> float:
     """Share of patch probabilities strictly inside ``unsure`` (0 for no patches)."""
     prob = np.asarray(prob, dtype=np.float32)
     if prob.size == 0:
         return 0.0
     return float(np.mean((prob > unsure[0]) & (prob < unsure[1])))
-
-
-def write_measurements_csv(project: Project, path: str | os.PathLike[str]) -> Path:
-    """One row per slide of ``project``: its accepted tumour outline's regions, area and
-    greatest dimension beside the coarse outline's area, in mm when the pixel size is known
-    and in level-0 pixels always, and the model's unsure share (a spreadsheet for the whole
-    project), written atomically."""
-    columns = (
-        "slide", "mpp", "mpp_set_by_hand", "edited_by_hand", "reviewed", "regions",
-        "area_mm2", "largest_dimension_mm", "coarse_area_mm2",
-        "area_px2", "largest_dimension_px", "coarse_area_px2", "unsure_share",
-    )  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    with project.reading():
-        unsure = project.unsure_shares()
-        for s in project.slides:
-            done = project.has_results(s.id)
-            coarse = project.coarse(s.id)
-            cpx = measure(coarse, None) if coarse is not None else None
-            rpx = measure(project.accepted_outline(s.id), None) if done else None
-            writer.writerow(
-                [
-                    s.id,
-                    s.mpp or "",
-                    s.mpp_by_user,
-                    done and project.outline_edited(s.id),
-                    REVIEW_WORDS.get(project.review_state(s.id), ""),
-                    len(rpx.regions) if rpx else "",
-                    _mm(rpx and rpx.area, s.mpp, 2),
-                    _mm(rpx and rpx.largest_diameter, s.mpp, 1),
-                    _mm(cpx and cpx.area, s.mpp, 2),
-                    f"{rpx.area:.1f}" if rpx else "",
-                    f"{rpx.largest_diameter:.1f}" if rpx else "",
-                    f"{cpx.area:.1f}" if cpx else "",
-                    f"{unsure[s.id]:.4f}" if s.id in unsure else "",
-                ]
-            )
-    atomic_write_text(path, buf.getvalue())
-    return Path(path)
-
-
-def _mm(pixels: float | None, mpp: float | None, power: int) -> str:
-    """A length (power 1) or area (power 2) in level-0 pixels as mm / mm² text; "" when unknown."""
-    if pixels is None or not mpp:
-        return ""
-    return f"{pixels * (mpp / 1000) ** power:.6g}"

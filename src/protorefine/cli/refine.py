@@ -25,11 +25,11 @@ from protorefine.cli.progress import tqdm_progress
 from protorefine.errors import ProtorefineError
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
-from protorefine.labels_export import export_refined_labels
-from protorefine.measure import changes_report
 from protorefine.project import Project, checked_mpp
+from protorefine.project.labels_export import export_refined_labels
 from protorefine.project.pipeline import Pipeline, prepare_project
-from protorefine.project.store import _stem
+from protorefine.project.review import changes_report
+from protorefine.project.store import slide_stem as _stem
 from protorefine.refine.config import RefineConfig
 
 

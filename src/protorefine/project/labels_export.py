@@ -15,12 +15,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 
 from protorefine._atomic import atomic_path, atomic_write_text
+from protorefine._types import Cancel, Progress
+from protorefine.annotations import rasterize
 from protorefine.errors import ProtorefineError
+from protorefine.slides import convert_to_ome_zarr, open_slide
+from protorefine.slides.omezarr import is_ome_zarr, ngff_attrs
+
+if TYPE_CHECKING:
+    from protorefine.project.store import Project
 
 #: Colours and names of the refined labels (0 = background).
 REFINED_COLORS = [{"label-value": 1, "rgba": [239, 68, 68, 255]}]
@@ -29,8 +37,6 @@ REFINED_PROPERTIES = [{"label-value": 1, "class": "Tumor"}]
 
 def _image_frame(root: zarr.Group, path: Path) -> tuple[list[dict], float]:
     """The parent image's axes and its level-0 physical size of one pixel along x."""
-    from protorefine.slides.omezarr import ngff_attrs
-
     attrs = ngff_attrs(root)
     multiscales = attrs.get("multiscales")
     if not multiscales:
@@ -134,15 +140,13 @@ def _list_label(labels_dir: Path, name: str) -> None:
     atomic_write_text(attrs_path, json.dumps(attrs, indent=2))
 
 
-def refined_labels(project, slide_id: str) -> tuple[np.ndarray, float]:
+def refined_labels(project: Project, slide_id: str) -> tuple[np.ndarray, float]:
     """The accepted outline of ``slide_id`` (refined, with any hand edits) rasterised at the
     step the refined one was traced at, and that step.
 
     The step is the patch grid's cell over ``output_upsample`` (a quarter patch by
     default), so the labels cover exactly the pixels the exported GeoJSON does.
     """
-    from protorefine.annotations import rasterize
-
     grid = project.grid(slide_id)
     step = grid.downsample / max(1, int(project.config.output_upsample))
     mask = rasterize(project.accepted_outline(slide_id), grid.shape, step)
@@ -150,13 +154,13 @@ def refined_labels(project, slide_id: str) -> tuple[np.ndarray, float]:
 
 
 def export_refined_labels(
-    project,
+    project: Project,
     slide_id: str,
     target: str | os.PathLike[str] | None = None,
     *,
     name: str = "refined",
-    progress=None,
-    cancel=None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
 ) -> Path:
     """Write the refined outline of ``slide_id`` as NGFF labels ``name``; return the labels folder.
 
@@ -166,9 +170,6 @@ def export_refined_labels(
     :func:`convert_to_ome_zarr`) unless ``target`` already holds that slide, so NGFF
     viewers show the labels over the tissue.
     """
-    from protorefine.slides import convert_to_ome_zarr, open_slide
-    from protorefine.slides.omezarr import is_ome_zarr
-
     entry = project.slide(slide_id)
     path = Path(entry.path)
     labels, step = refined_labels(project, slide_id)

@@ -64,7 +64,7 @@ WARM_MODULES = (
     "protorefine.slides",
     "protorefine.annotations",
     "protorefine.evaluate",
-    "protorefine.labels_export",
+    "protorefine.project.labels_export",
     "torch._dynamo",
     "torch.optim",
     "scipy.ndimage",
