@@ -1,4 +1,8 @@
-"""Prototype colours: one hue per global prototype; its local prototypes are shades of that hue."""
+"""Colormaps of protorefine's layers.
+
+Prototype colours: one hue per global prototype; its local prototypes are shades of that hue.
+Confidence and tumour probability: transparent ramps, so the tissue stays readable.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import colorsys
 
 import numpy as np
 from napari.utils.colormaps import Colormap, DirectLabelColormap
+
+from protorefine.napari.layer_names import PROBABILITY
 
 _TRANSPARENT = np.zeros(4, dtype=np.float32)
 _GOLDEN = 0.618033988749895
@@ -88,8 +94,6 @@ def probability_colormap() -> Colormap:
 
 def grid_image_colormap(name: str) -> Colormap:
     """The colormap of an image grid layer (confidence or tumour probability)."""
-    from protorefine.napari.state import PROBABILITY
-
     return probability_colormap() if name == PROBABILITY else confidence_colormap()
 
 

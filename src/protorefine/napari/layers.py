@@ -21,8 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protorefine.annotations import (
+    annotations_to_shapes,
+    shapes_to_annotations,
+    tumour_class_name,
+)
 from protorefine.errors import ProtorefineError
-from protorefine.napari.state import (
+from protorefine.napari.layer_names import (
     COARSE,
     CONFIDENCE,
     CORRECTIONS,
@@ -138,8 +143,6 @@ def shapes_layer_data(
     types: list[str] = []
     classes: list[str] = []
     if annset is not None and len(annset):
-        from protorefine.annotations import annotations_to_shapes
-
         data, types, classes = annotations_to_shapes(annset, 1.0)
         data = [np.asarray(d, dtype=float) for d in data]
     edge = [CLASS_EDGE_COLORS.get(c, "#ffd400") for c in classes]
@@ -161,8 +164,6 @@ def shapes_layer_data(
 
 def _default_class(annset: AnnotationSet | None) -> str:
     """The class a shape drawn on the layer gets: the outline's own tumour class."""
-    from protorefine.annotations import tumour_class_name
-
     return tumour_class_name(annset)
 
 
@@ -232,8 +233,6 @@ def layer_annotations(layer: Shapes, s: float | None = None) -> AnnotationSet:
     the layer's own ``protorefine_pixel_scale`` metadata, else its ``scale``
     (a Shapes layer napari creates over a slide takes the slide's scale).
     """
-    from protorefine.annotations import shapes_to_annotations
-
     scale = np.asarray(layer.scale[-2:], dtype=float)
     translate = np.asarray(layer.translate[-2:], dtype=float)
     return shapes_from_world(
@@ -267,7 +266,7 @@ def shapes_from_world(
 ) -> AnnotationSet:
     """Shapes data of a layer with ``scale``/``translate`` to level-0 annotations."""
     if convert is None:
-        from protorefine.annotations import shapes_to_annotations as convert
+        convert = shapes_to_annotations
     if s is None:
         s = (metadata or {}).get(META_PIXEL_SCALE) or None
     s_arr = np.asarray([s, s], dtype=float) if s else np.asarray(scale, dtype=float)
@@ -405,6 +404,7 @@ def _grid_layer(
     from napari.utils.colormaps import DirectLabelColormap
 
     common = {"name": name, "scale": scale, "translate": translate, "units": world_units(s != 1.0)}
+    opts: dict[str, Any]
     if name in IMAGE_GRID_LAYERS:
         opts = {
             "colormap": "viridis",
@@ -414,7 +414,7 @@ def _grid_layer(
         }
         opts.update(kwargs)
         return Image(data, **common, **opts)
-    opts: dict[str, Any] = {"opacity": 0.5}
+    opts = {"opacity": 0.5}
     if name in CLASS_LAYERS:
         opts["colormap"] = DirectLabelColormap(color_dict=CLASS_COLORS)
     opts.update(kwargs)

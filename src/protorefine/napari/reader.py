@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from protorefine.annotations import read_annotations
+from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import (
     META_MPP,
     META_PIXEL_SCALE,
@@ -22,6 +24,8 @@ from protorefine.napari.layers import (
     pixel_scale,
     shapes_layer_data,
 )
+from protorefine.slides import open_slide
+from protorefine.slides.omezarr import read_ngff_labels
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
@@ -44,8 +48,8 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     """Read slides and annotation files into napari layer data."""
     paths = [path] if isinstance(path, str | Path) else list(path)
     out: list[LayerData] = []
-    for p in paths:
-        p = Path(p)
+    for item in paths:
+        p = Path(item)
         if _kind(p) == "slide":
             out.append(read_slide(p))
             if p.is_dir():
@@ -57,17 +61,12 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
 
 def read_slide(path: str | Path) -> LayerData:
     """One multiscale RGB image layer for a slide file or OME-Zarr folder, lazily."""
-    from protorefine.slides import open_slide
-
     return image_layer_data(open_slide(path))
 
 
 def read_labels_layers(path: str | Path, image_meta: dict) -> list[LayerData]:
     """A Labels layer for each NGFF labels image of an OME-Zarr slide (e.g. exported refined
     outlines), over the slide; labels that cannot be read are skipped with a warning."""
-    from protorefine.errors import ProtorefineError
-    from protorefine.slides.omezarr import read_ngff_labels
-
     try:
         found = read_ngff_labels(path)
     except ProtorefineError as exc:
@@ -96,8 +95,6 @@ def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData
     layer in the current viewer (same name as the file's stem, else the active
     or last one), else from a slide file with the same stem beside it, else 1.
     """
-    from protorefine.annotations import read_annotations
-
     path = Path(path)
     s_ctx, mpp, shape = _slide_context(path)
     if s is None:
@@ -156,8 +153,6 @@ def _slide_context(path: Path) -> tuple[float, float | None, tuple[int, int] | N
     for sibling in sorted(path.parent.glob(f"{stem}.*")):
         if sibling != path and _kind(sibling) == "slide":
             try:
-                from protorefine.slides import open_slide
-
                 slide = open_slide(sibling)
             except Exception:  # a broken sibling just means no context
                 continue

@@ -9,14 +9,13 @@ from protorefine.napari.layers import (
     pixel_scale,
     shapes_layer_data,
 )
+from protorefine.synthetic import simulate_coarse, synthetic_slide
 
 SAMPLE_SHAPE = (4096, 4096)
 
 
 def sample_slide() -> list[LayerData]:
     """The synthetic slide (lazy, multiscale) and its coarse annotation as a Shapes layer."""
-    from protorefine.synthetic import simulate_coarse, synthetic_slide
-
     slide, truth, truth_ds = synthetic_slide(SAMPLE_SHAPE, seed=0)
     coarse = simulate_coarse(truth, truth_ds, seed=0)
     shapes = shapes_layer_data(

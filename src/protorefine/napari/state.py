@@ -17,51 +17,31 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.layers import Layer
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from protorefine.errors import ProtorefineError
+from protorefine.napari import layers as L
+from protorefine.napari.colormaps import grid_image_colormap
+from protorefine.napari.layer_names import (
+    COARSE,
+    GRID_LAYERS,
+    HIDDEN_UNTIL_ASKED,
+    IMAGE_GRID_LAYERS,
+    PLACEHOLDER_LAYERS,
+    PLACEHOLDER_SUFFIX,
+    REFINED_OUTLINE,
+)
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Layer, Shapes
+    from napari.layers import Image, Shapes
 
     from protorefine.annotations.model import AnnotationSet
     from protorefine.features.grid import PatchGrid
     from protorefine.project import Project
     from protorefine.slides.base import Slide
-
-#: Names of the patch-grid layers the widgets show over the current slide.
-LOCAL_PROTOTYPES = "local prototypes"
-GLOBAL_PROTOTYPES = "global prototypes"
-PSEUDO_LABELS = "pseudo-labels"
-REFINED = "refined"
-CONFIDENCE = "confidence"
-#: The classifier's tumour probability per patch, drawn so the unsure band stands out.
-PROBABILITY = "tumour probability"
-CORRECTIONS = "corrections"
-GRID_LAYERS = (
-    LOCAL_PROTOTYPES,
-    GLOBAL_PROTOTYPES,
-    PSEUDO_LABELS,
-    REFINED,
-    CONFIDENCE,
-    PROBABILITY,
-    CORRECTIONS,
-)
-#: Grid layers shown as float images (the others are Labels).
-IMAGE_GRID_LAYERS = (CONFIDENCE, PROBABILITY)
-#: Result layers that stay hidden until asked for (the Review pane's "Show where the model
-#: is unsure"); the others show when their results arrive.
-HIDDEN_UNTIL_ASKED = (PROBABILITY,)
-
-#: Name of the coarse-annotation Shapes layer of the current slide.
-COARSE = "coarse"
-#: Shapes layer with the refined polygons (what is exported).
-REFINED_OUTLINE = "refined outline"
-#: Layers created empty and hidden when a slide is shown, filled in place when results arrive.
-PLACEHOLDER_LAYERS = (*GRID_LAYERS, REFINED_OUTLINE)
-#: Appended to a placeholder's name in the layer list, so nobody mistakes it for a result.
-PLACEHOLDER_SUFFIX = " (no results yet)"
 
 _STATES: weakref.WeakKeyDictionary[Any, ProtorefineState] = weakref.WeakKeyDictionary()
 
@@ -75,7 +55,12 @@ class ProtorefineState:
     ``outline_changed(slide_id)`` after the accepted outline was edited by hand or ticked as
     reviewed (the slide list shows both), ``coarse_changed(slide_id)`` after a coarse
     outline was saved (results no longer match it; the slide list says which slides have
-    none yet).
+    none yet), ``outline_edited(slide_id)`` after the accepted outline's shapes changed
+    (a hand edit on screen, hand edits discarded, a part given back to the coarse
+    outline's word; ``outline_changed`` follows), ``slide_requested(slide_id)`` when a
+    pane asks for a slide as if it were clicked in the slide list (see
+    :meth:`request_slide`), ``prototype_requested(global_id)`` when a pane asks the
+    prototype gallery to select one and come forward (see :meth:`request_prototype`).
 
     Placeholders: adding a napari layer costs 0.1-0.6 s of the event loop (vispy
     visual, overlays, layer controls), updating one's data ~0.05 s. So once a slide
@@ -91,6 +76,9 @@ class ProtorefineState:
     results_changed = Signal(object)
     outline_changed = Signal(object)
     coarse_changed = Signal(object)
+    outline_edited = Signal(object)
+    slide_requested = Signal(object)
+    prototype_requested = Signal(int)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)
@@ -106,6 +94,8 @@ class ProtorefineState:
         self._visible: dict[str, bool] = {}  # the user's show/hide choice per result layer
         #: True while the program (not the pathologist) changes the refined outline's shapes.
         self.outline_filling = False
+        #: Global prototype ids the prototype gallery holds (kept by the Prototypes pane).
+        self.gallery_ids: frozenset[int] = frozenset()
 
     @property
     def viewer(self) -> napari.Viewer:
@@ -118,9 +108,7 @@ class ProtorefineState:
     @property
     def pixel_scale(self) -> float:
         """World units per level-0 pixel of the current slide (mpp, or 1 when unknown)."""
-        from protorefine.napari.layers import pixel_scale
-
-        return pixel_scale(self.slide.mpp if self.slide is not None else None)
+        return L.pixel_scale(self.slide.mpp if self.slide is not None else None)
 
     def require_project(self) -> Project:
         """The open project, or a ProtorefineError telling the user to open one."""
@@ -134,6 +122,22 @@ class ProtorefineState:
         if self.slide_id is None:
             raise ProtorefineError("no slide is selected: add or pick one in 'Project and slides'")
         return self.slide_id
+
+    def request_slide(self, slide_id: str) -> None:
+        """Show ``slide_id`` as a click in the slide list would (the Project pane keeps each
+        slide's view): ``slide_requested`` when a pane listens, else :meth:`show_slide`."""
+        if len(self.slide_requested):
+            self.slide_requested.emit(slide_id)
+        else:
+            self.show_slide(slide_id)
+
+    def request_prototype(self, global_id: int) -> bool:
+        """Ask the prototype gallery to select ``global_id`` and come forward; False when
+        the gallery does not hold it (no prototypes computed yet, or no Prototypes pane)."""
+        if global_id not in self.gallery_ids or not len(self.prototype_requested):
+            return False
+        self.prototype_requested.emit(global_id)
+        return True
 
     def set_project(self, project: Project | None) -> None:
         """Make ``project`` the open one, clear the slide layers and emit ``project_changed``."""
@@ -151,8 +155,6 @@ class ProtorefineState:
         layer the new slide has nothing for becomes its placeholder). Adding a layer
         costs 0.1-0.6 s of the event loop each; swapping data costs a repaint.
         """
-        from protorefine.napari import layers as L
-
         project = self.require_project()
         if slide_id is not None and slide_id not in {s.id for s in project.slides}:
             raise ProtorefineError(f"slide {slide_id!r} is not in the project {project.folder}")
@@ -192,8 +194,6 @@ class ProtorefineState:
 
     def _show_image(self, slide: Slide) -> None:
         """Show ``slide`` in the image layer: in place, or a new layer at the old one's position."""
-        from protorefine.napari import layers as L
-
         layers = self.viewer.layers
         old = self.image_layer if self.image_layer in layers else None
         if old is not None and L.retarget_image_layer(old, slide):
@@ -215,8 +215,6 @@ class ProtorefineState:
         result with no layer yet gets a new one (slow: the first slide shown only).
         The refined outline is emptied here and filled by the Refine widget.
         """
-        from protorefine.napari import layers as L
-
         assert self.project is not None and self.slide_id is not None and self.slide is not None
         grid = self._current_grid()
         for name in PLACEHOLDER_LAYERS:
@@ -272,11 +270,9 @@ class ProtorefineState:
         Filling a hidden placeholder and then revealing it (new name, visible) are
         two separate repaints, each well under the 200 ms the window may stall.
         """
-        from protorefine.napari import layers as L
-
-        self.require_slide()
+        slide_id = self.require_slide()
         project = self.require_project()
-        grid = project.grid(self.slide_id)
+        grid = project.grid(slide_id)
         existing = self.layer(name)
         target = existing if existing is not None else self._placeholders.get(name)
         if target is None:
@@ -319,8 +315,6 @@ class ProtorefineState:
 
     def _schedule_placeholders(self) -> None:
         """Create the missing placeholders of the current slide, one per event-loop turn."""
-        from qtpy.QtCore import QTimer
-
         self._generation += 1
         self._pending = [n for n in PLACEHOLDER_LAYERS if self._needs_placeholder(n)]
         if self._pending:
@@ -334,8 +328,6 @@ class ProtorefineState:
 
     def _create_next_placeholder(self, generation: int) -> None:
         """Add one pending placeholder (a slide switch in between cancels the rest)."""
-        from qtpy.QtCore import QTimer
-
         if generation != self._generation:  # another slide was shown meanwhile
             return
         viewer = self._viewer_ref()
@@ -358,23 +350,17 @@ class ProtorefineState:
 
     def _placeholder_layer(self, name: str) -> Layer:
         """An empty layer for ``name`` over the current slide (on the grid when it is known)."""
-        from protorefine.napari import layers as L
-
         assert self.slide is not None
         title = name + PLACEHOLDER_SUFFIX
         if name == REFINED_OUTLINE:
-            from napari.layers import Layer as NapariLayer
-
             data, meta, kind = L.shapes_layer_data(
                 None, self.pixel_scale, name=title, mpp=self.slide.mpp
             )
             # visible but empty: draws nothing, and showing the outline later costs no shader build
-            return NapariLayer.create(data, meta, kind)
+            return Layer.create(data, meta, kind)
         grid = self._current_grid()
         style: dict[str, Any] = {}
         if name in IMAGE_GRID_LAYERS:  # styled up front: restyling a shown layer is slow
-            from protorefine.napari.widgets._colours import grid_image_colormap
-
             style = {"colormap": grid_image_colormap(name), "opacity": 1.0}
         return L.placeholder_grid_layer(name, grid, self.pixel_scale, title=title, **style)
 
@@ -410,8 +396,6 @@ class ProtorefineState:
 
     def coarse_annotations(self) -> AnnotationSet:
         """The coarse Shapes layer of the current slide as an AnnotationSet in level-0 pixels."""
-        from protorefine.napari import layers as L
-
         self.require_slide()
         if self.coarse_layer is None:
             raise ProtorefineError(f"slide {self.slide_id!r} has no coarse annotation layer")
@@ -439,13 +423,15 @@ class ProtorefineState:
 
 
 def _window_open(viewer: napari.Viewer) -> bool:
-    """False once the viewer's window was closed (napari then drops ``window._qt_window``)."""
-    import warnings
-
+    """False once the viewer's window was closed (napari then has no Qt window to measure)."""
     window = getattr(viewer, "window", None)
-    with warnings.catch_warnings():  # napari has no public "closed" flag; reading is harmless
-        warnings.simplefilter("ignore", FutureWarning)
-        return window is not None and getattr(window, "_qt_window", None) is not None
+    if window is None:
+        return False
+    try:
+        window.geometry()
+    except (AttributeError, RuntimeError):  # closed: the Qt window is gone or deleted
+        return False
+    return True
 
 
 def get_state(viewer: napari.Viewer) -> ProtorefineState:

@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from protorefine.annotations import AnnotationSet, write_geojson
 from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import META_PIXEL_SCALE, shapes_from_world
 
 
 def write_shapes(path: str, data: Any, meta: dict | None = None) -> list[str]:
     """Write one Shapes layer (``data, meta``) or a list of ``(data, meta, type)`` to GeoJSON."""
-    from protorefine.annotations import AnnotationSet, write_geojson
-
     layers = [(data, meta, "shapes")] if meta is not None else list(data)
     merged = AnnotationSet()
     for layer_data, layer_meta, layer_type in layers:
