@@ -35,16 +35,16 @@ from protorefine.measure import (  # noqa: E402
     measure,
     prototype_makeup,
 )
-from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
-from protorefine.napari.state import (  # noqa: E402
+from protorefine.napari.layer_names import (  # noqa: E402
     CONFIDENCE,
     CORRECTIONS,
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
     PSEUDO_LABELS,
     REFINED,
-    get_state,
 )
+from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL  # noqa: E402
+from protorefine.napari.state import get_state  # noqa: E402
 from protorefine.napari.widgets._common import WARMED  # noqa: E402
 from protorefine.project import Project  # noqa: E402
 from protorefine.project.review import part_explainer  # noqa: E402
@@ -408,7 +408,7 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui, tmp_path):
     assert np.array_equal(refined.data == TUMOUR_LABEL, stored)
     assert 0 < stored.sum() < grid.tissue.sum()
     # the exported polygons are drawn as the red "refined outline" over the slide
-    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.layer_names import REFINED_OUTLINE
 
     outline = viewer.layers[REFINED_OUTLINE]
     assert len(outline.data) == n_shapes(state.project.refined_annotations(state.slide_id))
@@ -444,15 +444,15 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
     refined_before = viewer.layers[REFINED].data.copy()
     rr, cc = np.nonzero(refined_before == TUMOUR_LABEL)
     pick = slice(0, 12)
-    review.start_painting(NORMAL_LABEL)
+    review.corrections.start_painting(NORMAL_LABEL)
     layer = viewer.layers[CORRECTIONS]
     assert viewer.layers.selection.active is layer and layer.mode == "paint"
-    assert review.paint_cells(rr[pick], cc[pick], NORMAL_LABEL) == len(rr[pick])
+    assert review.corrections.paint_cells(rr[pick], cc[pick], NORMAL_LABEL) == len(rr[pick])
     stored = state.project.corrections(state.slide_id)
     assert (stored[rr[pick], cc[pick]] == 0).all() and (stored >= 0).sum() == len(rr[pick])
-    assert "12 normal" in review.count_label.text()
-    meter = run_and_measure(qtbot, review.runner, review.retrain)
-    assert review.runner.last_outcome == "done", review.runner.last_message
+    assert "12 normal" in review.corrections.count_label.text()
+    meter = run_and_measure(qtbot, review.corrections.runner, review.corrections.retrain)
+    assert review.corrections.runner.last_outcome == "done", review.corrections.runner.last_message
     meter.check()
     refined_after = viewer.layers[REFINED].data
     assert (refined_after[rr[pick], cc[pick]] == 0).all()
@@ -467,10 +467,10 @@ def test_corrections_and_retrain_change_refined_where_painted(qtbot, gui):
 def test_where_the_model_is_unsure(qtbot, gui):
     """The tumour probability layer, hidden until the Review pane is asked to show it."""
     from protorefine.measure import UNSURE
-    from protorefine.napari.state import PROBABILITY
+    from protorefine.napari.layer_names import PROBABILITY
 
     viewer, state, _, refine, review = gui()
-    assert not review.unsure_box.isEnabled()  # nothing refined yet
+    assert not review.ticks.unsure_box.isEnabled()  # nothing refined yet
     finish(qtbot, refine.runner, refine.run)
     layer = state.layer(PROBABILITY)
     prob = state.project.result_grid(state.slide_id, "prob")
@@ -479,14 +479,14 @@ def test_where_the_model_is_unsure(qtbot, gui):
     # the colours: clear where sure, brightest in the middle of the unsure band
     alpha = layer.colormap.map(np.array([0.0, UNSURE[0], 0.5, UNSURE[1], 1.0]))[:, 3]
     assert alpha[0] == alpha[-1] == 0 and alpha[2] == alpha.max() > 2 * alpha[1]
-    qtbot.waitUntil(review.unsure_box.isEnabled)
-    assert not review.unsure_box.isChecked()
-    review.unsure_box.setChecked(True)
+    qtbot.waitUntil(review.ticks.unsure_box.isEnabled)
+    assert not review.ticks.unsure_box.isChecked()
+    review.ticks.unsure_box.setChecked(True)
     assert layer.visible and viewer.layers.selection.active is layer
-    review.unsure_box.setChecked(False)
+    review.ticks.unsure_box.setChecked(False)
     assert not layer.visible
     layer.visible = True  # the layer's eye in the layer list: the box follows
-    assert review.unsure_box.isChecked()
+    assert review.ticks.unsure_box.isChecked()
 
 
 def test_undo_a_change_from_the_review_list(qtbot, gui):
@@ -494,8 +494,8 @@ def test_undo_a_change_from_the_review_list(qtbot, gui):
     that part back to the coarse outline: on screen, in the project, in the list."""
     from protorefine.annotations import tumour_geometry
     from protorefine.measure import outline_changes
+    from protorefine.napari.layer_names import REFINED_OUTLINE
     from protorefine.napari.layers import layer_annotations
-    from protorefine.napari.state import REFINED_OUTLINE
 
     viewer, state, _, refine, review = gui()
     project = state.project
@@ -503,23 +503,23 @@ def test_undo_a_change_from_the_review_list(qtbot, gui):
     sid = state.slide_id
     qtbot.waitUntil(
         lambda: any(
-            "the coarse outline" in review.region_list.item(i).text()
-            for i in range(review.region_list.count())
+            "the coarse outline" in review.regions.region_list.item(i).text()
+            for i in range(review.regions.region_list.count())
         )
     )
-    review.reviewed_box.setChecked(True)
+    review.ticks.reviewed_box.setChecked(True)
     change = outline_changes(project.coarse(sid), project.accepted_outline(sid), None)[0]
     row = next(
         i
-        for i in range(review.region_list.count())
-        if "the coarse outline" in review.region_list.item(i).text()
+        for i in range(review.regions.region_list.count())
+        if "the coarse outline" in review.regions.region_list.item(i).text()
     )
-    assert not review.undo_change_button.isVisibleTo(review)
-    review.region_list.itemClicked.emit(review.region_list.item(row))
-    assert review.undo_change_button.isVisibleTo(review)
+    assert not review.regions.undo_change_button.isVisibleTo(review)
+    review.regions.region_list.itemClicked.emit(review.regions.region_list.item(row))
+    assert review.regions.undo_change_button.isVisibleTo(review)
     words = {"removed": "Put this part back into", "added": "Take this part out of"}
-    assert review.undo_change_button.text().startswith(words[change.kind])
-    review.undo_change_button.click()
+    assert review.regions.undo_change_button.text().startswith(words[change.kind])
+    review.regions.undo_change_button.click()
     assert project.outline_edited(sid) and project.review_state(sid) == "changed"
     on_screen = tumour_geometry(
         layer_annotations(viewer.layers[REFINED_OUTLINE], state.pixel_scale)
@@ -530,26 +530,27 @@ def test_undo_a_change_from_the_review_list(qtbot, gui):
     qtbot.waitUntil(
         lambda: (
             not any(
-                review.region_list.item(i).text() == review.region_info.text().split(":")[0]
-                for i in range(review.region_list.count())
+                review.regions.region_list.item(i).text()
+                == review.regions.region_info.text().split(":")[0]
+                for i in range(review.regions.region_list.count())
             )
-            and review.region_list.count() > 0
+            and review.regions.region_list.count() > 0
         )
     )
-    review.discard_outline_edits()
+    review.edits.discard_outline_edits()
     assert not project.outline_edited(sid) and project.review_state(sid) == "reviewed"
 
 
 def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     viewer, state, protos, refine, review = gui()
-    assert review.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
+    assert review.exports.export_geojson(tmp_path / "early.geojson") is None  # nothing refined yet
     assert not (tmp_path / "early.geojson").exists()
     # measured in a background thread: the line follows once the figures are in
-    qtbot.waitUntil(lambda: review.tumour_label.text().startswith("Coarse outline: "))
+    qtbot.waitUntil(lambda: review.regions.tumour_label.text().startswith("Coarse outline: "))
     finish(qtbot, refine.runner, refine.run)
     # the refined tumour measured beside the coarse outline, in the slide's microns
-    qtbot.waitUntil(lambda: review.tumour_label.text().startswith("Tumour: "))
-    said = review.tumour_label.text()
+    qtbot.waitUntil(lambda: review.regions.tumour_label.text().startswith("Tumour: "))
+    said = review.regions.tumour_label.text()
     num = r"[\d.,]+ (mm|µm)"
     assert re.fullmatch(
         rf"Tumour: \d+ regions?, {num}², largest {num} across \(coarse outline: {num}²\); "
@@ -559,13 +560,15 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     # every region listed, largest first; a click goes there
     grid = state.project.grid(state.slide_id)
     regions = measure(state.project.accepted_outline(state.slide_id), None).regions
-    texts = [review.region_list.item(i).text() for i in range(review.region_list.count())]
+    texts = [
+        review.regions.region_list.item(i).text() for i in range(review.regions.region_list.count())
+    ]
     assert [t.split(":")[0] for t in texts[: len(regions)]] == [
         f"Region {i}" for i in range(1, len(regions) + 1)
     ]
     assert any("the coarse outline" in t for t in texts[len(regions) :])
-    smallest = review.region_list.item(len(regions) - 1)
-    review.region_list.itemClicked.emit(smallest)
+    smallest = review.regions.region_list.item(len(regions) - 1)
+    review.regions.region_list.itemClicked.emit(smallest)
     x0, y0, x1, y1 = regions[-1].bounds
     s = state.pixel_scale
     assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y0 + y1) / 2 * s, (x0 + x1) / 2 * s))
@@ -577,17 +580,19 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     (gid, share), *_ = prototype_makeup(regions[-1].geometry, grid.downsample, ids)
     score = state.project.global_scores()[gid]
     said = f"mostly prototype {gid} (tumour score {score:.2f}, {share:.0%} of its patches)"
-    assert review.region_info.text().startswith(smallest.text() + ": " + said)
+    assert review.regions.region_info.text().startswith(smallest.text() + ": " + said)
     # one click to that prototype in the gallery (filled after the run), to check or mark it
-    assert review.prototype_button.text() == f"Show prototype {gid} in the gallery"
+    assert review.regions.prototype_button.text() == f"Show prototype {gid} in the gallery"
     qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)
-    review.prototype_button.click()
+    review.regions.prototype_button.click()
     assert protos.selected_prototype() == gid
     assert all(
-        review.region_list.item(i).toolTip().startswith(("mostly prototype", "no tissue there"))
-        for i in range(review.region_list.count())
+        review.regions.region_list.item(i)
+        .toolTip()
+        .startswith(("mostly prototype", "no tissue there"))
+        for i in range(review.regions.region_list.count())
     )
-    out = review.export_geojson(tmp_path / "refined.geojson")
+    out = review.exports.export_geojson(tmp_path / "refined.geojson")
     assert out is not None
     back = read_geojson(out)
     data = json.loads(out.read_text())
@@ -601,11 +606,11 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     mask_area = state.project.result_grid(state.slide_id, "refined").sum() * grid.downsample**2
     assert abs(area - mask_area) / mask_area < 0.1
     # the same outline as ASAP XML, chosen by the file name
-    xml = review.export_geojson(tmp_path / "refined.xml")
+    xml = review.exports.export_geojson(tmp_path / "refined.xml")
     assert read_annotations(xml).union().symmetric_difference(back.union()).area < 1e-3 * area
     # every slide's outline at once, for QuPath
-    finish(qtbot, review.export_runner, lambda: review.export_all(tmp_path / "all"))
-    written = review.exported
+    finish(qtbot, review.exports.export_runner, lambda: review.exports.export_all(tmp_path / "all"))
+    written = review.exports.exported
     assert sorted(p.name for p in written) == sorted(
         f"{s.id}.geojson" for s in state.project.slides
     )
@@ -622,14 +627,14 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     imported.parent.mkdir()
     write_geojson(state.project.coarse(state.slide_id), imported)
     before = imported.read_bytes()
-    with qtbot.waitSignal(review.export_runner.finished, timeout=60_000):
-        assert review.export_all(imported.parent)
-    assert review.export_runner.last_outcome == "error"
-    assert "holds the coarse outline" in review.export_runner.last_message
+    with qtbot.waitSignal(review.exports.export_runner.finished, timeout=60_000):
+        assert review.exports.export_all(imported.parent)
+    assert review.exports.export_runner.last_outcome == "error"
+    assert "holds the coarse outline" in review.exports.export_runner.last_message
     assert imported.read_bytes() == before
     # NGFF labels inside the slide's zarr, at the step the outline was traced at
-    finish(qtbot, review.export_runner, review.export_ngff)
-    labels_dir = review.labels_path
+    finish(qtbot, review.exports.export_runner, review.exports.export_ngff)
+    labels_dir = review.exports.labels_path
     import zarr
 
     assert labels_dir is not None
@@ -640,14 +645,14 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     assert arr.shape == (grid.rows * f, grid.cols * f)
     assert np.array_equal(arr.astype(bool), rasterize(back, grid.shape, grid.downsample / f))
     # Dice against the cohort's ground truth (loaded from the project's ui_state)
-    assert review.truth_path is not None
+    assert review.truth.truth_path is not None
     # scoring starts by itself when the refined layer arrives; wait for it, then ask again
-    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
-    with qtbot.waitSignal(review.score_runner.finished, timeout=60_000):
-        assert review.update_scores()
-    assert set(review.scores) == {"coarse", "refined"}
-    assert "Dice coarse" in review.dice_label.text()
-    assert 0.0 < review.scores["refined"] <= 1.0
+    qtbot.waitUntil(lambda: not review.truth.score_runner.running, timeout=60_000)
+    with qtbot.waitSignal(review.truth.score_runner.finished, timeout=60_000):
+        assert review.truth.update_scores()
+    assert set(review.truth.scores) == {"coarse", "refined"}
+    assert "Dice coarse" in review.truth.dice_label.text()
+    assert 0.0 < review.truth.scores["refined"] <= 1.0
 
 
 def test_a_hand_edit_keeps_the_outlines_holes_and_class(qtbot, gui):
@@ -656,8 +661,9 @@ def test_a_hand_edit_keeps_the_outlines_holes_and_class(qtbot, gui):
     from shapely.geometry import Polygon, box
 
     from protorefine.annotations import Annotation, AnnotationSet, tumour_geometry
+    from protorefine.napari.layer_names import REFINED_OUTLINE
     from protorefine.napari.layers import layer_annotations
-    from protorefine.napari.widgets._common import REFINED_OUTLINE, show_outline
+    from protorefine.napari.widgets._common import show_outline
 
     viewer, state, _, refine, _ = gui()
     finish(qtbot, refine.runner, refine.run)
@@ -688,51 +694,51 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     every slide, OME-Zarr labels); it can be discarded; a rerun supersedes it and says so."""
     import zarr
 
-    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.layer_names import REFINED_OUTLINE
 
     viewer, state, _, refine, review = gui()
     finish(qtbot, refine.runner, refine.run)
     project, sid = state.project, state.slide_id
     refined = project.refined_annotations(sid)
     outline = viewer.layers[REFINED_OUTLINE]
-    assert not project.outline_edited(sid) and not review.discard_button.isEnabled()
+    assert not project.outline_edited(sid) and not review.edits.discard_button.isEnabled()
     smallest = int(np.argmin([len(p) for p in outline.data]))
     outline.selected_data = {smallest}
     outline.remove_selected()  # as the pathologist's Delete key
-    assert project.outline_edited(sid) and review.discard_button.isEnabled()
+    assert project.outline_edited(sid) and review.edits.discard_button.isEnabled()
     kept = project.accepted_outline(sid).union()
     mpp = project.slide(sid).mpp  # the Review pane measures the edited outline
     line = f"Tumour: {measure(kept, mpp).summary()} ("
-    qtbot.waitUntil(lambda: line in review.tumour_label.text())
+    qtbot.waitUntil(lambda: line in review.regions.tumour_label.text())
     assert 0 < refined.union().area - kept.area < 0.5 * refined.union().area
     # another slide and back: the edited outline is what is shown
     other = [s.id for s in project.slides if s.id != sid][0]
     state.show_slide(other)
-    qtbot.waitUntil(lambda: not review.runner.running, timeout=30_000)
+    qtbot.waitUntil(lambda: not review.corrections.runner.running, timeout=30_000)
     state.show_slide(sid)
     qtbot.waitUntil(lambda: len(viewer.layers[REFINED_OUTLINE].data) > 0, timeout=30_000)
     assert len(viewer.layers[REFINED_OUTLINE].data) == len(outline.data)
     # exports carry the edit
-    out = review.export_geojson(tmp_path / "edited.geojson")
+    out = review.exports.export_geojson(tmp_path / "edited.geojson")
     assert read_geojson(out).union().symmetric_difference(kept).area < 1e-6 * kept.area
-    finish(qtbot, review.export_runner, lambda: review.export_all(tmp_path / "all"))
-    (one,) = [p for p in review.exported if p.stem == sid]
+    finish(qtbot, review.exports.export_runner, lambda: review.exports.export_all(tmp_path / "all"))
+    (one,) = [p for p in review.exports.exported if p.stem == sid]
     assert read_geojson(one).union().symmetric_difference(kept).area < 1e-6 * kept.area
-    finish(qtbot, review.export_runner, review.export_ngff)
-    ms = dict(zarr.open_group(review.labels_path, mode="r").attrs)["multiscales"][0]
-    labels = np.asarray(zarr.open_array(review.labels_path / ms["datasets"][0]["path"]))[0]
+    finish(qtbot, review.exports.export_runner, review.exports.export_ngff)
+    ms = dict(zarr.open_group(review.exports.labels_path, mode="r").attrs)["multiscales"][0]
+    labels = np.asarray(zarr.open_array(review.exports.labels_path / ms["datasets"][0]["path"]))[0]
     grid = project.grid(sid)
     f = project.config.output_upsample
     assert labels.astype(bool).sum() < rasterize(refined, grid.shape, grid.downsample / f).sum()
     # the Dice line scores the outline as edited
-    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
-    with qtbot.waitSignal(review.score_runner.finished, timeout=60_000):
-        assert review.update_scores()
-    edited_dice = review.scores["refined"]
+    qtbot.waitUntil(lambda: not review.truth.score_runner.running, timeout=60_000)
+    with qtbot.waitSignal(review.truth.score_runner.finished, timeout=60_000):
+        assert review.truth.update_scores()
+    edited_dice = review.truth.scores["refined"]
     # discard: the refined outline comes back
-    review.discard_outline_edits()
-    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
-    assert review.scores["refined"] != edited_dice
+    review.edits.discard_outline_edits()
+    qtbot.waitUntil(lambda: not review.truth.score_runner.running, timeout=60_000)
+    assert review.truth.scores["refined"] != edited_dice
     assert not project.outline_edited(sid)
     assert project.accepted_outline(sid).union().equals(refined.union())
     # a new edit, then a rerun of the outline: it supersedes the edit and says where it stays
@@ -753,7 +759,7 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
 def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     """The slide list shows each slide's refined tumour area and whether its outline was ticked
     as reviewed; a hand edit after the tick shows as 'changed', and the pane asks again."""
-    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.layer_names import REFINED_OUTLINE
     from protorefine.napari.widgets.project import (
         REVIEWED_COLUMN,
         TUMOUR_COLUMN,
@@ -769,7 +775,7 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     def cell(col: int) -> str:
         return slides.table.item(row, col).text()
 
-    assert not review.reviewed_box.isEnabled()  # nothing to review yet
+    assert not review.ticks.reviewed_box.isEnabled()  # nothing to review yet
     finish(qtbot, refine.runner, refine.run)
     area = measure(project.accepted_outline(sid), project.slide(sid).mpp)
     qtbot.waitUntil(lambda: cell(TUMOUR_COLUMN) == format_area(area.area, area.unit))
@@ -779,7 +785,7 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     assert len(set(unsure.values())) == len(unsure) > 1  # the order below is a real choice
     assert project.review_order() == sorted(unsure, key=lambda t: -unsure[t])
     assert slides.batch.text() == "Reviewed 0 of 2 refined slide(s)"
-    review.reviewed_box.setChecked(True)  # as the pathologist's click
+    review.ticks.reviewed_box.setChecked(True)  # as the pathologist's click
     assert project.review_state(sid) == "reviewed"
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
     assert slides.batch.text() == "Reviewed 1 of 2 refined slide(s)"
@@ -788,17 +794,20 @@ def test_slide_list_tracks_tumour_area_and_review(qtbot, gui):
     outline.remove_selected()  # a hand edit after the tick
     assert project.review_state(sid) == "changed"
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "changed")
-    assert not review.reviewed_box.isChecked() and "changed since" in review.reviewed_box.text()
-    review.reviewed_box.setChecked(True)
+    assert (
+        not review.ticks.reviewed_box.isChecked()
+        and "changed since" in review.ticks.reviewed_box.text()
+    )
+    review.ticks.reviewed_box.setChecked(True)
     qtbot.waitUntil(lambda: cell(REVIEWED_COLUMN) == "✓")
     # the batch: on to the slide not yet ticked where the model is least sure, until every
     # slide is ticked
     others = [s.id for s in project.slides if s.id != sid]
     seen = []
-    while (target := review.next_to_review()) is not None:
+    while (target := review.ticks.next_to_review()) is not None:
         assert state.slide_id == target and target not in seen
         seen.append(target)
-        review.reviewed_box.setChecked(True)
+        review.ticks.reviewed_box.setChecked(True)
     assert sorted(seen) == sorted(others)
     assert [unsure[t] for t in seen] == sorted((unsure[t] for t in seen), reverse=True)
     assert all(project.review_state(s.id) == "reviewed" for s in project.slides)
@@ -810,16 +819,16 @@ def test_keyboard_shortcuts_drive_the_review_loop(qtbot, gui):
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
+    from protorefine.napari.layer_names import PROBABILITY
     from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL
-    from protorefine.napari.state import PROBABILITY
     from protorefine.napari.widgets.project import ProjectWidget
 
     viewer, state, _, refine, review = gui(show=True)
     slides = ProjectWidget(viewer)
     viewer.window.add_dock_widget(slides, name="Project and slides")
     finish(qtbot, refine.runner, refine.run)
-    qtbot.waitUntil(review.unsure_box.isEnabled)
-    window = viewer.window._qt_window
+    qtbot.waitUntil(review.ticks.unsure_box.isEnabled)
+    window = review.window()  # napari's main window, around the docked pane
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
     canvas = viewer.window._qt_viewer.canvas.native
@@ -830,7 +839,7 @@ def test_keyboard_shortcuts_drive_the_review_loop(qtbot, gui):
         qtbot.keyClick(canvas, key, modifier)
 
     press(Qt.Key.Key_U)
-    assert review.unsure_box.isChecked() and state.layer(PROBABILITY).visible
+    assert review.ticks.unsure_box.isChecked() and state.layer(PROBABILITY).visible
     press(Qt.Key.Key_R)
     assert project.review_state(first) == "reviewed"
     press(Qt.Key.Key_T)
@@ -846,7 +855,7 @@ def test_keyboard_shortcuts_drive_the_review_loop(qtbot, gui):
         Qt.KeyboardModifier.NoModifier,
     )
     qtbot.waitUntil(lambda: state.slide_id == first)
-    assert "(Shift+N)" in review.next_button.toolTip()
+    assert "(Shift+N)" in review.ticks.next_button.toolTip()
     assert "PgDown / PgUp" in slides.table.toolTip()
 
 
@@ -865,7 +874,7 @@ def test_a_batch_outlined_in_part_refines_the_outlined_slides(qtbot, gui, notes,
     assert viewer.layers[REFINED].data.any()  # the slide on screen was refined
     state.show_slide(second)
     qtbot.waitUntil(lambda: state.slide_id == second)
-    assert review.export_geojson(tmp_path / "second.geojson") is None
+    assert review.exports.export_geojson(tmp_path / "second.geojson") is None
     assert not (tmp_path / "second.geojson").exists()
     assert any(f"{second} has no coarse outline, so the last run left it out" in n for n in notes)
     qtbot.waitUntil(lambda: len(protos.cards) > 0, timeout=60_000)  # gallery of the run's slides
@@ -880,7 +889,7 @@ def test_no_coarse_annotation_is_refused_in_plain_words(qtbot, gui, notes):
     layers_before = [layer.name for layer in viewer.layers]
     assert refine.run() is False
     assert protos.run() is False
-    assert review.retrain() is False
+    assert review.corrections.retrain() is False
     assert any("No coarse tumour outline" in n and "syn0" in n for n in notes)
     assert not refine.runner.running and not protos.runner.running
     assert [layer.name for layer in viewer.layers] == layers_before
@@ -948,7 +957,7 @@ def test_run_unattended_saves_a_window_screenshot(qtbot, gui, tmp_path):
 
 
 def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, notes, tmp_path):
-    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.layer_names import REFINED_OUTLINE
 
     viewer, state, _, refine, review = gui()
     finish(qtbot, refine.runner, refine.run)
@@ -971,19 +980,19 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
     stored = state.project.result_grid(second, "refined")
     assert np.array_equal(viewer.layers[REFINED].data == TUMOUR_LABEL, stored)
     state.show_slide(first)
-    review.paint_cells(rr[:3], cc[:3], NORMAL_LABEL)
+    review.corrections.paint_cells(rr[:3], cc[:3], NORMAL_LABEL)
     state.show_slide(second)
-    assert "No corrections" in review.count_label.text()
+    assert "No corrections" in review.corrections.count_label.text()
     state.show_slide(first)
     assert (viewer.layers[CORRECTIONS].data[rr[:3], cc[:3]] == NORMAL_LABEL).all()
-    assert "3 normal" in review.count_label.text()
+    assert "3 normal" in review.corrections.count_label.text()
     # a ground truth that is not an annotation: one plain line, scores unchanged
     bad = tmp_path / "truth.geojson"
     bad.write_text("not json")
-    qtbot.waitUntil(lambda: not review.score_runner.running, timeout=60_000)
-    with qtbot.waitSignal(review.score_runner.finished, timeout=60_000):
-        assert review.load_truth(bad)
-    assert review.score_runner.last_outcome == "error"
+    qtbot.waitUntil(lambda: not review.truth.score_runner.running, timeout=60_000)
+    with qtbot.waitSignal(review.truth.score_runner.finished, timeout=60_000):
+        assert review.truth.load_truth(bad)
+    assert review.truth.score_runner.last_outcome == "error"
     assert any("truth.geojson" in n for n in notes)
 
 
@@ -1020,7 +1029,7 @@ def test_short_docks_scroll_instead_of_squeezing_controls(qtbot, gui, which):
     widget.setParent(None)  # out of its dock: a bare pane we can make short
     widget.resize(420, 160)  # a tabbed pane on a laptop screen
     widget.show()
-    bar = widget.scroll.verticalScrollBar()
+    bar = widget.scroll_area.verticalScrollBar()
     qtbot.waitUntil(lambda: bar.maximum() > 0, timeout=5_000)  # the rest is one scroll away
     assert widget.height() <= 200 < widget.body.height()
     for runner in widget.findChildren(TaskRunner):  # progress bar and status never overlap
@@ -1032,11 +1041,13 @@ def test_short_docks_scroll_instead_of_squeezing_controls(qtbot, gui, which):
 def test_patch_grid_is_chosen_in_the_prototypes_pane(qtbot, gui):
     viewer, state, protos, _, _ = gui()
     grid_ui = protos.grid
-    assert grid_ui.size.value() == 32 and grid_ui.resolution.currentText().startswith("level 0")
+    assert grid_ui.patch_size.value() == 32 and grid_ui.resolution.currentText().startswith(
+        "level 0"
+    )
     options = [grid_ui.resolution.itemText(i) for i in range(grid_ui.resolution.count())]
     # the slides record 0.5 µm/px: nothing finer than that is offered
     assert "1 µm/px" in options and "0.5 µm/px" in options and "0.25 µm/px" not in options
-    grid_ui.size.setValue(48)
+    grid_ui.patch_size.setValue(48)
     grid_ui.resolution.setCurrentIndex(options.index("1 µm/px"))
     grid_ui.finer.setChecked(True)
     # said before running: 768 px at 0.5 µm/px, 24 µm cells -> 16 x 16 cells
@@ -1077,7 +1088,7 @@ def test_grid_choices_follow_the_projects_slides(qtbot):
 
 
 def test_outline_threshold_redraws_without_retraining(qtbot, gui):
-    from protorefine.napari.widgets._common import REFINED_OUTLINE
+    from protorefine.napari.layer_names import REFINED_OUTLINE
 
     viewer, state, protos, refine, _ = gui()
     finish(qtbot, protos.runner, protos.run)
@@ -1124,13 +1135,13 @@ def test_marks_survive_a_rebuild_and_the_pathologist_is_told(qtbot, gui, notes):
 
 
 def test_painted_corrections_move_with_a_new_grid(qtbot, gui):
-    from protorefine.napari.state import CORRECTIONS
+    from protorefine.napari.layer_names import CORRECTIONS
 
     viewer, state, protos, _, review = gui()
     finish(qtbot, protos.runner, protos.run)
     grid = state.project.grid(state.slide_id)
     r, c = np.argwhere(grid.tissue.reshape(grid.rows, grid.cols))[0]
-    assert review.paint_cells(np.array([r]), np.array([c]), TUMOUR_LABEL) == 1
+    assert review.corrections.paint_cells(np.array([r]), np.array([c]), TUMOUR_LABEL) == 1
     protos.grid.finer.setChecked(True)
     finish(qtbot, protos.runner, protos.run)
     layer = viewer.layers[CORRECTIONS]
@@ -1138,7 +1149,7 @@ def test_painted_corrections_move_with_a_new_grid(qtbot, gui):
     assert layer.data.shape == (finer.rows, finer.cols) == (2 * grid.rows, 2 * grid.cols)
     assert (layer.data[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == TUMOUR_LABEL).all()
     # painting on the new grid is saved on it
-    assert review.paint_cells(np.array([0]), np.array([0]), NORMAL_LABEL) == 1
+    assert review.corrections.paint_cells(np.array([0]), np.array([0]), NORMAL_LABEL) == 1
     assert state.project.corrections(state.slide_id).shape == (finer.rows, finer.cols)
 
 
@@ -1153,7 +1164,7 @@ def test_grid_choices_on_screen_survive_a_refresh(qtbot):
     one = [SlideEntry("a", "a.svs", (40_000, 30_000), levels=4, mpp=0.25)]
     project = SimpleNamespace(config=small_config(), slides=one)
     controls.sync(project)
-    controls.size.setValue(96)
+    controls.patch_size.setValue(96)
     controls.resolution.setCurrentIndex(controls.resolution.findText("1 µm/px"))
     project.slides = [*one, SlideEntry("b", "b.tif", (9_000, 9_000), levels=2, mpp=0.5)]
     controls.sync(project, keep=True)  # a slide was added: choices stay, offers shrink

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence, QShortcut
-from qtpy.QtWidgets import QAbstractButton, QFrame, QScrollArea, QVBoxLayout, QWidget
-
-from protorefine.napari.state import (
-    GRID_LAYERS,
-    IMAGE_GRID_LAYERS,
-    REFINED_OUTLINE,
-    ProtorefineState,
-    get_state,
+from qtpy.QtWidgets import (
+    QAbstractButton,
+    QFrame,
+    QHeaderView,
+    QScrollArea,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
 )
+
+from protorefine.napari.colormaps import grid_image_colormap
+from protorefine.napari.layer_names import GRID_LAYERS, IMAGE_GRID_LAYERS, REFINED_OUTLINE
+from protorefine.napari.layers import edge_width_for, shapes_layer_data, stored_grid_values
+from protorefine.napari.state import ProtorefineState, get_state
 from protorefine.napari.widgets._worker import notify
 
 if TYPE_CHECKING:
     import napari
+    from napari.layers import Layer
 
     from protorefine.annotations.model import AnnotationSet
 
@@ -39,8 +45,8 @@ def add_shortcut(
     enabled; a button's tooltip names the key. Review a batch without the mouse."""
     shortcut = QShortcut(QKeySequence(keys), owner)
     shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)  # a floating dock too
-    button = isinstance(control, QAbstractButton)
-    run = action or (control.click if button else None)
+    button = control if isinstance(control, QAbstractButton) else None
+    run = action or (button.click if button is not None else None)
     if run is None:
         raise TypeError(f"add_shortcut({keys!r}): {type(control).__name__} needs an action")
 
@@ -49,7 +55,7 @@ def add_shortcut(
             run()
 
     shortcut.activated.connect(fire)
-    if button:
+    if button is not None:
         tip = control.toolTip()
         control.setToolTip(f"{tip} ({keys})" if tip else keys)
     return shortcut
@@ -60,6 +66,7 @@ def add_shortcut(
 #: in the middle of a run, so the widgets import them once, up front, in the background.
 WARM_MODULES = (
     "protorefine.project.pipeline",
+    "protorefine.project.gallery",
     "protorefine.features",
     "protorefine.slides",
     "protorefine.annotations",
@@ -105,14 +112,14 @@ class WorkflowWidget(QWidget):
         self.viewer = napari_viewer
         self.state: ProtorefineState = get_state(napari_viewer)
         self.body = QWidget()
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setWidget(self.body)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll_area.setWidget(self.body)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll)
+        outer.addWidget(self.scroll_area)
         warm_up()
 
 
@@ -194,14 +201,12 @@ def load_results(
     project,
     slide_id: str | None,
     names: Iterable[str] = GRID_LAYERS,
-    edited_before: set[str] = frozenset(),
+    edited_before: Set[str] = frozenset(),
 ) -> SlideResults:
     """Read the stored grid values behind each grid layer of ``slide_id`` (call it in the worker).
 
     ``edited_before``: :func:`edited_outlines` before the run, to tell which edits it superseded.
     """
-    from protorefine.napari.layers import stored_grid_values
-
     out = SlideResults(slide_id)
     if project is None or slide_id is None:
         return out
@@ -233,8 +238,6 @@ def show_results(
     when missing (or the user switched slides meanwhile) each layer is reloaded
     from the project.
     """
-    from protorefine.napari.layers import stored_grid_values
-
     if state.project is None or state.slide_id is None:
         return
     if results is not None and results.superseded_edits:
@@ -294,8 +297,6 @@ def outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Iter
 
 def _outline_steps(state: ProtorefineState, annset: AnnotationSet | None) -> Iterator[None]:
     from napari.layers import Layer
-
-    from protorefine.napari.layers import edge_width_for, shapes_layer_data
 
     viewer = state.viewer
     old = state.layer(REFINED_OUTLINE)
@@ -358,11 +359,30 @@ def _chunks(shapes: list[np.ndarray], budget: int) -> Iterator[list[int]]:
 def style_result_layers(state: ProtorefineState) -> None:
     """Confidence and tumour probability in their own transparent ramps, so off-tissue and
     sure cells do not hide the slide."""
-    from protorefine.napari.widgets._colours import grid_image_colormap
-
     for name in IMAGE_GRID_LAYERS:
         layer = state.layer(name)
         wanted = grid_image_colormap(name)
         if layer is not None and getattr(layer.colormap, "name", "") != wanted.name:
             layer.colormap = wanted
             layer.opacity = 1.0
+
+
+def rewire(
+    old: Layer | None, new: Layer | None, event: str, callback: Callable[..., object]
+) -> Layer | None:
+    """Move ``callback`` from layer ``old``'s ``event`` to layer ``new``'s (either may be
+    None); returns ``new``."""
+    if new is not old:
+        if old is not None:
+            getattr(old.events, event).disconnect(callback)
+        if new is not None:
+            getattr(new.events, event).connect(callback)
+    return new
+
+
+def table_headers(table: QTableView) -> tuple[QHeaderView, QHeaderView]:
+    """The (horizontal, vertical) headers of ``table`` (Qt's stubs allow None; a table
+    always has both)."""
+    horizontal, vertical = table.horizontalHeader(), table.verticalHeader()
+    assert horizontal is not None and vertical is not None
+    return horizontal, vertical

@@ -14,6 +14,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QGridLayout, QLabel, QSpinBox, QWidget
 
 from protorefine.errors import ProtorefineError
+from protorefine.slides import tissue_mask
 
 #: Marks a slide whose tissue mask is being found.
 _PENDING = "pending"
@@ -37,11 +38,11 @@ class GridControls(QWidget):
         self._slide: Any = None
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="protorefine-tissue")
         self.tissue_ready.connect(self._on_tissue)
-        self.size = QSpinBox()
-        self.size.setRange(16, 2048)
-        self.size.setSingleStep(16)
-        self.size.setSuffix(" px")
-        self.size.setToolTip("Patch size in pixels at the chosen resolution")
+        self.patch_size = QSpinBox()
+        self.patch_size.setRange(16, 2048)
+        self.patch_size.setSingleStep(16)
+        self.patch_size.setSuffix(" px")
+        self.patch_size.setToolTip("Patch size in pixels at the chosen resolution")
         self.resolution = QComboBox()
         self.resolution.setToolTip(
             "Where patches are cut: a pyramid level (valid for every slide) or a target "
@@ -64,7 +65,7 @@ class GridControls(QWidget):
         self.resolution.setMinimumContentsLength(9)
         lay = QGridLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.size, 0, 0)
+        lay.addWidget(self.patch_size, 0, 0)
         lay.addWidget(self.resolution, 0, 1)
         lay.addWidget(self.finer, 1, 0)
         lay.addWidget(self.info, 1, 1)
@@ -77,9 +78,9 @@ class GridControls(QWidget):
         changed, not the project.
         """
         if keep and self.resolution.count():
-            size, finer, data = self.size.value(), self.finer.isChecked(), self._current()
+            size, finer, data = self.patch_size.value(), self.finer.isChecked(), self._current()
             self.sync(project)
-            self.size.setValue(size)
+            self.patch_size.setValue(size)
             self.finer.setChecked(finer)
             for index in range(self.resolution.count()):
                 if tuple(self.resolution.itemData(index)) == tuple(data):
@@ -107,14 +108,14 @@ class GridControls(QWidget):
         index = next((i for i, (_, d) in enumerate(choices) if d == current), 0)
         self.resolution.setCurrentIndex(index)
         self.resolution.blockSignals(False)
-        self.size.setValue(int(cfg.patch_size))
+        self.patch_size.setValue(int(cfg.patch_size))
         fine = cfg.stride is not None and int(cfg.stride) < int(cfg.patch_size)
         self._stride = int(cfg.stride) if fine else None
         self.finer.setChecked(fine)
 
     def changes(self) -> dict[str, Any]:
         """The grid fields of a RefineConfig as the controls set them."""
-        size = int(self.size.value())
+        size = int(self.patch_size.value())
         kind, value = self._current()
         stride = None
         if self.finer.isChecked():
@@ -140,8 +141,6 @@ class GridControls(QWidget):
             self._pool.submit(self._find_tissue, slide, key)
 
     def _find_tissue(self, slide: Any, key: str) -> None:
-        from protorefine.slides import tissue_mask
-
         try:
             self._tissue[key] = tissue_mask(slide)
         except Exception:  # the count is a courtesy: the run itself reports a bad slide
@@ -157,6 +156,7 @@ class GridControls(QWidget):
         hold tissue once its mask is known."""
         if slide is None:
             return ""
+        # imported here: protorefine.features pulls in torch (warm_up imports it in the background)
         from protorefine.features import make_grid
         from protorefine.features.grid import MIN_TISSUE
 

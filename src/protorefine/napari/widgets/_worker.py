@@ -52,7 +52,8 @@ def stop_runs(wait_s: float = STOP_WAIT_S) -> bool:
     """
     for event in list(_UNDER_WAY):
         event.set()
-    return bool(QThreadPool.globalInstance().waitForDone(int(wait_s * 1000)))
+    pool = QThreadPool.globalInstance()
+    return pool is None or bool(pool.waitForDone(int(wait_s * 1000)))
 
 
 atexit.register(stop_runs)
@@ -286,6 +287,7 @@ class TaskRunner(QWidget):
             self._complete()
             return
         on_done, result = pending
+        assert on_done is not None  # checked above
         self.status.setText(f"{self._title}: showing the results…")
         try:
             steps = on_done(result)

@@ -8,6 +8,7 @@ restored when the project is opened again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +32,10 @@ from qtpy.QtWidgets import (
 )
 
 from protorefine.errors import ProtorefineError
-from protorefine.measure import UNSURE
+from protorefine.measure import UNSURE, format_area, measure
 from protorefine.napari.layers import META_PATH
 from protorefine.napari.state import get_state
-from protorefine.napari.widgets._common import add_shortcut
+from protorefine.napari.widgets._common import add_shortcut, table_headers
 from protorefine.napari.widgets._worker import LatestOnly
 
 if TYPE_CHECKING:
@@ -111,11 +112,11 @@ class ProjectWidget(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        header, rows = table_headers(self.table)
+        rows.setVisible(False)
         self.table.setWordWrap(False)
         self.table.setMinimumHeight(120)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for col in range(1, len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
@@ -169,6 +170,7 @@ class ProjectWidget(QWidget):
         self.state.results_changed.connect(self.update_status)
         self.state.outline_changed.connect(self.update_status)
         self.state.coarse_changed.connect(self.update_status)
+        self.state.slide_requested.connect(self.select_slide)
         self._update_enabled()
         if self.state.project is not None:
             self._on_project_changed(self.state.project)
@@ -193,7 +195,7 @@ class ProjectWidget(QWidget):
             self._set_project(project)
         return project
 
-    def add_slides(self, paths: list[str | Path]) -> list[str]:
+    def add_slides(self, paths: Sequence[str | Path]) -> list[str]:
         """Add slide files to the project; a file that is not a slide is reported and skipped."""
         project = self._project_or_error()
         if project is None:
@@ -270,7 +272,8 @@ class ProjectWidget(QWidget):
     def step_slide(self, delta: int) -> str | None:
         """Show the slide ``delta`` rows below (above, when negative) the one on screen in
         the list; None at either end."""
-        ids = [self.table.item(r, 0).text() for r in range(self.table.rowCount())]
+        items = [self.table.item(r, 0) for r in range(self.table.rowCount())]
+        ids = [item.text() for item in items if item is not None]
         here = ids.index(self.state.slide_id) if self.state.slide_id in ids else -1
         target = here + delta if here >= 0 else 0
         if not ids or not 0 <= target < len(ids) or target == here:
@@ -425,9 +428,11 @@ class ProjectWidget(QWidget):
         else:
             self.status.setText("")
 
-    def _restore_view(self, slide_id: str) -> None:
+    def _restore_view(self, slide_id: str | None) -> None:
         project = self.state.project
-        cam = (project.ui_state.get("camera", {}) if project else {}).get(slide_id)
+        if project is None or slide_id is None:
+            return
+        cam = project.ui_state.get("camera", {}).get(slide_id)
         if cam:
             self.viewer.scene.camera.center = tuple(cam["center"])
             self.viewer.scene.camera.zoom = float(cam["zoom"])
@@ -526,8 +531,6 @@ def batch_text(found: dict[str, tuple[str, str, str]], slides: int) -> str:
 def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
     """Background thread: (tumour area, unsure share, review mark) of every refined slide;
     "no outline yet" for a slide without a coarse outline."""
-    from protorefine.measure import format_area, measure
-
     found: dict[str, tuple[str, str, str]] = {}
     with project.reading():
         try:
@@ -543,7 +546,8 @@ def _slide_status(project: Project) -> dict[str, tuple[str, str, str]]:
             try:
                 m = measure(project.accepted_outline(entry.id), entry.mpp)
                 unsure = f"{shares[entry.id]:.0%}" if entry.id in shares else ""
-                review = REVIEW_MARKS.get(project.review_state(entry.id), "")
+                state = project.review_state(entry.id)
+                review = REVIEW_MARKS.get(state, "") if state is not None else ""
                 found[entry.id] = (format_area(m.area, m.unit), unsure, review)
             except ProtorefineError:  # e.g. a damaged outline file: the panes say what is wrong
                 found[entry.id] = ("?", "", "")

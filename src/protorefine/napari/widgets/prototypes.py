@@ -10,7 +10,7 @@ tumour, normal or ignore updates the pseudo-labels layer at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
@@ -19,6 +19,7 @@ from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDockWidget,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -29,13 +30,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from protorefine.napari.state import (
+from protorefine.napari.colormaps import global_colormap, local_colormap, swatch_hex
+from protorefine.napari.layer_names import (
     CONFIDENCE,
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
     PSEUDO_LABELS,
 )
-from protorefine.napari.widgets._colours import global_colormap, local_colormap, swatch_hex
 from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
@@ -43,79 +44,37 @@ from protorefine.napari.widgets._common import (
     load_results,
     pipeline_for,
     show_results,
+    table_headers,
 )
 from protorefine.napari.widgets._grid import GridControls
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
 
-#: Example patches shown per prototype and their side in screen pixels.
-EXAMPLES = 3
+if TYPE_CHECKING:
+    from protorefine._types import Cancel
+    from protorefine.project import Project
+    from protorefine.project.gallery import PrototypeCard
+
+#: Side of the example patches in the gallery, in screen pixels.
 THUMB = 40
+
 #: Gallery labels a prototype can take (None clears the mark).
 MARKS = {"tumour": "Tumour", "normal": "Normal", "ignore": "Ignore"}
 
 
-@dataclass
-class PrototypeCard:
-    """One gallery row: a global prototype's id, size, tumour score, mark and example patches."""
+def gallery_cards(project: Project, cancel: Cancel | None = None) -> list[PrototypeCard]:
+    """The gallery's cards (:func:`protorefine.project.gallery.prototype_cards`); call it in a
+    worker. Imported here, not at the top: the gallery data pulls in torch, which
+    :func:`~protorefine.napari.widgets._common.warm_up` imports in the background."""
+    from protorefine.project.gallery import prototype_cards
 
-    global_id: int
-    size: int
-    score: float
-    label: str | None
-    thumbs: np.ndarray  # (THUMB, k * THUMB, 3) uint8 strip of example patches
-
-
-def prototype_cards(
-    project, *, examples: int = EXAMPLES, thumb: int = THUMB, cancel=None
-) -> list[PrototypeCard]:
-    """Gallery rows for every global prototype, reading a few member patches from the slides."""
-    scores = np.asarray(project.global_scores(), dtype=float)
-    marks = project.prototype_labels()
-    members: dict[int, list[tuple[str, int, int]]] = {}
-    sizes = np.zeros(len(scores), dtype=np.int64)
-    with project.reading():
-        run = project.slides_in_run()
-        globs = {e.id: np.asarray(project.result_grid(e.id, "global_proto")) for e in run}
-        grids = {e.id: project.grid(e.id) for e in run}
-    for sid, glob in globs.items():
-        ids, counts = np.unique(glob[glob >= 0], return_counts=True)
-        sizes[ids] += counts
-        rows, cols = np.nonzero(glob >= 0)
-        for gid, r, c in zip(glob[rows, cols], rows, cols, strict=True):
-            members.setdefault(int(gid), []).append((sid, int(r), int(c)))
-    slides = {}
-    cards = []
-    for gid in range(len(scores)):
-        if cancel is not None and cancel():
-            break
-        chosen = members.get(gid, [])
-        if len(chosen) > examples:
-            # evenly spread over the members (slide order, then raster order): shows variety
-            idx = np.linspace(0, len(chosen) - 1, examples).round().astype(int)
-            chosen = [chosen[i] for i in idx]
-        strip = np.full((thumb, examples * thumb, 3), 255, dtype=np.uint8)
-        for k, (sid, r, c) in enumerate(chosen):
-            if sid not in slides:
-                slides[sid] = project.open_slide(sid)
-            strip[:, k * thumb : (k + 1) * thumb] = _patch_thumb(
-                slides[sid], grids[sid], r, c, thumb
-            )
-        cards.append(PrototypeCard(gid, int(sizes[gid]), float(scores[gid]), marks.get(gid), strip))
-    return cards
-
-
-def _patch_thumb(slide, grid, r: int, c: int, size: int) -> np.ndarray:
-    """What the encoder saw for grid cell (r, c), shrunk to ``size`` pixels."""
-    from protorefine.features.extract import read_patches
-
-    return read_patches(slide, grid, [r * grid.cols + c], size)[0]
+    return prototype_cards(project, thumb=THUMB, cancel=cancel)
 
 
 def _pixmap(rgb: np.ndarray) -> QPixmap:
     """A QPixmap of an (H, W, 3) uint8 array."""
     rgb = np.ascontiguousarray(rgb)
     h, w, _ = rgb.shape
-    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    image = QImage(rgb.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888)
     return QPixmap.fromImage(image.copy())
 
 
@@ -156,14 +115,14 @@ class PrototypesWidget(WorkflowWidget):
 
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["id", "example patches", "patches", "tumour score"])
-        self.table.verticalHeader().setVisible(False)
+        header, rows = table_headers(self.table)
+        rows.setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
-        self.table.verticalHeader().setDefaultSectionSize(THUMB + 6)
+        rows.setDefaultSectionSize(THUMB + 6)
         self.table.setMinimumHeight(3 * (THUMB + 6) + 28)  # the pane fits a 1080p screen
         self.table.itemSelectionChanged.connect(self._on_selection)
 
@@ -185,7 +144,7 @@ class PrototypesWidget(WorkflowWidget):
 
         self.grid = GridControls()
         for signal in (
-            self.grid.size.valueChanged,
+            self.grid.patch_size.valueChanged,
             self.grid.resolution.currentIndexChanged,
             self.grid.finer.toggled,
         ):
@@ -208,6 +167,7 @@ class PrototypesWidget(WorkflowWidget):
         self.state.project_changed.connect(self._on_project)
         self.state.slide_changed.connect(self._on_slide)
         self.state.results_changed.connect(self._on_results)
+        self.state.prototype_requested.connect(self._on_prototype_requested)
         if self.state.project is not None:
             self._on_project(self.state.project)
 
@@ -242,7 +202,7 @@ class PrototypesWidget(WorkflowWidget):
         def task(ctx: TaskContext) -> tuple[list[PrototypeCard], SlideResults]:
             pipeline.run(until="pseudo_labels", progress=ctx.progress, cancel=ctx.cancel)
             ctx.progress(0, 1, "reading example patches")
-            cards = prototype_cards(project, cancel=ctx.cancel)
+            cards = gallery_cards(project, ctx.cancel)
             return cards, load_results(project, slide_id)
 
         return self.runner.start("Prototypes", task, on_done=self._on_cards)
@@ -275,7 +235,7 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_cards(self, result: tuple[list[PrototypeCard], SlideResults]) -> Iterator[None]:
         self.cards, results = result
-        self._gallery_build = self.state.project.stage_info("prototypes").get("run")
+        self._gallery_build = self.state.require_project().stage_info("prototypes").get("run")
         self._say_carried_marks()
         yield from show_results(self.state, results, show=(GLOBAL_PROTOTYPES,), emit=False)
         yield from self._style_steps()  # a new colormap costs a slow repaint: one per turn
@@ -292,6 +252,7 @@ class PrototypesWidget(WorkflowWidget):
         self._fill_table(keep=gid)
 
     def _fill_table(self, keep: int | None = None) -> None:
+        self.state.gallery_ids = frozenset(card.global_id for card in self.cards)
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.cards))
         for row, card in enumerate(self.cards):
@@ -316,7 +277,8 @@ class PrototypesWidget(WorkflowWidget):
 
     def selected_prototype(self) -> int | None:
         """Global id of the prototype selected in the gallery, or None."""
-        rows = self.table.selectionModel().selectedRows()
+        selection = self.table.selectionModel()
+        rows = selection.selectedRows() if selection is not None else []
         if not rows:
             return None
         item = self.table.item(rows[0].row(), 0)
@@ -331,6 +293,17 @@ class PrototypesWidget(WorkflowWidget):
                 self.table.scrollToItem(self.table.item(row, 0))
                 return True
         return False
+
+    def _on_prototype_requested(self, global_id: int) -> None:
+        """Another pane asks for ``global_id``: select it and bring this pane forward."""
+        if not self.select_prototype(global_id):
+            return
+        dock = self.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if isinstance(dock, QDockWidget):
+            dock.show()
+            dock.raise_()
 
     def _on_selection(self) -> None:
         gid = self.selected_prototype()
@@ -393,6 +366,7 @@ class PrototypesWidget(WorkflowWidget):
 
     def _on_project(self, project) -> None:
         self.cards = []
+        self.state.gallery_ids = frozenset()
         self.table.setRowCount(0)
         if project is None:
             return
@@ -414,13 +388,13 @@ class PrototypesWidget(WorkflowWidget):
         self.gallery_runner.show()
         self.gallery_runner.start(
             "Prototype gallery",
-            lambda ctx: (build, prototype_cards(project, cancel=ctx.cancel)),
+            lambda ctx: (build, gallery_cards(project, ctx.cancel)),
             on_done=self._on_gallery,
         )
 
     def _say_carried_marks(self) -> None:
         """After a rebuild, say where the pathologist's marks went (ids changed)."""
-        info = self.state.project.stage_info("prototypes")
+        info = self.state.require_project().stage_info("prototypes")
         if info.get("run") == self._build:
             return
         self._build = info.get("run")

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from protorefine.napari.state import CONFIDENCE, REFINED
+from protorefine.napari.layer_names import CONFIDENCE, REFINED
 from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
@@ -206,7 +206,7 @@ class RefineWidget(WorkflowWidget):
         """Plot :attr:`epochs` one point per epoch, rounds marked, agreement after each round."""
         plot = self.plot
         plot.clear()
-        last_of_round: dict[int, int] = {}
+        last_of_round: dict[int | None, int] = {}
         previous = None
         for x, rec in enumerate(self.epochs, start=1):
             r = rec.get("round")
@@ -223,9 +223,9 @@ class RefineWidget(WorkflowWidget):
                 },
             )
         for rec in self.history:
-            x = last_of_round.get(rec.get("round"))
-            if x is not None:
-                plot.add_point(x, agreement=rec.get("agreement"))
+            at = last_of_round.get(rec.get("round"))
+            if at is not None:
+                plot.add_point(at, agreement=rec.get("agreement"))
 
     def _on_done(self, results: SlideResults) -> Iterator[None]:
         self._name_button()

@@ -9,15 +9,19 @@ finishes.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
-from qtpy.QtCore import QEventLoop, QTimer
-from qtpy.QtWidgets import QApplication, QWidget
+from qtpy.QtCore import QCoreApplication, QEventLoop, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+from skimage.io import imsave
 
+from protorefine._atomic import atomic_path
+from protorefine.annotations import fit_mask, rasterize, read_annotations
 from protorefine.errors import ProtorefineError
-from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL
-from protorefine.napari.state import (
+from protorefine.napari.layer_names import (
     CONFIDENCE,
     CORRECTIONS,
     GLOBAL_PROTOTYPES,
@@ -25,11 +29,16 @@ from protorefine.napari.state import (
     PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
-    ProtorefineState,
+    REFINED_OUTLINE,
 )
-from protorefine.napari.widgets._common import REFINED_OUTLINE
+from protorefine.napari.layers import NORMAL_LABEL, TUMOUR_LABEL
+from protorefine.napari.state import ProtorefineState
 from protorefine.napari.widgets._worker import TaskRunner
+from protorefine.napari.widgets.prototypes import PrototypesWidget
+from protorefine.napari.widgets.refine import RefineWidget
 from protorefine.napari.widgets.review import ReviewWidget
+
+W = TypeVar("W", bound=QWidget)
 
 
 def wait_for(runner: TaskRunner, timeout: float = 600.0) -> str:
@@ -55,32 +64,47 @@ def wait_for(runner: TaskRunner, timeout: float = 600.0) -> str:
 def process_events(seconds: float) -> None:
     """Keep the window live for ``seconds`` (lets napari draw before a screenshot)."""
     end = time.monotonic() + seconds
-    app = QApplication.instance()
     while time.monotonic() < end:
-        app.processEvents()
+        QCoreApplication.processEvents()
         time.sleep(0.01)
 
 
-def find_widgets(viewer) -> dict[str, QWidget]:
-    """The docked Prototypes, Refine and Review widgets of ``viewer``, docking any that are missing."""
-    from protorefine.napari.widgets.prototypes import PrototypesWidget
-    from protorefine.napari.widgets.refine import RefineWidget
+@dataclass
+class Panes:
+    """The workflow dock widgets the unattended flow drives."""
 
-    found: dict[str, QWidget] = {}
-    window = viewer.window._qt_window
-    for key, cls, title in (
-        ("prototypes", PrototypesWidget, "Prototypes"),
-        ("refine", RefineWidget, "Refine and train"),
-        ("review", ReviewWidget, "Review and export"),
-    ):
-        existing = window.findChildren(cls)
-        if existing:
-            found[key] = existing[0]
-        else:
-            widget = cls(viewer)
-            viewer.window.add_dock_widget(widget, name=title, area="right")
-            found[key] = widget
+    prototypes: PrototypesWidget
+    refine: RefineWidget
+    review: ReviewWidget
+
+
+def docked_widgets(viewer) -> list[QWidget]:
+    """The Qt widgets docked in ``viewer``'s window (napari's public ``dock_widgets``)."""
+    found = []
+    for widget in viewer.window.dock_widgets.values():
+        native = getattr(widget, "native", widget)  # a magicgui widget wraps its Qt widget
+        if isinstance(native, QWidget):
+            found.append(native)
     return found
+
+
+def find_widgets(viewer) -> Panes:
+    """The docked Prototypes, Refine and Review widgets of ``viewer``, docking any that are missing."""
+    docked = docked_widgets(viewer)
+
+    def find(cls: type[W], title: str) -> W:
+        for widget in docked:
+            if isinstance(widget, cls):
+                return widget
+        widget = cls(viewer)
+        viewer.window.add_dock_widget(widget, name=title, area="right")
+        return widget
+
+    return Panes(
+        find(PrototypesWidget, "Prototypes"),
+        find(RefineWidget, "Refine and train"),
+        find(ReviewWidget, "Review and export"),
+    )
 
 
 def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
@@ -91,15 +115,13 @@ def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
     tumour cells the classifier was least sure of are painted normal.
     """
     state = review.state
-    project, sid = state.project, state.slide_id
+    project, sid = state.require_project(), state.require_slide()
     refined = np.asarray(project.result_grid(sid, "refined")).astype(bool)
     prob = np.asarray(project.result_grid(sid, "prob"), dtype=float)
     grid = project.grid(sid)
     tissue = grid.tissue.reshape(grid.rows, grid.cols)
     truth_file = project.ui_state.get("truth", {}).get(sid)
     if truth_file and Path(truth_file).exists():
-        from protorefine.annotations import fit_mask, rasterize, read_annotations
-
         truth = rasterize(read_annotations(truth_file), grid.shape, grid.downsample)
         truth = fit_mask(truth, refined.shape)
         rr, cc = np.nonzero(tissue & (truth != refined))
@@ -114,7 +136,7 @@ def demo_correction(review: ReviewWidget, max_cells: int = 24) -> int:
     for value in (TUMOUR_LABEL, NORMAL_LABEL):
         pick = labels == value
         if pick.any():
-            painted += review.paint_cells(rr[pick], cc[pick], value)
+            painted += review.corrections.paint_cells(rr[pick], cc[pick], value)
     return painted
 
 
@@ -127,18 +149,15 @@ def run_unattended(
     refined layers, and saves a screenshot of the whole window to ``screenshot_path``.
     Raises ProtorefineError when a step fails.
     """
-    from skimage.io import imsave
-
-    from protorefine._atomic import atomic_path
-
-    widgets = find_widgets(viewer)
-    protos, refine, review = widgets["prototypes"], widgets["refine"], widgets["review"]
+    panes = find_widgets(viewer)
+    protos, refine, review = panes.prototypes, panes.refine, panes.review
+    corrections, truth = review.corrections, review.truth
     steps = (
         ("prototypes", protos.run, protos.runner),
         ("refine and train", refine.run, refine.runner),
     )
-    for widget in (protos, refine, review):  # e.g. the gallery of a reopened project loading
-        wait_for(widget.runner, timeout)
+    for runner in (protos.runner, refine.runner, corrections.runner):
+        wait_for(runner, timeout)  # e.g. the gallery of a reopened project loading
     for name, start, runner in steps:
         if not start():
             raise ProtorefineError(f"unattended run: the {name} step could not start")
@@ -146,16 +165,19 @@ def run_unattended(
         if outcome != "done":
             raise ProtorefineError(f"unattended run: {name} step {outcome}: {runner.last_message}")
     painted = demo_correction(review)
-    if not review.retrain():
+    if not corrections.retrain():
         raise ProtorefineError("unattended run: retraining could not start")
-    if wait_for(review.runner, timeout) != "done":
-        raise ProtorefineError(f"unattended run: retraining failed: {review.runner.last_message}")
-    if review.truth_path is not None:
-        wait_for(review.score_runner, timeout)
+    if wait_for(corrections.runner, timeout) != "done":
+        raise ProtorefineError(
+            f"unattended run: retraining failed: {corrections.runner.last_message}"
+        )
+    if truth.truth_path is not None:
+        wait_for(truth.score_runner, timeout)
     show_final_layers(state)
     protos.table.clearSelection()
     protos.show_all()
-    review.count_label.setText(review.count_label.text() + f" (unattended: {painted} painted)")
+    count = corrections.count_label
+    count.setText(count.text() + f" (unattended: {painted} painted)")
     frame_window(viewer)
     viewer.reset_view()
     process_events(1.0)
@@ -167,18 +189,20 @@ def run_unattended(
 
 def frame_window(viewer, size: tuple[int, int] = (1600, 1000), dock_width: int = 460) -> None:
     """Give the canvas room for a screenshot: a larger window and right-hand docks of one width."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QDockWidget
-
-    window = viewer.window._qt_window
-    window.resize(max(window.width(), size[0]), max(window.height(), size[1]))
-    docks = [
-        d
-        for d in window.findChildren(QDockWidget)
-        if d.isVisible() and window.dockWidgetArea(d) == Qt.DockWidgetArea.RightDockWidgetArea
-    ]
-    if docks:
-        window.resizeDocks(docks, [dock_width] * len(docks), Qt.Orientation.Horizontal)
+    _, _, width, height = viewer.window.geometry()
+    viewer.window.resize(max(width, size[0]), max(height, size[1]))
+    docks: list[QDockWidget] = []
+    for widget in docked_widgets(viewer):
+        dock = widget.parent()  # napari's dock around the widget
+        if isinstance(dock, QDockWidget) and dock.isVisible():
+            docks.append(dock)
+    main = docks[0].parent() if docks else None
+    if isinstance(main, QMainWindow):
+        right = [
+            d for d in docks if main.dockWidgetArea(d) == Qt.DockWidgetArea.RightDockWidgetArea
+        ]
+        if right:
+            main.resizeDocks(right, [dock_width] * len(right), Qt.Orientation.Horizontal)
     process_events(0.3)
 
 
