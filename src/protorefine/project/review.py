@@ -47,11 +47,10 @@ from protorefine.measure import (
     unsure_share,
     with_measurements,
 )
-from protorefine.project.stages import PROB_FILE, StagesMixin, _file_hash
+from protorefine.project.stages import PROB_FILE, SlideEntry, StagesMixin, _file_hash
 
 if TYPE_CHECKING:
     from protorefine.features.grid import PatchGrid
-    from protorefine.project.store import Project, SlideEntry
 
 #: File next to exported outlines with every slide's tumour measurements.
 MEASUREMENTS_CSV = "tumour_measurements.csv"
@@ -72,6 +71,10 @@ class ReviewMixin(StagesMixin):
         def coarse(self, slide_id: str) -> AnnotationSet | None: ...
         def has_results(self, slide_id: str) -> bool: ...
         def _refined_path(self, slide_id: str) -> Path: ...
+        def grid(self, slide_id: str) -> PatchGrid: ...
+        def result_grid(self, slide_id: str, key: str) -> np.ndarray: ...
+        def global_scores(self) -> np.ndarray: ...
+        def corrections(self, slide_id: str) -> np.ndarray | None: ...
 
     def _edit_paths(self, slide_id: str) -> tuple[Path, Path]:
         return (
@@ -324,7 +327,7 @@ def same_annotations(a: AnnotationSet | None, b: AnnotationSet | None) -> bool:
 
 
 def part_explainer(
-    project: Project, sid: str
+    project: ReviewMixin, sid: str
 ) -> Callable[[BaseGeometry], tuple[str, int | None]] | None:
     """A function that says what a part of ``sid``'s outline (level-0 geometry) is made of:
     its main global prototypes with their tumour scores or the pathologist's marks, how sure
@@ -334,8 +337,7 @@ def part_explainer(
     if not project.stage_done("prototypes"):
         return None
     ids = np.asarray(project.result_grid(sid, "global_proto"))
-    grid: PatchGrid = project.grid(sid)
-    downsample = grid.downsample
+    downsample = project.grid(sid).downsample
     scores = np.asarray(project.global_scores(), dtype=float)
     marks = project.prototype_labels()
     painted = project.corrections(sid)
@@ -368,7 +370,7 @@ def part_explainer(
     return explain
 
 
-def changes_report(project: Project, sid: str) -> list[dict]:
+def changes_report(project: ReviewMixin, sid: str) -> list[dict]:
     """The largest changes of ``sid``'s accepted outline against its coarse one, JSON-able
     (for report.json): kind, area, level-0 bounds and why."""
     coarse = project.coarse(sid)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     import threading
 
     from protorefine.features.grid import PatchGrid
-    from protorefine.project.store import SlideEntry
     from protorefine.refine.config import RefineConfig
 
 # ---- file names -------------------------------------------------------------------------
@@ -104,6 +104,20 @@ def colour_cache_files(folder: Path, slide_id: str, factor: int) -> tuple[Path, 
     ``folder``, and the file naming the grid they were read on."""
     path = folder / COLOUR_FOLDER / COLOUR_FILE.format(slide=slide_id, factor=factor)
     return path, path.with_suffix(CELLS_SUFFIX)
+
+
+@dataclass
+class SlideEntry:
+    """One slide of a project (a row of ``slides.json``, and what the grid stage's
+    fingerprint holds of it): unique ``id`` (file stem), ``path``, level-0 ``shape``, level
+    count, mpp (from the file, or set by hand when ``mpp_by_user``)."""
+
+    id: str
+    path: str
+    shape: tuple[int, int]
+    levels: int
+    mpp: float | None = None
+    mpp_by_user: bool = False
 
 
 # ---- project formats ----------------------------------------------------------------------

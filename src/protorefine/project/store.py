@@ -26,7 +26,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from protorefine.project.stages import (
     PSEUDO_FILE,
     REFINED_GRID_FILE,
     FormatV1,
+    SlideEntry,
     marks_format,
     slide_file,
 )
@@ -82,19 +83,6 @@ RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "r
 PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
 #: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
 MPP_RANGE = (0.01, 100.0)
-
-
-@dataclass
-class SlideEntry:
-    """One slide of a project: unique ``id`` (file stem), ``path``, level-0 ``shape``, level count,
-    mpp (from the file, or set by hand when ``mpp_by_user``)."""
-
-    id: str
-    path: str
-    shape: tuple[int, int]
-    levels: int
-    mpp: float | None = None
-    mpp_by_user: bool = False
 
 
 class Project(ReviewMixin):
