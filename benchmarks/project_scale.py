@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     import imageio.v3 as iio
     import numpy as np
 
-    from protorefine.project.review import write_measurements_csv
     from protorefine.napari.widgets.project import _slide_status
     from protorefine.project import Project
     from protorefine.project.pipeline import Pipeline
+    from protorefine.project.review import write_measurements_csv
     from protorefine.refine import RefineConfig
     from protorefine.synthetic import simulate_coarse, synthetic_slide
 
