@@ -25,11 +25,10 @@ from protorefine.cli.progress import tqdm_progress
 from protorefine.errors import ProtorefineError
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
-from protorefine.project import Project, checked_mpp
+from protorefine.project import Project, checked_mpp, slide_stem
 from protorefine.project.labels_export import export_refined_labels
 from protorefine.project.pipeline import Pipeline, prepare_project
 from protorefine.project.review import changes_report
-from protorefine.project.store import slide_stem as _stem
 from protorefine.refine.config import RefineConfig
 
 
@@ -68,7 +67,7 @@ def _refuse_overwriting_inputs(pairs: list[tuple[Path, Path]], args: argparse.Na
     out = Path(args.out)
     for slide, _ in pairs:
         for suffix in (*_outline_suffixes(args), GRID_PNG_SUFFIX):
-            target = (out / f"{_stem(slide)}{suffix}").resolve()
+            target = (out / f"{slide_stem(slide)}{suffix}").resolve()
             if target in inputs:
                 raise ProtorefineError(
                     f"{out / target.name}: the refined outline would overwrite {inputs[target]}; "
@@ -88,7 +87,7 @@ def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]
     pairs, seen = [], set()
     for sl in slides:
         p = Path(sl)
-        s = _stem(p)
+        s = slide_stem(p)
         if s in seen:
             raise ProtorefineError(f"{p}: two slides share the stem {s!r}")
         seen.add(s)
