@@ -20,6 +20,7 @@ import torch
 
 import protorefine
 from protorefine._atomic import atomic_write_bytes, atomic_write_text
+from protorefine._types import Progress
 from protorefine.annotations.masks import check_mask_size
 from protorefine.cli.progress import tqdm_progress
 from protorefine.errors import ProtorefineError
@@ -259,10 +260,19 @@ def write_outputs(
                     project,
                     sid,
                     out / f"{sid}.ome.zarr",
-                    progress=lambda d, t, m, s=sid: bars(d, t, f"{s}.ome.zarr: {m}"),
+                    progress=_under_stage(bars, f"{sid}.ome.zarr"),
                 )
             finally:
                 bars.close()
+
+
+def _under_stage(bars: StageBars, stage: str) -> Progress:
+    """A progress callback that feeds ``bars`` under the stage name ``stage``."""
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        bars(done, total, f"{stage}: {message}")
+
+    return progress
 
 
 def say_results(project: Project, ids: list[str]) -> None:
