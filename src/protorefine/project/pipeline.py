@@ -114,7 +114,12 @@ class Pipeline:
         return self.STAGES.index(name)
 
     def _run_stage(
-        self, name: str, progress: Progress, cancel: Cancel, on_round=None, on_epoch=None
+        self,
+        name: str,
+        progress: Progress | None,
+        cancel: Cancel | None,
+        on_round: Callable[[dict], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
         def prog(done: int, total: int, msg: str = "") -> None:
             if progress is not None:

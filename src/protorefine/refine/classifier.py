@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from protorefine._atomic import atomic_path
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.prototypes import check_blocks
@@ -33,6 +35,9 @@ class PatchHead(nn.Module):
         g = torch.zeros(dim, dtype=torch.long) if groups is None else torch.as_tensor(groups)
         if g.shape != (dim,) or int(g.min()) != 0:
             raise ProtorefineError(f"column groups must label each of the {dim} columns from 0")
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
+        self.groups: torch.Tensor
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
         self.register_buffer("groups", g.long())
@@ -244,7 +249,7 @@ def train_classifier(
     history: list[dict] = []
     total_epochs = config.epochs + config.finetune_epochs * max(config.rounds - 1, 0)
     epoch_recs: list[dict] = []  # this round's
-    current = {"round": 0, "epochs": 0, "done": 0}
+    current: dict[str, int] = {"round": 0, "epochs": 0, "done": 0}
 
     def record_epoch(rec: dict) -> None:
         rec = {"round": current["round"], **rec}
@@ -293,7 +298,8 @@ def train_classifier(
                 changed = int((pseudo[upd] != lab[upd]).sum())
                 pseudo[upd] = lab[upd]
                 confidence[upd] = np.maximum(confidence[upd], np.abs(2 * prob[upd] - 1))
-            rec = {"round": r + 1, "loss": loss, "agreement": agreement, "changed": changed}
+            rec: dict[str, Any] = {"round": r + 1, "loss": loss, "agreement": agreement}
+            rec["changed"] = changed
             rec["epochs"] = [{k: v for k, v in e.items() if k != "round"} for e in epoch_recs]
             history.append(rec)
             if on_round is not None:
@@ -318,7 +324,6 @@ def train_classifier(
 
 def save_checkpoint(model: PatchHead, path: str | Path) -> None:
     """Save the head's state dict (with its dimensions) atomically."""
-    from protorefine._atomic import atomic_path
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:

@@ -139,8 +139,8 @@ class RefineConfig:
 
     def validate(self) -> None:
         """Raise ProtorefineError naming the first value that is out of range."""
-        positive = ("patch_size", "batch_size", "local_k_max", "kmeans_iters", "global_k_max")
-        positive += ("hidden", "train_batch", "rounds", "samples_per_epoch")
+        positive: tuple[str, ...] = ("patch_size", "batch_size", "local_k_max", "kmeans_iters")
+        positive += ("global_k_max", "hidden", "train_batch", "rounds", "samples_per_epoch")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 1")

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.stain_clusters import colour_prototype_prob
 
 
 def scatter_grid(
@@ -158,8 +159,6 @@ def prob_to_fine_mask(
     up_valid = np.kron(valid, np.ones((f, f), bool))
     fine = fine_prob(prob_grid, tissue=valid, config=config, factor=f)
     if colour is not None and config.colour_prototypes > 0 and config.colour_weight > 0:
-        from protorefine.refine.stain_clusters import colour_prototype_prob
-
         proto = colour_prototype_prob(
             colour, fine, up_valid, config.colour_prototypes, seed=config.seed
         )

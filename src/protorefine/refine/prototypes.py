@@ -215,7 +215,11 @@ def build_prototypes(
     cls_t = torch.from_numpy(coarse_f).to(device)
     slides = np.unique(slide_index)
     total = len(slides) + 1
-    lc, ls, lk, ln, lsc = [], [], [], [], []
+    lc: list[np.ndarray] = []
+    ls: list[np.ndarray] = []
+    lk: list[np.ndarray] = []
+    ln: list[np.ndarray] = []
+    lsc: list[np.ndarray] = []
     local_proto = np.zeros(n, dtype=np.int64)
     for si, s in enumerate(slides):
         if cancel is not None and cancel():

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from protorefine.errors import ProtorefineError
+from protorefine.refine.classifier import predict, train_classifier
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import smooth_on_grid
 from protorefine.refine.prototypes import Prototypes, reliability
@@ -105,7 +106,6 @@ def out_of_fold_evidence(
     Folds are slides (grouped into at most ``oof_folds``); a single slide is split
     into grid quadrants. A patch's own noisy label never trains the head that scores it.
     """
-    from protorefine.refine.classifier import train_classifier
 
     slides = np.unique(slide_index)
     k = max(2, int(config.oof_folds))
@@ -130,7 +130,6 @@ def out_of_fold_evidence(
             lab[train].astype(np.float32),
             config=cfg,
         )
-        from protorefine.refine.classifier import predict
 
         test = torch.from_numpy(np.flatnonzero(~train)).to(x.device)
         out[~train] = predict(res.model, x[test])
