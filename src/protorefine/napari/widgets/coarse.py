@@ -22,9 +22,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from protorefine.annotations import (
+    read_annotations,
+    tumour_class_name,
+    write_asap_xml,
+    write_geojson,
+)
+from protorefine.annotations.masks import MASK_SUFFIXES
 from protorefine.annotations.model import EXCLUDE
 from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import CLASS_EDGE_COLORS, FINISHED_ACTIONS, replace_shapes
+from protorefine.napari.state import get_state
 
 if TYPE_CHECKING:
     import napari
@@ -45,8 +53,6 @@ class CoarseWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from protorefine.napari.state import get_state
-
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self._layer: Shapes | None = None
@@ -121,7 +127,6 @@ class CoarseWidget(QWidget):
     def set_mode(self, mode: str, *, classification: str | None = None) -> None:
         """Put the coarse layer in ``mode`` (add_polygon, add_polygon_lasso, select, pan_zoom);
         shapes drawn from now on get ``classification`` (default: the outline's tumour class)."""
-        from protorefine.annotations import tumour_class_name
 
         if self._layer is None:
             show_warning("no slide is shown: pick one in 'Project and slides' first")
@@ -163,8 +168,6 @@ class CoarseWidget(QWidget):
         A mask image (non-zero = tumour) may be at any downsample of the slide: it is
         placed by its size, and one whose aspect ratio does not match the slide is refused.
         """
-        from protorefine.annotations import read_annotations
-        from protorefine.annotations.masks import MASK_SUFFIXES
 
         if self._layer is None or self.state.slide is None:
             show_error("no slide is shown: pick one in 'Project and slides' before importing")
@@ -190,7 +193,6 @@ class CoarseWidget(QWidget):
 
     def export_file(self, path: str | Path, fmt: str | None = None) -> Path | None:
         """Write the outline as GeoJSON (default) or ASAP XML (``fmt="xml"`` or a .xml path)."""
-        from protorefine.annotations import write_asap_xml, write_geojson
 
         if self._layer is None:
             show_error("no slide is shown: nothing to export")

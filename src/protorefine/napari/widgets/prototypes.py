@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from protorefine.errors import ProtorefineError
 from protorefine.napari.colormaps import global_colormap, local_colormap, swatch_hex
 from protorefine.napari.layer_names import (
     CONFIDENCE,
@@ -181,7 +182,7 @@ class PrototypesWidget(WorkflowWidget):
             return False
         if not check_coarse(self.state):
             return False
-        from protorefine.errors import ProtorefineError
+        # imported here: protorefine.features pulls in torch (warm_up imports it in the background)
         from protorefine.features.encoders import parse_encoder_name
 
         encoder = self.encoder.currentText().strip() or project.config.encoder
