@@ -22,6 +22,25 @@ from protorefine.annotations import (
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features import extract_features, get_encoder
 from protorefine.features.device import resolve_device
+from protorefine.project.stages import (
+    CACHE_FILE,
+    COHORT_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
+    GRID_FILE,
+    HISTORY_FILE,
+    INDEX_FILE,
+    MARKS_FILE,
+    MODEL_FILE,
+    OUTLINE_FILE,
+    PROB_FILE,
+    PROTOTYPES_FILE,
+    PSEUDO_FILE,
+    REFINED_GRID_FILE,
+    cached_features_fit,
+    feature_cache_files,
+    slide_file,
+)
 from protorefine.project.store import Project, same_annotations, write_npz
 from protorefine.refine.classifier import load_checkpoint, save_checkpoint
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
@@ -136,7 +155,7 @@ class Pipeline:
             info = fn(out, prog, check, on_round, on_epoch) or {}
             seconds = time.perf_counter() - t0
             info.update(fingerprint=self.project.fingerprint(name), seconds=seconds)
-            (out / "done.json").write_text(json.dumps(info, indent=2, default=str))
+            (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
         self.times[name] = seconds
 
     @contextlib.contextmanager
@@ -180,7 +199,7 @@ class Pipeline:
             grid = self.project.compute_grid(s.id)
             if not grid.tissue.any():
                 raise ProtorefineError(f"slide {s.id!r} ({s.path}): no tissue found")
-            write_npz(out / f"{s.id}.npz", **grid.to_dict())
+            write_npz(out / slide_file(GRID_FILE, s.id), **grid.to_dict())
             counts[s.id] = {"patches": int(grid.n), "tissue": int(grid.tissue.sum())}
         prog(n, n, "done")
         return {"patches": counts}
@@ -196,13 +215,8 @@ class Pipeline:
         reused = 0
         for i, s in enumerate(self.slides):
             grid = self.project.grid(s.id)
-            path = cache / f"{s.id}.npy"
-            cells = path.with_suffix(".cells")  # which cells the cached rows belong to
-            if path.exists() and (
-                cells.read_text() == grid.signature()
-                if cells.exists()  # caches written before .cells: the count is all they say
-                else np.load(path, mmap_mode="r").shape[0] == int(grid.tissue.sum())
-            ):
+            path, cells = feature_cache_files(cache, s.id)  # cells: which cells the rows are
+            if cached_features_fit(path, grid):
                 reused += 1
                 continue
             slide = self.project.open_slide(s.id)
@@ -226,7 +240,7 @@ class Pipeline:
                 with open(tmp, "wb") as fh:
                     np.save(fh, feats)
             atomic_write_text(cells, grid.signature())
-        (out / "cache.txt").write_text(str(cache))
+        (out / CACHE_FILE).write_text(str(cache))
         return {
             "encoder": encoder.name,
             "weight_hash": encoder.weight_hash,
@@ -237,8 +251,8 @@ class Pipeline:
 
     def features(self, slide_id: str) -> np.ndarray:
         """Tissue-patch features of a slide (from the cache of the finished features stage)."""
-        cache = Path((self.project._require("features") / "cache.txt").read_text())
-        key = str(cache / f"{slide_id}.npy")
+        cache = Path(self.project.stage_file("features", CACHE_FILE).read_text())
+        key = str(feature_cache_files(cache, slide_id)[0])
         if key not in self._features:
             self._features[key] = np.load(key)
         return self._features[key]
@@ -253,7 +267,7 @@ class Pipeline:
         cohort = Cohort.stack(slides, self.project.feature_blocks)
         cohort.corrections = self._corrections_vector()
         if coarse:
-            stored = self._load("prototypes", "cohort.npz")
+            stored = self._load("prototypes", COHORT_FILE)
             cohort.coarse, cohort.distance = stored["coarse"], stored["distance"]
         return cohort
 
@@ -283,9 +297,9 @@ class Pipeline:
         centres, cells = self._patch_centres(coh)
         marks = self.project.prototype_labels()  # of the build this one replaces
         carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh.rows)
-        write_npz(out / "prototypes.npz", **protos.to_arrays())
+        write_npz(out / PROTOTYPES_FILE, **protos.to_arrays())
         write_npz(
-            out / "cohort.npz",
+            out / COHORT_FILE,
             coarse=coh.coarse,
             distance=coh.distance,
             slide_index=coh.slide_index,
@@ -293,8 +307,8 @@ class Pipeline:
             centres=centres,
             cells=cells,
         )
-        (out / "index.json").write_text(json.dumps(coh.rows))
-        (out / "marks.json").write_text(json.dumps({str(k): v for k, v in carried.items()}))
+        (out / INDEX_FILE).write_text(json.dumps(coh.rows))
+        (out / MARKS_FILE).write_text(json.dumps({str(k): v for k, v in carried.items()}))
         return {
             "run": uuid.uuid4().hex,
             "marks_before": len(marks),
@@ -305,7 +319,7 @@ class Pipeline:
         }
 
     def _load(self, stage: str, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.project._require(stage) / name) as d:
+        with np.load(self.project.stage_file(stage, name)) as d:
             return {k: np.asarray(d[k]) for k in d.files}
 
     def _corrections_vector(self) -> np.ndarray | None:
@@ -339,11 +353,11 @@ class Pipeline:
             return {}
         old_dir = self.project.stage_dir("prototypes")
         try:
-            with np.load(old_dir / "prototypes.npz") as data:
+            with np.load(old_dir / PROTOTYPES_FILE) as data:
                 old_gid = data["global_proto"]
-            with np.load(old_dir / "cohort.npz") as data:
+            with np.load(old_dir / COHORT_FILE) as data:
                 old_xy, old_cells = data["centres"], data["cells"]
-            old_index = json.loads((old_dir / "index.json").read_text())
+            old_index = json.loads((old_dir / INDEX_FILE).read_text())
         except (OSError, KeyError, ValueError):
             return {}  # no earlier build with patch positions: nothing to carry
         old = {sid: (old_xy[a:b], old_gid[a:b]) for sid, (a, b) in old_index.items()}
@@ -353,11 +367,11 @@ class Pipeline:
 
     def _stage_pseudo_labels(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort()
-        protos = Prototypes.from_arrays(self._load("prototypes", "prototypes.npz"))
+        protos = Prototypes.from_arrays(self._load("prototypes", PROTOTYPES_FILE))
         prog(0, 1, "scoring patches")
         pl = pseudo_labels_step(coh, protos, self.config, marks=self.project.prototype_labels())
         write_npz(
-            out / "pseudo.npz",
+            out / PSEUDO_FILE,
             pseudo=pl.pseudo,
             confidence=pl.confidence,
             score=pl.score,
@@ -369,7 +383,7 @@ class Pipeline:
         return {"changed_from_coarse": changed}
 
     def _stage_classifier(self, out: Path, prog, check, on_round, on_epoch) -> dict:
-        stored = self._load("pseudo_labels", "pseudo.npz")
+        stored = self._load("pseudo_labels", PSEUDO_FILE)
         pl = PseudoLabels(**stored)
         cr = classifier_step(
             self.cohort(),
@@ -380,10 +394,10 @@ class Pipeline:
             on_round=on_round,
             on_epoch=on_epoch,
         )
-        save_checkpoint(cr.model, out / "model.pt")
-        write_npz(out / "prob.npz", prob=cr.prob)
-        write_npz(out / "pseudo.npz", pseudo=cr.pseudo, confidence=cr.confidence)
-        (out / "history.json").write_text(json.dumps(cr.history, indent=2))
+        save_checkpoint(cr.model, out / MODEL_FILE)
+        write_npz(out / PROB_FILE, prob=cr.prob)
+        write_npz(out / PSEUDO_FILE, pseudo=cr.pseudo, confidence=cr.confidence)
+        (out / HISTORY_FILE).write_text(json.dumps(cr.history, indent=2))
         return {"history": cr.history, "device": str(resolve_device(self.config.device))}
 
     def stain_features(
@@ -393,7 +407,7 @@ class Pipeline:
         read from the slide once per grid and kept in ``colour/`` (a redraw reuses them)."""
         if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0 or factor <= 1:
             return None
-        path, cells = _colour_cache(self.project, slide_id, factor)
+        path, cells = self.project.colour_cache(slide_id, factor)
         if path.exists() and cells.exists() and cells.read_text() == grid.signature():
             sums = np.load(path)
         else:
@@ -407,11 +421,11 @@ class Pipeline:
 
     def _stage_output(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         device = resolve_device(self.config.device)
-        model = load_checkpoint(self.project._require("classifier") / "model.pt", device=device)
+        model = load_checkpoint(self.project.stage_file("classifier", MODEL_FILE), device=device)
         coh = self.cohort()
-        score = self._load("pseudo_labels", "pseudo.npz")["score"]
+        score = self._load("pseudo_labels", PSEUDO_FILE)["score"]
         prob = probability_step(coh, model, score, self.config)
-        write_npz(out / "prob.npz", prob=prob)
+        write_npz(out / PROB_FILE, prob=prob)
         n = len(self.slides)
         counts = {}
         for i, s in enumerate(self.slides):
@@ -433,16 +447,11 @@ class Pipeline:
                 classification=tumour_class_name(self.project.coarse(s.id)),
                 colour=colour,
             )
-            np.save(out / f"{s.id}_refined.npy", res.refined)
-            write_geojson(res.outline, out / f"{s.id}.geojson")
+            np.save(out / slide_file(REFINED_GRID_FILE, s.id), res.refined)
+            write_geojson(res.outline, out / slide_file(OUTLINE_FILE, s.id))
             counts[s.id] = {"refined_patches": int(res.refined.sum()), "tissue": int(tissue.sum())}
         prog(n, n, "done")
         return {"slides": counts}
-
-
-def _colour_cache(project, slide_id: str, factor: int) -> tuple[Path, Path]:
-    folder = project.folder / "colour"
-    return folder / f"{slide_id}-f{factor}.npy", folder / f"{slide_id}-f{factor}.cells"
 
 
 def prepare_project(
@@ -464,7 +473,7 @@ def prepare_project(
     """
     say = warn or (lambda _msg: None)
     folder = Path(folder)
-    if (folder / "config.json").exists():
+    if (folder / CONFIG_FILE).exists():
         project = Project.open(folder)
         project.set_config(configure(project.config))
     else:

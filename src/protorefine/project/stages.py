@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 # ---- file names -------------------------------------------------------------------------
 #: Folder of the stages' outputs, one subfolder per stage (``stages/<stage>/``).
+#: The project's settings (``RefineConfig`` and encoder info); its presence makes a folder a project.
+CONFIG_FILE = "config.json"
 STAGES_FOLDER = "stages"
 #: A finished stage's record: fingerprint of its inputs, seconds, counts.
 DONE_FILE = "done.json"

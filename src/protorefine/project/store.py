@@ -46,6 +46,7 @@ from protorefine.project.review import (
     same_annotations,
 )
 from protorefine.project.stages import (
+    CONFIG_FILE,
     FORMATS,
     GRID_FILE,
     HISTORY_FILE,
@@ -105,7 +106,7 @@ class Project(ReviewMixin):
         """Make a new project folder (it must be empty or absent)."""
         folder = Path(folder)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            if (folder / "config.json").exists():
+            if (folder / CONFIG_FILE).exists():
                 raise ProtorefineError(f"{folder}: a project already exists here; open it instead")
             raise ProtorefineError(
                 f"{folder}: folder is not empty; pick a new folder for the project"
@@ -120,7 +121,7 @@ class Project(ReviewMixin):
     def open(cls, folder: str | Path) -> Project:
         """Open an existing project folder; ProtorefineError if it is not one."""
         folder = Path(folder)
-        cfg_path = folder / "config.json"
+        cfg_path = folder / CONFIG_FILE
         if not cfg_path.is_file():
             raise ProtorefineError(f"{folder}: not a protorefine project (no config.json)")
         try:
@@ -149,7 +150,7 @@ class Project(ReviewMixin):
     def open_or_create(cls, folder: str | Path, config: RefineConfig | None = None) -> Project:
         """Open the project in ``folder`` if there is one (applying ``config``), else create it."""
         folder = Path(folder)
-        if (folder / "config.json").exists():
+        if (folder / CONFIG_FILE).exists():
             project = cls.open(folder)
             if config is not None:
                 project.set_config(config)
@@ -159,7 +160,7 @@ class Project(ReviewMixin):
     def _save_config(self) -> None:
         data = {"format": FORMAT, "version": 1, "refine": self.config.to_dict()}
         data["encoder"] = self.encoder_info
-        atomic_write_text(self.folder / "config.json", json.dumps(data, indent=2, sort_keys=True))
+        atomic_write_text(self.folder / CONFIG_FILE, json.dumps(data, indent=2, sort_keys=True))
 
     def _save_slides(self) -> None:
         data = [asdict(s) for s in self.slides]
