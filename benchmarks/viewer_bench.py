@@ -52,7 +52,7 @@ def time_open(path: Path, *, size: tuple[int, int] = (1280, 900), timeout: float
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    viewer.window._qt_window.resize(*size)
+    viewer.window.resize(*size)
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
