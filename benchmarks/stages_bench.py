@@ -62,11 +62,11 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
     from protorefine.annotations import smooth_outline, vectorize
     from protorefine.features import make_grid
     from protorefine.refine.classifier import train_classifier
-    from protorefine.refine.stain_clusters import cell_features, cell_sums
     from protorefine.refine.config import RefineConfig
     from protorefine.refine.postprocess import prob_to_fine_mask, prob_to_mask, scatter_grid
     from protorefine.refine.prototypes import build_prototypes, embed_for_cosine
     from protorefine.refine.pseudolabels import make_pseudo_labels
+    from protorefine.refine.stain_clusters import cell_features, cell_sums
     from protorefine.slides.base import Slide
 
     f, c, d, s, rc = cohort(n, dim, slides)

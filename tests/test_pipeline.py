@@ -110,7 +110,7 @@ def test_config_change_invalidates_later_stages_only(done):
 def test_prototype_relabel_and_update_pseudo_labels(done):
     p, _ = done
     g = int(np.argmax(p.global_scores()))
-    p.set_prototype_label(g, "normal")
+    p.set_mark(g, "normal")
     pipe = Pipeline(p)
     pipe.update_pseudo_labels()
     assert set(pipe.times) == {"pseudo_labels"}
@@ -120,7 +120,7 @@ def test_prototype_relabel_and_update_pseudo_labels(done):
     assert (gp == g).any()
     assert (p.result_grid("s1", "pseudo")[(gp == g) & free] == 0).all()
     assert not p.stage_done("classifier")
-    p.set_prototype_label(g, None)
+    p.set_mark(g, None)
 
 
 def test_encoder_change_reuses_feature_cache(done):
@@ -186,13 +186,13 @@ def test_marks_follow_the_tissue_when_prototypes_are_rebuilt(tmp_path, case):
 
     gp = p.result_grid("s1", "global_proto")
     g = int(np.bincount(gp[gp >= 0]).argmax())  # the biggest prototype
-    p.set_prototype_label(g, "normal")
+    p.set_mark(g, "normal")
     marked = patches_of(g)
     for change in ({"seed": 5}, {"stride": 32}):  # a new build, then a new grid as well
         Pipeline(p, p.config.replace(**change)).run(until="pseudo_labels")
         info = p.stage_info("prototypes")
         assert info["marks_before"] == 1 and info["marks_carried"] >= 1
-        labels = p.prototype_labels()
+        labels = p.marks()
         assert set(labels.values()) == {"normal"}
         for h in labels:  # each carried mark sits on tissue that was marked
             here = patches_of(h)
@@ -203,8 +203,8 @@ def test_marks_follow_the_tissue_when_prototypes_are_rebuilt(tmp_path, case):
         marked = set().union(*(patches_of(h) for h in labels))
     # marking again starts from the carried marks and belongs to this build
     h = next(iter(labels))
-    p.set_prototype_label(h, None)
-    assert h not in p.prototype_labels() and Project.open(p.folder).prototype_labels() == {
+    p.set_mark(h, None)
+    assert h not in p.marks() and Project.open(p.folder).marks() == {
         k: v for k, v in labels.items() if k != h
     }
 

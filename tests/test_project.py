@@ -26,17 +26,17 @@ def test_create_open_roundtrip(tmp_path, case):
     assert entry.id == "s1" and entry.shape == (768, 768) and entry.levels >= 1
     assert p.add_slide(case["slide"]) is entry  # adding the same file twice is a no-op
     p.set_coarse("s1", read_geojson(case["coarse"]))
-    p.set_prototype_label(3, "normal")
+    p.set_mark(3, "normal")
     p.ui_state["current_slide"] = "s1"
     p.save_ui_state()
     q = Project.open(tmp_path / "proj")
     assert q.config == cfg
     assert [s.id for s in q.slides] == ["s1"]
     assert q.coarse("s1") is not None and len(q.coarse("s1")) == len(p.coarse("s1"))
-    assert q.prototype_labels() == {3: "normal"}
+    assert q.marks() == {3: "normal"}
     assert q.ui_state == {"current_slide": "s1"}
-    q.set_prototype_label(3, None)
-    assert q.prototype_labels() == {}
+    q.set_mark(3, None)
+    assert q.marks() == {}
     data = json.loads((tmp_path / "proj" / "config.json").read_text())
     assert data["refine"]["patch_size"] == 64
 
@@ -62,7 +62,7 @@ def test_corrections_and_relabel_validation(tmp_path, case):
     with pytest.raises(ProtorefineError, match="values must be"):
         p.set_corrections("s1", np.full((grid.rows, grid.cols), 5, np.int8))
     with pytest.raises(ProtorefineError, match="prototype label 'maybe'"):
-        p.set_prototype_label(0, "maybe")
+        p.set_mark(0, "maybe")
     with pytest.raises(ProtorefineError, match="not in the project"):
         p.coarse_patch_labels("nope")
     p.remove_slide("s1")

@@ -71,16 +71,16 @@ def test_marks_of_the_first_format_hold_until_prototypes_record_their_build(proj
     path = project.folder / "prototype_labels.json"
     path.write_text(json.dumps({"3": "normal"}))  # a plain mapping, no build recorded
     assert marks_format(json.loads(path.read_text())) is FORMATS[1]
-    assert project.prototype_labels() == {3: "normal"}
+    assert project.marks() == {3: "normal"}
     stage = project.stage_dir("prototypes")
     stage.mkdir(parents=True)
     (stage / DONE_FILE).write_text(json.dumps({"run": "abc"}))
     (stage / "marks.json").write_text(json.dumps({"5": "tumour"}))
-    assert project.prototype_labels() == {5: "tumour"}  # a recorded build: the carried marks
+    assert project.marks() == {5: "tumour"}  # a recorded build: the carried marks
     path.write_text(json.dumps({"run": "abc", "labels": {"1": "ignore"}}))
     assert marks_format(json.loads(path.read_text())) is CURRENT_FORMAT
-    assert project.prototype_labels() == {1: "ignore"}
-    project.set_prototype_label(2, "tumour")
+    assert project.marks() == {1: "ignore"}
+    project.set_mark(2, "tumour")
     assert json.loads(path.read_text()) == {"run": "abc", "labels": {"1": "ignore", "2": "tumour"}}
 
 

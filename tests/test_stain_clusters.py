@@ -7,14 +7,14 @@ import pytest
 
 from protorefine.errors import ProtorefineError
 from protorefine.features import make_grid
+from protorefine.refine.config import RefineConfig
+from protorefine.refine.postprocess import prob_to_fine_mask
 from protorefine.refine.stain_clusters import (
     cell_features,
     cell_sums,
     colour_prototype_prob,
     stain_channels,
 )
-from protorefine.refine.config import RefineConfig
-from protorefine.refine.postprocess import prob_to_fine_mask
 from protorefine.slides.base import Slide
 
 PURPLE = (90, 60, 150)  # haematoxylin-rich: dense nuclei

@@ -345,13 +345,13 @@ def test_prototype_relabel_updates_pseudo_labels(qtbot, gui):
     )
     assert protos.runner.last_outcome == "done", protos.runner.last_message
     meter.check()
-    assert state.project.prototype_labels() == {gid: "tumour"}
+    assert state.project.marks() == {gid: "tumour"}
     assert (viewer.layers[PSEUDO_LABELS].data[cells] == TUMOUR_LABEL).all()
     assert "Tumour" in protos.table.item(row, 3).text()
     # and back: clearing the mark restores the computed pseudo-labels
     with qtbot.waitSignal(protos.runner.finished, timeout=60_000):
         protos.mark_buttons[None].click()
-    assert state.project.prototype_labels() == {}
+    assert state.project.marks() == {}
     assert (viewer.layers[PSEUDO_LABELS].data[cells] == NORMAL_LABEL).any()
 
 
@@ -1127,7 +1127,7 @@ def test_marks_survive_a_rebuild_and_the_pathologist_is_told(qtbot, gui, notes):
     qtbot.waitUntil(lambda: not protos.runner.running, timeout=60_000)
     protos.grid.finer.setChecked(True)  # a new grid: prototypes are rebuilt, ids change
     finish(qtbot, protos.runner, protos.run)
-    marks = state.project.prototype_labels()
+    marks = state.project.marks()
     assert marks and set(marks.values()) == {"tumour"}
     assert any("rebuilt" in n and "marks of 1 prototype" in n for n in notes)
     rows = [protos.table.item(r, 3).text() for r in range(protos.table.rowCount())]

@@ -19,7 +19,7 @@ from protorefine.project.review import (
     write_measurements_csv,
 )
 from protorefine.project.store import (
-    PROTOTYPE_LABELS,
+    MARKS,
     RESULT_KEYS,
     Project,
     SlideEntry,
@@ -30,7 +30,7 @@ from protorefine.project.store import (
 
 __all__ = [
     "MEASUREMENTS_CSV",
-    "PROTOTYPE_LABELS",
+    "MARKS",
     "RESULT_KEYS",
     "Project",
     "SlideEntry",

@@ -45,7 +45,7 @@ def prototype_cards(
 ) -> list[PrototypeCard]:
     """Gallery rows for every global prototype, reading a few member patches from the slides."""
     scores = np.asarray(project.global_scores(), dtype=float)
-    marks = project.prototype_labels()
+    marks = project.marks()
     members: dict[int, list[tuple[str, int, int]]] = {}
     sizes = np.zeros(len(scores), dtype=np.int64)
     with project.reading():

@@ -295,7 +295,7 @@ class Pipeline:
         coh.coarse, coh.distance = self.coarse_labels()
         protos = prototypes_step(coh, self.config, progress=prog, cancel=check)
         centres, cells = self._patch_centres(coh)
-        marks = self.project.prototype_labels()  # of the build this one replaces
+        marks = self.project.marks()  # of the build this one replaces
         carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh.rows)
         write_npz(out / PROTOTYPES_FILE, **protos.to_arrays())
         write_npz(
@@ -369,7 +369,7 @@ class Pipeline:
         coh = self.cohort()
         protos = Prototypes.from_arrays(self._load("prototypes", PROTOTYPES_FILE))
         prog(0, 1, "scoring patches")
-        pl = pseudo_labels_step(coh, protos, self.config, marks=self.project.prototype_labels())
+        pl = pseudo_labels_step(coh, protos, self.config, marks=self.project.marks())
         write_npz(
             out / PSEUDO_FILE,
             pseudo=pl.pseudo,

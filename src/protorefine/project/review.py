@@ -339,7 +339,7 @@ def part_explainer(
     ids = np.asarray(project.result_grid(sid, "global_proto"))
     downsample = project.grid(sid).downsample
     scores = np.asarray(project.global_scores(), dtype=float)
-    marks = project.prototype_labels()
+    marks = project.marks()
     painted = project.corrections(sid)
     prob = np.asarray(project.result_grid(sid, "prob")) if project.has_results(sid) else None
 

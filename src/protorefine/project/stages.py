@@ -253,7 +253,7 @@ class StagesMixin:
 
         def run_slides(self) -> list[SlideEntry]: ...
         def _coarse_file(self, slide_id: str) -> str: ...
-        def prototype_labels(self) -> dict[int, str]: ...
+        def marks(self) -> dict[int, str]: ...
 
     def stage_dir(self, name: str) -> Path:
         """Folder of a stage's outputs."""
@@ -309,7 +309,7 @@ class StagesMixin:
                     ]
                     for s in run
                 ]
-                extra.append(sorted(self.prototype_labels().items()))
+                extra.append(sorted(self.marks().items()))
             fp = _hash([fp, stage, own, extra])
             if stage == name:
                 return fp

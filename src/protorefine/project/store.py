@@ -62,13 +62,14 @@ from protorefine.project.stages import (
     slide_file,
 )
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.pseudolabels import MARKS
 from protorefine.slides import Slide, open_slide
 
 __all__ = [
     "MEASUREMENTS_CSV",
     "MIN_PART_AREA",
     "MPP_RANGE",
-    "PROTOTYPE_LABELS",
+    "MARKS",
     "RESULT_KEYS",
     "Project",
     "SlideEntry",
@@ -81,7 +82,6 @@ __all__ = [
 
 FORMAT = "protorefine-project"
 RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
-PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
 #: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
 MPP_RANGE = (0.01, 100.0)
 
@@ -399,13 +399,11 @@ class Project(ReviewMixin):
         out[np.ix_(rr, cc)] = labels[np.ix_(centre_r[rr], centre_c[cc])]
         return out
 
-    def set_prototype_label(self, global_id: int, label: str | None) -> None:
+    def set_mark(self, global_id: int, label: str | None) -> None:
         """Relabel a global prototype: "tumour", "normal", "ignore", or None to clear."""
-        if label is not None and label not in PROTOTYPE_LABELS:
-            raise ProtorefineError(
-                f"prototype label {label!r}: must be one of {', '.join(PROTOTYPE_LABELS)}"
-            )
-        labels = self.prototype_labels()
+        if label is not None and label not in MARKS:
+            raise ProtorefineError(f"prototype label {label!r}: must be one of {', '.join(MARKS)}")
+        labels = self.marks()
         if label is None:
             labels.pop(int(global_id), None)
         else:
@@ -416,7 +414,7 @@ class Project(ReviewMixin):
         }
         atomic_write_text(self.folder / "prototype_labels.json", json.dumps(data, indent=2))
 
-    def prototype_labels(self) -> dict[int, str]:
+    def marks(self) -> dict[int, str]:
         """The pathologist's marks of the current global prototypes, {global id: label}.
 
         Marks belong to one build of the prototypes (ids change when they are rebuilt);

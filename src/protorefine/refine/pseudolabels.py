@@ -13,7 +13,8 @@ from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import smooth_on_grid
 from protorefine.refine.prototypes import Prototypes, reliability
 
-PROTOTYPE_LABELS = ("tumour", "normal", "ignore")
+#: What a pathologist can say of a global prototype (a *mark*).
+MARKS = ("tumour", "normal", "ignore")
 
 
 @dataclass
@@ -45,7 +46,7 @@ def effective_global_scores(
             ignored[g] = True
         else:
             raise ProtorefineError(
-                f"prototype label {lab!r} for prototype {g}: must be one of {', '.join(PROTOTYPE_LABELS)}"
+                f"prototype label {lab!r} for prototype {g}: must be one of {', '.join(MARKS)}"
             )
     return out, ignored
 
@@ -145,7 +146,7 @@ def make_pseudo_labels(
     *,
     distance: np.ndarray | None = None,
     corrections: np.ndarray | None = None,
-    prototype_labels: dict[int, str] | None = None,
+    marks: dict[int, str] | None = None,
     config: RefineConfig,
 ) -> PseudoLabels:
     """Blend coarse labels with prototype evidence, weighted by distance to the outline.
@@ -157,7 +158,7 @@ def make_pseudo_labels(
     """
     n = len(coarse)
     coarse_f = np.asarray(coarse, dtype=np.float32)
-    gscores, ignored = effective_global_scores(protos.global_scores, prototype_labels)
+    gscores, ignored = effective_global_scores(protos.global_scores, marks)
     local, glob = prototype_evidence(features, slide_index, protos, config, gscores)
     oof = (
         out_of_fold_evidence(features, coarse_f, slide_index, rc, config)
@@ -174,7 +175,7 @@ def make_pseudo_labels(
         q = coarse_f.copy()
     # relabelled prototypes are the pathologist's word: they override the blend
     forced = np.full(n, np.nan, dtype=np.float32)
-    for gid, lab in (prototype_labels or {}).items():
+    for gid, lab in (marks or {}).items():
         if lab in ("tumour", "normal") and 0 <= int(gid) < len(gscores):
             forced[protos.global_proto == int(gid)] = 1.0 if lab == "tumour" else 0.0
     has_forced = ~np.isnan(forced)

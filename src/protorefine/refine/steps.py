@@ -180,7 +180,7 @@ def pseudo_labels_step(
         prototypes,
         distance=distance,
         corrections=cohort.corrections,
-        prototype_labels=marks,
+        marks=marks,
         config=config,
     )
 

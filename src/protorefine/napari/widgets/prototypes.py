@@ -226,7 +226,7 @@ class PrototypesWidget(WorkflowWidget):
         slide_id = self.state.slide_id
 
         def task(ctx: TaskContext) -> tuple[int, str | None, SlideResults]:
-            project.set_prototype_label(global_id, label)
+            project.set_mark(global_id, label)
             pipeline.update_pseudo_labels(progress=ctx.progress, cancel=ctx.cancel)
             return global_id, label, load_results(project, slide_id, (PSEUDO_LABELS, CONFIDENCE))
 
