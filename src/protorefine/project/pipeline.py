@@ -1,4 +1,6 @@
-"""Run the refinement stages over a project, storing each stage atomically so a rerun resumes."""
+"""The one step sequence: each stage loads its inputs from the project, runs its step
+(``features.make_grid`` / ``extract_features``, then ``refine.steps``) and saves what it
+returns atomically, so a rerun resumes. The CLI, napari and the benchmarks all run it."""
 
 from __future__ import annotations
 
