@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
     from protorefine.annotations.model import AnnotationSet
+    from protorefine.project import Project
 
 #: Colour of the "refined outline" Shapes layer (the polygons that get exported).
 OUTLINE_COLOUR = "#ff1a1a"
@@ -140,16 +141,16 @@ def _warm() -> None:
         WARMED.set()
 
 
-def check_coarse(state: ProtorefineState) -> bool:
-    """True when at least one slide has a coarse tumour outline (the run refines those and
-    says which it leaves out); else say what to do and return False."""
+def runnable_project(state: ProtorefineState) -> Project | None:
+    """The open project when at least one slide has a coarse tumour outline (a run refines
+    those and says which it leaves out); else say what to do and return None."""
     project = state.project
     if project is None:
         notify("warning", "Open or create a project first ('Project and slides').")
-        return False
+        return None
     if not project.slides:
         notify("warning", "The project has no slides: add one in 'Project and slides'.")
-        return False
+        return None
     missing = [s.id for s in project.slides if not project.has_outline(s.id)]
     if len(missing) == len(project.slides):
         names = ", ".join(missing)
@@ -157,14 +158,14 @@ def check_coarse(state: ProtorefineState) -> bool:
             "warning",
             f"No coarse tumour outline on slide(s) {names}: draw one in 'Coarse annotation' first. Nothing was changed.",
         )
-        return False
+        return None
     if missing:
         notify(
             "info",
             f"No coarse outline yet on {', '.join(missing)}: this run refines the other "
             "slides and leaves those out until they get one.",
         )
-    return True
+    return project
 
 
 def edited_outlines(project) -> set[str]:

@@ -41,9 +41,9 @@ from protorefine.napari.layer_names import (
 from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
-    check_coarse,
     load_results,
     pipeline_for,
+    runnable_project,
     show_results,
     table_headers,
 )
@@ -176,11 +176,8 @@ class PrototypesWidget(WorkflowWidget):
 
     def run(self) -> bool:
         """Start features + prototypes for all slides; False (with a notification) if it cannot start."""
-        project = self.state.project
+        project = runnable_project(self.state)
         if project is None:
-            notify("warning", "Open or create a project first ('Project and slides').")
-            return False
-        if not check_coarse(self.state):
             return False
         # imported here: protorefine.features pulls in torch (warm_up imports it in the background)
         from protorefine.features.encoders import parse_encoder_name

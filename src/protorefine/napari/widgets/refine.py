@@ -26,16 +26,16 @@ from protorefine.napari.layer_names import CONFIDENCE, REFINED
 from protorefine.napari.widgets._common import (
     SlideResults,
     WorkflowWidget,
-    check_coarse,
     edited_outlines,
     load_results,
     pipeline_for,
+    runnable_project,
     show_outline,
     show_results,
     style_result_layers,
 )
 from protorefine.napari.widgets._plot import LinePlot
-from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
+from protorefine.napari.widgets._worker import TaskContext, TaskRunner
 
 #: Plot series: loss per epoch, held-out loss and agreement per epoch (first round, when
 #: patches are held out), agreement with the pseudo-labels after each round.
@@ -141,11 +141,8 @@ class RefineWidget(WorkflowWidget):
 
     def run(self, *, invalidate: str | None = None) -> bool:
         """Start pseudo-labelling, training and output; ``invalidate`` reruns from that stage."""
-        project = self.state.project
+        project = runnable_project(self.state)
         if project is None:
-            notify("warning", "Open or create a project first ('Project and slides').")
-            return False
-        if not check_coarse(self.state):
             return False
         config = self._config(project)
         redraw_only = not invalidate and self._redraw_only(project, config)

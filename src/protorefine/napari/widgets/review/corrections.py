@@ -20,10 +20,10 @@ from protorefine.napari.state import ProtorefineState
 from protorefine.napari.widgets._common import (
     SlideResults,
     add_shortcut,
-    check_coarse,
     edited_outlines,
     load_results,
     pipeline_for,
+    runnable_project,
     show_results,
 )
 from protorefine.napari.widgets._worker import TaskContext, TaskRunner, notify
@@ -174,11 +174,8 @@ class CorrectionsPanel(QWidget):
 
     def retrain(self) -> bool:
         """Save the corrections and rerun pseudo-labels, classifier and output in a worker thread."""
-        project = self.state.project
+        project = runnable_project(self.state)
         if project is None:
-            notify("warning", "Open or create a project first ('Project and slides').")
-            return False
-        if not check_coarse(self.state):
             return False
         edited = edited_outlines(project)  # before new corrections make the outline stale
         self.save_corrections()
