@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from protorefine.errors import ProtorefineError
+from protorefine.features.device import resolve_device
 from protorefine.refine.classifier import train_classifier
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.prototypes import embed_for_cosine
@@ -40,15 +41,6 @@ def _check(features: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, np.nda
     return f, c.astype(np.int64)
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ProtorefineError(f"device {device!r}: not a torch device") from exc
-
-
 def coarse_classifier(
     features: np.ndarray,
     coarse: np.ndarray,
@@ -70,7 +62,7 @@ def coarse_classifier(
     if c.min() == c.max():
         return np.full(len(c), float(c[0]), dtype=np.float32)
     cfg = (config or RefineConfig()).replace(seed=int(seed), device=device, rounds=1)
-    x = torch.from_numpy(f).to(_device(device))
+    x = torch.from_numpy(f).to(resolve_device(device))
     res = train_classifier(
         x,
         c.astype(np.int8),
