@@ -1,5 +1,8 @@
 """Time every refinement stage after features (prototypes -> output polygons) on N patches.
 
+It runs the pipeline's own steps (``protorefine.refine.steps``) on an in-memory ``Cohort``,
+without the project's file reads and writes.
+
 Target: all stages for 10,000 patches with 1280-d features (EfficientNet-Lite0 width)
 in under 10 s on 2 CPU cores. Features are synthetic clouds (tumour and normal
 patterns per slide) laid on grids of ``--slides`` slides; the timing does not
@@ -59,17 +62,24 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
 
     ``blocks``: feature widths of a combined encoder (``dim`` is then their sum).
     """
-    from protorefine.annotations import smooth_outline, vectorize
     from protorefine.features import make_grid
-    from protorefine.refine.classifier import train_classifier
-    from protorefine.refine.config import RefineConfig
-    from protorefine.refine.postprocess import prob_to_fine_mask, prob_to_mask, scatter_grid
-    from protorefine.refine.prototypes import build_prototypes, embed_for_cosine
-    from protorefine.refine.pseudolabels import make_pseudo_labels
+    from protorefine.refine import (
+        Cohort,
+        RefineConfig,
+        classifier_step,
+        outline_step,
+        probability_step,
+        prototypes_step,
+        pseudo_labels_step,
+    )
+    from protorefine.refine.postprocess import scatter_grid
     from protorefine.refine.stain_clusters import cell_features, cell_sums
     from protorefine.slides.base import Slide
 
     f, c, d, s, rc = cohort(n, dim, slides)
+    ids = [str(k) for k in np.unique(s)]
+    coh = Cohort.stack([(sid, f[s == k], rc[s == k]) for k, sid in enumerate(ids)], blocks)
+    coh.coarse, coh.distance = c.astype(np.float32), d.astype(np.float32)
     cfg = RefineConfig(device="cpu")
     side = int(rc.max()) + 1
     block = np.random.default_rng(1).integers(60, 250, (224, 224, 3), dtype=np.uint8)
@@ -77,35 +87,37 @@ def run(n: int, dim: int, slides: int, blocks: tuple[int, ...] | None = None) ->
     pixel_grid = make_grid(image, patch_size=224, tissue=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
-    x = embed_for_cosine(torch.from_numpy(f), "none", blocks)
-    protos = build_prototypes(
-        x, c, s, distance=d, config=cfg, generator=torch.Generator().manual_seed(0)
-    )
+    protos = prototypes_step(coh, cfg)
     times["prototypes"] = time.perf_counter() - t
     t = time.perf_counter()
-    pl = make_pseudo_labels(x, c, s, rc, protos, distance=d, config=cfg)
+    pl = pseudo_labels_step(coh, protos, cfg)
     times["pseudo_labels"] = time.perf_counter() - t
     t = time.perf_counter()
-    cr = train_classifier(
-        torch.from_numpy(f), pl.pseudo, pl.confidence, pl.proto_score, config=cfg, blocks=blocks
-    )
+    cr = classifier_step(coh, pl, cfg)
     times["classifier"] = time.perf_counter() - t
     t = time.perf_counter()
+    prob = probability_step(coh, cr.model, pl.score, cfg)
     polygons = 0
-    for k in np.unique(s):
-        idx = np.flatnonzero(s == k)
-        grid = scatter_grid(cr.prob[idx], rc[idx])
-        tissue = scatter_grid(np.ones(len(idx), bool), rc[idx], grid.shape, fill=False)
-        prob_to_mask(grid, tissue=tissue, config=cfg)  # the per-patch mask, as the pipeline
+    for sid in ids:
+        rows = coh.slide_rows(sid)
+        grid = scatter_grid(prob[rows], coh.rc[rows])
+        tissue = scatter_grid(
+            np.ones(rows.stop - rows.start, bool), coh.rc[rows], grid.shape, fill=False
+        )
         colour = cell_features(cell_sums(image, pixel_grid, cfg.output_upsample))
         colour = colour[
             : grid.shape[0] * cfg.output_upsample, : grid.shape[1] * cfg.output_upsample
         ]
-        fine = prob_to_fine_mask(grid, tissue=tissue, config=cfg, colour=colour)
-        step = 224.0 / cfg.output_upsample
-        for ann in vectorize(fine, step):
-            smooth_outline(ann.geometry, step, cfg.outline_smoothing)
-            polygons += 1
+        out = outline_step(
+            grid,
+            tissue,
+            cfg,
+            cell=224.0,
+            shape=(grid.shape[0] * 224, grid.shape[1] * 224),
+            classification="Tumor",
+            colour=colour,
+        )
+        polygons += len(out.outline.annotations)
     times["output"] = time.perf_counter() - t
     times["total"] = sum(times.values())
     return {
