@@ -17,6 +17,7 @@ from protorefine.cli import main
 from protorefine.errors import ProtorefineError
 from protorefine.project import Project
 from protorefine.project.pipeline import Pipeline
+from protorefine.project.stages import FormatV1
 from refine_synth import write_slide_case
 
 FAST = ["--patch-size", "64", "--encoder", "colour-texture", "--device", "cpu"]
@@ -438,7 +439,7 @@ def test_a_project_from_before_path_free_fingerprints_keeps_its_results(refined,
     for stage in Pipeline.STAGES:  # as an earlier version wrote them
         marker = old.stage_dir(stage) / "done.json"
         info = json.loads(marker.read_text())
-        info["fingerprint"] = old.fingerprint(stage, legacy=True)
+        info["fingerprint"] = old.fingerprint(stage, fmt=FormatV1())
         marker.write_text(json.dumps(info))
     project = Project.open(folder)
     assert all(project.stage_done(s) for s in Pipeline.STAGES)

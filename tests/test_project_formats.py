@@ -86,7 +86,7 @@ def test_marks_of_the_first_format_hold_until_prototypes_record_their_build(proj
 
 def test_first_format_fingerprints_hold_the_slide_path(project, tmp_path):
     v1 = project.fingerprint("grid", fmt=FormatV1())
-    assert project.fingerprint("grid", legacy=True) == v1 != project.fingerprint("grid")
+    assert v1 != project.fingerprint("grid")
     current = project.fingerprint("grid")
     project.slides[0].path = str(tmp_path / "moved.png")
     assert project.fingerprint("grid") == current  # the slide, not where its file lies

@@ -273,16 +273,9 @@ class StagesMixin:
             if outer is None:
                 self._reading.memo = None
 
-    def fingerprint(
-        self, name: str, *, fmt: FormatV1 = CURRENT_FORMAT, legacy: bool = False
-    ) -> str:
+    def fingerprint(self, name: str, *, fmt: FormatV1 = CURRENT_FORMAT) -> str:
         """Hash of everything a stage's output depends on (chained through earlier stages),
-        as projects of format ``fmt`` computed it.
-
-        ``legacy``: as :class:`FormatV1` computed it (with slide paths).
-        """
-        if legacy:
-            fmt = FormatV1()
+        as projects of format ``fmt`` computed it (:class:`FormatV1`: with slide paths)."""
         memo = getattr(self._reading, "memo", None)
         if memo is not None and fmt is CURRENT_FORMAT:
             if name not in memo:
