@@ -634,3 +634,42 @@ def test_colour_prototypes_off_redraws_only_the_outline(refined, case, tmp_path)
     assert report["config"]["colour_prototypes"] == 0
     after = read_geojson(out / "s1.geojson").union()
     assert after.symmetric_difference(before).area > 0.01 * before.area
+
+
+def _user_folder(path):
+    path.mkdir(parents=True)
+    (path / "keep.txt").write_text("the user's work")
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_json_into_an_existing_folder_is_refused_and_keeps_it(
+    refined, case, capsys, tmp_path
+):
+    folder = _user_folder(tmp_path / "results")
+    args = ["evaluate", "--pred", str(refined), "--gt", str(case["gt"].parent)]
+    args += ["--slides", str(case["slide"].parent), "--json", str(folder)]
+    assert main(args) == 2
+    assert "results: is a folder" in one_error_line(capsys)
+    assert (folder / "keep.txt").read_text() == "the user's work"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["s1.geojson", "tumour_measurements.csv", "s1_refined.png"])
+def test_export_never_deletes_a_folder_named_like_a_result(refined, tmp_path, capsys, name):
+    out = tmp_path / "o"
+    folder = _user_folder(out / name)
+    assert main(["export", str(refined / "project"), "--out", str(out)]) == 2
+    assert f"{name}: is a folder" in one_error_line(capsys)
+    assert (folder / "keep.txt").read_text() == "the user's work"
+    assert sorted(p.name for p in out.iterdir()) == [name]  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_refine_refuses_a_folder_named_like_a_result_before_the_run(case, tmp_path, capsys):
+    out = tmp_path / "o"
+    folder = _user_folder(out / "report.json")
+    args = refine_args(case["slide"], case["coarse"], out, *FAST)
+    assert main([*args, "--project", str(tmp_path / "p")]) == 2
+    assert "report.json: is a folder" in one_error_line(capsys)
+    assert (folder / "keep.txt").exists() and not (tmp_path / "p").exists()

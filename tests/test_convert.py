@@ -205,3 +205,19 @@ def test_thin_image_and_white_chunks(tmp_path: Path) -> None:
     assert not (out / "0" / "0" / "0" / "1").exists()
     assert (out / "0" / "0" / "0" / "2").exists()
     assert zarr.open_array(out / "0", mode="r").fill_value == 255
+
+
+def test_convert_replaces_its_own_output_but_never_a_foreign_folder(tmp_path: Path) -> None:
+    target = tmp_path / "s.zarr"
+    convert_to_ome_zarr(Slide.from_array(_image(200, 200, seed=1), name="s"), target)
+    new = Slide.from_array(_image(300, 300, seed=2), name="s")
+    convert_to_ome_zarr(new, target)  # a rerun replaces the earlier conversion
+    np.testing.assert_array_equal(np.asarray(open_slide(target).levels[0]), _image(300, 300, 2))
+
+    foreign = tmp_path / "f.zarr"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("the user's work")
+    with pytest.raises(ProtorefineError, match=r"f\.zarr: .*not written by protorefine"):
+        convert_to_ome_zarr(new, foreign)
+    assert (foreign / "keep.txt").read_text() == "the user's work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr", "s.zarr"]

@@ -9,15 +9,22 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from protorefine.errors import ProtorefineError
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], *, replace_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success move it onto ``target``.
 
     Works for files and for folders (e.g. a zarr store). On error the temporary
-    path is removed and ``target`` is left untouched.
+    path is removed and ``target`` is left untouched. An existing folder at ``target``
+    is refused (:func:`refuse_folder`) before anything is written: only callers that
+    replace a folder they made themselves (a project's stage folder, an OME-Zarr they
+    wrote) pass ``replace_dir=True``.
     """
     target = Path(target)
+    if not replace_dir:
+        refuse_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp_item = tmp / target.name
@@ -34,6 +41,15 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp_item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_folder(target: str | os.PathLike[str]) -> None:
+    """One-line error when ``target``, where a file is to be written, is an existing folder
+    (or a link to one): what is in it is not the program's to delete."""
+    if Path(target).is_dir():
+        raise ProtorefineError(
+            f"{target}: is a folder, not a file to write; nothing was written (choose another name)"
+        )
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:

@@ -6,12 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from protorefine._atomic import atomic_write_text
+from protorefine._atomic import atomic_write_text, refuse_folder
 from protorefine.evaluate import evaluate_folders, format_table
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """``protorefine evaluate``: print the metrics table (and write JSON with ``--json``)."""
+    if getattr(args, "json", None):
+        refuse_folder(args.json)  # before the scoring, not after it
     result = evaluate_folders(
         Path(args.pred),
         Path(args.gt),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import protorefine
-from protorefine._atomic import atomic_write_bytes, atomic_write_text
+from protorefine._atomic import atomic_write_bytes, atomic_write_text, refuse_folder
 from protorefine._types import Progress
 from protorefine.annotations.masks import check_mask_size
 from protorefine.cli.progress import tqdm_progress
@@ -29,7 +29,7 @@ from protorefine.features.encoders import parse_encoder_name
 from protorefine.project import Project, checked_mpp, slide_stem
 from protorefine.project.labels_export import export_refined_labels
 from protorefine.project.pipeline import Pipeline, prepare_project
-from protorefine.project.review import changes_report
+from protorefine.project.review import MEASUREMENTS_CSV, changes_report
 from protorefine.refine.config import RefineConfig
 
 
@@ -74,6 +74,18 @@ def _refuse_overwriting_inputs(pairs: list[tuple[Path, Path]], args: argparse.Na
                     f"{out / target.name}: the refined outline would overwrite {inputs[target]}; "
                     "give another --out folder"
                 )
+
+
+def _refuse_folder_targets(
+    out: Path, ids: list[str], args: argparse.Namespace, *, report: bool = False
+) -> None:
+    """A folder where a result file is to be written is the user's: stop before anything
+    is written (and, for ``refine``, before the run)."""
+    names = [MEASUREMENTS_CSV, *(["report.json"] if report else [])]
+    for sid in ids:
+        names += [f"{sid}{suffix}" for suffix in (*_outline_suffixes(args), GRID_PNG_SUFFIX)]
+    for name in names:
+        refuse_folder(out / name)
 
 
 def pair_by_stem(slides: list[str], coarse: list[str]) -> list[tuple[Path, Path]]:
@@ -159,6 +171,8 @@ def refine_command(args: argparse.Namespace) -> int:
     if args.encoder:  # before the project changes: a typo keeps its results
         parse_encoder_name(args.encoder)
     _refuse_overwriting_inputs(pairs, args)
+    stems = [slide_stem(slide) for slide, _ in pairs]
+    _refuse_folder_targets(Path(args.out), stems, args, report=True)
     out = _output_folder(args)
     folder = Path(args.project) if getattr(args, "project", None) else out / "project"
     project, ids = prepare_project(
@@ -210,6 +224,7 @@ def export_command(args: argparse.Namespace) -> int:
                 "napari's Review pane, or export without --reviewed-only"
             )
     _check_masks(project, ids, args)
+    _refuse_folder_targets(Path(args.out), ids, args)
     out = _output_folder(args)
     bars = StageBars()
     write_outputs(project, ids, out, args, bars)

@@ -120,7 +120,7 @@ def write_grid_labels(
             },
         )
         target = zarr_path / "labels" / name
-        with atomic_path(target) as tmp:
+        with atomic_path(target, replace_dir=True) as tmp:  # labels ``name``, documented above
             shutil.copytree(staging / "labels" / name, tmp)
         _list_label(zarr_path / "labels", name)
     finally:

@@ -164,7 +164,7 @@ class Pipeline:
     def _stage_writer(self, name: str) -> Iterator[Path]:
         """A temporary stage folder that replaces the stored one only when the stage finishes."""
         target = self.project.stage_dir(name)
-        with atomic_path(target) as tmp:
+        with atomic_path(target, replace_dir=True) as tmp:  # the project's own stage folder
             tmp.mkdir(parents=True)
             yield tmp
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from protorefine._atomic import atomic_write_text
+from protorefine._atomic import atomic_write_text, refuse_folder
 from protorefine._types import Cancel, Progress
 from protorefine.annotations import (
     Annotation,
@@ -256,10 +256,12 @@ class ReviewMixin(StagesMixin):
     ) -> None:
         """Refuse an export into the folder of the coarse files: a ``<slide><suffix>`` there
         that holds that slide's coarse outline is the pathologist's work, not an earlier
-        export (which may be overwritten)."""
+        export (which may be overwritten). A target that is a folder is refused too."""
+        refuse_folder(Path(folder) / MEASUREMENTS_CSV)
         for sid in slides:
             for suffix in suffixes:
                 target = Path(folder) / f"{sid}{suffix}"
+                refuse_folder(target)
                 if target.suffix.lower() not in (".geojson", ".json", ".xml"):
                     continue
                 if not target.is_file():

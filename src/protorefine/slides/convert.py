@@ -10,6 +10,7 @@ by a few tiles per worker whatever the slide size.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -181,6 +182,16 @@ def _run_tiles(
             raise
 
 
+def written_by_protorefine(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a zarr folder whose root attributes carry the ``protorefine``
+    entry :func:`convert_to_ome_zarr` writes (so replacing it loses nothing of the user's)."""
+    try:
+        attrs = json.loads((Path(path) / ".zattrs").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(attrs, dict) and isinstance(attrs.get("protorefine"), dict)
+
+
 def convert_to_ome_zarr(
     slide_or_path: Slide | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -193,7 +204,9 @@ def convert_to_ome_zarr(
     """Write ``slide_or_path`` as an OME-Zarr multiscale image at ``out`` and return ``out``.
 
     The write is atomic (temporary folder, then rename): on error or cancel the
-    target is left as it was. ``progress(done, total, message)`` counts tiles.
+    target is left as it was. An existing ``out`` is replaced only when it is an
+    OME-Zarr that protorefine wrote (an earlier conversion); any other folder is refused.
+    ``progress(done, total, message)`` counts tiles.
     """
     if isinstance(slide_or_path, Slide):
         slide = slide_or_path
@@ -204,6 +217,11 @@ def convert_to_ome_zarr(
     if min_size < 1:
         raise ProtorefineError(f"min_size={min_size}: must be at least 1 pixel")
     out = Path(out)
+    if out.is_dir() and not written_by_protorefine(out):
+        raise ProtorefineError(
+            f"{out}: an existing folder not written by protorefine; nothing was written "
+            "(choose another name)"
+        )
     plans = plan_levels(slide, min_size)
     counts = [len(list(_tiles(p.shape, tile))) for p in plans]
     total = sum(counts)
@@ -221,7 +239,7 @@ def convert_to_ome_zarr(
 
     if progress is not None:
         progress(0, total, "level 0")
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace_dir=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         arrays: list[_Level] = []
         for k, plan in enumerate(plans):
