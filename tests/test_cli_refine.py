@@ -673,3 +673,32 @@ def test_refine_refuses_a_folder_named_like_a_result_before_the_run(case, tmp_pa
     assert main([*args, "--project", str(tmp_path / "p")]) == 2
     assert "report.json: is a folder" in one_error_line(capsys)
     assert (folder / "keep.txt").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_a_same_stem_geojson_protorefine_did_not_write_is_never_overwritten(
+    refined, case, tmp_path, capsys
+):
+    """``--out`` holding ``s1.geojson`` that is not an earlier result (here the ground
+    truth): refine (before the run) and export stop and name it; earlier results are
+    recognised by what protorefine writes into them and are replaced as before."""
+    out = tmp_path / "o"
+    out.mkdir()
+    truth = out / "s1.geojson"
+    shutil.copy(case["gt"], truth)
+    before = truth.read_bytes()
+    args = refine_args(case["slide"], case["coarse"], out, *FAST)
+    assert main([*args, "--project", str(tmp_path / "p")]) == 2
+    line = one_error_line(capsys)
+    assert "o/s1.geojson: protorefine did not write this file" in line
+    assert truth.read_bytes() == before and not (tmp_path / "p").exists()
+
+    assert main(["export", str(refined / "project"), "--out", str(out)]) == 2
+    assert "o/s1.geojson: protorefine did not write this file" in one_error_line(capsys)
+    assert truth.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["s1.geojson"]
+
+    # an earlier result (the same outline, written by protorefine) is replaced
+    assert main(["export", str(refined / "project"), "--out", str(out / "again")]) == 0
+    assert main(["export", str(refined / "project"), "--out", str(out / "again")]) == 0
+    assert main(refine_args(case["slide"], case["coarse"], refined, *FAST)) == 0

@@ -37,6 +37,9 @@ from protorefine.annotations.model import UNCLASSIFIED, Annotation, AnnotationSe
 from protorefine.annotations.validate import clean
 from protorefine.errors import ProtorefineError
 
+#: Top-level member (an RFC 7946 foreign member) of the outline files protorefine exports:
+#: marks a file as protorefine's own result, which a later export may replace.
+WRITER_KEY = "protorefine"
 #: Property key under which the classification colour read from a file is kept.
 CLASS_COLOR = "class_color"
 _INTERNAL_KEYS = (CLASS_COLOR, ASAP_GROUP)
@@ -256,13 +259,32 @@ def feature(ann: Annotation) -> dict:
     }
 
 
-def to_geojson_text(annset: AnnotationSet) -> str:
-    """The set as a FeatureCollection text, one feature per line."""
+def to_geojson_text(annset: AnnotationSet, writer: dict | None = None) -> str:
+    """The set as a FeatureCollection text, one feature per line (with ``writer`` as the
+    top-level :data:`WRITER_KEY` member when given)."""
     feats = [feature(a) for a in annset if not a.geometry.is_empty]
     body = ",\n".join(json.dumps(f, separators=(",", ":")) for f in feats)
-    return '{"type":"FeatureCollection","features":[\n' + body + "\n]}\n"
+    head = '{"type":"FeatureCollection",'
+    if writer is not None:
+        head += f"{json.dumps(WRITER_KEY)}:{json.dumps(writer, separators=(',', ':'))},"
+    return head + '"features":[\n' + body + "\n]}\n"
 
 
-def write_geojson(annset: AnnotationSet, path: str | os.PathLike[str]) -> os.PathLike[str]:
-    """Write the set as a QuPath-importable FeatureCollection, atomically; returns the path."""
-    return atomic_write_text(path, to_geojson_text(annset))
+def write_geojson(
+    annset: AnnotationSet, path: str | os.PathLike[str], *, writer: dict | None = None
+) -> os.PathLike[str]:
+    """Write the set as a QuPath-importable FeatureCollection, atomically; returns the path.
+    ``writer`` (e.g. the version and slide) marks the file as protorefine's result
+    (:func:`written_by_protorefine`)."""
+    text = to_geojson_text(annset) if writer is None else to_geojson_text(annset, writer)
+    return atomic_write_text(path, text)
+
+
+def written_by_protorefine(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a GeoJSON file protorefine exported (it carries the top-level
+    :data:`WRITER_KEY` member; QuPath and other tools drop it when they save the file)."""
+    try:
+        obj = json.loads(read_input_text(path))
+    except (ProtorefineError, OSError, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get(WRITER_KEY), dict)

@@ -29,7 +29,7 @@ from protorefine.features.encoders import parse_encoder_name
 from protorefine.project import Project, checked_mpp, slide_stem
 from protorefine.project.labels_export import export_refined_labels
 from protorefine.project.pipeline import Pipeline, prepare_project
-from protorefine.project.review import MEASUREMENTS_CSV, changes_report
+from protorefine.project.review import MEASUREMENTS_CSV, changes_report, refuse_foreign_outline
 from protorefine.refine.config import RefineConfig
 
 
@@ -79,11 +79,16 @@ def _refuse_overwriting_inputs(pairs: list[tuple[Path, Path]], args: argparse.Na
 def _refuse_folder_targets(
     out: Path, ids: list[str], args: argparse.Namespace, *, report: bool = False
 ) -> None:
-    """A folder where a result file is to be written is the user's: stop before anything
-    is written (and, for ``refine``, before the run)."""
+    """A folder where a result file is to be written, or a same-name GeoJSON that protorefine
+    did not write (a ground truth), is the user's: stop before anything is written (and, for
+    ``refine``, before the run)."""
     names = [MEASUREMENTS_CSV, *(["report.json"] if report else [])]
     for sid in ids:
-        names += [f"{sid}{suffix}" for suffix in (*_outline_suffixes(args), GRID_PNG_SUFFIX)]
+        outlines = [out / f"{sid}{suffix}" for suffix in _outline_suffixes(args)]
+        for target in outlines:
+            refuse_folder(target)
+            refuse_foreign_outline(target)
+        names.append(f"{sid}{GRID_PNG_SUFFIX}")
     for name in names:
         refuse_folder(out / name)
 
@@ -224,6 +229,8 @@ def export_command(args: argparse.Namespace) -> int:
                 "napari's Review pane, or export without --reviewed-only"
             )
     _check_masks(project, ids, args)
+    with project.reading():  # the coarse outline named as such, before anything is written
+        project.check_export_targets(Path(args.out), _outline_suffixes(args), ids)
     _refuse_folder_targets(Path(args.out), ids, args)
     out = _output_folder(args)
     bars = StageBars()

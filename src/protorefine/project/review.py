@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
+from protorefine import __version__
 from protorefine._atomic import atomic_write_text, refuse_folder
 from protorefine._types import Cancel, Progress
 from protorefine.annotations import (
@@ -35,6 +36,7 @@ from protorefine.annotations import (
     write_geojson,
 )
 from protorefine.annotations.classes import polygonal
+from protorefine.annotations.geojson import written_by_protorefine
 from protorefine.annotations.masks import write_mask
 from protorefine.annotations.model import TUMOR, AnnotationSet
 from protorefine.errors import CancelledError, ProtorefineError
@@ -206,7 +208,11 @@ class ReviewMixin(StagesMixin):
         elif suffix == ".xml":
             write_asap_xml(outline, path)
         else:
-            write_geojson(with_measurements(outline, self.slide(slide_id).mpp), path)
+            write_geojson(
+                with_measurements(outline, self.slide(slide_id).mpp),
+                path,
+                writer={"version": __version__, "slide": slide_id},  # ours, replaceable
+            )
         return path
 
     def export_refined(
@@ -256,7 +262,8 @@ class ReviewMixin(StagesMixin):
     ) -> None:
         """Refuse an export into the folder of the coarse files: a ``<slide><suffix>`` there
         that holds that slide's coarse outline is the pathologist's work, not an earlier
-        export (which may be overwritten). A target that is a folder is refused too."""
+        export (which may be overwritten). A target that is a folder is refused too, and so is
+        a GeoJSON target that protorefine did not write (:func:`refuse_foreign_outline`)."""
         refuse_folder(Path(folder) / MEASUREMENTS_CSV)
         for sid in slides:
             for suffix in suffixes:
@@ -273,12 +280,13 @@ class ReviewMixin(StagesMixin):
                         for shape in (None, self.slide(sid).shape)
                     ]
                 except ProtorefineError:
-                    continue  # not an outline: nothing of the pathologist's to keep
+                    there = []  # not an outline
                 if any(same_annotations(coarse, t) for t in there):
                     raise ProtorefineError(
                         f"{target}: holds the coarse outline of slide {sid!r}, which the export "
                         "would overwrite; choose another folder"
                     )
+                refuse_foreign_outline(target)
 
     def measurements(self, slide_id: str) -> dict[str, Measurements]:
         """Regions, area and greatest dimension of the coarse and (when run) accepted outlines."""
@@ -315,6 +323,21 @@ class ReviewMixin(StagesMixin):
                 and self.review_state(s.id) != "reviewed"
             ]
         return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
+
+
+def refuse_foreign_outline(target: str | os.PathLike[str]) -> None:
+    """One-line error when ``target``, where an outline is to be exported, is a GeoJSON file
+    that protorefine did not write (e.g. a ground truth with the slide's name): the user's
+    work. An earlier export or refine result carries protorefine's mark and may be replaced."""
+    target = Path(target)
+    if target.suffix.lower() not in (".geojson", ".json") or not target.is_file():
+        return
+    if not written_by_protorefine(target):
+        raise ProtorefineError(
+            f"{target}: protorefine did not write this file (an outline of the user's, e.g. a "
+            "ground truth?) and the refined outline would overwrite it; move it or choose "
+            "another output folder"
+        )
 
 
 def same_annotations(a: AnnotationSet | None, b: AnnotationSet | None) -> bool:
