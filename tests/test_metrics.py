@@ -45,3 +45,60 @@ def test_table_lists_slides_and_mean():
     assert lines[0].startswith("slide") and "coa dice" in lines[0] and "ref recall" in lines[0]
     assert lines[1].startswith("a") and "0.8000" in lines[1]
     assert lines[2].startswith("mean")
+
+
+def _slide_like(h: int = 300, w: int = 400) -> np.ndarray:
+    """White background with pink-purple tissue: an H&E slide's colours, not a mask's."""
+    rng = np.random.default_rng(0)
+    img = np.full((h, w, 3), 240, np.uint8)
+    tissue = rng.integers(0, 80, (h // 2, w // 2, 3)) + np.array([150, 60, 140])
+    img[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = tissue.astype(np.uint8)
+    return img
+
+
+@pytest.mark.parametrize("tile", [None, (64, 64)])
+def test_a_slide_tif_in_the_ground_truth_folder_is_refused(tmp_path, tile):
+    import tifffile
+    from shapely.geometry import box
+
+    from protorefine.annotations import Annotation, AnnotationSet, write_geojson
+    from protorefine.evaluate import evaluate_folders
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    tifffile.imwrite(gt / "s1.tif", _slide_like(), photometric="rgb", tile=tile)
+    write_geojson(AnnotationSet([Annotation(box(100, 75, 300, 225), "Tumor")]), pred / "s1.geojson")
+    with pytest.raises(ProtorefineError, match=r"s1\.tif: .*RGB image.*not a mask") as exc:
+        evaluate_folders(pred, gt)
+    assert "\n" not in str(exc.value)
+
+
+def test_rgb_masks_are_still_read(tmp_path):
+    """0/255 and 0/1 masks saved as RGB, and masks drawn in a few label colours, still count."""
+    import tifffile
+    from PIL import Image
+
+    from protorefine.annotations import rasterize, read_annotations
+
+    m = np.zeros((60, 80), bool)
+    m[10:40, 20:60] = True
+    for name, rgb in {
+        "grey.tif": np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=-1),
+        "ones.tif": np.repeat(m.astype(np.uint8)[..., None], 3, axis=-1),
+        "red.png": np.stack([m * 255, m * 0, m * 0], axis=-1).astype(np.uint8),
+    }.items():
+        path = tmp_path / name
+        if name.endswith(".tif"):
+            tifffile.imwrite(path, rgb, photometric="rgb")
+        else:
+            Image.fromarray(rgb).save(path)
+        back = read_annotations(path, slide_shape=(60, 80))
+        np.testing.assert_array_equal(rasterize(back, (60, 80), 1), m)
+    labels = np.zeros((60, 80, 3), np.uint8)  # three classes in three colours
+    labels[5:20, 5:20] = (255, 0, 0)
+    labels[30:50, 40:70] = (0, 255, 0)
+    labels[25:28, 5:75] = (0, 0, 255)
+    Image.fromarray(labels).save(tmp_path / "classes.png")
+    back = read_annotations(tmp_path / "classes.png", slide_shape=(60, 80))
+    np.testing.assert_array_equal(rasterize(back, (60, 80), 1), labels.max(axis=-1) > 0)

@@ -31,6 +31,9 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 #: Largest mask written (pixels): one byte each while it is built, twice over.
 MAX_MASK_PIXELS = 2**30
 _META_KEY = "protorefine"
+#: More distinct colours (grey levels aside) than this in an RGB image: a slide or a photo,
+#: not a mask (0/255 or 0/1, a few label colours, or one colour's anti-aliased shades).
+MAX_MASK_COLOURS = 256
 
 
 def _suffix(path: Path) -> str:
@@ -49,6 +52,8 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 desc = getattr(page, "description", "") or ""
+                if tif.series and len(tif.series[0].levels) > 1:  # a pyramid: look small first
+                    refuse_slide_colours(tif.series[0].levels[-1].asarray(), path)
                 arr = tif.series[0].levels[0].asarray() if tif.series else page.asarray()
             if desc.startswith("{") and _META_KEY in desc:
                 meta = json.loads(desc).get(_META_KEY, {})
@@ -75,10 +80,32 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
     return arr, meta
 
 
+def refuse_slide_colours(arr: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """One-line error when ``arr`` is an RGB(A) image in the colours of a slide or photo
+    (more than :data:`MAX_MASK_COLOURS` distinct non-grey colours in a sample of it), where
+    a mask is expected: read as a mask, its every non-black pixel would count as tumour."""
+    a = np.asarray(arr)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        return
+    step = max(1, max(a.shape[0], a.shape[1]) // 512)
+    sample = a[::step, ::step, :3].reshape(-1, 3)
+    colour = sample[sample.max(axis=1) != sample.min(axis=1)]
+    n = len(np.unique(colour, axis=0))
+    if n > MAX_MASK_COLOURS:
+        raise ProtorefineError(
+            f"{path}: an RGB image with {n} or more colours, not a mask (a 0/255 or 0/1 image, "
+            "or a few label colours); is it a slide?"
+        )
+
+
 def _binary(arr: np.ndarray, path: Path, lossy: bool) -> tuple[np.ndarray, list[str]]:
-    """A 2-D bool mask from any grey / RGB(A) / label image: non-zero (or > half on JPEG)."""
+    """A 2-D bool mask from any grey / RGB(A) / label image: non-zero (or > half on JPEG).
+    An RGB image in a slide's colours is refused (:func:`refuse_slide_colours`; not for
+    JPEG, whose artefacts blend colours)."""
     a = np.asarray(arr)
     notes: list[str] = []
+    if not lossy:
+        refuse_slide_colours(a, path)
     if a.ndim == 3 and a.shape[-1] in (2, 4):
         a = a[..., : a.shape[-1] - 1]  # drop alpha
     if a.ndim == 3 and a.shape[-1] in (1, 3):
