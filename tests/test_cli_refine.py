@@ -702,3 +702,13 @@ def test_a_same_stem_geojson_protorefine_did_not_write_is_never_overwritten(
     assert main(["export", str(refined / "project"), "--out", str(out / "again")]) == 0
     assert main(["export", str(refined / "project"), "--out", str(out / "again")]) == 0
     assert main(refine_args(case["slide"], case["coarse"], refined, *FAST)) == 0
+
+
+@pytest.mark.parametrize("value", ["1", "0"])
+def test_a_threshold_that_cannot_draw_an_outline_is_refused_before_the_run(
+    case, tmp_path, capsys, value
+):
+    args = refine_args(case["slide"], case["coarse"], tmp_path / "o", *FAST)
+    assert main([*args, "--project", str(tmp_path / "p"), "--threshold", value]) == 2
+    assert f"threshold={float(value)}: must be above 0 and below 1" in one_error_line(capsys)
+    assert not (tmp_path / "p").exists()

@@ -120,13 +120,9 @@ def test_corrections_are_hard_labels(cohort):
 def test_prototype_relabels(cohort, result):
     f, c, t, s, rc, d = cohort
     g = int(np.argmax(result.global_scores))
-    r = run_steps(
-        f, c, s, rc, distance=d, marks={g: "normal"}, config=RefineConfig(epochs=4)
-    )
+    r = run_steps(f, c, s, rc, distance=d, marks={g: "normal"}, config=RefineConfig(epochs=4))
     assert (r.initial.pseudo[r.global_proto == g] == 0).all()
-    r2 = run_steps(
-        f, c, s, rc, distance=d, marks={g: "ignore"}, config=RefineConfig(epochs=4)
-    )
+    r2 = run_steps(f, c, s, rc, distance=d, marks={g: "ignore"}, config=RefineConfig(epochs=4))
     assert (r2.initial.confidence[r2.global_proto == g] == 0).all()
     with pytest.raises(ProtorefineError, match="prototype label 'maybe'"):
         run_steps(f, c, s, rc, marks={g: "maybe"}, config=RefineConfig(epochs=1))
@@ -303,3 +299,14 @@ def test_carry_marks_follows_patches_not_ids():
     assert marks == {1: "normal", 0: "tumour"}  # the straddling prototype 2 is left unmarked
     assert carry_marks({0: "normal"}, old, {"s": (xy + 500, new["s"][1])}, radius=75) == {}
     assert carry_marks({}, old, new, radius=75) == {}
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, -0.1, float("nan")])
+def test_a_threshold_that_cannot_draw_an_outline_is_refused(value):
+    """At 1 only corrected patches (probability exactly 1) would pass, at 0 every tissue patch:
+    neither is an outline the model drew."""
+    with pytest.raises(ProtorefineError, match=r"threshold=.*above 0 and below 1") as exc:
+        RefineConfig(threshold=value)
+    assert "\n" not in str(exc.value)
+    RefineConfig(threshold=0.05)
+    RefineConfig(threshold=0.95)

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="tumour probability a patch needs to be inside the refined outline (default 0.6; "
+        help="tumour probability a patch needs to be inside the refined outline (above 0 and "
+        "below 1, default 0.6; "
         "lower: looser, higher: tighter); a rerun with only this changed redraws the outline "
         "without retraining",
     )

@@ -164,10 +164,15 @@ class RefineConfig:
             raise ProtorefineError(
                 f"config colour_prototypes={self.colour_prototypes!r}: must be 0 (off) or >= 2"
             )
+        t = float(self.threshold)
+        if not 0.0 < t < 1.0:  # 1: only corrections (probability exactly 1); 0: all tissue
+            raise ProtorefineError(
+                f"config threshold={t!r}: must be above 0 and below 1 (no outline can be drawn "
+                "at 0 or 1)"
+            )
         for name in (
             "merge_threshold",
             "coarse_trust",
-            "threshold",
             "update_confidence",
             "final_blend",
             "colour_weight",
