@@ -20,6 +20,7 @@ from protorefine.annotations import (
     tumour_geometry,
     write_geojson,
 )
+from protorefine.errors import ProtorefineError
 
 SQUARE = [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]]
 HOLE_SQUARE = SQUARE + [[[20, 20], [40, 20], [40, 40], [20, 40], [20, 20]]]
@@ -216,3 +217,54 @@ def test_detections_and_lines_are_skipped_with_warnings(tmp_path: Path) -> None:
 def test_refined_outline_keeps_the_users_tumour_class(classes, expected) -> None:
     annset = AnnotationSet([Annotation(box(0, 0, side, side), name) for name, side in classes])
     assert tumour_class_name(annset) == expected
+
+
+def _tumour_feature(coords: list, *, fid: str | None = None, **props: object) -> dict:
+    feat: dict = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": coords},
+        "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}, **props},
+    }
+    if fid is not None:
+        feat["id"] = fid
+    return feat
+
+
+FAR = [[[500, 500], [600, 500], [600, 600], [500, 600], [500, 500]]]
+
+
+def test_qupath_02_detections_and_cells_are_left_out_and_named(tmp_path: Path) -> None:
+    """QuPath 0.2 lists say what an object is only in ``id``: a Tumor detection or cell is
+    not part of the outline."""
+    doc = [
+        _tumour_feature(SQUARE, fid="PathAnnotationObject"),
+        _tumour_feature(FAR, fid="PathDetectionObject"),
+        _tumour_feature(FAR, fid="PathCellObject"),
+        _tumour_feature(FAR, fid="PathCellObject"),
+        _tumour_feature(FAR, fid="PathTileObject"),
+    ]
+    back = read_geojson(_write_json(tmp_path, doc, "qupath02.json"))
+    assert tumour_geometry(back).equals(box(0, 0, 100, 100))
+    text = " ".join(back.warnings)
+    assert "qupath02.json: ignored 1 detection, 2 cell, 1 tile object(s)" in text
+
+
+def test_qupath_03_object_type_detections_and_cells_are_left_out_and_named(tmp_path: Path) -> None:
+    """QuPath 0.3 wrote ``properties.object_type``; 0.4+ ``objectType``."""
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            _tumour_feature(SQUARE, fid=str(uuid.uuid4()), object_type="annotation"),
+            _tumour_feature(FAR, fid=str(uuid.uuid4()), object_type="detection"),
+            _tumour_feature(FAR, fid=str(uuid.uuid4()), object_type="cell"),
+            _tumour_feature(FAR, fid=str(uuid.uuid4()), object_type="tile"),
+        ],
+    }
+    back = read_geojson(_write_json(tmp_path, doc, "qupath03.geojson"))
+    assert len(back) == 1 and tumour_geometry(back).equals(box(0, 0, 100, 100))
+    text = " ".join(back.warnings)
+    assert "qupath03.geojson: ignored 1 detection, 1 cell, 1 tile object(s)" in text
+    # only detections: no outline at all, said as such
+    doc["features"] = doc["features"][1:]
+    with pytest.raises(ProtorefineError, match="no Polygon or MultiPolygon annotation found"):
+        read_geojson(_write_json(tmp_path, doc, "cells.geojson"))

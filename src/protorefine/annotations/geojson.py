@@ -45,6 +45,14 @@ CLASS_COLOR = "class_color"
 _INTERNAL_KEYS = (CLASS_COLOR, ASAP_GROUP)
 _POLYGONAL = ("Polygon", "MultiPolygon", "GeometryCollection")
 _SKIPPED_OBJECTS = ("detection", "cell", "tile")
+#: What QuPath 0.2's feature ``id`` says an object is (0.3 wrote ``object_type``, 0.4+
+#: ``objectType``).
+_QUPATH_02_IDS = {
+    "PathAnnotationObject": "annotation",
+    "PathDetectionObject": "detection",
+    "PathCellObject": "cell",
+    "PathTileObject": "tile",
+}
 _GEOMETRY_TYPES = (
     "Point",
     "MultiPoint",
@@ -125,6 +133,15 @@ def _is_uuid(value: Any) -> bool:
     return True
 
 
+def _object_type(feat: dict, props: dict) -> str:
+    """What a QuPath object is (annotation, detection, cell, tile, ...), from ``objectType``
+    (0.4+), ``object_type`` (0.3) or the ``id`` (0.2); "annotation" when none says."""
+    for key in ("objectType", "object_type"):
+        if key in props:
+            return str(props[key]).lower()
+    return _QUPATH_02_IDS.get(str(feat.get("id")), "annotation")
+
+
 def parse_geojson(obj: Any, source: str, *, allow_empty: bool = False) -> AnnotationSet:
     """Annotations from an already parsed GeoJSON object (no cleaning, see :func:`read_geojson`)."""
     feats = _features(obj, source)
@@ -144,7 +161,7 @@ def parse_geojson(obj: Any, source: str, *, allow_empty: bool = False) -> Annota
         if kind not in _POLYGONAL:
             other[str(kind) if kind else "no geometry"] += 1
             continue
-        object_type = str(props.get("objectType", "annotation")).lower()
+        object_type = _object_type(feat, props)
         if object_type in _SKIPPED_OBJECTS:
             skipped_objects[object_type] += 1
             continue
@@ -159,7 +176,9 @@ def parse_geojson(obj: Any, source: str, *, allow_empty: bool = False) -> Annota
             continue
         name, color = _classification(props)
         extra = {
-            k: v for k, v in props.items() if k not in ("objectType", "classification", "name")
+            k: v
+            for k, v in props.items()
+            if k not in ("objectType", "object_type", "classification", "name")
         }
         if color is not None:
             extra[CLASS_COLOR] = color
