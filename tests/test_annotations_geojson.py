@@ -268,3 +268,21 @@ def test_qupath_03_object_type_detections_and_cells_are_left_out_and_named(tmp_p
     doc["features"] = doc["features"][1:]
     with pytest.raises(ProtorefineError, match="no Polygon or MultiPolygon annotation found"):
         read_geojson(_write_json(tmp_path, doc, "cells.geojson"))
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_coordinates_are_refused_naming_file_and_feature(
+    tmp_path: Path, bad: str
+) -> None:
+    good = '{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[0,0],[50,0],[50,50],[0,0]]]},"properties":{"name":"ok"}}'
+    poisoned = (
+        '{"type":"Feature","geometry":{"type":"Polygon","coordinates":'
+        f'[[[0,0],[{bad},10],[10,10],[0,0]]]}},"properties":{{"name":"bad one"}}}}'
+    )
+    p = tmp_path / "nan.geojson"
+    p.write_text('{"type":"FeatureCollection","features":[' + good + "," + poisoned + "]}")
+    with pytest.raises(ProtorefineError) as info:
+        read_geojson(p)
+    msg = str(info.value)
+    assert str(p) in msg and "annotation 2" in msg and "'bad one'" in msg
+    assert "not finite" in msg and "\n" not in msg

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -49,6 +50,11 @@ def clean(
         h, w = int(slide_shape[0]), int(slide_shape[1])
         frame = box(0, 0, w, h)
     for i, ann in enumerate(annset.annotations):
+        if not np.isfinite(shapely.get_coordinates(ann.geometry)).all():
+            raise ProtorefineError(
+                f"{source}: {_label(ann, i)} has coordinates that are not finite "
+                "(NaN or Infinity); give level-0 pixel numbers"
+            )
         geom, was_repaired = repair(ann.geometry)
         repaired += was_repaired
         if geom.is_empty or geom.area <= 0:
