@@ -712,3 +712,33 @@ def test_a_threshold_that_cannot_draw_an_outline_is_refused_before_the_run(
     assert main([*args, "--project", str(tmp_path / "p"), "--threshold", value]) == 2
     assert f"threshold={float(value)}: must be above 0 and below 1" in one_error_line(capsys)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("--mpp", "inf", "between 0.01 and 100"),
+        ("--mpp", "nan", "between 0.01 and 100"),
+        ("--mpp", "0", "between 0.01 and 100"),
+        ("--seed", str(2**70), "0 to 4294967295"),
+        ("--seed", "-1", "0 to 4294967295"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_at_parsing(
+    tmp_path, capsys, option, value, allowed
+) -> None:
+    """``--mpp inf`` and ``--seed 2**70`` gave tracebacks mid-run: refused before anything runs."""
+    args = refine_args(tmp_path / "s.png", tmp_path / "s.geojson", tmp_path / "out")
+    with pytest.raises(SystemExit) as info:
+        main([*args, option, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}" in err and allowed in err and value in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_parser_mpp_range_is_the_projects() -> None:
+    from protorefine.cli import _MPP_RANGE
+    from protorefine.project.store import MPP_RANGE
+
+    assert _MPP_RANGE == MPP_RANGE
