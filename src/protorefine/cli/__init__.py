@@ -16,6 +16,40 @@ from protorefine.errors import CancelledError, ProtorefineError
 
 __all__ = ["build_parser", "main", "tqdm_progress"]
 
+#: Pixel sizes the options accept (``protorefine.project.MPP_RANGE``, not imported: the
+#: parser answers ``--help`` without loading the library).
+_MPP_RANGE = (0.01, 100.0)
+#: Seeds every generator the method uses accepts (scikit-learn's k-means takes 0..2**32-1).
+_SEED_MAX = 2**32 - 1
+
+
+def _mpp_arg(text: str) -> float:
+    """A pixel size in microns within :data:`_MPP_RANGE`, or argparse's one-line error."""
+    lo, hi = _MPP_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"{text}: microns per pixel must be between {lo} and {hi} "
+            "(a 40x scan is about 0.25, 20x about 0.5)"
+        )
+    return value
+
+
+def _seed_arg(text: str) -> int:
+    """A seed from 0 to :data:`_SEED_MAX`, or argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text}: the seed must be a whole number from 0 to {_SEED_MAX}"
+        )
+    return value
+
 
 # The subcommands import their modules when run: the library pulls in torch, and
 # ``protorefine --help`` should answer at once.
@@ -108,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
-    g.add_argument("--mpp", type=float, default=None, help="target microns per pixel for patches")
+    g.add_argument(
+        "--mpp", type=_mpp_arg, default=None, help="target microns per pixel for patches"
+    )
     p.add_argument(
         "--slide-mpp",
         type=float,
@@ -143,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour groups per slide that let the outline follow stain boundaries inside a "
         "patch (default 32; 0: off, the outline then interpolates between patch centres)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     _output_options(p)
     p.set_defaults(func=_cmd_refine)
 
