@@ -39,8 +39,11 @@ from protorefine.project.stages import (
     PROTOTYPES_FILE,
     PSEUDO_FILE,
     REFINED_GRID_FILE,
+    DamagedFileError,
     cached_features_fit,
     feature_cache_files,
+    read_npy,
+    read_npz,
     slide_file,
 )
 from protorefine.project.store import Project, same_annotations, write_npz
@@ -57,6 +60,9 @@ from protorefine.refine.steps import (
     prototypes_step,
     pseudo_labels_step,
 )
+
+#: What to do about a damaged feature cache file: the features stage makes it again.
+_FEATURES_REMEDY = "run refine again: the features are recomputed"
 
 
 class Pipeline:
@@ -256,7 +262,11 @@ class Pipeline:
         cache = Path(self.project.stage_file("features", CACHE_FILE).read_text())
         key = str(feature_cache_files(cache, slide_id)[0])
         if key not in self._features:
-            self._features[key] = np.load(key)
+            try:
+                self._features[key] = read_npy(Path(key), remedy=_FEATURES_REMEDY)
+            except DamagedFileError:
+                self.project.forget_stage("features")  # a rerun makes the features again
+                raise
         return self._features[key]
 
     def cohort(self, *, coarse: bool = True) -> Cohort:
@@ -321,8 +331,7 @@ class Pipeline:
         }
 
     def _load(self, stage: str, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.project.stage_file(stage, name)) as d:
-            return {k: np.asarray(d[k]) for k in d.files}
+        return self.project.stage_arrays(stage, name)
 
     def _corrections_vector(self) -> np.ndarray | None:
         parts, any_set = [], False
@@ -355,12 +364,11 @@ class Pipeline:
             return {}
         old_dir = self.project.stage_dir("prototypes")
         try:
-            with np.load(old_dir / PROTOTYPES_FILE) as data:
-                old_gid = data["global_proto"]
-            with np.load(old_dir / COHORT_FILE) as data:
-                old_xy, old_cells = data["centres"], data["cells"]
+            old_gid = read_npz(old_dir / PROTOTYPES_FILE, ("global_proto",))["global_proto"]
+            data = read_npz(old_dir / COHORT_FILE, ("centres", "cells"))
+            old_xy, old_cells = data["centres"], data["cells"]
             old_index = json.loads((old_dir / INDEX_FILE).read_text())
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, DamagedFileError):
             return {}  # no earlier build with patch positions: nothing to carry
         old = {sid: (old_xy[a:b], old_gid[a:b]) for sid, (a, b) in old_index.items()}
         new = {sid: (centres[a:b], global_proto[a:b]) for sid, (a, b) in index.items()}
@@ -410,9 +418,11 @@ class Pipeline:
         if self.config.colour_prototypes <= 0 or self.config.colour_weight <= 0 or factor <= 1:
             return None
         path, cells = self.project.colour_cache(slide_id, factor)
+        sums: np.ndarray | None = None
         if path.exists() and cells.exists() and cells.read_text() == grid.signature():
-            sums = np.load(path)
-        else:
+            with contextlib.suppress(DamagedFileError):  # a damaged cache is read again
+                sums = read_npy(path)
+        if sums is None:
             sums = cell_sums(self.project.open_slide(slide_id), grid, factor, cancel=check)
             path.parent.mkdir(exist_ok=True)
             with atomic_path(path) as tmp:

@@ -306,8 +306,7 @@ class ReviewMixin(StagesMixin):
         if not self.stage_done("output"):
             return {}
         index = self._run_index()
-        with np.load(self._require("output") / PROB_FILE) as d:
-            prob = np.asarray(d["prob"])
+        prob = self.stage_arrays("output", PROB_FILE, ("prob",))["prob"]
         return {sid: unsure_share(prob[a:b]) for sid, (a, b) in index.items()}
 
     def review_order(self) -> list[str]:

@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,61 @@ def colour_cache_files(folder: Path, slide_id: str, factor: int) -> tuple[Path, 
     return path, path.with_suffix(CELLS_SUFFIX)
 
 
+# ---- reading stored arrays ------------------------------------------------------------------
+#: What a damaged stored array raises when read (a missing file is not damage: it passes).
+_DAMAGE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+#: What to do about a damaged stage output or cache: the next run makes it again.
+RERUN = "run refine again to recompute it"
+
+
+class DamagedFileError(ProtorefineError):
+    """A file of the project's own stored results does not read back (truncated, emptied,
+    not an array of numbers)."""
+
+
+def _damaged(path: Path, exc: BaseException, remedy: str) -> DamagedFileError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DamagedFileError(
+        f"{path}: the project's stored results are damaged ({reason}); {remedy}"
+    )
+
+
+def read_npy(path: Path, *, remedy: str = RERUN) -> np.ndarray:
+    """The array of a ``.npy`` file the project wrote (never a pickle); a damaged file is a
+    one-line :class:`DamagedFileError` naming it (a missing one raises FileNotFoundError)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except _DAMAGE as exc:
+        raise _damaged(Path(path), exc, remedy) from exc
+
+
+def read_npz(path: Path, keys: Sequence[str] = (), *, remedy: str = RERUN) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file the project wrote, read at once (never a pickle);
+    ``keys`` must be among them. A damaged file is a one-line :class:`DamagedFileError`
+    naming it (a missing one raises FileNotFoundError)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        return arrays
+    except FileNotFoundError:
+        raise
+    except _DAMAGE as exc:
+        raise _damaged(Path(path), exc, remedy) from exc
+
+
+def _npy_rows(path: Path) -> int | None:
+    """Rows of the whole ``.npy`` file of numbers at ``path`` (None: absent, damaged or a pickle)."""
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except (*_DAMAGE, IndexError):
+        return None
+
+
 @dataclass
 class SlideEntry:
     """One slide of a project (a row of ``slides.json``, and what the grid stage's
@@ -120,6 +177,10 @@ class SlideEntry:
     levels: int
     mpp: float | None = None
     mpp_by_user: bool = False
+
+
+#: What to do about damaged painted corrections (not recomputed: the pathologist painted them).
+_CORRECTIONS_REMEDY = "delete it and paint the slide's corrections again"
 
 
 # ---- project formats ----------------------------------------------------------------------
@@ -157,11 +218,11 @@ class FormatV1:
 
     def read_corrections(self, path: Path) -> tuple[np.ndarray, float | None]:
         """Painted corrections and the cell size they were painted at (None: the current grid's)."""
-        return np.load(path), None
+        return read_npy(path, remedy=_CORRECTIONS_REMEDY), None
 
     def features_fit(self, path: Path, cells: Path, grid: PatchGrid) -> bool:
         """True when cached features at ``path`` belong to the tissue cells of ``grid``."""
-        return np.load(path, mmap_mode="r").shape[0] == int(grid.tissue.sum())
+        return _npy_rows(path) == int(grid.tissue.sum())
 
 
 class FormatV2(FormatV1):
@@ -188,11 +249,11 @@ class FormatV2(FormatV1):
         return data["labels"] if data["run"] == run else None
 
     def read_corrections(self, path: Path) -> tuple[np.ndarray, float | None]:
-        with np.load(path) as data:
-            return data["labels"], float(data["downsample"])
+        data = read_npz(path, ("labels", "downsample"), remedy=_CORRECTIONS_REMEDY)
+        return data["labels"], float(data["downsample"])
 
     def features_fit(self, path: Path, cells: Path, grid: PatchGrid) -> bool:
-        return cells.read_text() == grid.signature()
+        return _npy_rows(path) is not None and cells.read_text() == grid.signature()
 
 
 #: Every project format protorefine reads, newest first; files are written in the first.
@@ -351,6 +412,37 @@ class StagesMixin:
         that is done; ProtorefineError when it is not."""
         folder = self._require(name)
         return folder / (file if slide_id is None else slide_file(file, slide_id))
+
+    def stage_arrays(
+        self, name: str, file: str, keys: Sequence[str] = (), slide_id: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """The arrays of an ``.npz`` file of a stage that is done (:meth:`stage_file`); a
+        damaged file makes the stage not done (the next run recomputes it) and is a
+        one-line :class:`DamagedFileError`."""
+        path = self.stage_file(name, file, slide_id)
+        try:
+            return read_npz(path, keys, remedy=self._rerun_remedy(name))
+        except DamagedFileError:
+            self.forget_stage(name)
+            raise
+
+    def stage_array(self, name: str, file: str, slide_id: str | None = None) -> np.ndarray:
+        """The array of a ``.npy`` file of a stage that is done, as :meth:`stage_arrays`."""
+        path = self.stage_file(name, file, slide_id)
+        try:
+            return read_npy(path, remedy=self._rerun_remedy(name))
+        except DamagedFileError:
+            self.forget_stage(name)
+            raise
+
+    @staticmethod
+    def _rerun_remedy(name: str) -> str:
+        return f"run refine again: stage {name!r} is recomputed"
+
+    def forget_stage(self, name: str) -> None:
+        """Make a stage count as not done (its output is damaged): the next run recomputes it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.stage_dir(name) / DONE_FILE).unlink()
 
     def _run_index(self) -> dict[str, list[int]]:
         """Rows ``[start, stop)`` of each slide of the last run in the cohort arrays (tissue

@@ -439,8 +439,7 @@ class Project(ReviewMixin):
             return self._grids[key]
         path = self.stage_dir("grid") / slide_file(GRID_FILE, slide_id)
         if self.stage_done("grid") and path.exists():
-            with np.load(path) as data:
-                grid = PatchGrid.from_dict(dict(data))
+            grid = PatchGrid.from_dict(self.stage_arrays("grid", GRID_FILE, slide_id=slide_id))
         else:
             grid = self.compute_grid(slide_id)
         self._grids[key] = grid
@@ -486,28 +485,24 @@ class Project(ReviewMixin):
             frac, _ = self.coarse_patch_labels(slide_id)
             return grid.to_image(np.where(grid.tissue, frac, 0).astype(np.float32), fill=0.0)
         if key == "refined":
-            return np.load(self.stage_file("output", REFINED_GRID_FILE, slide_id))
+            return self.stage_array("output", REFINED_GRID_FILE, slide_id)
         sl = self._slide_slice(slide_id)
         if key in ("local_proto", "global_proto"):
-            with np.load(self.stage_file("prototypes", PROTOTYPES_FILE)) as d:
-                values = np.asarray(d[key])[sl]
+            values = self.stage_arrays("prototypes", PROTOTYPES_FILE, (key,))[key][sl]
             return grid.to_image(values.astype(np.int64), fill=-1)
         if key in ("pseudo", "confidence"):
             stage = "classifier" if self.stage_done("classifier") else "pseudo_labels"
-            with np.load(self.stage_file(stage, PSEUDO_FILE)) as d:
-                values = np.asarray(d[key])[sl]
+            values = self.stage_arrays(stage, PSEUDO_FILE, (key,))[key][sl]
             if key == "pseudo":
                 return grid.to_image(values.astype(np.int8), fill=-1)
             return grid.to_image(values.astype(np.float32), fill=0.0)
         stage = "output" if self.stage_done("output") else "classifier"
-        with np.load(self.stage_file(stage, PROB_FILE)) as d:
-            values = np.asarray(d["prob"])[sl]
+        values = self.stage_arrays(stage, PROB_FILE, ("prob",))["prob"][sl]
         return grid.to_image(values.astype(np.float32), fill=0.0)
 
     def global_scores(self) -> np.ndarray:
         """Tumour score of each global prototype (before the pathologist's relabels)."""
-        with np.load(self.stage_file("prototypes", PROTOTYPES_FILE)) as d:
-            return np.asarray(d["global_scores"])
+        return self.stage_arrays("prototypes", PROTOTYPES_FILE, ("global_scores",))["global_scores"]
 
     def history(self) -> list[dict]:
         """Loss and agreement per round of the last classifier run."""
