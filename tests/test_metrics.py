@@ -102,3 +102,44 @@ def test_rgb_masks_are_still_read(tmp_path):
     Image.fromarray(labels).save(tmp_path / "classes.png")
     back = read_annotations(tmp_path / "classes.png", slide_shape=(60, 80))
     np.testing.assert_array_equal(rasterize(back, (60, 80), 1), labels.max(axis=-1) > 0)
+
+
+def _png_header_only(path, w: int, h: int) -> None:
+    """A PNG that declares ``w`` x ``h`` pixels (8-bit grey) and holds no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_gigapixel_truth_mask_without_slides_is_refused_by_declared_size(tmp_path, suffix):
+    """A 1.6-gigapixel ground-truth mask without ``--slides``: refused from its header,
+    before a byte of it is decoded (it gave a traceback or exhausted memory)."""
+    from protorefine.evaluate import evaluate_folders
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    truth = gt / f"s{suffix}"
+    if suffix == ".png":
+        _png_header_only(truth, 40000, 40000)
+    else:
+        import tifffile
+
+        tifffile.memmap(truth, shape=(40000, 40000), dtype=np.uint8).flush()
+    (pred / "s.geojson").write_text(
+        '{"type":"Polygon","coordinates":[[[0,0],[10,0],[10,10],[0,0]]]}'
+    )
+    with pytest.raises(ProtorefineError) as info:
+        evaluate_folders(pred, gt)
+    msg = str(info.value)
+    assert str(truth) in msg and "40000x40000" in msg and "--slides" in msg
+    assert "smaller mask" in msg and "\n" not in msg

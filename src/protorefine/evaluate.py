@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from protorefine.annotations import rasterize, read_annotations, tumour_geometry
+from protorefine.annotations.masks import MAX_MASK_PIXELS, mask_file_shape
 from protorefine.errors import ProtorefineError
 from protorefine.slides import open_slide, tissue_mask
 
@@ -120,9 +121,13 @@ def _frame(
         mask, ds = tissue_mask(slide)
         return slide.shape, float(ds), np.asarray(mask, dtype=bool)
     if gt_path.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
-        from skimage.io import imread
-
-        h, w = imread(gt_path).shape[:2]
+        h, w = mask_file_shape(gt_path)  # the header only: a huge mask is not decoded
+        if h * w > MAX_MASK_PIXELS:
+            raise ProtorefineError(
+                f"{gt_path}: a {w}x{h} mask ({h * w / 1e9:.1f} Gpixel) is too large to evaluate "
+                f"without its slide; give --slides DIR or a smaller mask (at most "
+                f"{MAX_MASK_PIXELS / 1e9:.1f} Gpixel, e.g. a downsampled one)"
+            )
         ds = max(1.0, max(h, w) / 2048)
         return (h, w), ds, None
     raise ProtorefineError(

@@ -80,6 +80,36 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
     return arr, meta
 
 
+def mask_file_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The ``(H, W)`` a mask file declares in its header, read without decoding its pixels
+    (so a decompression bomb is sized before it is opened)."""
+    p = check_input_file(path)
+    try:
+        if _suffix(p) in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                shape = tif.series[0].levels[0].shape if tif.series else tif.pages[0].shape
+                axes = tif.series[0].axes if tif.series else "YX"
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+            return int(shape[0]), int(shape[1])
+        from PIL import Image
+
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # only the header is read here
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+        return int(h), int(w)
+    except ProtorefineError:
+        raise
+    except Exception as e:  # any decoder failure is the user's file, not our bug
+        raise ProtorefineError(f"{p}: cannot read as a {_suffix(p)[1:].upper()} mask ({e})") from e
+
+
 def refuse_slide_colours(arr: np.ndarray, path: str | os.PathLike[str]) -> None:
     """One-line error when ``arr`` is an RGB(A) image in the colours of a slide or photo
     (more than :data:`MAX_MASK_COLOURS` distinct non-grey colours in a sample of it), where
