@@ -90,3 +90,37 @@ def test_erased_coarse_outline_reads_back_empty(tmp_path, case):
     p.set_coarse("s1", AnnotationSet())
     again = Project.open(tmp_path / "proj").coarse("s1")
     assert again is not None and len(again) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("epochs", "ten", "a whole number"),
+        ("threshold", "high", "a number"),
+        ("use_local", "yes", "true or false"),
+        ("encoder", 3, "text"),
+        ("stride", [2], "a whole number or null"),
+        ("epochs", True, "a whole number"),
+        ("patch_size", None, "a whole number"),
+    ],
+)
+def test_config_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expected):
+    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    cfg = tmp_path / "proj" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["refine"][field] = value
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(ProtorefineError) as exc:
+        Project.open(tmp_path / "proj")
+    msg = str(exc.value)
+    assert "config.json" in msg and field in msg and expected in msg and "\n" not in msg
+    with pytest.raises(ProtorefineError, match=field):
+        RefineConfig.from_dict({field: value})
+
+
+def test_config_validate_names_a_non_number():
+    cfg = RefineConfig(patch_size=64)
+    cfg.epochs = "ten"  # type: ignore[assignment]
+    with pytest.raises(ProtorefineError, match="epochs.*a whole number"):
+        cfg.validate()
+    assert RefineConfig(patch_size=64, threshold=1 / 2).threshold == 0.5

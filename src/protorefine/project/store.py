@@ -128,7 +128,10 @@ class Project(ReviewMixin):
             data = json.loads(cfg_path.read_text())
             if data.get("format") != FORMAT:
                 raise ProtorefineError(f"{cfg_path}: not a protorefine project config")
-            config = RefineConfig.from_dict(data["refine"])
+            try:
+                config = RefineConfig.from_dict(data["refine"])
+            except ProtorefineError as exc:  # name the file: "config ..." alone is ambiguous
+                raise ProtorefineError(f"{cfg_path}: {exc}") from exc
             slides = [
                 SlideEntry(
                     id=s["id"],
@@ -140,7 +143,13 @@ class Project(ReviewMixin):
                 )
                 for s in json.loads((folder / "slides.json").read_text())
             ]
-        except (json.JSONDecodeError, KeyError, TypeError, FileNotFoundError) as exc:
+        except (
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            FileNotFoundError,
+        ) as exc:
             raise ProtorefineError(f"{folder}: damaged project files ({exc})") from exc
         project = cls(folder, config, slides)
         project.encoder_info = dict(data.get("encoder") or {})

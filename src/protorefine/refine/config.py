@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -63,6 +64,33 @@ STAGE_OF: dict[str, str] = {
     "max_hole": "output",
     "device": "",
 }
+
+#: How a field's type is named in an error ("null" where None is allowed too).
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _field_type(f: dataclasses.Field) -> tuple[str, bool]:
+    """A field's base type name (int, float, bool, str) and whether None is allowed."""
+    parts = [t.strip() for t in str(f.type).split("|")]
+    return next(t for t in parts if t != "None"), "None" in parts
+
+
+def _expected(base: str, optional: bool) -> str:
+    return _TYPE_WORDS[base] + (" or null" if optional else "")
+
+
+def _json_type_ok(value: Any, base: str, optional: bool) -> bool:
+    """True when ``value`` (read from JSON) has the type the field holds."""
+    if value is None:
+        return optional
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "str":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if base == "int" else isinstance(value, int | float)
+
 
 STAGE_ORDER = ("grid", "features", "prototypes", "pseudo_labels", "classifier", "output")
 
@@ -138,7 +166,18 @@ class RefineConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ProtorefineError naming the first value that is out of range."""
+        """Raise ProtorefineError naming the first value that is out of range (or not a
+        number where a number belongs, or not text where text does)."""
+        for f in fields(self):
+            base, optional = _field_type(f)
+            value = getattr(self, f.name)
+            if value is None and optional or base == "bool":
+                continue
+            ok = isinstance(value, str) if base == "str" else isinstance(value, numbers.Real)
+            if not ok:
+                raise ProtorefineError(
+                    f"config {f.name}={value!r}: must be {_expected(base, optional)}"
+                )
         positive: tuple[str, ...] = ("patch_size", "batch_size", "local_k_max", "kmeans_iters")
         positive += ("global_k_max", "hidden", "train_batch", "rounds", "samples_per_epoch")
         for name in positive:
@@ -202,6 +241,13 @@ class RefineConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ProtorefineError(f"config: unknown setting(s) {', '.join(unknown)}")
+        for f in fields(cls):
+            if f.name in data:
+                base, optional = _field_type(f)
+                if not _json_type_ok(data[f.name], base, optional):
+                    raise ProtorefineError(
+                        f"config {f.name}={data[f.name]!r}: must be {_expected(base, optional)}"
+                    )
         try:
             return cls(**data)
         except TypeError as exc:
