@@ -20,6 +20,7 @@ from protorefine.annotations import (
     write_asap_xml,
     write_geojson,
 )
+from protorefine.errors import ProtorefineError
 
 
 def _coords(points: list[tuple[float, float]], comma: bool = False) -> str:
@@ -114,3 +115,30 @@ def test_asap_to_geojson_conversion_keeps_region(tmp_path: Path) -> None:
     doc = json.loads(Path(out).read_text())
     assert all("asap_group" not in f["properties"] for f in doc["features"])
     assert tumour_geometry(read_annotations(out)).equals(tumour_geometry(s))
+
+
+_XXE = """<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<ASAP_Annotations><Annotations><Annotation Name="&xxe;" Type="Polygon" PartOfGroup="Tumor">
+<Coordinates><Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="10" Y="0"/>
+<Coordinate Order="2" X="10" Y="10"/></Coordinates></Annotation></Annotations>
+</ASAP_Annotations>"""
+_BOMB = (
+    '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + "".join(
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">'
+        for i in range(1, 10)
+    )
+    + ']>\n<ASAP_Annotations><Annotations Name="&lol9;"/></ASAP_Annotations>'
+)
+
+
+@pytest.mark.parametrize("text", [_XXE, _BOMB], ids=["xxe", "entity-bomb"])
+def test_entities_and_dtds_are_refused_by_name(tmp_path: Path, text: str) -> None:
+    """XXE and entity bombs: refused, saying so (not just "not valid XML")."""
+    path = tmp_path / "evil.xml"
+    path.write_text(text)
+    with pytest.raises(ProtorefineError) as info:
+        read_asap_xml(path)
+    msg = str(info.value)
+    assert str(path) in msg and "entities / DTD not allowed" in msg and "\n" not in msg

@@ -508,3 +508,18 @@ def test_reads_stay_out_of_global_dask_callbacks() -> None:
     for y, x, a, b in results:
         np.testing.assert_array_equal(a, image[y : y + 96, x : x + 96])
         np.testing.assert_array_equal(b, image[y : y + 96, x : x + 96])
+
+
+def test_ome_xml_with_entities_is_refused_by_name() -> None:
+    """OME-XML is parsed with defusedxml: an entity declaration is refused, saying so."""
+    from types import SimpleNamespace
+
+    from protorefine.slides.tiff import _mpp_from_ome
+
+    evil = (
+        '<?xml version="1.0"?><!DOCTYPE OME [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        '<OME><Image><Pixels PhysicalSizeX="0.5" Name="&x;"/></Image></OME>'
+    )
+    tf = SimpleNamespace(ome_metadata=evil, filehandle=SimpleNamespace(path="/d/evil.ome.tif"))
+    with pytest.raises(ProtorefineError, match=r"evil\.ome\.tif: .*entities / DTD not allowed"):
+        _mpp_from_ome(tf)  # type: ignore[arg-type]

@@ -25,7 +25,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 
+import defusedxml.ElementTree as defused_et
 import numpy as np
+from defusedxml import DefusedXmlException
 from shapely.geometry import MultiPolygon, Polygon
 
 from protorefine._atomic import atomic_write_bytes
@@ -154,7 +156,14 @@ def read_asap_xml(
     if not raw.strip():
         raise ProtorefineError(f"{source}: empty file, no annotations in it")
     try:
-        root = ET.fromstring(raw)
+        # defusedxml: entity declarations (XXE, entity bombs) and external references are
+        # refused whatever the system expat's version
+        root = defused_et.fromstring(raw)
+    except DefusedXmlException as e:
+        raise ProtorefineError(
+            f"{source}: refused: entities / DTD not allowed in XML annotations "
+            f"({' '.join(str(e).split())})"
+        ) from e
     except ET.ParseError as e:
         line, col = e.position
         raise ProtorefineError(f"{source}: not valid XML (line {line}, column {col + 1})") from e

@@ -7,9 +7,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dask.array as da
+import defusedxml.ElementTree as defused_et
 import numpy as np
 import tifffile
 import zarr
+from defusedxml import DefusedXmlException
 
 from protorefine.errors import ProtorefineError
 from protorefine.slides._rgb import rgb_numpy, to_rgb
@@ -37,7 +39,14 @@ def _dask_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
 
 def _mpp_from_ome(tf: tifffile.TiffFile) -> float | None:
     try:
-        root = ET.fromstring(tf.ome_metadata or "")
+        # defusedxml: entity declarations (XXE, entity bombs) and external references are
+        # refused whatever the system expat's version
+        root = defused_et.fromstring(tf.ome_metadata or "")
+    except DefusedXmlException as e:
+        raise ProtorefineError(
+            f"{tf.filehandle.path}: OME-XML metadata refused: entities / DTD not allowed "
+            f"({_one_line(e)})"
+        ) from e
     except ET.ParseError:
         return None
     for el in root.iter():
