@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -519,3 +521,48 @@ def test_colour_statistics_are_read_once_and_shape_the_outline(done, tmp_path, m
     assert set(pipe.times) == {"output"}
     plain = tumour_geometry(p.refined_annotations("s1"))
     assert plain.symmetric_difference(with_colour).area > 0.01 * with_colour.area
+
+
+def test_a_project_made_by_a_relative_path_or_moved_reuses_its_features(
+    tmp_path, case, monkeypatch
+):
+    import shutil
+
+    import protorefine.project.pipeline as pipeline_mod
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    p = new_project("proj", case)  # a relative folder, as `refine --out proj`
+    Pipeline(p).run(until="features")
+    cache_txt = tmp_path / "a" / "proj" / "stages" / "features" / "cache.txt"
+    assert not Path(cache_txt.read_text()).is_absolute()
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(pipeline_mod, "extract_features", no_extraction)
+    monkeypatch.chdir(tmp_path / "b")  # rerun from another folder
+    q = Project.open(tmp_path / "a" / "proj")
+    Pipeline(q).run(until="prototypes")
+    shutil.move(tmp_path / "a" / "proj", tmp_path / "moved")  # the project moved
+    q = Project.open(tmp_path / "moved")
+    q.clear_stage("prototypes")
+    Pipeline(q).run(until="prototypes")
+    assert q.stage_done("features") and q.stage_done("prototypes")
+
+
+def test_a_moved_project_of_earlier_versions_reads_its_absolute_feature_cache(tmp_path, case):
+    import shutil
+
+    p = new_project(tmp_path / "p", case)
+    Pipeline(p).run(until="features")
+    cache_txt = p.stage_dir("features") / "cache.txt"
+    key = Path(cache_txt.read_text()).name
+    cache_txt.write_text(str((tmp_path / "p" / "features" / key).resolve()))  # as written before
+    Pipeline(Project.open(tmp_path / "p")).run(until="prototypes")
+    shutil.move(tmp_path / "p", tmp_path / "q")  # the absolute path is gone: read inside
+    q = Project.open(tmp_path / "q")
+    q.clear_stage("prototypes")
+    Pipeline(q).run(until="prototypes")
+    assert q.stage_done("prototypes")

@@ -248,18 +248,19 @@ class Pipeline:
                 with open(tmp, "wb") as fh:
                     np.save(fh, feats)
             atomic_write_text(cells, grid.signature())
-        (out / CACHE_FILE).write_text(str(cache))
+        stored = cache.relative_to(self.project.folder).as_posix()  # the project may move
+        (out / CACHE_FILE).write_text(stored)
         return {
             "encoder": encoder.name,
             "weight_hash": encoder.weight_hash,
             "device": str(encoder.device),
             "reused_slides": reused,
-            "cache": str(cache),
+            "cache": stored,
         }
 
     def features(self, slide_id: str) -> np.ndarray:
         """Tissue-patch features of a slide (from the cache of the finished features stage)."""
-        cache = Path(self.project.stage_file("features", CACHE_FILE).read_text())
+        cache = self.project.features_cache_dir()
         key = str(feature_cache_files(cache, slide_id)[0])
         if key not in self._features:
             try:

@@ -466,6 +466,22 @@ class StagesMixin:
         )
         return self.folder / FEATURES_FOLDER / key
 
+    def features_cache_dir(self) -> Path:
+        """The feature cache folder the finished features stage filled (:data:`CACHE_FILE`).
+
+        It is stored relative to the project folder, so a project made by a relative path
+        or moved keeps its features. Earlier versions stored it as written (absolute, or
+        relative to the folder the run started in): that path is used while it exists,
+        else the folder of the same name in this project's :data:`FEATURES_FOLDER`.
+        """
+        text = self.stage_file("features", CACHE_FILE).read_text().strip()
+        stored = Path(text)
+        if not stored.is_absolute() and stored.parts[:1] == (FEATURES_FOLDER,):
+            return self.folder / stored
+        if stored.is_dir():
+            return stored
+        return self.folder / FEATURES_FOLDER / stored.name
+
     def colour_cache(self, slide_id: str, factor: int) -> tuple[Path, Path]:
         """Where a slide's stain statistics at ``factor`` fine cells per patch side are kept,
         and the file naming the grid they were read on."""
