@@ -124,3 +124,27 @@ def test_config_validate_names_a_non_number():
     with pytest.raises(ProtorefineError, match="epochs.*a whole number"):
         cfg.validate()
     assert RefineConfig(patch_size=64, threshold=1 / 2).threshold == 0.5
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", "a\\b", "..", ".", "", 3])
+def test_slide_ids_that_are_not_plain_names_are_refused_on_open(tmp_path, case, bad):
+    p = Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    p.add_slide(case["slide"])
+    slides = tmp_path / "proj" / "slides.json"
+    data = json.loads(slides.read_text())
+    data[0]["id"] = bad
+    slides.write_text(json.dumps(data))
+    with pytest.raises(ProtorefineError, match=r"slides\.json: slide id") as exc:
+        Project.open(tmp_path / "proj")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_slide_file_whose_name_is_no_plain_id_is_refused_on_add(tmp_path, case):
+    import shutil
+
+    odd = tmp_path / "...png"  # its stem is ".."
+    shutil.copy(case["slide"], odd)
+    p = Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    with pytest.raises(ProtorefineError, match=r"\.\.\.png: .*slide id"):
+        p.add_slide(odd)
+    assert p.slides == [] and json.loads((tmp_path / "proj" / "slides.json").read_text()) == []

@@ -165,6 +165,19 @@ def _npy_rows(path: Path) -> int | None:
         return None
 
 
+def slide_id_problem(slide_id: object) -> str | None:
+    """Why ``slide_id`` cannot name a slide (None: it can). Ids are joined into the
+    project's file names (``coarse/<id>.geojson``, ``stages/grid/<id>.npz``, ...), so an id
+    must be one plain file name: not empty, not ``.`` or ``..``, no path separator."""
+    if not isinstance(slide_id, str):
+        return "must be text"
+    if slide_id in ("", ".", ".."):
+        return "must be a plain name (not empty, . or ..)"
+    if any(ch in slide_id for ch in ("/", "\\", "\0")) or os.sep in slide_id:
+        return "must be a plain name (no path separators)"
+    return None
+
+
 @dataclass
 class SlideEntry:
     """One slide of a project (a row of ``slides.json``, and what the grid stage's

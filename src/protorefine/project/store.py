@@ -60,6 +60,7 @@ from protorefine.project.stages import (
     SlideEntry,
     marks_format,
     slide_file,
+    slide_id_problem,
 )
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.pseudolabels import MARKS
@@ -151,6 +152,13 @@ class Project(ReviewMixin):
             FileNotFoundError,
         ) as exc:
             raise ProtorefineError(f"{folder}: damaged project files ({exc})") from exc
+        for entry in slides:
+            problem = slide_id_problem(entry.id)
+            if problem is not None:  # ids are joined into paths: none may lead outside
+                raise ProtorefineError(
+                    f"{folder / 'slides.json'}: slide id {entry.id!r} {problem}; "
+                    "the project's slides.json is damaged"
+                )
         project = cls(folder, config, slides)
         project.encoder_info = dict(data.get("encoder") or {})
         return project
@@ -222,6 +230,11 @@ class Project(ReviewMixin):
         base = slide_stem(path)
         sid, i = base, 2
         ids = {s.id for s in self.slides}
+        problem = slide_id_problem(base)
+        if problem is not None:
+            raise ProtorefineError(
+                f"{path}: its file name gives slide id {base!r}, which {problem}; rename the file"
+            )
         while sid in ids:
             sid, i = f"{base}-{i}", i + 1
         entry = SlideEntry(
