@@ -63,3 +63,14 @@ def test_files_are_still_replaced(tmp_path: Path) -> None:
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_write_error_without_a_file_name_gets_the_target(tmp_path: Path) -> None:
+    """numpy's "419840 requested and 261088 written" on a full disk names no file: the
+    target is named, as the CLI prints ``<file>: <reason>``."""
+    target = tmp_path / "features.npy"
+    with pytest.raises(OSError) as info:
+        with atomic_path(target):
+            raise OSError("419840 requested and 261088 written")
+    assert info.value.filename == str(target)
+    assert not target.exists()

@@ -742,3 +742,16 @@ def test_parser_mpp_range_is_the_projects() -> None:
     from protorefine.project.store import MPP_RANGE
 
     assert _MPP_RANGE == MPP_RANGE
+
+
+def test_project_that_is_a_file_is_named_as_a_file(case, tmp_path, capsys) -> None:
+    """``--project FILE``: it said "folder is not empty"; it says the path is a file."""
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    rc = main(
+        refine_args(case["slide"], case["coarse"], tmp_path / "out", *FAST, "--project", str(f))
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert str(f) in err and "is a file, not a folder" in err and "not empty" not in err
+    assert f.read_text() == "mine"

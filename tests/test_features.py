@@ -680,3 +680,12 @@ def test_large_windows_are_read_from_the_coarser_level_that_averages_them(
     np.testing.assert_array_equal(read_patches(slide, grid, idx, 32), expected)
     ds = PatchBatches(slide, grid, [idx], 32)
     np.testing.assert_array_equal(ds[0].numpy(), expected)
+
+
+def test_a_patch_larger_than_the_slide_is_named() -> None:
+    """A 100000 px patch on a 300x500 slide: say so (it said "no tissue found")."""
+    slide = Slide.from_array(_tissue_image(300, 500), mpp=0.25)
+    with pytest.raises(ProtorefineError) as info:
+        make_grid(slide, patch_size=100000)
+    msg = str(info.value)
+    assert "100000" in msg and "500x300" in msg and "larger than the slide" in msg

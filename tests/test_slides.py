@@ -523,3 +523,20 @@ def test_ome_xml_with_entities_is_refused_by_name() -> None:
     tf = SimpleNamespace(ome_metadata=evil, filehandle=SimpleNamespace(path="/d/evil.ome.tif"))
     with pytest.raises(ProtorefineError, match=r"evil\.ome\.tif: .*entities / DTD not allowed"):
         _mpp_from_ome(tf)  # type: ignore[arg-type]
+
+
+def test_tissue_mask_of_a_grayscale_slide_finds_the_tissue(tmp_path: Path) -> None:
+    """A grayscale slide (a grey PNG, read as R = G = B) has no saturation: tissue is what is
+    darker than the glass (it said "no tissue found")."""
+    slide, _, _ = synthetic_slide((512, 512), seed=4, tile=256)
+    rgb = np.asarray(slide.levels[0])
+    grey = np.round(rgb.mean(axis=2)).astype(np.uint8)
+    iio.imwrite(tmp_path / "grey.png", grey)
+    mask, _ = tissue_mask(open_slide(tmp_path / "grey.png"))
+    colour, _ = tissue_mask(slide)
+    assert mask.any()
+    agree = (mask == colour).mean()
+    assert agree > 0.9, agree
+    # a blank grey slide is still no tissue
+    blank = Slide.from_array(np.full((300, 400, 3), 245, np.uint8), name="blank")
+    assert not tissue_mask(blank)[0].any()

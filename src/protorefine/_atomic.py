@@ -29,7 +29,12 @@ def atomic_path(target: str | os.PathLike[str], *, replace_dir: bool = False) ->
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp_item = tmp / target.name
     try:
-        yield tmp_item
+        try:
+            yield tmp_item
+        except OSError as exc:  # e.g. numpy's "N requested and M written" on a full disk
+            if exc.filename is None:
+                exc.filename = str(target)  # names no file: the CLI prints <file>: <reason>
+            raise
         if not tmp_item.exists():
             raise FileNotFoundError(f"{target}: nothing was written")
         if target.is_dir() and not target.is_symlink():

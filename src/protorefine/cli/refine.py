@@ -178,8 +178,13 @@ def refine_command(args: argparse.Namespace) -> int:
     _refuse_overwriting_inputs(pairs, args)
     stems = [slide_stem(slide) for slide, _ in pairs]
     _refuse_folder_targets(Path(args.out), stems, args, report=True)
+    given = Path(args.project) if getattr(args, "project", None) else None
+    if given is not None and given.exists() and not given.is_dir():
+        raise ProtorefineError(
+            f"{given}: --project is a file, not a folder; give a folder for the project"
+        )
     out = _output_folder(args)
-    folder = Path(args.project) if getattr(args, "project", None) else out / "project"
+    folder = given if given is not None else out / "project"
     project, ids = prepare_project(
         folder,
         pairs,

@@ -281,6 +281,13 @@ def make_grid(
         raise ProtorefineError(f"min_tissue={min_tissue}: must be between 0 and 1")
     lvl, read_size, target = _choose_level(slide, patch_size, level, mpp)
     lds = slide.downsamples[lvl]
+    lh, lw = (int(n) for n in slide.levels[lvl].shape[:2])
+    if read_size > lh and read_size > lw:  # one patch would cover the whole slide
+        raise ProtorefineError(
+            f"patch size {patch_size}: larger than the slide ({lw}x{lh} pixels at level {lvl} "
+            f"of {slide.name or slide.path}, patches read {read_size} pixels wide there); "
+            "give a smaller patch size"
+        )
     read_stride = max(1, round(stride * read_size / patch_size))
     cell0 = read_stride * lds
     h, w = slide.shape

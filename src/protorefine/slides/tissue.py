@@ -23,6 +23,8 @@ _GLASS = 200
 # the tumour pixels of the OCDC tiles (pale squamous carcinoma) and the pale stroma of
 # the synthetic slides; capped, 4 % (docs/benchmarks.md, "Tissue detection").
 _MAX_GLASS_SAT = 0.08
+# A thumbnail whose channels never differ by more than this is grayscale (R = G = B).
+_GREY_SPREAD = 2
 
 
 def _thumbnail(slide: Slide, max_size: int) -> tuple[np.ndarray, float]:
@@ -80,10 +82,28 @@ def tissue_mask(slide: Slide, *, max_size: int = 2048) -> tuple[np.ndarray, floa
         glass = low.any() and float(np.median(bright[low])) >= _GLASS
         cut = min(max(otsu, _MIN_SAT), _MAX_GLASS_SAT) if glass else _MIN_SAT
     mask = (sat > cut) & (bright < _WHITE)
+    if int(np.ptp(rgb.astype(np.int16), axis=2).max(initial=0)) <= _GREY_SPREAD:
+        mask = _grey_tissue(bright)  # a grayscale slide: no saturation to go by
     min_area = max(16, int(mask.size * 0.0005))
     mask = _remove_small(mask, min_area)
     mask = ~_remove_small(~mask, min_area)
     return mask, float(downsample)
+
+
+def _grey_tissue(grey: np.ndarray) -> np.ndarray:
+    """Tissue of a grayscale slide: darker than the glass. Otsu splits dark tissue from the
+    rest, a second Otsu the rest into pale tissue and glass; the cut lies halfway between
+    that split and the glass's median brightness (at most :data:`_WHITE`). A slide whose
+    brightest class is not glass (median under :data:`_GLASS`) is all tissue below white."""
+    cut = float(_WHITE)
+    if np.ptp(grey) > 1:
+        upper = grey[grey > threshold_otsu(grey)]
+        if upper.size and np.ptp(upper) > 1:
+            split = float(threshold_otsu(upper))
+            glass = float(np.median(upper[upper > split]))
+            if glass >= _GLASS:
+                cut = min(cut, (split + glass) / 2)
+    return np.asarray(grey < cut)
 
 
 def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
