@@ -755,3 +755,19 @@ def test_project_that_is_a_file_is_named_as_a_file(case, tmp_path, capsys) -> No
     assert rc == 2 and "\n" not in err
     assert str(f) in err and "is a file, not a folder" in err and "not empty" not in err
     assert f.read_text() == "mine"
+
+
+def test_torchscript_encoders_are_documented_as_code_to_trust() -> None:
+    """A TorchScript file runs code by design: said where ``--encoder FILE`` is documented."""
+    from pathlib import Path
+
+    from protorefine.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    helps = build_parser()._subparsers._group_actions[0].choices["refine"].format_help()  # type: ignore[union-attr]
+    for text in (
+        " ".join(helps.split()),
+        " ".join((root / "README.md").read_text().split()),
+        " ".join((root / "docs" / "user-guide.md").read_text().split()),
+    ):
+        assert "TorchScript file runs code" in text and "only files you trust" in text

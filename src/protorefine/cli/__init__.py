@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder",
         default=None,
         help="feature encoder: a name (list in docs/user-guide.md), a TorchScript file, "
-        "timm:<model>@<weights>, or names joined by '+' (one head net each, averaged)",
+        "timm:<model>@<weights>, or names joined by '+' (one head net each, averaged); "
+        "a TorchScript file runs code by design: load only files you trust",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument(
