@@ -148,3 +148,37 @@ def test_a_slide_file_whose_name_is_no_plain_id_is_refused_on_add(tmp_path, case
     with pytest.raises(ProtorefineError, match=r"\.\.\.png: .*slide id"):
         p.add_slide(odd)
     assert p.slides == [] and json.loads((tmp_path / "proj" / "slides.json").read_text()) == []
+
+
+def test_opening_for_writing_removes_the_temp_entries_of_killed_runs(tmp_path, case):
+    from protorefine._atomic import atomic_path
+
+    p = Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    p.add_slide(case["slide"])
+    left, writes = [], []
+    for target, replace_dir in [
+        (p.stage_dir("features"), True),  # a stage killed mid-run
+        (p.folder / "slides.json", False),
+        (p.folder / "features" / "abc" / "s1.npy", False),
+    ]:
+        writes.append(atomic_path(target, replace_dir=replace_dir))
+        tmp = writes[-1].__enter__()  # never finished, as in a killed run
+        tmp.mkdir() if replace_dir else tmp.write_bytes(b"x")
+        left.append(tmp.parent)
+    assert all(d.is_dir() for d in left)
+    decoys = [
+        p.folder / "stages" / ".features.abc.tmp",  # not the temp pattern
+        p.folder / ".notes.ABCDEFGH.tmp",
+        p.folder / "mine.abcdefgh.tmp",
+        p.folder / ".data.abcdefgh.tmp.bak",
+    ]
+    for d in decoys:
+        d.mkdir(parents=True)
+    made = p.folder / ".x.abcdefgh.tmp"  # a file, not a folder _atomic makes
+    made.write_text("keep")
+    Project.open(p.folder)  # reading leaves everything
+    assert all(d.is_dir() for d in left)
+    Project.open_or_create(p.folder)
+    assert not any(d.exists() for d in left)
+    assert all(d.is_dir() for d in decoys) and made.read_text() == "keep"
+    assert (p.folder / "slides.json").is_file() and (p.folder / "features" / "abc").is_dir()

@@ -488,6 +488,7 @@ def prepare_project(
     folder = Path(folder)
     if (folder / CONFIG_FILE).exists():
         project = Project.open(folder)
+        project.remove_leftovers()  # opened for writing: a killed run's temp folders go
         project.set_config(configure(project.config))
     else:
         project = Project.create(folder, configure(RefineConfig()))

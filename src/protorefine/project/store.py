@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -82,6 +84,10 @@ __all__ = [
 ]
 
 FORMAT = "protorefine-project"
+#: The temporary folders ``protorefine._atomic.atomic_path`` makes beside a target
+#: (``tempfile.mkdtemp(prefix=".<name>.", suffix=".tmp")``: 8 random characters of
+#: ``a-z0-9_``); a run killed mid-write leaves them behind.
+ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
 #: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
 MPP_RANGE = (0.01, 100.0)
@@ -169,10 +175,25 @@ class Project(ReviewMixin):
         folder = Path(folder)
         if (folder / CONFIG_FILE).exists():
             project = cls.open(folder)
+            project.remove_leftovers()  # opened for writing: a killed run's temp folders go
             if config is not None:
                 project.set_config(config)
             return project
         return cls.create(folder, config)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the temporary folders that runs killed mid-write left in the project (only
+        folders named as ``protorefine._atomic`` names them, :data:`ATOMIC_TEMP`); return
+        them. Call it only where no other run writes to the project at the same time."""
+        removed = []
+        for root, dirs, _files in os.walk(self.folder):
+            for name in list(dirs):
+                path = Path(root) / name
+                if ATOMIC_TEMP.fullmatch(name) and not path.is_symlink():
+                    dirs.remove(name)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        return removed
 
     def _save_config(self) -> None:
         data = {"format": FORMAT, "version": 1, "refine": self.config.to_dict()}
