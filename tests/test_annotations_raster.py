@@ -264,3 +264,29 @@ def test_fit_mask_crops_and_pads() -> None:
     m = np.ones((3, 5), bool)
     out = fit_mask(m, (4, 4))
     assert out.shape == (4, 4) and out[:3].all() and not out[3].any()
+
+
+def test_a_mask_declaring_gigapixels_is_refused_before_decoding(tmp_path):
+    """A decompression bomb: a tiny PNG whose header declares 40000 x 40000 pixels is
+    refused from its header, in one line naming the file, without decoding a pixel."""
+    import struct
+    import zlib
+
+    import pytest
+
+    from protorefine.annotations import read_annotations
+    from protorefine.errors import ProtorefineError
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    side = 40000
+    row = b"\x00" + b"\x00" * (side // 8)  # filter byte + one 1-bit row of zeros
+    idat = zlib.compress(row * 64)  # only the first rows: a decoder would fail later
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+    png += chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png)
+    with pytest.raises(ProtorefineError, match=r"bomb\.png: a 40000x40000 mask \(1\.6 Gpixel\)"):
+        read_annotations(path, slide_shape=(side, side))

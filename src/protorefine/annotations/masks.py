@@ -40,6 +40,18 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _refuse_declared_size(path: Path, shape: Sequence[int]) -> None:
+    """Refuse a mask whose header declares more than :data:`MAX_MASK_PIXELS`, before any
+    pixel is decoded (a few MB of PNG can declare gigapixels: a decompression bomb)."""
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_MASK_PIXELS:
+        raise ProtorefineError(
+            f"{path}: a {w}x{h} mask ({h * w / 1e9:.1f} Gpixel) is larger than protorefine reads "
+            f"({MAX_MASK_PIXELS / 1e9:.1f} Gpixel); save it at a downsample of the slide "
+            "(e.g. 1/16 of its size)"
+        )
+
+
 def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
     """The image array of a mask file and the metadata protorefine wrote into it."""
     check_input_file(path)
@@ -52,6 +64,8 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 desc = getattr(page, "description", "") or ""
+                if tif.series:
+                    _refuse_declared_size(path, tif.series[0].levels[0].shape[:2])
                 if tif.series and len(tif.series[0].levels) > 1:  # a pyramid: look small first
                     refuse_slide_colours(tif.series[0].levels[-1].asarray(), path)
                 arr = tif.series[0].levels[0].asarray() if tif.series else page.asarray()
@@ -64,6 +78,7 @@ def _load_pixels(path: Path) -> tuple[np.ndarray, dict]:
             Image.MAX_IMAGE_PIXELS = None  # masks of whole slides are legitimately large
             try:
                 with Image.open(path) as im:
+                    _refuse_declared_size(path, (im.size[1], im.size[0]))  # before decoding
                     text = getattr(im, "text", {}) or {}
                     if _META_KEY in text:
                         meta = json.loads(text[_META_KEY])
