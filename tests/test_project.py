@@ -182,3 +182,25 @@ def test_opening_for_writing_removes_the_temp_entries_of_killed_runs(tmp_path, c
     assert not any(d.exists() for d in left)
     assert all(d.is_dir() for d in decoys) and made.read_text() == "keep"
     assert (p.folder / "slides.json").is_file() and (p.folder / "features" / "abc").is_dir()
+
+
+def test_clearing_a_stage_deletes_only_what_the_pipeline_made(tmp_path):
+    """A stage name that is not one of the pipeline's, or a stage folder that is a link to
+    the user's own files, is never deleted."""
+    p = Project.create(tmp_path / "p")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    for name in ("..", "../../precious", "bogus"):
+        with pytest.raises(ProtorefineError, match="unknown stage"):
+            p.clear_stage(name)
+    (tmp_path / "p" / "stages").mkdir(exist_ok=True)
+    (tmp_path / "p" / "stages" / "grid").symlink_to(precious, target_is_directory=True)
+    with pytest.raises(ProtorefineError, match="a link, not a stage folder"):
+        p.clear_stage("grid")
+    assert (precious / "keep.txt").read_text() == "mine"
+    made = tmp_path / "p" / "stages" / "features"
+    made.mkdir()
+    (made / "done.json").write_text("{}")
+    p.clear_stage("features")
+    assert not made.exists()

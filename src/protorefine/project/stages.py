@@ -330,7 +330,10 @@ class StagesMixin:
         def marks(self) -> dict[int, str]: ...
 
     def stage_dir(self, name: str) -> Path:
-        """Folder of a stage's outputs."""
+        """Folder of a stage's outputs; only the pipeline's stages have one (so clearing or
+        forgetting a stage can only touch the folders the pipeline made)."""
+        if name not in STAGE_ORDER:
+            raise ProtorefineError(f"unknown stage {name!r}: stages are {', '.join(STAGE_ORDER)}")
         return self.folder / STAGES_FOLDER / name
 
     @contextlib.contextmanager
@@ -409,8 +412,14 @@ class StagesMixin:
         return json.loads(marker.read_text()) if marker.exists() else {}
 
     def clear_stage(self, name: str) -> None:
-        """Delete a stage's stored output."""
-        shutil.rmtree(self.stage_dir(name), ignore_errors=True)
+        """Delete a stage's stored output: the folder the pipeline moved in, never a link
+        to somewhere else."""
+        folder = self.stage_dir(name)
+        if folder.is_symlink():
+            raise ProtorefineError(
+                f"{folder}: a link, not a stage folder protorefine made; left alone"
+            )
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _require(self, name: str) -> Path:
         """The folder of a stage that is done; ProtorefineError when it is not."""
