@@ -176,11 +176,15 @@ def test_opening_for_writing_removes_the_temp_entries_of_killed_runs(tmp_path, c
         d.mkdir(parents=True)
     made = p.folder / ".x.abcdefgh.tmp"  # a file, not a folder _atomic makes
     made.write_text("keep")
+    holds_more = p.folder / ".notes.abcdefgh.tmp"  # the pattern, but holding the user's files
+    holds_more.mkdir()
+    (holds_more / "draft.txt").write_text("mine")
     Project.open(p.folder)  # reading leaves everything
     assert all(d.is_dir() for d in left)
     Project.open_or_create(p.folder)
     assert not any(d.exists() for d in left)
     assert all(d.is_dir() for d in decoys) and made.read_text() == "keep"
+    assert (holds_more / "draft.txt").read_text() == "mine"
     assert (p.folder / "slides.json").is_file() and (p.folder / "features" / "abc").is_dir()
 
 

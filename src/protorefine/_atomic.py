@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from protorefine.errors import ProtorefineError
+
+#: The name :func:`atomic_path` gives its temporary folder beside ``<target>``
+#: (``tempfile.mkdtemp``'s 8 random characters between a prefix and a suffix).
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def is_leftover(path: Path) -> bool:
+    """True when ``path`` is a temporary folder :func:`atomic_path` made and a killed run
+    left: its name, a real folder (not a link), holding nothing but the item it was writing."""
+    m = _TEMP_NAME.fullmatch(path.name)
+    if m is None or path.is_symlink() or not path.is_dir():
+        return False
+    return all(child.name == m["target"] for child in path.iterdir())
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text, is_leftover
 from protorefine.annotations import read_geojson, tumour_geometry, write_geojson
 from protorefine.annotations.model import AnnotationSet
 from protorefine.errors import ProtorefineError
@@ -87,7 +86,6 @@ FORMAT = "protorefine-project"
 #: The temporary folders ``protorefine._atomic.atomic_path`` makes beside a target
 #: (``tempfile.mkdtemp(prefix=".<name>.", suffix=".tmp")``: 8 random characters of
 #: ``a-z0-9_``); a run killed mid-write leaves them behind.
-ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 RESULT_KEYS = ("local_proto", "global_proto", "pseudo", "confidence", "prob", "refined", "coarse")
 #: Microns per pixel a slide can be given by hand (0.01: beyond any light microscope; 100: a thumbnail).
 MPP_RANGE = (0.01, 100.0)
@@ -183,13 +181,13 @@ class Project(ReviewMixin):
 
     def remove_leftovers(self) -> list[Path]:
         """Remove the temporary folders that runs killed mid-write left in the project (only
-        folders named as ``protorefine._atomic`` names them, :data:`ATOMIC_TEMP`); return
+        folders ``protorefine._atomic`` makes, :func:`~protorefine._atomic.is_leftover`); return
         them. Call it only where no other run writes to the project at the same time."""
         removed = []
         for root, dirs, _files in os.walk(self.folder):
             for name in list(dirs):
                 path = Path(root) / name
-                if ATOMIC_TEMP.fullmatch(name) and not path.is_symlink():
+                if is_leftover(path):
                     dirs.remove(name)
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
