@@ -7,7 +7,8 @@ Four cohorts, each a list of :class:`BenchSlide` built deterministically from a 
   pure-normal squares cut from the real tiles in ``../shared/data``, laid out along a
   random smooth tumour map (blobs with normal islands inside and tumour satellites
   outside), shifted by half a square so every patch straddles squares.
-- ``camelyon-tiles``: the CAMELYON tiles themselves, one small slide per tile.
+- ``camelyon-tiles`` / ``ocdc-tiles``: the CAMELYON or OCDC tiles themselves, one small
+  slide per tile, with their real tumour/stroma boundaries.
 
 Coarse outlines come from :func:`protorefine.synthetic.simulate_coarse`, with its
 strength calibrated per cohort so the mean coarse Dice sits near 0.80 (see
@@ -33,7 +34,7 @@ from protorefine.annotations import fit_mask
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PROTOREFINE_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("PROTOREFINE_BENCH_CACHE", "/tmp/protorefine-bench"))
-COHORTS = ("synthetic", "camelyon-canvas", "ocdc-canvas", "camelyon-tiles")
+COHORTS = ("synthetic", "camelyon-canvas", "ocdc-canvas", "camelyon-tiles", "ocdc-tiles")
 # Strengths tried when calibrating the coarse simulator to the target coarse Dice.
 STRENGTHS = tuple(round(0.25 * i, 2) for i in range(1, 49))
 # Published coarse outlines score about 0.78 F1 against fine ones (CAMELYON16).
@@ -422,12 +423,14 @@ SPECS: dict[str, dict] = {
         "seed": 31,
     },
     "camelyon-tiles": {"ds": 8, "patch_size": 64, "seed": 41},
+    "ocdc-tiles": {"ds": 8, "patch_size": 64, "seed": 51},
 }
 QUICK = {
     "synthetic": {"n_slides": 2, "shape": (1024, 1024)},
     "camelyon-canvas": {"n_slides": 3, "squares": 8},
     "ocdc-canvas": {"n_slides": 3, "squares": 8},
     "camelyon-tiles": {"limit": 16},
+    "ocdc-tiles": {"limit": 4},
 }
 
 
@@ -451,6 +454,7 @@ def data_folder(name: str, data: Path = DATA) -> Path | None:
         "camelyon-canvas": data / "camelyon-tiles",
         "ocdc-canvas": data / "ocdc",
         "camelyon-tiles": data / "camelyon-tiles",
+        "ocdc-tiles": data / "ocdc",
     }.get(name)
 
 
@@ -479,7 +483,7 @@ def build_cohort(
         slides, notes = build_synthetic_cohort(
             n_slides=spec["n_slides"], shape=tuple(spec["shape"]), seed=spec["seed"]
         )
-    elif name == "camelyon-tiles":
+    elif name in ("camelyon-tiles", "ocdc-tiles"):
         slides, notes = build_tiles_cohort(folder, ds=spec["ds"])
         if "limit" in spec:
             slides = slides[: spec["limit"]]

@@ -33,6 +33,7 @@ import cohorts as C  # noqa: E402
 
 from protorefine._atomic import atomic_path, atomic_write_text  # noqa: E402
 from protorefine.annotations import TUMOR, fit_mask, rasterize, write_geojson  # noqa: E402
+from protorefine.errors import ProtorefineError  # noqa: E402
 from protorefine.project import Project  # noqa: E402
 from protorefine.project.pipeline import Pipeline, prepare_project  # noqa: E402
 from protorefine.refine import Cohort, RefineConfig, outline_step  # noqa: E402
@@ -155,19 +156,26 @@ def product_run(
     *,
     patch_size: int | None = None,
     stride: int | None = None,
+    defaults: bool = False,
     cache: Path = C.CACHE,
     log=print,
 ) -> ProductRun:
     """The cohort's project for ``encoder`` with its features extracted (cached on disk).
 
     ``patch_size`` (encoder window) and ``stride`` (grid cell) default to the cohort's patch
-    size; they are the only flags besides the encoder and ``--device cpu``.
+    size; they are the only flags besides the encoder and ``--device cpu``. ``defaults``:
+    no geometry flags either, the product's own defaults.
     """
-    patch_size = patch_size or cohort.patch_size
-    stride = stride or patch_size
-    flags = {"patch_size": patch_size, "stride": stride, "encoder": encoder, "device": "cpu"}
+    if defaults:  # `protorefine refine --encoder E --device cpu`: no geometry flags at all
+        flags = {"encoder": encoder, "device": "cpu"}
+        geometry = "defaults"
+    else:
+        patch_size = patch_size or cohort.patch_size
+        stride = stride or patch_size
+        flags = {"patch_size": patch_size, "stride": stride, "encoder": encoder, "device": "cpu"}
+        geometry = f"p{patch_size}s{stride}"
     pairs = slide_files(cohort, cache)
-    folder = cache / "projects" / f"{cohort.key}-p{patch_size}s{stride}-{encoder}"
+    folder = cache / "projects" / f"{cohort.key}-{geometry}-{encoder}"
     config = RefineConfig().replace(**flags)
     project, ids = prepare_project(folder, pairs, lambda _base: config)
     if not project.stage_done("features"):
@@ -294,14 +302,15 @@ def markdown(results: dict, cohort_names: list[str], encoders: list[str]) -> str
     lines = [head, "|" + "---|" * (len(cohort_names) + 2)]
 
     def cell(r: dict | None) -> str:
-        return "–" if r is None else f"{r['dice']:.3f} / {r['iou']:.3f}"
+        return "refused" if r is None else f"{r['dice']:.3f} / {r['iou']:.3f}"
 
     lines.append(
         "| coarse outline | – | "
         + " | ".join(cell(results[c]["coarse"]) for c in cohort_names)
         + " |"
     )
-    names = list(next(iter(next(iter(results.values()))["methods"].values())).keys())
+    scored = [r["methods"] for r in results.values() if r["methods"]]
+    names = list(next(iter(scored[0].values())).keys()) if scored else []
     for enc in encoders:
         for name in names:
             cells = [cell(results[c]["methods"].get(enc, {}).get(name)) for c in cohort_names]
@@ -371,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small cohorts, for a smoke run")
     ap.add_argument("--patch-size", type=int, help="encoder window in pixels (default: cohort's)")
     ap.add_argument("--stride", type=int, help="grid cell in pixels (default: the cohort's patch)")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="no --patch-size/--stride: the product's default geometry (what a user gets)",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.md and quality.json")
     ap.add_argument(
         "--merge",
@@ -406,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             "patches": {},
         }
         for enc in encoders:
-            run = product_run(cohort, enc, patch_size=args.patch_size, stride=args.stride)
+            run = product_run(
+                cohort, enc, patch_size=args.patch_size, stride=args.stride, defaults=args.defaults
+            )
             n = sum(int(run.project.grid(sid).tissue.sum()) for sid in run.ids)
             entry["patches"][enc] = {
                 "n": n,
@@ -414,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                 "command": run.command,
             }
             print(f"  [{enc}] {n} tissue patches; ours = `{run.command}`")
-            entry["methods"][enc] = run_methods(run, seeds)
+            try:
+                entry["methods"][enc] = run_methods(run, seeds)
+            except ProtorefineError as exc:  # what `protorefine refine` says to a user: a result
+                entry["refused"] = {**entry.get("refused", {}), enc: str(exc)}
+                print(f"    refine refuses this cohort: {exc}")
         results[name] = entry
     if not results:
         print("quality: no cohort could be built", file=sys.stderr)
