@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--patch-size", type=int, default=None, help="patch size in pixels at the chosen level"
+        "--patch-size",
+        type=int,
+        default=None,
+        help="patch size in pixels at the chosen resolution (default 64 at 0.5 µm/px: 32 µm)",
     )
     p.add_argument(
         "--stride",
@@ -143,7 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to cut patches from")
     g.add_argument(
-        "--mpp", type=_mpp_arg, default=None, help="target microns per pixel for patches"
+        "--mpp",
+        type=_mpp_arg,
+        default=None,
+        help="target microns per pixel for patches (default 0.5; --level 0 for full resolution)",
+    )
+    p.add_argument(
+        "--no-pixel-stage",
+        action="store_true",
+        help="stop at the patch-level outline (skip the pixel stage's dense features)",
     )
     p.add_argument(
         "--slide-mpp",

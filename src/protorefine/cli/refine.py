@@ -138,6 +138,8 @@ def config_from_args(args: argparse.Namespace, base: RefineConfig | None = None)
         changes["seed"] = int(args.seed)
     if getattr(args, "threshold", None) is not None:
         changes["threshold"] = float(args.threshold)
+    if getattr(args, "no_pixel_stage", False):
+        changes["pixel_level"] = False
     if getattr(args, "colour_prototypes", None) is not None:
         changes["colour_prototypes"] = int(args.colour_prototypes)
     return cfg.replace(**changes) if changes else cfg

@@ -217,11 +217,8 @@ def _choose_level(
         return 0, patch_size, 1.0
     if not mpp > 0:
         raise ProtorefineError(f"mpp={mpp}: microns per pixel must be positive")
-    if slide.mpp is None:
-        raise ProtorefineError(
-            f"mpp={mpp}: {slide.name} does not record its microns per pixel; give a level "
-            "instead, or its pixel size (refine --slide-mpp; in napari, double-click its mpp)"
-        )
+    if slide.mpp is None:  # taken to be at ``mpp`` already (prepare_project says so)
+        return 0, patch_size, 1.0
     target = float(mpp) / float(slide.mpp)
     closest = int(np.argmin([abs(math.log(d / target)) for d in downsamples]))
     if abs(downsamples[closest] / target - 1) <= LEVEL_TOLERANCE:

@@ -16,13 +16,22 @@ import numpy as np
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
 from protorefine.annotations import (
+    rasterize,
     read_annotations,
+    read_geojson,
     tumour_class_name,
     tumour_geometry,
     write_geojson,
 )
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features import extract_features, get_encoder
+from protorefine.features.dense import (
+    BLOCK_WIDTHS,
+    DenseEncoder,
+    DenseGrid,
+    dense_features,
+    dense_grid,
+)
 from protorefine.features.device import resolve_device
 from protorefine.project.stages import (
     CACHE_FILE,
@@ -35,12 +44,15 @@ from protorefine.project.stages import (
     MARKS_FILE,
     MODEL_FILE,
     OUTLINE_FILE,
+    PIXEL_GRID_FILE,
+    PIXEL_PROB_FILE,
     PROB_FILE,
     PROTOTYPES_FILE,
     PSEUDO_FILE,
     REFINED_GRID_FILE,
     DamagedFileError,
     cached_features_fit,
+    dense_cache_files,
     feature_cache_files,
     read_npy,
     read_npz,
@@ -49,6 +61,7 @@ from protorefine.project.stages import (
 from protorefine.project.store import Project, same_annotations, write_npz
 from protorefine.refine.classifier import load_checkpoint, save_checkpoint
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
+from protorefine.refine.pixels import PixelSlide, pixel_mask, pixel_outline, pixel_probability
 from protorefine.refine.prototypes import Prototypes, carry_marks
 from protorefine.refine.pseudolabels import PseudoLabels
 from protorefine.refine.stain_clusters import cell_features, cell_sums
@@ -66,7 +79,8 @@ _FEATURES_REMEDY = "run refine again: the features are recomputed"
 
 
 class Pipeline:
-    """The stages grid -> features -> prototypes -> pseudo_labels -> classifier -> output."""
+    """The stages grid -> features -> prototypes -> pseudo_labels -> classifier -> output
+    -> pixels."""
 
     STAGES = STAGE_ORDER
 
@@ -466,6 +480,131 @@ class Pipeline:
         prog(n, n, "done")
         return {"slides": counts}
 
+    # ---- the pixel stage ----------------------------------------------------------------
+    def _stage_pixels(self, out: Path, prog, check, on_round, on_epoch) -> dict:
+        cfg = self.config
+        if not cfg.pixel_level:
+            return {"off": True}
+        encoder: DenseEncoder | None = None
+        slides, grids, assumed = [], [], []
+        n = len(self.slides)
+        for i, s in enumerate(self.slides):
+            slide = self.project.open_slide(s.id)
+            grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
+            if grid.mpp is None:
+                assumed.append(s.id)
+            path, cells = dense_cache_files(self.project.folder, s.id)
+            signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0"])
+            feats = None
+            if path.exists() and cells.exists() and cells.read_text() == signature:
+                with contextlib.suppress(ValueError, OSError):
+                    feats = np.load(path, mmap_mode="r")
+            if feats is None or feats.shape[:2] != (grid.rows, grid.cols):
+                encoder = encoder or DenseEncoder(resolve_device(cfg.device))
+                feats = self._dense(slide, grid, encoder, path, cells, signature, i, n, prog, check)
+            slides.append(self._pixel_slide(s.id, slide, grid, feats))
+            grids.append(grid)
+        probs = pixel_probability(slides, cfg, progress=lambda d, t, m: prog(d, t, m), cancel=check)
+        counts = {}
+        for s, grid, ps, prob in zip(self.slides, grids, slides, probs, strict=True):
+            cell_um = grid.cell_um or cfg.pixel_cell * cfg.pixel_mpp
+            mask = pixel_mask(prob, ps.tissue, cfg, cell_um)
+            f = max(1, int(cfg.pixel_upsample))
+            outline = pixel_outline(
+                mask,
+                grid.cell0 / f,
+                self.project.slide(s.id).shape,
+                classification=tumour_class_name(self.project.coarse(s.id)),
+                smoothing=cfg.outline_smoothing,
+            )
+            np.save(out / slide_file(PIXEL_PROB_FILE, s.id), prob.astype(np.float16))
+            (out / slide_file(PIXEL_GRID_FILE, s.id)).write_text(json.dumps(grid.__dict__))
+            write_geojson(outline, out / slide_file(OUTLINE_FILE, s.id))
+            counts[s.id] = {
+                "cells": [grid.rows, grid.cols],
+                "cell_um": cell_um,
+                "tumour_share": round(float(mask.mean()), 4),
+            }
+        return {"slides": counts, "assumed_mpp": assumed}
+
+    def _dense(self, slide, grid: DenseGrid, encoder, path, cells, signature, i, n, prog, check):
+        """Dense features of one slide written to the project's cache as a memory map."""
+        from numpy.lib.format import open_memmap
+
+        path.parent.mkdir(exist_ok=True)
+
+        def sub(done: int, total: int, msg: str = "") -> None:
+            prog(done, total, f"dense features, slide {i + 1}/{n} {msg}".rstrip())
+
+        shape = (grid.rows, grid.cols, sum(BLOCK_WIDTHS))
+        with atomic_path(path) as tmp:
+            mm = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+            dense_features(slide, grid, encoder, out=mm, progress=sub, cancel=check)
+            mm.flush()
+            del mm
+        atomic_write_text(cells, signature)
+        return np.load(path, mmap_mode="r")
+
+    def _pixel_slide(self, slide_id: str, slide, grid: DenseGrid, feats) -> PixelSlide:
+        """A slide's dense cells with their tissue, distance to the coarse outline (µm), the
+        pathologist's labels (corrections, then marked prototypes) from the patch grid and the
+        patch stage's refined outline."""
+        from scipy import ndimage as ndi
+
+        from protorefine.slides import tissue_mask
+
+        shape = (grid.rows, grid.cols)
+        centre = (
+            (np.arange(grid.rows) + 0.5) * grid.cell0,
+            (np.arange(grid.cols) + 0.5) * grid.cell0,
+        )
+        mask, ds = tissue_mask(slide)
+        ty = np.minimum((centre[0] / ds).astype(int), mask.shape[0] - 1)
+        tx = np.minimum((centre[1] / ds).astype(int), mask.shape[1] - 1)
+        tissue = mask[ty[:, None], tx[None, :]]
+        coarse = rasterize(self.project.coarse(slide_id), slide.shape, grid.cell0)
+        coarse = coarse[: grid.rows, : grid.cols]
+        cell_um = grid.cell_um or self.config.pixel_cell * self.config.pixel_mpp
+        distance = (
+            ndi.distance_transform_edt(coarse) - ndi.distance_transform_edt(~coarse)
+        ) * cell_um
+        labels = self._patch_labels(slide_id)
+        if labels is not None:
+            pgrid = self.project.grid(slide_id)
+            py = np.minimum((centre[0] / pgrid.downsample).astype(int), pgrid.rows - 1)
+            px = np.minimum((centre[1] / pgrid.downsample).astype(int), pgrid.cols - 1)
+            labels = labels[py[:, None], px[None, :]]
+        patch_outline = read_geojson(
+            self.project.stage_file("output", OUTLINE_FILE, slide_id), allow_empty=True
+        )
+        prior = rasterize(patch_outline, slide.shape, grid.cell0)[: grid.rows, : grid.cols]
+        return PixelSlide(
+            prior=prior.astype(np.float32),
+            features=feats,
+            distance=distance.astype(np.float32).reshape(shape),
+            tissue=tissue.reshape(shape),
+            labels=labels,
+        )
+
+    def _patch_labels(self, slide_id: str) -> np.ndarray | None:
+        """(rows, cols) of the patch grid: the pathologist's label of each patch (-1 none):
+        painted corrections, else the mark of its global prototype (tumour 1, normal 0)."""
+        grid = self.project.grid(slide_id)
+        out = np.full((grid.rows, grid.cols), -1, np.int8)
+        marks = {int(k): v for k, v in self.project.marks().items() if v in ("tumour", "normal")}
+        if marks:
+            a, b = json.loads(self.project.stage_file("prototypes", INDEX_FILE).read_text())[
+                slide_id
+            ]
+            gid = self._load("prototypes", PROTOTYPES_FILE)["global_proto"][a:b]
+            img = grid.to_image(gid.astype(np.int64), fill=-1)
+            for g, mark in marks.items():
+                out[img == g] = 1 if mark == "tumour" else 0
+        corr = self.project.corrections(slide_id)
+        if corr is not None and corr.shape == out.shape:
+            out = np.where(corr >= 0, corr, out).astype(np.int8)
+        return out if (out >= 0).any() else None
+
 
 def prepare_project(
     folder: str | Path,
@@ -507,6 +646,13 @@ def prepare_project(
                     f"{slide_path}: the file records {entry.mpp:.4g} µm/px; "
                     f"--slide-mpp {slide_mpp:g} is for files that record none"
                 )
+        if project.slide(entry.id).mpp is None:
+            cfg = project.config
+            say(
+                f"{slide_path}: the file records no pixel size; taken as "
+                f"{cfg.mpp or cfg.pixel_mpp:g} µm/px (set it with --slide-mpp, or in napari "
+                "double-click its mpp)"
+            )
         ann = read_annotations(coarse_path, slide_shape=entry.shape)
         for note in ann.warnings:  # clipped, repaired, classes left out, a mask's downsample
             say(note)

@@ -69,6 +69,10 @@ HISTORY_FILE = "history.json"
 REFINED_GRID_FILE = "{slide}_refined.npy"
 #: output: a slide's refined outline (level-0 pixels).
 OUTLINE_FILE = "{slide}.geojson"
+#: pixels: a slide's tumour probability per dense cell (rows, cols) float16.
+PIXEL_PROB_FILE = "{slide}_pixels.npy"
+#: pixels: where a slide's dense cells lie (level-0 pixels per cell, rows, cols, µm per pixel).
+PIXEL_GRID_FILE = "{slide}_cells.json"
 
 #: What each stage leaves in ``stages/<stage>/`` besides :data:`DONE_FILE` ("{slide}": one a slide).
 STAGE_FILES: dict[str, tuple[str, ...]] = {
@@ -78,6 +82,7 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "pseudo_labels": (PSEUDO_FILE,),
     "classifier": (MODEL_FILE, PROB_FILE, PSEUDO_FILE, HISTORY_FILE),
     "output": (PROB_FILE, REFINED_GRID_FILE, OUTLINE_FILE),
+    "pixels": (PIXEL_PROB_FILE, PIXEL_GRID_FILE, OUTLINE_FILE),
 }
 
 #: Feature caches, ``features/<key>/<slide>.npy`` (+ ``.cells``: the grid cells of its rows),
@@ -88,6 +93,8 @@ FEATURES_FILE = "{slide}.npy"
 #: (+ ``.cells``: the grid they were read on).
 COLOUR_FOLDER = "colour"
 COLOUR_FILE = "{slide}-f{factor}.npy"
+#: Dense features of the pixel stage, ``dense/<slide>.npy`` (+ ``.cells``: the dense grid).
+DENSE_FOLDER = "dense"
 #: Suffix of the file next to a cache that names the grid cells it belongs to.
 CELLS_SUFFIX = ".cells"
 
@@ -107,6 +114,13 @@ def colour_cache_files(folder: Path, slide_id: str, factor: int) -> tuple[Path, 
     """A slide's stain statistics at ``factor`` fine cells per patch side in the project at
     ``folder``, and the file naming the grid they were read on."""
     path = folder / COLOUR_FOLDER / COLOUR_FILE.format(slide=slide_id, factor=factor)
+    return path, path.with_suffix(CELLS_SUFFIX)
+
+
+def dense_cache_files(folder: Path, slide_id: str) -> tuple[Path, Path]:
+    """A slide's dense features in the project at ``folder``, and the file naming the dense
+    grid and encoder they were computed with."""
+    path = folder / DENSE_FOLDER / f"{slide_id}.npy"
     return path, path.with_suffix(CELLS_SUFFIX)
 
 

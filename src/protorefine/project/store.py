@@ -554,6 +554,9 @@ class Project(ReviewMixin):
         return read_geojson(self._refined_path(slide_id), allow_empty=True)
 
     def _refined_path(self, slide_id: str) -> Path:
+        """The pixel stage's outline when it ran (and is on), else the patch-level one."""
+        if self.config.pixel_level and self.stage_done("pixels"):
+            return self.stage_file("pixels", OUTLINE_FILE, slide_id)
         return self.stage_file("output", OUTLINE_FILE, slide_id)
 
 

@@ -62,6 +62,16 @@ STAGE_OF: dict[str, str] = {
     "colour_weight": "output",
     "min_area": "output",
     "max_hole": "output",
+    "pixel_level": "pixels",
+    "pixel_mpp": "pixels",
+    "pixel_cell": "pixels",
+    "pixel_reliable_um": "pixels",
+    "pixel_c": "pixels",
+    "pixel_confidence": "pixels",
+    "pixel_smooth": "pixels",
+    "pixel_threshold": "pixels",
+    "pixel_upsample": "pixels",
+    "pixel_min_area_um2": "pixels",
     "device": "",
 }
 
@@ -92,7 +102,15 @@ def _json_type_ok(value: Any, base: str, optional: bool) -> bool:
     return isinstance(value, int) if base == "int" else isinstance(value, int | float)
 
 
-STAGE_ORDER = ("grid", "features", "prototypes", "pseudo_labels", "classifier", "output")
+STAGE_ORDER = (
+    "grid",
+    "features",
+    "prototypes",
+    "pseudo_labels",
+    "classifier",
+    "output",
+    "pixels",
+)
 
 
 @dataclass
@@ -104,9 +122,9 @@ class RefineConfig:
     """
 
     # grid
-    patch_size: int = 224
+    patch_size: int = 64
     level: int | None = None
-    mpp: float | None = None
+    mpp: float | None = 0.5
     stride: int | None = None
     tissue_threshold: float = 0.25
     # features
@@ -158,6 +176,17 @@ class RefineConfig:
     colour_weight: float = 0.3
     min_area: int = 2
     max_hole: int = 2
+    # pixel stage (dense features, a probability per cell of pixel_cell working pixels)
+    pixel_level: bool = True
+    pixel_mpp: float = 0.5
+    pixel_cell: int = 16
+    pixel_reliable_um: float = 32.0
+    pixel_c: float = 0.01
+    pixel_confidence: float = 0.3
+    pixel_smooth: float = 1.0
+    pixel_threshold: float = 0.6
+    pixel_upsample: int = 2
+    pixel_min_area_um2: float = 200.0
     # run
     seed: int = 0
     device: str = "auto"
@@ -219,6 +248,30 @@ class RefineConfig:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ProtorefineError(f"config {name}={v!r}: must be between 0 and 1")
+        if int(self.pixel_cell) < 4 or int(self.pixel_cell) % 4:
+            raise ProtorefineError(
+                f"config pixel_cell={self.pixel_cell!r}: must be a multiple of 4, at least 4"
+            )
+        if not 0.05 <= float(self.pixel_mpp) <= 16:
+            raise ProtorefineError(
+                f"config pixel_mpp={self.pixel_mpp!r}: must be between 0.05 and 16 µm per pixel"
+            )
+        if not 0.0 < float(self.pixel_threshold) < 1.0:
+            raise ProtorefineError(
+                f"config pixel_threshold={self.pixel_threshold!r}: must be above 0 and below 1"
+            )
+        for name in ("pixel_c", "pixel_reliable_um"):
+            if float(getattr(self, name)) <= 0:
+                raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
+        for name in ("pixel_smooth", "pixel_min_area_um2"):
+            if float(getattr(self, name)) < 0:
+                raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 0")
+        if not 1 <= int(self.pixel_upsample) <= 8:
+            raise ProtorefineError(f"config pixel_upsample={self.pixel_upsample!r}: must be 1 to 8")
+        if not 0.0 <= float(self.pixel_confidence) < 1.0:
+            raise ProtorefineError(
+                f"config pixel_confidence={self.pixel_confidence!r}: must be >= 0 and below 1"
+            )
         if self.feature_norm not in ("none", "center", "standardize"):
             raise ProtorefineError(
                 f"config feature_norm={self.feature_norm!r}: must be none, center or standardize"

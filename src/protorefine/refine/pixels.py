@@ -1,0 +1,282 @@
+"""The pixel stage: a tumour probability per dense cell (a few µm) learned on the slide's own
+pixels, and the outline drawn from it, so the outline follows tissue, not the patch grid.
+
+Supervision comes from where the coarse outline is reliable and from the pathologist: cells
+far inside the outline are tumour, cells far outside are normal, painted corrections are
+hard labels. A linear model on the dense features (per-slide z-scored) is fitted on those
+cells, once on every slide together (what tumour looks like across the cohort) and once per
+slide (this slide's stain and tissue); their mean, averaged with the patch stage's refined
+outline (the evidence of the patch classifier), scores every cell. The near-outline
+band, where the coarse outline is wrong most often, is then decided by self-training: the
+slide's confident cells, its far-outside cells and the corrections retrain the per-slide
+model, which gives the final probability. See ``docs/method.md``, "Pixel stage".
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from shapely.geometry import box
+
+from protorefine._types import Cancel, Progress
+from protorefine.annotations import AnnotationSet, smooth_outline, vectorize
+from protorefine.annotations.classes import polygonal
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.features.dense import BLOCK_WIDTHS
+from protorefine.refine.config import RefineConfig
+
+#: Cells fitted per model at most (a random sample; the cohort model shares it among slides).
+MAX_TRAIN = 40000
+#: Cells scored per chunk (keeps a whole slide's features out of memory at once).
+_CHUNK = 65536
+
+
+@dataclass
+class PixelSlide:
+    """One slide's dense cells: ``features`` (rows, cols, D) (an array or a memory map),
+    ``distance`` (rows, cols) signed distance to the coarse outline in µm (positive inside),
+    ``tissue`` (rows, cols) bool, ``labels`` (rows, cols) int8 corrections (-1 none, 0, 1),
+    ``prior`` (rows, cols) the patch stage's refined outline on the cells (1 inside)."""
+
+    features: np.ndarray
+    distance: np.ndarray
+    tissue: np.ndarray
+    labels: np.ndarray | None = None
+    prior: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.features.shape[:2]
+        for name in ("distance", "tissue", "labels", "prior"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != shape:
+                raise ProtorefineError(f"{name}: expected shape {shape}, got {arr.shape}")
+
+
+class _Standardiser:
+    """Per-slide z-scoring of the dense features, each encoder layer weighed equally."""
+
+    def __init__(self, slide: PixelSlide, rng: np.random.Generator) -> None:
+        idx = np.flatnonzero(slide.tissue.ravel())
+        if len(idx) == 0:
+            raise ProtorefineError("pixel stage: a slide has no tissue cells")
+        sample = idx if len(idx) <= MAX_TRAIN else rng.choice(idx, MAX_TRAIN, replace=False)
+        x = self._rows(slide, np.sort(sample))
+        self.mean = x.mean(0)
+        self.std = x.std(0) + 1e-6
+        widths = BLOCK_WIDTHS if sum(BLOCK_WIDTHS) == x.shape[1] else (x.shape[1],)
+        self.weight = np.concatenate([np.full(w, 1 / np.sqrt(w)) for w in widths]).astype(
+            np.float32
+        )
+
+    @staticmethod
+    def _rows(slide: PixelSlide, flat: np.ndarray) -> np.ndarray:
+        feats = slide.features.reshape(-1, slide.features.shape[-1])
+        return np.asarray(feats[flat], dtype=np.float32)
+
+    def __call__(self, slide: PixelSlide, flat: np.ndarray) -> np.ndarray:
+        return ((self._rows(slide, flat) - self.mean) / self.std * self.weight).astype(np.float32)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int):
+    """A class-balanced L2 logistic regression (None when the labels hold one class only)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(y) < 4 or y.min() == y.max():
+        return None
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence notes: the fit is still usable
+        clf.fit(x, y, sample_weight=w)
+    return clf
+
+
+def _reliable(slide: PixelSlide, config: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and labels of the cells taken as known: far inside the coarse outline
+    (tumour), far outside (normal) and the corrections. Small slides whose outline leaves no
+    cell that far take half the largest distance instead."""
+    d = slide.distance.ravel()
+    tissue = slide.tissue.ravel()
+    far = float(config.pixel_reliable_um)
+    pos, neg = (d >= far) & tissue, (d <= -far) & tissue
+    if pos.sum() < 4:
+        pos = (d >= min(far, 0.5 * d[tissue].max(initial=0))) & (d > 0) & tissue
+    if neg.sum() < 4:
+        neg = (d <= max(-far, 0.5 * d[tissue].min(initial=0))) & (d < 0) & tissue
+    y = np.full(d.shape, -1, np.int8)
+    y[pos], y[neg] = 1, 0
+    if slide.labels is not None:
+        corr = slide.labels.ravel()
+        y[(corr >= 0) & tissue] = corr[(corr >= 0) & tissue]
+    idx = np.flatnonzero(y >= 0)
+    return idx, y[idx].astype(np.int64)
+
+
+def _sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return idx if len(idx) <= n else np.sort(rng.choice(idx, n, replace=False))
+
+
+def _weights(slide: PixelSlide, idx: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """Corrections count ``correction_weight`` times a coarse-outline cell."""
+    w = np.ones(len(idx), np.float64)
+    if slide.labels is not None:
+        w[slide.labels.ravel()[idx] >= 0] = float(config.correction_weight)
+    return w
+
+
+def _predict(clf, slide: PixelSlide, norm: _Standardiser) -> np.ndarray:
+    """The model's probability for every tissue cell of a slide (0 off tissue), in chunks."""
+    flat = np.flatnonzero(slide.tissue.ravel())
+    out = np.zeros(slide.tissue.size, np.float32)
+    for a in range(0, len(flat), _CHUNK):
+        part = flat[a : a + _CHUNK]
+        out[part] = clf.predict_proba(norm(slide, part))[:, 1]
+    return out.reshape(slide.tissue.shape)
+
+
+def smooth_on_tissue(prob: np.ndarray, tissue: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of a cell map over tissue only (normalised: no pull toward 0 at
+    the tissue border)."""
+    if sigma <= 0:
+        return np.where(tissue, prob, 0).astype(np.float32)
+    t = tissue.astype(np.float32)
+    num = ndi.gaussian_filter(np.where(tissue, prob, 0).astype(np.float32), sigma, truncate=3.0)
+    den = ndi.gaussian_filter(t, sigma, truncate=3.0)
+    return np.where(tissue, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+
+
+def pixel_probability(
+    slides: Sequence[PixelSlide],
+    config: RefineConfig,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> list[np.ndarray]:
+    """Tumour probability per dense cell of every slide (rows, cols), corrections forced."""
+    if not slides:
+        raise ProtorefineError("pixel stage: no slides")
+    rng = np.random.default_rng(config.seed)
+    total = 2 * len(slides) + 1
+    done = 0
+
+    def step(msg: str) -> None:
+        nonlocal done
+        if cancel is not None and cancel():
+            raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
+
+    norms = [_Standardiser(s, rng) for s in slides]
+    known = [_reliable(s, config) for s in slides]
+    for s, (_, y) in zip(slides, known, strict=True):
+        if not (y == 0).any():
+            raise ProtorefineError(
+                "pixel stage: a coarse outline leaves no tissue outside it, nothing to learn "
+                "normal tissue from; draw the outline around the tumour, not the whole slide"
+            )
+        del s
+    c_first, c_self = float(config.pixel_c), 10.0 * float(config.pixel_c)
+    # the cohort model: every slide's known cells together (a share of MAX_TRAIN each)
+    per = max(200, MAX_TRAIN // len(slides))
+    xs, ys, ws = [], [], []
+    for s, norm, (idx, y) in zip(slides, norms, known, strict=True):
+        pick = np.searchsorted(idx, _sample(idx, per, rng))
+        xs.append(norm(s, idx[pick]))
+        ys.append(y[pick])
+        ws.append(_weights(s, idx[pick], config))
+    cohort = (
+        _fit(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), c_first, config.seed)
+        if len(slides) > 1
+        else None
+    )
+    step("cohort model")
+    out = []
+    for k, (s, norm, (idx, y)) in enumerate(zip(slides, norms, known, strict=True)):
+        pick = np.searchsorted(idx, _sample(idx, MAX_TRAIN, rng))
+        own = _fit(
+            norm(s, idx[pick]), y[pick], _weights(s, idx[pick], config), c_first, config.seed
+        )
+        preds = [_predict(m, s, norm) for m in (cohort, own) if m is not None]
+        if not preds:  # one class only among the known cells: keep the coarse outline
+            out.append(((s.distance > 0) & s.tissue).astype(np.float32))
+            step(f"slide {k + 1}/{len(slides)}")
+            step(f"slide {k + 1}/{len(slides)}")
+            continue
+        first = np.mean(preds, axis=0)
+        if s.prior is not None:  # the patch stage's outline: the evidence of its head
+            first = 0.5 * (first + s.prior)
+        step(f"slide {k + 1}/{len(slides)}: first pass")
+        # self-training: the slide's confident cells decide the band near the outline
+        q = smooth_on_tissue(first, s.tissue, config.pixel_smooth).ravel()
+        conf = np.abs(2 * q - 1) >= config.pixel_confidence
+        label = (q >= 0.5).astype(np.int64)
+        far_out = s.distance.ravel() <= -config.pixel_reliable_um
+        label[far_out] = 0
+        use = (conf | far_out) & s.tissue.ravel()
+        if s.labels is not None:
+            corr = s.labels.ravel()
+            label[corr >= 0] = corr[corr >= 0]
+            use |= (corr >= 0) & s.tissue.ravel()
+        sel = _sample(np.flatnonzero(use), MAX_TRAIN, rng)
+        again = _fit(norm(s, sel), label[sel], _weights(s, sel, config), c_self, config.seed)
+        prob = _predict(again, s, norm) if again is not None else first
+        if s.labels is not None:
+            prob = np.where(s.labels >= 0, s.labels, prob).astype(np.float32)
+        out.append(np.where(s.tissue, prob, 0).astype(np.float32))
+        step(f"slide {k + 1}/{len(slides)}: self-training")
+    return out
+
+
+def pixel_mask(
+    prob: np.ndarray, tissue: np.ndarray, config: RefineConfig, cell_um: float
+) -> np.ndarray:
+    """The refined mask on cells ``config.pixel_upsample`` times finer than the dense grid:
+    the probability smoothed over tissue, resampled bilinearly, thresholded, parts smaller
+    than ``pixel_min_area_um2`` dropped and holes that small filled."""
+    f = max(1, int(config.pixel_upsample))
+    p = smooth_on_tissue(prob, tissue, config.pixel_smooth)
+    if f > 1:
+        p = ndi.zoom(p, f, order=1, mode="nearest", grid_mode=True)
+        t = np.repeat(np.repeat(tissue, f, 0), f, 1)
+    else:
+        t = tissue
+    mask = (p >= config.pixel_threshold) & t
+    min_cells = config.pixel_min_area_um2 / (cell_um / f) ** 2
+    if min_cells >= 1 and mask.any():
+        lab, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+        small = np.bincount(lab.ravel(), minlength=n + 1) < min_cells
+        small[0] = False
+        mask[small[lab]] = False
+    if min_cells >= 1 and (~mask).any():
+        lab, n = ndi.label(~mask)
+        fill = np.bincount(lab.ravel(), minlength=n + 1) < min_cells
+        fill[0] = False
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        fill[border] = False
+        mask[fill[lab]] = True
+        mask &= t
+    return mask
+
+
+def pixel_outline(
+    mask: np.ndarray,
+    step: float,
+    shape: tuple[int, int],
+    *,
+    classification: str,
+    smoothing: int,
+) -> AnnotationSet:
+    """Polygons of a fine mask whose cells are ``step`` level-0 pixels, rounded and clipped
+    to the slide (level-0 pixels)."""
+    annset = vectorize(mask, step, classification=classification)
+    frame = box(0, 0, shape[1], shape[0])
+    for ann in annset.annotations:
+        ann.geometry = polygonal(smooth_outline(ann.geometry, step, smoothing).intersection(frame))
+    annset.annotations = [
+        a for a in annset.annotations if not a.geometry.is_empty and a.geometry.area > 0
+    ]
+    return annset
