@@ -34,7 +34,14 @@ from protorefine.annotations import fit_mask
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PROTOREFINE_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("PROTOREFINE_BENCH_CACHE", "/tmp/protorefine-bench"))
-COHORTS = ("synthetic", "camelyon-canvas", "ocdc-canvas", "camelyon-tiles", "ocdc-tiles")
+COHORTS = (
+    "synthetic",
+    "camelyon-canvas",
+    "ocdc-canvas",
+    "camelyon-tiles",
+    "ocdc-tiles",
+    "kather-canvas",
+)
 # Strengths tried when calibrating the coarse simulator to the target coarse Dice.
 STRENGTHS = tuple(round(0.25 * i, 2) for i in range(1, 49))
 # Published coarse outlines score about 0.78 F1 against fine ones (CAMELYON16).
@@ -371,6 +378,47 @@ def build_tiles_cohort(
     return slides, {"tiles": len(slides), "skipped_one_class": skipped, "eval_downsample": ds}
 
 
+def build_kather_cohort(
+    folder: Path, *, n_slides: int, squares: int, seed: int, fraction: float = 0.4
+) -> tuple[list[BenchSlide], dict]:
+    """Canvases of whole Kather colorectal tiles (150 px, about 0.5 µm/px): tumour epithelium
+    where the tumour map says tumour, a tile of any of the other seven classes elsewhere
+    (stroma, lymphocytes, debris, mucosa, fat, glass); a third organ with a multi-class
+    normal side. The tiles are split between slides so no slide reuses another's."""
+    import csv
+
+    from skimage.io import imread
+
+    rows = list(csv.DictReader((folder / "labels.csv").open()))
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[Path]] = {0: [], 1: []}
+    for r in rows:
+        by_class[1 if r["class_code"] == "01_TUMOR" else 0].append(folder / r["file"])
+    size = 150
+    slides = []
+    for k in range(n_slides):
+        pools = {
+            c: [imread(f)[:size, :size, :3].astype(np.uint8) for f in paths[k::n_slides]]
+            for c, paths in by_class.items()
+        }
+        tmap = tumour_map((squares + 1, squares + 1), rng, fraction=fraction)
+        canvas = squares * size
+        img = render_canvas(tmap, pools, size, (canvas, canvas), rng, size // 2)
+        ds = 25  # a divisor of the square and of its half-square offset
+        truth = truth_at(tmap, size, (canvas, canvas), ds, size // 2)
+        slides.append(
+            BenchSlide(
+                name=f"kather-canvas{k}",
+                image=img,
+                truth=truth,
+                tissue=np.ones_like(truth),
+                eval_downsample=ds,
+                sources=[f"{len(pools[1])} tumour, {len(pools[0])} other tiles"],
+            )
+        )
+    return slides, {"square_px": size, "eval_downsample": 25, "classes": "tumour vs 7 others"}
+
+
 def build_synthetic_cohort(
     *, n_slides: int, shape: tuple[int, int], seed: int
 ) -> tuple[list[BenchSlide], dict]:
@@ -424,6 +472,7 @@ SPECS: dict[str, dict] = {
     },
     "camelyon-tiles": {"ds": 8, "patch_size": 64, "seed": 41},
     "ocdc-tiles": {"ds": 8, "patch_size": 64, "seed": 51},
+    "kather-canvas": {"n_slides": 4, "squares": 12, "patch_size": 64, "seed": 61},
 }
 QUICK = {
     "synthetic": {"n_slides": 2, "shape": (1024, 1024)},
@@ -431,6 +480,7 @@ QUICK = {
     "ocdc-canvas": {"n_slides": 3, "squares": 8},
     "camelyon-tiles": {"limit": 16},
     "ocdc-tiles": {"limit": 4},
+    "kather-canvas": {"n_slides": 2, "squares": 8},
 }
 
 
@@ -455,6 +505,7 @@ def data_folder(name: str, data: Path = DATA) -> Path | None:
         "ocdc-canvas": data / "ocdc",
         "camelyon-tiles": data / "camelyon-tiles",
         "ocdc-tiles": data / "ocdc",
+        "kather-canvas": data / "kather-crc",
     }.get(name)
 
 
@@ -482,6 +533,10 @@ def build_cohort(
     if name == "synthetic":
         slides, notes = build_synthetic_cohort(
             n_slides=spec["n_slides"], shape=tuple(spec["shape"]), seed=spec["seed"]
+        )
+    elif name == "kather-canvas":
+        slides, notes = build_kather_cohort(
+            folder, n_slides=spec["n_slides"], squares=spec["squares"], seed=spec["seed"]
         )
     elif name in ("camelyon-tiles", "ocdc-tiles"):
         slides, notes = build_tiles_cohort(folder, ds=spec["ds"])

@@ -37,12 +37,13 @@ from protorefine.errors import ProtorefineError  # noqa: E402
 from protorefine.project import Project  # noqa: E402
 from protorefine.project.pipeline import Pipeline, prepare_project  # noqa: E402
 from protorefine.refine import Cohort, RefineConfig, outline_step  # noqa: E402
-from protorefine.refine.baselines import coarse_classifier, dknn  # noqa: E402
+from protorefine.refine.baselines import attention_mil, coarse_classifier, dknn  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENCODERS = ("efficientnet-lite0", "colour-texture", "efficientnet-lite0+colour-texture")
 ABLATIONS = {
     "ours": {},
+    "ours at patch level (no pixel stage)": {"pixel_level": False},
     "ours: + global prototype evidence": {"use_global": True},
     "ours: global prototypes only": {"use_local": False, "use_global": True},
     "ours: no per-slide standardisation": {"slide_norm": False},
@@ -51,6 +52,25 @@ ABLATIONS = {
     "ours: no early stopping (10 epochs)": {"early_stop": 0.0, "epochs": 10},
     "ours: no colour prototypes": {"colour_prototypes": 0},
 }
+#: The rows every run scores; ``--all-ablations`` adds the others of ABLATIONS.
+MAIN_ROWS = ("ours", "ours at patch level (no pixel stage)")
+#: Grids (level-0 pixels) whose perfect labels are scored as references.
+REFERENCE_GRIDS = (64, 32, 16)
+
+
+def grid_reference(cohort: C.Cohort, cell: int) -> list[np.ndarray]:
+    """Each slide's truth made blocky on a ``cell``-pixel grid (a cell is tumour when most of
+    it is), on the evaluation grid: what perfect labels on that grid would draw."""
+    out = []
+    for s in cohort.slides:
+        ds = s.eval_downsample
+        full = np.kron(s.truth, np.ones((ds, ds), bool))
+        h, w = (full.shape[0] // cell) * cell, (full.shape[1] // cell) * cell
+        major = full[:h, :w].reshape(h // cell, cell, w // cell, cell).mean((1, 3)) >= 0.5
+        blocky = full.copy()
+        blocky[:h, :w] = np.kron(major, np.ones((cell, cell), bool))
+        out.append(blocky[ds // 2 :: ds, ds // 2 :: ds][: s.truth.shape[0], : s.truth.shape[1]])
+    return out
 
 
 @dataclass
@@ -223,9 +243,12 @@ def scores(pred: list[np.ndarray], cohort: C.Cohort) -> dict:
     }
 
 
-def run_methods(run: ProductRun, seeds: list[int], *, log=print) -> dict:
-    """Score every method (references, baselines, ours and its ablations) on one cohort and
-    encoder. Ours is the product's own run; every per-cell baseline goes through its output step."""
+def run_methods(
+    run: ProductRun, seeds: list[int], *, log=print, rows: tuple[str, ...] = MAIN_ROWS
+) -> dict:
+    """Score every method (references, baselines, ours and the ablations in ``rows``) on one
+    cohort and encoder. Ours is the product's own run; every per-cell baseline goes through its
+    output step."""
     cohort = run.cohort
     base = run.config
     out: dict[str, dict] = {}
@@ -254,6 +277,8 @@ def run_methods(run: ProductRun, seeds: list[int], *, log=print) -> dict:
 
     # ours first: its prototypes stage stores the coarse labels the others read
     for name, change in ABLATIONS.items():
+        if name not in rows:
+            continue
         preds, seconds = [], 0.0
         for seed in seeds:
             masks, sec = run.refine({**change, "seed": seed})
@@ -264,7 +289,9 @@ def run_methods(run: ProductRun, seeds: list[int], *, log=print) -> dict:
     cells = run.cells()
     coarse = (cells.coarse >= 0.5).astype(np.uint8)
 
-    # references: what the grid itself allows, so without the colour step below the cell
+    # references: what a grid itself allows
+    for g in REFERENCE_GRIDS:
+        record(f"perfect labels on the {g} px grid (reference)", [grid_reference(cohort, g)], 0.0)
     grid_only = base.replace(colour_prototypes=0)
     truth = (truth_fraction(run, cells) >= 0.5).astype(np.float32)
     record("true labels on the patch grid (reference)", *timed(lambda: [truth], grid_only))
@@ -287,8 +314,19 @@ def run_methods(run: ProductRun, seeds: list[int], *, log=print) -> dict:
             f"DkNN (k=5){label}",
             *timed(lambda f=feats: [dknn(f, coarse, k=5, blocks=blocks).astype(np.float32)]),
         )
+    record(
+        "LC-MIL-style attention MIL (per slide)",
+        *timed(
+            lambda: [
+                attention_mil(
+                    cells.refine_features(base), coarse, cells.slide_index, cells.rc, seed=seed
+                )
+                for seed in seeds
+            ]
+        ),
+    )
     first = [k for k in out if k not in ABLATIONS]  # references and baselines, then ours
-    return {k: out[k] for k in [*first, *ABLATIONS]}
+    return {k: out[k] for k in [*first, *(a for a in ABLATIONS if a in out)]}
 
 
 def coarse_pixel_scores(cohort: C.Cohort) -> dict:
@@ -385,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no --patch-size/--stride: the product's default geometry (what a user gets)",
     )
+    ap.add_argument(
+        "--all-ablations",
+        action="store_true",
+        help="score every ablation of ours, not only ours and ours at patch level",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.md and quality.json")
     ap.add_argument(
         "--merge",
@@ -431,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"  [{enc}] {n} tissue patches; ours = `{run.command}`")
             try:
-                entry["methods"][enc] = run_methods(run, seeds)
+                rows = tuple(ABLATIONS) if args.all_ablations else MAIN_ROWS
+                entry["methods"][enc] = run_methods(run, seeds, rows=rows)
             except ProtorefineError as exc:  # what `protorefine refine` says to a user: a result
                 entry["refused"] = {**entry.get("refused", {}), enc: str(exc)}
                 print(f"    refine refuses this cohort: {exc}")

@@ -88,3 +88,23 @@ def test_coarse_classifier_single_class_and_bad_input():
     bad[0, 0] = np.nan
     with pytest.raises(ProtorefineError, match="NaN"):
         coarse_classifier(bad, np.ones(10))
+
+
+def test_attention_mil_cleans_a_dilated_outline():
+    """Per slide, bags of neighbouring patches: the normal rim a dilated outline takes in is
+    scored low when it looks like the normal tissue outside."""
+    from scipy import ndimage as ndi
+
+    from protorefine.refine.baselines import attention_mil
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:30, :30]
+    truth = np.hypot(yy - 15, xx - 15) < 8
+    coarse = ndi.binary_dilation(truth, iterations=3)
+    feats = rng.normal(0, 1, (900, 6)).astype(np.float32)
+    feats[:, :2] += np.where(truth.ravel(), 2.0, -2.0)[:, None]
+    rc = np.stack([yy.ravel(), xx.ravel()], 1)
+    prob = attention_mil(feats, coarse.ravel().astype(np.uint8), np.zeros(900, int), rc)
+    rim = coarse.ravel() & ~truth.ravel()
+    assert prob.shape == (900,)
+    assert prob[truth.ravel()].mean() > 0.7 and prob[rim].mean() < prob[truth.ravel()].mean() - 0.3

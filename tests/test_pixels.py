@@ -128,3 +128,69 @@ def test_outline_polygons_follow_the_fine_mask():
     back = rasterize(ann, (960, 960), step)
     assert _dice(back, mask) > 0.95
     assert all(a.classification == "Tumor" for a in ann.annotations)
+
+
+# ---- the stage in the product ---------------------------------------------------------------
+PIPE_CFG = RefineConfig(encoder="colour-texture", device="cpu", epochs=4)
+
+
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory):
+    from protorefine.project.pipeline import Pipeline, prepare_project
+    from refine_synth import write_slide_case
+
+    case = write_slide_case(tmp_path_factory.mktemp("case"), size=1024)
+    notes: list[str] = []
+    project, _ = prepare_project(
+        tmp_path_factory.mktemp("proj") / "p",
+        [(case["slide"], case["coarse"])],
+        lambda _base: PIPE_CFG,
+        warn=notes.append,
+    )
+    Pipeline(project).run()
+    return project, case, notes
+
+
+@pytest.mark.slow
+def test_refine_draws_the_outline_from_the_pixel_stage(refined):
+    from protorefine.annotations import rasterize, read_geojson
+
+    project, case, notes = refined
+    assert any("records no pixel size; taken as 0.5 µm/px" in n for n in notes)
+    assert project.stage_done("pixels")
+    prob, cell0 = project.pixel_probability("s1")
+    assert cell0 == 16 and prob.shape == (64, 64)  # 8 µm cells at the assumed 0.5 µm/px
+    assert ((prob >= 0) & (prob <= 1)).all()
+    shape = project.slide("s1").shape
+    ds = case["downsample"]
+    truth = case["truth"]
+    pixel = rasterize(project.refined_annotations("s1"), shape, ds)[
+        : truth.shape[0], : truth.shape[1]
+    ]
+    patch_ann = read_geojson(project.stage_file("output", "{slide}.geojson", "s1"))
+    patch = rasterize(patch_ann, shape, ds)[: truth.shape[0], : truth.shape[1]]
+    coarse = rasterize(read_geojson(case["coarse"]), shape, ds)[: truth.shape[0], : truth.shape[1]]
+    print(_dice(pixel, truth), _dice(patch, truth), _dice(coarse, truth))
+    assert _dice(pixel, truth) > _dice(coarse, truth) + 0.02
+    assert _dice(pixel, truth) >= _dice(patch, truth) - 0.01
+
+
+@pytest.mark.slow
+def test_cancelling_the_pixel_stage_keeps_the_patch_outline(refined, tmp_path):
+    import shutil
+
+    from protorefine.annotations import read_geojson
+    from protorefine.project import Project
+    from protorefine.project.pipeline import Pipeline
+
+    project, case, _ = refined
+    copy = tmp_path / "p"
+    shutil.copytree(project.folder, copy)
+    p = Project.open(copy)
+    p.set_config(p.config.replace(pixel_threshold=0.5))  # the pixel stage must run again
+    assert not p.stage_done("pixels") and p.stage_done("output")
+    with pytest.raises(CancelledError):
+        Pipeline(p).run(cancel=lambda: True)
+    assert not p.stage_done("pixels") and p.pixel_probability("s1") is None
+    patch = read_geojson(p.stage_file("output", "{slide}.geojson", "s1"))
+    assert p.refined_annotations("s1").union().equals(patch.union())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ class DenseEncoder:
     def __init__(self, device: str | torch.device = "cpu") -> None:
         enc = get_encoder("efficientnet-lite0", device=device)
         self.device = enc.device
-        self.model = enc.net.model  # type: ignore[union-attr]  # efficientnet_lite_pytorch's
+        self.model: Any = enc.net.model  # efficientnet_lite_pytorch's (untyped)
         self.weight_hash = enc.weight_hash
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
@@ -151,8 +152,10 @@ def _read_working(slide: Slide, grid: DenseGrid, y0: int, x0: int, size: int) ->
         region = region[: yb - ya, : xb - xa]
     pad = ((ya - y0, y0 + size - yb), (xa - x0, x0 + size - xb), (0, 0))
     if any(p for pair in pad[:2] for p in pair):
-        mode = "reflect" if min(region.shape[:2]) > max(max(pad[0]), max(pad[1])) else "edge"
-        region = np.pad(region, pad, mode=mode)
+        if min(region.shape[:2]) > max(max(pad[0]), max(pad[1])):
+            region = np.pad(region, pad, mode="reflect")
+        else:  # a slide smaller than the halo: its edge pixels repeated
+            region = np.pad(region, pad, mode="edge")
     return region
 
 

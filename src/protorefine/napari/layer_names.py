@@ -30,6 +30,9 @@ IMAGE_GRID_LAYERS = (CONFIDENCE, PROBABILITY)
 #: is unsure"); the others show when their results arrive.
 HIDDEN_UNTIL_ASKED = (PROBABILITY,)
 
+#: The pixel stage's tumour probability per dense cell (a few µm), an Image layer of its own grid.
+PIXEL_PROBABILITY = "pixel tumour probability"
+
 #: Name of the coarse-annotation Shapes layer of the current slide.
 COARSE = "coarse"
 #: Shapes layer with the refined polygons (what is exported).
@@ -49,6 +52,7 @@ __all__ = [
     "IMAGE_GRID_LAYERS",
     "LOCAL_PROTOTYPES",
     "PLACEHOLDER_LAYERS",
+    "PIXEL_PROBABILITY",
     "PLACEHOLDER_SUFFIX",
     "PROBABILITY",
     "PSEUDO_LABELS",

@@ -34,6 +34,7 @@ from protorefine.napari.layer_names import (
     GLOBAL_PROTOTYPES,
     IMAGE_GRID_LAYERS,
     LOCAL_PROTOTYPES,
+    PIXEL_PROBABILITY,
     PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
@@ -419,6 +420,33 @@ def _grid_layer(
         opts["colormap"] = DirectLabelColormap(color_dict=CLASS_COLORS)
     opts.update(kwargs)
     return Labels(data, **common, **opts)
+
+
+def pixel_layer_geometry(cell0: float, s: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, translate)`` that lay the pixel stage's cells (``cell0`` level-0 pixels
+    each, from the slide's origin) over the slide."""
+    step = float(cell0) * s
+    t = s * (float(cell0) - 1.0) / 2.0
+    return (step, step), (t, t)
+
+
+def pixel_probability_layer(prob: np.ndarray, cell0: float, s: float) -> Layer:
+    """The pixel stage's tumour probability as a hidden Image layer over the slide."""
+    from napari.layers import Image
+
+    scale, translate = pixel_layer_geometry(cell0, s)
+    return Image(
+        np.asarray(prob, np.float32),
+        name=PIXEL_PROBABILITY,
+        scale=scale,
+        translate=translate,
+        units=world_units(s != 1.0),
+        colormap="magma",
+        contrast_limits=(0.0, 1.0),
+        opacity=0.5,
+        blending="translucent",
+        visible=False,
+    )
 
 
 def stored_grid_values(project: Project, slide_id: str, name: str) -> np.ndarray | None:

@@ -29,6 +29,7 @@ from protorefine.napari.layer_names import (
     GRID_LAYERS,
     HIDDEN_UNTIL_ASKED,
     IMAGE_GRID_LAYERS,
+    PIXEL_PROBABILITY,
     PLACEHOLDER_LAYERS,
     PLACEHOLDER_SUFFIX,
     REFINED_OUTLINE,
@@ -187,6 +188,7 @@ class ProtorefineState:
             layer = L.coarse_shapes_layer(coarse, slide, name=COARSE)
             self.coarse_layer = viewer.add_layer(layer)
         self._retarget_result_layers()
+        self.show_pixel_probability()
         viewer.layers.selection.active = self.coarse_layer
         viewer.reset_view()
         self.slide_changed.emit(slide_id)
@@ -247,6 +249,28 @@ class ProtorefineState:
                 layer.visible = False
             layer.name = name + PLACEHOLDER_SUFFIX
             self._placeholders[name] = layer
+
+    def show_pixel_probability(self) -> None:
+        """The current slide's pixel-stage probability in its (hidden) layer; the layer goes
+        when the slide has none."""
+        layer = self.layer(PIXEL_PROBABILITY)
+        stored = None
+        if self.project is not None and self.slide_id is not None:
+            try:
+                stored = self.project.pixel_probability(self.slide_id)
+            except ProtorefineError:
+                stored = None
+        if stored is None:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            return
+        prob, cell0 = stored
+        if layer is None:
+            self._add_below_outline(L.pixel_probability_layer(prob, cell0, self.pixel_scale))
+            return
+        scale, translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
+        layer.data = prob
+        layer.scale, layer.translate = scale, translate
 
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
         """Show ``values`` (rows, cols) as the grid layer ``name`` over the current slide.

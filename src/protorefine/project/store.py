@@ -53,6 +53,8 @@ from protorefine.project.stages import (
     HISTORY_FILE,
     MARKS_FILE,
     OUTLINE_FILE,
+    PIXEL_GRID_FILE,
+    PIXEL_PROB_FILE,
     PROB_FILE,
     PROTOTYPES_FILE,
     PSEUDO_FILE,
@@ -548,6 +550,17 @@ class Project(ReviewMixin):
     def history(self) -> list[dict]:
         """Loss and agreement per round of the last classifier run."""
         return json.loads(self.stage_file("classifier", HISTORY_FILE).read_text())
+
+    def pixel_probability(self, slide_id: str) -> tuple[np.ndarray, float] | None:
+        """The pixel stage's tumour probability of a slide (rows, cols) and the level-0 pixels
+        per cell; None when the stage has not run (or is off)."""
+        if not (self.config.pixel_level and self.stage_done("pixels")):
+            return None
+        if not self.stage_dir("pixels").joinpath(slide_file(PIXEL_GRID_FILE, slide_id)).exists():
+            return None
+        info = json.loads(self.stage_file("pixels", PIXEL_GRID_FILE, slide_id).read_text())
+        prob = self.stage_array("pixels", PIXEL_PROB_FILE, slide_id).astype(np.float32)
+        return prob, float(info["cell0"])
 
     def refined_annotations(self, slide_id: str) -> AnnotationSet:
         """The refined tumour polygons of a slide (level-0 pixels)."""

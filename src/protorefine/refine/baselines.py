@@ -5,6 +5,9 @@
 - :func:`dknn`: Deep k-NN relabelling, each patch takes the majority coarse label
   of its ``k`` nearest neighbours in feature space (cosine, itself excluded), as
   in the comparison of the LC-MIL paper.
+- :func:`attention_mil`: an LC-MIL-style label cleaner: per slide, an attention-MIL
+  network trained on bags of neighbouring patches inside (positive) and outside
+  (negative) the coarse outline, then each patch scored as a bag of one.
 """
 
 from __future__ import annotations
@@ -118,3 +121,85 @@ def dknn(
             votes = lab[nn_idx].mean(1)
             out[g[start : start + chunk]] = (votes > 0.5).numpy().astype(np.uint8)
     return out
+
+
+def attention_mil(
+    features: np.ndarray,
+    coarse: np.ndarray,
+    slide_index: np.ndarray,
+    rc: np.ndarray,
+    *,
+    seed: int = 0,
+    window: int = 3,
+) -> np.ndarray:
+    """Tumour probability per patch from a per-slide attention-MIL network (Ilse et al. 2018)
+    trained as LC-MIL does on a single slide: every ``window`` x ``window`` neighbourhood of
+    patches is a bag, positive when its centre is inside the coarse outline; each patch is
+    then scored as a bag of one. Features are z-scored per slide."""
+    f, c = _check(features, coarse)
+    sidx = np.asarray(slide_index)
+    rcs = np.asarray(rc, dtype=np.int64)
+    out = c.astype(np.float32).copy()
+    for v in np.unique(sidx):
+        g = np.flatnonzero(sidx == v)
+        if c[g].min() != c[g].max() and len(g) >= 4:
+            out[g] = _mil_one_slide(f[g], c[g], rcs[g], seed=seed, window=window)
+    return out
+
+
+def _bags(rc: np.ndarray, window: int) -> torch.Tensor:
+    """(N, window²) indices of each patch's grid neighbours (-1 where there is none)."""
+    pos = {(int(r), int(q)): i for i, (r, q) in enumerate(rc)}
+    half = window // 2
+    index = torch.full((len(rc), window * window), -1, dtype=torch.long)
+    for i, (r, q) in enumerate(rc):
+        k = 0
+        for dr in range(-half, half + 1):
+            for dq in range(-half, half + 1):
+                j = pos.get((int(r) + dr, int(q) + dq))
+                if j is not None:
+                    index[i, k] = j
+                    k += 1
+    return index
+
+
+class _AttentionMIL(torch.nn.Module):
+    """Patch embedding, attention pooling (Ilse et al. 2018) and a bag classifier."""
+
+    def __init__(self, dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU())
+        self.attend = torch.nn.Sequential(
+            torch.nn.Linear(hidden, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+        )
+        self.head = torch.nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x[index.clamp(min=0)])  # (B, W, hidden)
+        a = self.attend(h).squeeze(-1).masked_fill(index < 0, -float("inf"))
+        return self.head((torch.softmax(a, 1).unsqueeze(-1) * h).sum(1)).squeeze(-1)
+
+
+def _mil_one_slide(
+    f: np.ndarray, lab: np.ndarray, rc: np.ndarray, *, seed: int, window: int, epochs: int = 30
+) -> np.ndarray:
+    x = torch.from_numpy((f - f.mean(0)) / (f.std(0) + 1e-6))
+    index = _bags(rc, window)
+    y = torch.from_numpy(lab.astype(np.float32))
+    w_pos = float((lab == 0).sum()) / max(1, int((lab == 1).sum()))
+    torch.manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed))
+    net = _AttentionMIL(x.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for _ in range(epochs):
+        order = torch.randperm(len(index), generator=gen)
+        for start in range(0, len(order), 256):
+            b = order[start : start + 256]
+            weight = torch.where(y[b] > 0.5, w_pos, 1.0)
+            loss = bce(net(x, index[b]), y[b], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return torch.sigmoid(net(x, torch.arange(len(x)).unsqueeze(1))).numpy()

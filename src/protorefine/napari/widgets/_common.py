@@ -262,6 +262,8 @@ def show_results(
             yield from outline_steps(state, results.outline)
     style_result_layers(state)
     yield
+    state.show_pixel_probability()
+    yield
     for name in show:
         layer = state.layer(name)
         if layer is not None and not layer.visible:
