@@ -67,6 +67,7 @@ def test_refine_writes_outputs(refined, case):
     report = json.loads((refined / "report.json").read_text())
     assert report["config"]["patch_size"] == 64 and report["device"] == "cpu"
     assert set(report["stages"]) == {
+        "pixels",
         "grid",
         "features",
         "prototypes",
@@ -330,7 +331,7 @@ def test_threshold_rerun_redraws_only_the_outline(refined, case, tmp_path):
     args = refine_args(case["slide"], case["coarse"], out, *FAST, "--threshold", "0.85")
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output"]
+    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output", "pixels"]
     assert report["config"]["threshold"] == 0.85
     assert read_geojson(out / "s1.geojson").union().area < before
 
@@ -458,8 +459,10 @@ def test_refine_writes_asap_xml_too(refined, case, tmp_path):
     out = tmp_path / "out"
     args = refine_args(case["slide"], case["coarse"], out, *FAST, "--asap-xml")
     assert main([*args, "--project", str(refined / "project")]) == 0
-    geo = read_geojson(out / "s1.geojson").union()
-    xml = read_asap_xml(out / "s1.xml").union()
+    from protorefine.annotations import tumour_geometry
+
+    geo = tumour_geometry(read_geojson(out / "s1.geojson"))
+    xml = tumour_geometry(read_asap_xml(out / "s1.xml"))  # holes are Exclusion polygons there
     assert geo.symmetric_difference(xml).area < 1e-3 * geo.area
     project = Project.open(refined / "project")
     with pytest.raises(ProtorefineError, match=r"s1\.txt: an outline is exported as \.geojson"):
@@ -630,7 +633,7 @@ def test_colour_prototypes_off_redraws_only_the_outline(refined, case, tmp_path)
     args = refine_args(case["slide"], case["coarse"], out, *FAST, "--colour-prototypes", "0")
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output"]
+    assert [k for k, s in report["stages"].items() if s["ran_now"]] == ["output", "pixels"]
     assert report["config"]["colour_prototypes"] == 0
     after = read_geojson(out / "s1.geojson").union()
     assert after.symmetric_difference(before).area > 0.01 * before.area

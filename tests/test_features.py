@@ -105,12 +105,10 @@ def test_grid_bad_input() -> None:
         make_grid(slide, level=1, mpp=2.0)
     with pytest.raises(ProtorefineError, match="finer than"):
         make_grid(slide, mpp=0.1)
+    # a slide that records no pixel size is taken to be at the asked resolution (refine says so)
     no_mpp = Slide.from_array(_tissue_image(64, 64))
-    with pytest.raises(
-        ProtorefineError,
-        match="does not record its microns per pixel; give a level instead, or its pixel size",
-    ):
-        make_grid(no_mpp, mpp=1.0)
+    g = make_grid(no_mpp, mpp=1.0, patch_size=16)
+    assert (g.level, g.read_size, g.rows, g.mpp) == (0, 16, 4, None)
 
 
 def test_tissue_flags_on_white_and_tissue() -> None:
@@ -644,8 +642,7 @@ def test_real_svs_grid_and_features(slides_dir: Path) -> None:
     g1 = make_grid(two, patch_size=128, level=1)
     assert g1.level == 1 and g1.downsample == pytest.approx(128 * two.downsamples[1])
     assert g1.tissue.any()
-    with pytest.raises(ProtorefineError, match="microns per pixel"):
-        make_grid(two, mpp=1.0)
+    assert make_grid(two, mpp=1.0).level == 0  # no mpp recorded: taken as 1.0 at level 0
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def test_cancel_mid_stage_then_resume(tmp_path, case):
     assert q.stage_done("prototypes") and not q.stage_done("pseudo_labels")
     pipe2 = Pipeline(q)
     pipe2.run()
-    assert set(pipe2.times) == {"pseudo_labels", "classifier", "output"}
+    assert set(pipe2.times) == {"pseudo_labels", "classifier", "output", "pixels"}
 
 
 def test_config_change_invalidates_later_stages_only(done):
@@ -94,7 +94,7 @@ def test_config_change_invalidates_later_stages_only(done):
     assert p.stage_done("classifier") and not p.stage_done("output")
     pipe = Pipeline(p)
     pipe.run()
-    assert set(pipe.times) == {"output"}
+    assert set(pipe.times) == {"output", "pixels"}
     # corrections invalidate from the pseudo-labels on, and are obeyed
     grid = p.grid("s1")
     corr = np.full((grid.rows, grid.cols), -1, np.int8)
@@ -104,7 +104,7 @@ def test_config_change_invalidates_later_stages_only(done):
     assert p.stage_done("prototypes") and not p.stage_done("pseudo_labels")
     pipe = Pipeline(p)
     pipe.run()
-    assert set(pipe.times) == {"pseudo_labels", "classifier", "output"}
+    assert set(pipe.times) == {"pseudo_labels", "classifier", "output", "pixels"}
     assert p.result_grid("s1", "pseudo")[r, c] == 1
     assert p.result_grid("s1", "prob")[r, c] == 1.0
 
@@ -518,7 +518,7 @@ def test_colour_statistics_are_read_once_and_shape_the_outline(done, tmp_path, m
     p.set_config(p.config.replace(threshold=p.config.threshold - 0.05, colour_prototypes=0))
     pipe = Pipeline(p)
     pipe.run()
-    assert set(pipe.times) == {"output"}
+    assert set(pipe.times) == {"output", "pixels"}
     plain = tumour_geometry(p.refined_annotations("s1"))
     assert plain.symmetric_difference(with_colour).area > 0.01 * with_colour.area
 

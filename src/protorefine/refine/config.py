@@ -66,6 +66,7 @@ STAGE_OF: dict[str, str] = {
     "pixel_mpp": "pixels",
     "pixel_cell": "pixels",
     "pixel_reliable_um": "pixels",
+    "pixel_outside_um": "pixels",
     "pixel_c": "pixels",
     "pixel_confidence": "pixels",
     "pixel_smooth": "pixels",
@@ -181,6 +182,7 @@ class RefineConfig:
     pixel_mpp: float = 0.5
     pixel_cell: int = 16
     pixel_reliable_um: float = 32.0
+    pixel_outside_um: float = 64.0
     pixel_c: float = 0.01
     pixel_confidence: float = 0.3
     pixel_smooth: float = 1.0
@@ -263,7 +265,7 @@ class RefineConfig:
         for name in ("pixel_c", "pixel_reliable_um"):
             if float(getattr(self, name)) <= 0:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
-        for name in ("pixel_smooth", "pixel_min_area_um2"):
+        for name in ("pixel_smooth", "pixel_min_area_um2", "pixel_outside_um"):
             if float(getattr(self, name)) < 0:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 0")
         if not 1 <= int(self.pixel_upsample) <= 8:
@@ -277,7 +279,10 @@ class RefineConfig:
                 f"config feature_norm={self.feature_norm!r}: must be none, center or standardize"
             )
         if self.level is not None and self.mpp is not None:
-            raise ProtorefineError("config: give level or mpp, not both")
+            raise ProtorefineError(
+                "config: give level or mpp, not both (mpp is 0.5 by default: with a level, "
+                "set mpp to null)"
+            )
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
             "cuda:"
         ):

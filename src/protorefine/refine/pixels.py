@@ -224,8 +224,11 @@ def pixel_probability(
         sel = _sample(np.flatnonzero(use), MAX_TRAIN, rng)
         again = _fit(norm(s, sel), label[sel], _weights(s, sel, config), c_self, config.seed)
         prob = _predict(again, s, norm) if again is not None else first
+        # coarse outlines miss tumour next to them, not far away: beyond pixel_outside_um
+        # outside (where the benchmark cohorts hold no tumour) the probability is 0
+        prob = np.where(s.distance < -config.pixel_outside_um, 0.0, prob)
         if s.labels is not None:
-            prob = np.where(s.labels >= 0, s.labels, prob).astype(np.float32)
+            prob = np.where(s.labels >= 0, s.labels, prob)
         out.append(np.where(s.tissue, prob, 0).astype(np.float32))
         step(f"slide {k + 1}/{len(slides)}: self-training")
     return out
