@@ -85,8 +85,10 @@ def _cells(seed: int, shape=(60, 60), dilate=6, outside=True):
 def test_pixel_stage_recovers_the_tissue_the_coarse_outline_blurs():
     cfg = RefineConfig()
     cases = [_cells(s) for s in range(3)]
-    probs = pixel_probability([c[0] for c in cases], cfg)
-    for (ps, truth, coarse), prob in zip(cases, probs, strict=True):
+    results = pixel_probability([c[0] for c in cases], cfg)
+    for (ps, truth, coarse), res in zip(cases, results, strict=True):
+        prob = res.prob
+        assert res.pseudo.shape == prob.shape
         mask = pixel_mask(prob, ps.tissue, cfg, cell_um=8.0)
         f = cfg.pixel_upsample
         truth_f = np.kron(truth, np.ones((f, f), bool))
@@ -100,7 +102,7 @@ def test_corrections_win_and_are_learned_from():
     labels = np.full(truth.shape, -1, np.int8)
     labels[28:32, 28:32] = 0  # the pathologist painted normal inside the tumour
     ps.labels = labels
-    prob = pixel_probability([ps], cfg)[0]
+    prob = pixel_probability([ps], cfg)[0].prob
     assert (prob[28:32, 28:32] == 0).all()
 
 
@@ -119,7 +121,7 @@ def test_cancel_stops_the_pixel_stage():
 def test_outline_polygons_follow_the_fine_mask():
     cfg = RefineConfig()
     ps, truth, _ = _cells(1)
-    prob = pixel_probability([ps], cfg)[0]
+    prob = pixel_probability([ps], cfg)[0].prob
     mask = pixel_mask(prob, ps.tissue, cfg, cell_um=8.0)
     step = 16.0 / cfg.pixel_upsample  # level-0 pixels per fine cell (16 px cells)
     ann = pixel_outline(mask, step, (960, 960), classification="Tumor", smoothing=3)
@@ -161,6 +163,8 @@ def test_refine_draws_the_outline_from_the_pixel_stage(refined):
     prob, cell0 = project.pixel_probability("s1")
     assert cell0 == 16 and prob.shape == (64, 64)  # 8 µm cells at the assumed 0.5 µm/px
     assert ((prob >= 0) & (prob <= 1)).all()
+    pseudo, _ = project.pixel_probability("s1", pseudo=True)  # what it self-trained from
+    assert pseudo.shape == prob.shape and not np.array_equal(pseudo, prob)
     shape = project.slide("s1").shape
     ds = case["downsample"]
     truth = case["truth"]

@@ -41,6 +41,7 @@ from protorefine.napari.layer_names import (  # noqa: E402
     GLOBAL_PROTOTYPES,
     LOCAL_PROTOTYPES,
     PIXEL_PROBABILITY,
+    PIXEL_PSEUDO,
     PSEUDO_LABELS,
     REFINED,
 )
@@ -373,7 +374,7 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui, tmp_path):
     meter.check()
     # refined, confidence and the outline filled their placeholders; the pixel stage's
     # probability (its own cell grid) is added once, hidden, within the stall budget above
-    assert added.names == [PIXEL_PROBABILITY]
+    assert added.names == [PIXEL_PROBABILITY, PIXEL_PSEUDO]
     assert not viewer.layers[PIXEL_PROBABILITY].visible
     assert "CPU" in refine.device_label.text()
     # the live plot got one loss point per epoch as the epochs ran (before the worker ended),

@@ -32,6 +32,10 @@ HIDDEN_UNTIL_ASKED = (PROBABILITY,)
 
 #: The pixel stage's tumour probability per dense cell (a few µm), an Image layer of its own grid.
 PIXEL_PROBABILITY = "pixel tumour probability"
+#: The pixel stage's first pass, which its self-training learnt from (for inspection).
+PIXEL_PSEUDO = "pixel pseudo-mask"
+#: The pixel stage's layers, each on its own cell grid, hidden until the user shows them.
+PIXEL_LAYERS = (PIXEL_PROBABILITY, PIXEL_PSEUDO)
 
 #: Name of the coarse-annotation Shapes layer of the current slide.
 COARSE = "coarse"
@@ -52,7 +56,9 @@ __all__ = [
     "IMAGE_GRID_LAYERS",
     "LOCAL_PROTOTYPES",
     "PLACEHOLDER_LAYERS",
+    "PIXEL_LAYERS",
     "PIXEL_PROBABILITY",
+    "PIXEL_PSEUDO",
     "PLACEHOLDER_SUFFIX",
     "PROBABILITY",
     "PSEUDO_LABELS",

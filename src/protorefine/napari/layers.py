@@ -34,7 +34,6 @@ from protorefine.napari.layer_names import (
     GLOBAL_PROTOTYPES,
     IMAGE_GRID_LAYERS,
     LOCAL_PROTOTYPES,
-    PIXEL_PROBABILITY,
     PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
@@ -430,14 +429,14 @@ def pixel_layer_geometry(cell0: float, s: float) -> tuple[tuple[float, float], t
     return (step, step), (t, t)
 
 
-def pixel_probability_layer(prob: np.ndarray, cell0: float, s: float) -> Layer:
-    """The pixel stage's tumour probability as a hidden Image layer over the slide."""
+def pixel_layer(name: str, prob: np.ndarray, cell0: float, s: float) -> Layer:
+    """A pixel-stage map (``PIXEL_LAYERS``) as a hidden Image layer over the slide."""
     from napari.layers import Image
 
     scale, translate = pixel_layer_geometry(cell0, s)
     return Image(
         np.asarray(prob, np.float32),
-        name=PIXEL_PROBABILITY,
+        name=name,
         scale=scale,
         translate=translate,
         units=world_units(s != 1.0),

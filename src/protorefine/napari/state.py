@@ -29,7 +29,8 @@ from protorefine.napari.layer_names import (
     GRID_LAYERS,
     HIDDEN_UNTIL_ASKED,
     IMAGE_GRID_LAYERS,
-    PIXEL_PROBABILITY,
+    PIXEL_LAYERS,
+    PIXEL_PSEUDO,
     PLACEHOLDER_LAYERS,
     PLACEHOLDER_SUFFIX,
     REFINED_OUTLINE,
@@ -251,26 +252,28 @@ class ProtorefineState:
             self._placeholders[name] = layer
 
     def show_pixel_probability(self) -> None:
-        """The current slide's pixel-stage probability in its (hidden) layer; the layer goes
-        when the slide has none."""
-        layer = self.layer(PIXEL_PROBABILITY)
-        stored = None
-        if self.project is not None and self.slide_id is not None:
-            try:
-                stored = self.project.pixel_probability(self.slide_id)
-            except ProtorefineError:
-                stored = None
-        if stored is None:
-            if layer is not None:
-                self.viewer.layers.remove(layer)
-            return
-        prob, cell0 = stored
-        if layer is None:
-            self._add_below_outline(L.pixel_probability_layer(prob, cell0, self.pixel_scale))
-            return
-        scale, translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
-        layer.data = prob
-        layer.scale, layer.translate = scale, translate
+        """The current slide's pixel-stage maps (probability, pseudo-mask) in their hidden
+        layers; the layers go when the slide has none."""
+        for name in PIXEL_LAYERS:
+            layer = self.layer(name)
+            stored = None
+            if self.project is not None and self.slide_id is not None:
+                try:
+                    stored = self.project.pixel_probability(
+                        self.slide_id, pseudo=name == PIXEL_PSEUDO
+                    )
+                except ProtorefineError:
+                    stored = None
+            if stored is None:
+                if layer is not None:
+                    self.viewer.layers.remove(layer)
+                continue
+            prob, cell0 = stored
+            if layer is None:
+                self._add_below_outline(L.pixel_layer(name, prob, cell0, self.pixel_scale))
+                continue
+            layer.data = prob
+            layer.scale, layer.translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
 
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
         """Show ``values`` (rows, cols) as the grid layer ``name`` over the current slide.

@@ -46,6 +46,7 @@ from protorefine.project.stages import (
     OUTLINE_FILE,
     PIXEL_GRID_FILE,
     PIXEL_PROB_FILE,
+    PIXEL_PSEUDO_FILE,
     PROB_FILE,
     PROTOTYPES_FILE,
     PSEUDO_FILE,
@@ -504,9 +505,10 @@ class Pipeline:
                 feats = self._dense(slide, grid, encoder, path, cells, signature, i, n, prog, check)
             slides.append(self._pixel_slide(s.id, slide, grid, feats))
             grids.append(grid)
-        probs = pixel_probability(slides, cfg, progress=lambda d, t, m: prog(d, t, m), cancel=check)
+        results = pixel_probability(slides, cfg, progress=prog, cancel=check)
         counts = {}
-        for s, grid, ps, prob in zip(self.slides, grids, slides, probs, strict=True):
+        for s, grid, ps, res in zip(self.slides, grids, slides, results, strict=True):
+            prob = res.prob
             cell_um = grid.cell_um or cfg.pixel_cell * cfg.pixel_mpp
             mask = pixel_mask(prob, ps.tissue, cfg, cell_um)
             f = max(1, int(cfg.pixel_upsample))
@@ -518,6 +520,7 @@ class Pipeline:
                 smoothing=cfg.outline_smoothing,
             )
             np.save(out / slide_file(PIXEL_PROB_FILE, s.id), prob.astype(np.float16))
+            np.save(out / slide_file(PIXEL_PSEUDO_FILE, s.id), res.pseudo.astype(np.float16))
             (out / slide_file(PIXEL_GRID_FILE, s.id)).write_text(json.dumps(grid.__dict__))
             write_geojson(outline, out / slide_file(OUTLINE_FILE, s.id))
             counts[s.id] = {

@@ -71,6 +71,8 @@ REFINED_GRID_FILE = "{slide}_refined.npy"
 OUTLINE_FILE = "{slide}.geojson"
 #: pixels: a slide's tumour probability per dense cell (rows, cols) float16.
 PIXEL_PROB_FILE = "{slide}_pixels.npy"
+#: pixels: a slide's first pass per dense cell (the pixel pseudo-mask) float16.
+PIXEL_PSEUDO_FILE = "{slide}_pseudo.npy"
 #: pixels: where a slide's dense cells lie (level-0 pixels per cell, rows, cols, µm per pixel).
 PIXEL_GRID_FILE = "{slide}_cells.json"
 
@@ -82,7 +84,7 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "pseudo_labels": (PSEUDO_FILE,),
     "classifier": (MODEL_FILE, PROB_FILE, PSEUDO_FILE, HISTORY_FILE),
     "output": (PROB_FILE, REFINED_GRID_FILE, OUTLINE_FILE),
-    "pixels": (PIXEL_PROB_FILE, PIXEL_GRID_FILE, OUTLINE_FILE),
+    "pixels": (PIXEL_PROB_FILE, PIXEL_PSEUDO_FILE, PIXEL_GRID_FILE, OUTLINE_FILE),
 }
 
 #: Feature caches, ``features/<key>/<slide>.npy`` (+ ``.cells``: the grid cells of its rows),

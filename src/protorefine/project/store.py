@@ -55,6 +55,7 @@ from protorefine.project.stages import (
     OUTLINE_FILE,
     PIXEL_GRID_FILE,
     PIXEL_PROB_FILE,
+    PIXEL_PSEUDO_FILE,
     PROB_FILE,
     PROTOTYPES_FILE,
     PSEUDO_FILE,
@@ -551,15 +552,19 @@ class Project(ReviewMixin):
         """Loss and agreement per round of the last classifier run."""
         return json.loads(self.stage_file("classifier", HISTORY_FILE).read_text())
 
-    def pixel_probability(self, slide_id: str) -> tuple[np.ndarray, float] | None:
-        """The pixel stage's tumour probability of a slide (rows, cols) and the level-0 pixels
-        per cell; None when the stage has not run (or is off)."""
+    def pixel_probability(
+        self, slide_id: str, *, pseudo: bool = False
+    ) -> tuple[np.ndarray, float] | None:
+        """The pixel stage's tumour probability of a slide (rows, cols) (``pseudo``: the first
+        pass it was self-trained from) and the level-0 pixels per cell; None when the stage
+        has not run (or is off)."""
         if not (self.config.pixel_level and self.stage_done("pixels")):
             return None
         if not self.stage_dir("pixels").joinpath(slide_file(PIXEL_GRID_FILE, slide_id)).exists():
             return None
         info = json.loads(self.stage_file("pixels", PIXEL_GRID_FILE, slide_id).read_text())
-        prob = self.stage_array("pixels", PIXEL_PROB_FILE, slide_id).astype(np.float32)
+        name = PIXEL_PSEUDO_FILE if pseudo else PIXEL_PROB_FILE
+        prob = self.stage_array("pixels", name, slide_id).astype(np.float32)
         return prob, float(info["cell0"])
 
     def refined_annotations(self, slide_id: str) -> AnnotationSet:

@@ -148,14 +148,25 @@ def smooth_on_tissue(prob: np.ndarray, tissue: np.ndarray, sigma: float) -> np.n
     return np.where(tissue, num / np.maximum(den, 1e-6), 0).astype(np.float32)
 
 
+@dataclass
+class PixelResult:
+    """One slide's pixel-stage output: ``prob`` the tumour probability per cell (rows, cols),
+    ``pseudo`` the first pass the self-training learnt from (the pixel pseudo-mask, for
+    inspection)."""
+
+    prob: np.ndarray
+    pseudo: np.ndarray
+
+
 def pixel_probability(
     slides: Sequence[PixelSlide],
     config: RefineConfig,
     *,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
-) -> list[np.ndarray]:
-    """Tumour probability per dense cell of every slide (rows, cols), corrections forced."""
+) -> list[PixelResult]:
+    """Tumour probability per dense cell of every slide, corrections forced, with the first
+    pass it was self-trained from."""
     if not slides:
         raise ProtorefineError("pixel stage: no slides")
     rng = np.random.default_rng(config.seed)
@@ -202,7 +213,8 @@ def pixel_probability(
         )
         preds = [_predict(m, s, norm) for m in (cohort, own) if m is not None]
         if not preds:  # one class only among the known cells: keep the coarse outline
-            out.append(((s.distance > 0) & s.tissue).astype(np.float32))
+            keep = ((s.distance > 0) & s.tissue).astype(np.float32)
+            out.append(PixelResult(keep, keep))
             step(f"slide {k + 1}/{len(slides)}")
             step(f"slide {k + 1}/{len(slides)}")
             continue
@@ -229,7 +241,12 @@ def pixel_probability(
         prob = np.where(s.distance < -config.pixel_outside_um, 0.0, prob)
         if s.labels is not None:
             prob = np.where(s.labels >= 0, s.labels, prob)
-        out.append(np.where(s.tissue, prob, 0).astype(np.float32))
+        out.append(
+            PixelResult(
+                np.where(s.tissue, prob, 0).astype(np.float32),
+                np.where(s.tissue, first, 0).astype(np.float32),
+            )
+        )
         step(f"slide {k + 1}/{len(slides)}: self-training")
     return out
 
