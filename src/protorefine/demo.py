@@ -22,9 +22,9 @@ from protorefine.slides import convert_to_ome_zarr, open_slide
 from protorefine.slides.base import compute
 from protorefine.synthetic import simulate_coarse, synthetic_slide
 
-#: Patch size of the demo project, in level-0 pixels: the synthetic tumour borders are
-#: smooth at this scale, so refinement visibly improves the coarse outline (224 px
-#: patches on 3072 px slides are too coarse a grid to beat it; see docs/method.md).
+#: Patch size of the demo project, in level-0 pixels (the default, 32 µm at the demo's
+#: 0.5 µm/px): the synthetic tumour borders are smooth at this scale, so refinement visibly
+#: improves the coarse outline (224 px patches on 3072 px slides are too coarse a grid).
 DEMO_PATCH_SIZE = 64
 #: Sizes (height, width) of the demo cohort's synthetic slides, in level-0 pixels.
 COHORT_SHAPES: tuple[tuple[int, int], ...] = ((3072, 3072), (2560, 3072), (3072, 2560))

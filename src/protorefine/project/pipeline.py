@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
@@ -33,6 +34,7 @@ from protorefine.features.dense import (
     dense_grid,
 )
 from protorefine.features.device import resolve_device
+from protorefine.features.encoders import efficientnet_lite0_weights, file_sha256
 from protorefine.project.stages import (
     CACHE_FILE,
     COHORT_FILE,
@@ -74,6 +76,7 @@ from protorefine.refine.steps import (
     prototypes_step,
     pseudo_labels_step,
 )
+from protorefine.slides import tissue_mask
 
 #: What to do about a damaged feature cache file: the features stage makes it again.
 _FEATURES_REMEDY = "run refine again: the features are recomputed"
@@ -495,7 +498,8 @@ class Pipeline:
             if grid.mpp is None:
                 assumed.append(s.id)
             path, cells = dense_cache_files(self.project.folder, s.id)
-            signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0"])
+            weights = file_sha256(efficientnet_lite0_weights())
+            signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0", weights])
             feats = None
             if path.exists() and cells.exists() and cells.read_text() == signature:
                 with contextlib.suppress(ValueError, OSError):
@@ -552,10 +556,6 @@ class Pipeline:
         """A slide's dense cells with their tissue, distance to the coarse outline (µm), the
         pathologist's labels (corrections, then marked prototypes) from the patch grid and the
         patch stage's refined outline."""
-        from scipy import ndimage as ndi
-
-        from protorefine.slides import tissue_mask
-
         shape = (grid.rows, grid.cols)
         centre = (
             (np.arange(grid.rows) + 0.5) * grid.cell0,
