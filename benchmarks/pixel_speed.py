@@ -29,6 +29,7 @@ from protorefine.annotations import write_geojson  # noqa: E402
 from protorefine.features import extract_features, get_encoder, make_grid  # noqa: E402
 from protorefine.features.dense import DenseEncoder, dense_features, dense_grid  # noqa: E402
 from protorefine.project import Project  # noqa: E402
+from protorefine.slides import open_slide  # noqa: E402
 from protorefine.refine.config import STAGE_ORDER  # noqa: E402
 from protorefine.synthetic import simulate_coarse, synthetic_slide  # noqa: E402
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {"size": args.size, "device": args.device, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        tif, coarse, slide = _slide_files(Path(tmp), args.size)
+        tif, coarse, _ = _slide_files(Path(tmp), args.size)
+        slide = open_slide(tif)  # both read the same tiled TIFF
         mp = args.size * args.size / 1e6
         # 1. dense features vs crops, same region, encoder already loaded
         enc = DenseEncoder(args.device)
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         patch = get_encoder("efficientnet-lite0", device=args.device)
         pgrid = make_grid(slide, patch_size=64, stride=32, mpp=0.5, tissue=True)
         t = time.perf_counter()
-        extract_features(slide, pgrid, patch, loader="threads")
+        extract_features(slide, pgrid, patch, loader="thread")
         crops_s = time.perf_counter() - t
         result["dense_s_per_mp"] = round(dense_s / mp, 3)
         result["crops_stride32_s_per_mp"] = round(crops_s / mp, 3)
@@ -85,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         # 2. the default refine, from a new project: the command a user runs, in its own process
         out_dir = Path(tmp) / "out"
-        cmd = [sys.executable, "-m", "protorefine", "refine", str(tif), "--coarse", str(coarse)]
+        cmd = [sys.executable, "-m", "protorefine.cli", "refine", str(tif), "--coarse", str(coarse)]
         cmd += ["--out", str(out_dir), "--device", args.device]
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr[-2000:])
+            return 1
         result["refine_s"] = round(time.perf_counter() - t, 1)
         result["refine_command"] = "protorefine refine region.tif --coarse region.geojson --out OUT"
         project = Project.open(out_dir / "project")
