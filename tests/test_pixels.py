@@ -108,7 +108,9 @@ def test_corrections_win_and_are_learned_from():
 
 def test_an_outline_with_no_tissue_outside_is_refused():
     ps, _, _ = _cells(0, outside=False)
-    with pytest.raises(ProtorefineError, match="no tissue outside"):
+    with pytest.raises(
+        ProtorefineError, match="coarse outline of 'slide' leaves no tissue outside"
+    ):
         pixel_probability([ps], RefineConfig())
 
 

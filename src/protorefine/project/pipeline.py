@@ -582,6 +582,7 @@ class Pipeline:
         )
         prior = rasterize(patch_outline, slide.shape, grid.cell0)[: grid.rows, : grid.cols]
         return PixelSlide(
+            name=slide_id,
             prior=prior.astype(np.float32),
             features=feats,
             distance=distance.astype(np.float32).reshape(shape),

@@ -9,7 +9,8 @@ slide (this slide's stain and tissue); their mean, averaged with the patch stage
 outline (the evidence of the patch classifier), scores every cell. The near-outline
 band, where the coarse outline is wrong most often, is then decided by self-training: the
 slide's confident cells, its far-outside cells and the corrections retrain the per-slide
-model, which gives the final probability. See ``docs/method.md``, "Pixel stage".
+model, which gives the final probability; beyond ``pixel_outside_um`` outside the coarse
+outline it is 0. See ``docs/method.md``, section 6.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ class PixelSlide:
     """One slide's dense cells: ``features`` (rows, cols, D) (an array or a memory map),
     ``distance`` (rows, cols) signed distance to the coarse outline in µm (positive inside),
     ``tissue`` (rows, cols) bool, ``labels`` (rows, cols) int8 corrections (-1 none, 0, 1),
-    ``prior`` (rows, cols) the patch stage's refined outline on the cells (1 inside)."""
+    ``prior`` (rows, cols) the patch stage's refined outline on the cells (1 inside),
+    ``name`` the slide's id for messages."""
 
     features: np.ndarray
     distance: np.ndarray
     tissue: np.ndarray
     labels: np.ndarray | None = None
     prior: np.ndarray | None = None
+    name: str = "slide"
 
     def __post_init__(self) -> None:
         shape = self.features.shape[:2]
@@ -186,10 +189,10 @@ def pixel_probability(
     for s, (_, y) in zip(slides, known, strict=True):
         if not (y == 0).any():
             raise ProtorefineError(
-                "pixel stage: a coarse outline leaves no tissue outside it, nothing to learn "
-                "normal tissue from; draw the outline around the tumour, not the whole slide"
+                f"pixel stage: the coarse outline of {s.name!r} leaves no tissue outside it, "
+                "nothing to learn normal tissue from; draw the outline around the tumour, "
+                "not the whole slide"
             )
-        del s
     c_first, c_self = float(config.pixel_c), 10.0 * float(config.pixel_c)
     # the cohort model: every slide's known cells together (a share of MAX_TRAIN each)
     per = max(200, MAX_TRAIN // len(slides))
