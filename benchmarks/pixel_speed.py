@@ -29,8 +29,8 @@ from protorefine.annotations import write_geojson  # noqa: E402
 from protorefine.features import extract_features, get_encoder, make_grid  # noqa: E402
 from protorefine.features.dense import DenseEncoder, dense_features, dense_grid  # noqa: E402
 from protorefine.project import Project  # noqa: E402
-from protorefine.slides import open_slide  # noqa: E402
 from protorefine.refine.config import STAGE_ORDER  # noqa: E402
+from protorefine.slides import open_slide  # noqa: E402
 from protorefine.synthetic import simulate_coarse, synthetic_slide  # noqa: E402
 
 
