@@ -34,6 +34,8 @@ from protorefine.napari.layer_names import (
     GLOBAL_PROTOTYPES,
     IMAGE_GRID_LAYERS,
     LOCAL_PROTOTYPES,
+    PIXEL_LAYERS,
+    PIXEL_PSEUDO,
     PROBABILITY,
     PSEUDO_LABELS,
     REFINED,
@@ -446,6 +448,20 @@ def pixel_layer(name: str, prob: np.ndarray, cell0: float, s: float) -> Layer:
         blending="translucent",
         visible=False,
     )
+
+
+def pixel_maps(project: Project, slide_id: str) -> dict[str, tuple[np.ndarray, float]]:
+    """The pixel stage's stored maps of a slide by layer name (``PIXEL_LAYERS``), each with
+    its level-0 pixels per cell; empty when the stage has not run."""
+    maps = {}
+    for name in PIXEL_LAYERS:
+        try:
+            stored = project.pixel_probability(slide_id, pseudo=name == PIXEL_PSEUDO)
+        except ProtorefineError:
+            stored = None
+        if stored is not None:
+            maps[name] = stored
+    return maps
 
 
 def stored_grid_values(project: Project, slide_id: str, name: str) -> np.ndarray | None:

@@ -30,7 +30,6 @@ from protorefine.napari.layer_names import (
     HIDDEN_UNTIL_ASKED,
     IMAGE_GRID_LAYERS,
     PIXEL_LAYERS,
-    PIXEL_PSEUDO,
     PLACEHOLDER_LAYERS,
     PLACEHOLDER_SUFFIX,
     REFINED_OUTLINE,
@@ -253,27 +252,33 @@ class ProtorefineState:
 
     def show_pixel_probability(self) -> None:
         """The current slide's pixel-stage maps (probability, pseudo-mask) in their hidden
-        layers; the layers go when the slide has none."""
+        layers at once; the layers go when the slide has none."""
+        for _ in self.pixel_layer_steps():
+            pass
+
+    def pixel_layer_steps(
+        self, maps: dict[str, tuple[np.ndarray, float]] | None = None
+    ) -> Iterator[None]:
+        """:meth:`show_pixel_probability` one layer per event-loop turn (each add repaints),
+        from ``maps`` read in a worker (by layer name), else read here."""
+        if maps is None:
+            maps = {}
+            if self.project is not None and self.slide_id is not None:
+                maps = L.pixel_maps(self.project, self.slide_id)
         for name in PIXEL_LAYERS:
             layer = self.layer(name)
-            stored = None
-            if self.project is not None and self.slide_id is not None:
-                try:
-                    stored = self.project.pixel_probability(
-                        self.slide_id, pseudo=name == PIXEL_PSEUDO
-                    )
-                except ProtorefineError:
-                    stored = None
-            if stored is None:
+            if name not in maps:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
+                    yield
                 continue
-            prob, cell0 = stored
+            prob, cell0 = maps[name]
             if layer is None:
                 self._add_below_outline(L.pixel_layer(name, prob, cell0, self.pixel_scale))
-                continue
-            layer.data = prob
-            layer.scale, layer.translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
+            else:
+                layer.data = prob
+                layer.scale, layer.translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
+            yield
 
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
         """Show ``values`` (rows, cols) as the grid layer ``name`` over the current slide.

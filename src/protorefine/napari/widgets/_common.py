@@ -23,7 +23,12 @@ from qtpy.QtWidgets import (
 
 from protorefine.napari.colormaps import grid_image_colormap
 from protorefine.napari.layer_names import GRID_LAYERS, IMAGE_GRID_LAYERS, REFINED_OUTLINE
-from protorefine.napari.layers import edge_width_for, shapes_layer_data, stored_grid_values
+from protorefine.napari.layers import (
+    edge_width_for,
+    pixel_maps,
+    shapes_layer_data,
+    stored_grid_values,
+)
 from protorefine.napari.state import ProtorefineState, get_state
 from protorefine.napari.widgets._worker import notify
 
@@ -194,6 +199,8 @@ class SlideResults:
     slide_id: str | None
     values: dict[str, np.ndarray] = field(default_factory=dict)
     outline: AnnotationSet | None = None
+    #: The pixel stage's maps by layer name: (values per cell, level-0 pixels per cell).
+    pixel: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
     #: Slides whose hand edits of the outline the run that made these results superseded.
     superseded_edits: list[str] = field(default_factory=list)
 
@@ -218,6 +225,7 @@ def load_results(
             out.values[name] = values
     if project.has_results(slide_id):
         out.outline = project.accepted_outline(slide_id)
+    out.pixel = pixel_maps(project, slide_id)
     return out
 
 
@@ -262,8 +270,8 @@ def show_results(
             yield from outline_steps(state, results.outline)
     style_result_layers(state)
     yield
-    state.show_pixel_probability()
-    yield
+    pixel = results.pixel if results is not None and results.slide_id == state.slide_id else None
+    yield from state.pixel_layer_steps(pixel)
     for name in show:
         layer = state.layer(name)
         if layer is not None and not layer.visible:
