@@ -208,3 +208,15 @@ def test_clearing_a_stage_deletes_only_what_the_pipeline_made(tmp_path):
     (made / "done.json").write_text("{}")
     p.clear_stage("features")
     assert not made.exists()
+    # nor when the stages folder itself is a link: clearing or forgetting leaves it whole
+    other = tmp_path / "q"
+    q = Project.create(other)
+    (precious / "output").mkdir()
+    (precious / "output" / "done.json").write_text("{}")
+    if (other / "stages").exists():
+        (other / "stages").rmdir()
+    (other / "stages").symlink_to(precious, target_is_directory=True)
+    for act in (q.clear_stage, q.forget_stage):
+        with pytest.raises(ProtorefineError, match="a link, not a stage folder"):
+            act("output")
+    assert (precious / "output" / "done.json").exists() and (precious / "keep.txt").exists()

@@ -427,15 +427,21 @@ class StagesMixin:
         marker = self.stage_dir(name) / DONE_FILE
         return json.loads(marker.read_text()) if marker.exists() else {}
 
+    def _own_stage_dir(self, name: str) -> Path:
+        """The stage's folder when deleting in it can only touch what the pipeline made:
+        neither it nor the ``stages`` folder above it is a link to somewhere else."""
+        folder = self.stage_dir(name)
+        for path in (folder.parent, folder):
+            if path.is_symlink():
+                raise ProtorefineError(
+                    f"{path}: a link, not a stage folder protorefine made; left alone"
+                )
+        return folder
+
     def clear_stage(self, name: str) -> None:
         """Delete a stage's stored output: the folder the pipeline moved in, never a link
         to somewhere else."""
-        folder = self.stage_dir(name)
-        if folder.is_symlink():
-            raise ProtorefineError(
-                f"{folder}: a link, not a stage folder protorefine made; left alone"
-            )
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self._own_stage_dir(name), ignore_errors=True)
 
     def _require(self, name: str) -> Path:
         """The folder of a stage that is done; ProtorefineError when it is not."""
@@ -480,7 +486,7 @@ class StagesMixin:
     def forget_stage(self, name: str) -> None:
         """Make a stage count as not done (its output is damaged): the next run recomputes it."""
         with contextlib.suppress(FileNotFoundError):
-            (self.stage_dir(name) / DONE_FILE).unlink()
+            (self._own_stage_dir(name) / DONE_FILE).unlink()
 
     def _run_index(self) -> dict[str, list[int]]:
         """Rows ``[start, stop)`` of each slide of the last run in the cohort arrays (tissue

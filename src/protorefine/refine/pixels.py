@@ -15,6 +15,7 @@ outline it is 0. See ``docs/method.md``, section 6.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from protorefine.annotations.classes import polygonal
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features.dense import BLOCK_WIDTHS
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.postprocess import clean_mask
 
 #: Cells fitted per model at most (a random sample; the cohort model shares it among slides).
 MAX_TRAIN = 40000
@@ -268,21 +270,8 @@ def pixel_mask(
     else:
         t = tissue
     mask = (p >= config.pixel_threshold) & t
-    min_cells = config.pixel_min_area_um2 / (cell_um / f) ** 2
-    if min_cells >= 1 and mask.any():
-        lab, n = ndi.label(mask, structure=np.ones((3, 3), bool))
-        small = np.bincount(lab.ravel(), minlength=n + 1) < min_cells
-        small[0] = False
-        mask[small[lab]] = False
-    if min_cells >= 1 and (~mask).any():
-        lab, n = ndi.label(~mask)
-        fill = np.bincount(lab.ravel(), minlength=n + 1) < min_cells
-        fill[0] = False
-        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        fill[border] = False
-        mask[fill[lab]] = True
-        mask &= t
-    return mask
+    min_cells = config.pixel_min_area_um2 / (cell_um / f) ** 2  # parts and holes under it
+    return clean_mask(mask, t, min_part=min_cells, max_hole=math.ceil(min_cells) - 1)
 
 
 def pixel_outline(

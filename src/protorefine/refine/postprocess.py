@@ -91,20 +91,26 @@ def prob_to_mask(
         den = ndimage.gaussian_filter(valid.astype(np.float32), config.smooth_sigma, truncate=3.0)
         prob = np.where(valid, num / np.maximum(den, 1e-6), 0)
     mask = (prob >= config.threshold) & valid
-    eight = np.ones((3, 3), dtype=bool)
-    if config.min_area > 0 and mask.any():
-        lab, n = ndimage.label(mask, structure=eight)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        small = sizes < config.min_area
+    return clean_mask(mask, valid, min_part=config.min_area, max_hole=config.max_hole)
+
+
+def clean_mask(
+    mask: np.ndarray, valid: np.ndarray, *, min_part: float, max_hole: float
+) -> np.ndarray:
+    """``mask`` without 8-connected parts smaller than ``min_part`` cells and with its
+    4-connected holes of at most ``max_hole`` cells filled (within ``valid``; holes touching
+    the border are not holes). A value <= 0 skips that step."""
+    mask = mask.copy()
+    if min_part > 0 and mask.any():
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        small = np.bincount(lab.ravel(), minlength=n + 1) < min_part
         small[0] = False
         mask[small[lab]] = False
-    if config.max_hole > 0 and (~mask).any():
+    if max_hole > 0 and (~mask).any():
         lab, n = ndimage.label(~mask)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        fill = sizes <= config.max_hole
+        fill = np.bincount(lab.ravel(), minlength=n + 1) <= max_hole
         fill[0] = False
-        fill[border] = False
+        fill[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = False
         mask[fill[lab]] = True
         mask &= valid
     return mask
