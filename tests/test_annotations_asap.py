@@ -142,3 +142,45 @@ def test_entities_and_dtds_are_refused_by_name(tmp_path: Path, text: str) -> Non
         read_asap_xml(path)
     msg = str(info.value)
     assert str(path) in msg and "entities / DTD not allowed" in msg and "\n" not in msg
+
+
+def test_holes_keep_the_camelyon_numbered_groups(tmp_path: Path) -> None:
+    """An outline read from CAMELYON16's ``_0`` writes its holes in ``_2``, not ``Exclusion``."""
+    src = tmp_path / "in.xml"
+    src.write_text(camelyon_xml())
+    s = read_asap_xml(src)
+    merged = AnnotationSet([Annotation(tumour_geometry(s), TUMOR, properties={"asap_group": "_0"})])
+    root = ET.parse(write_asap_xml(merged, tmp_path / "out.xml")).getroot()
+    groups = [a.get("PartOfGroup") for a in root.iter("Annotation")]
+    assert "_2" in groups and set(groups) == {"_0", "_2"}
+    assert tumour_geometry(read_asap_xml(tmp_path / "out.xml")).equals(tumour_geometry(s))
+
+
+def test_refined_outline_export_keeps_the_coarse_files_groups(tmp_path: Path) -> None:
+    """A project whose coarse outline came from a CAMELYON16 file exports its refined outline
+    (no groups of its own) as ``_0`` with holes in ``_2``."""
+    from protorefine.annotations.asap import with_groups_of
+    from protorefine.annotations.geojson import read_geojson
+
+    src = tmp_path / "in.xml"
+    src.write_text(camelyon_xml())
+    stored = tmp_path / "coarse.geojson"
+    write_geojson(read_asap_xml(src), stored, keep_asap_group=True)  # as Project.set_coarse
+    coarse = read_geojson(stored)
+    refined = AnnotationSet(
+        [
+            Annotation(box(0, 0, 100, 100).difference(box(10, 10, 20, 20)), TUMOR),
+            Annotation(box(200, 200, 300, 300), EXCLUDE),
+        ]
+    )
+    root = ET.parse(write_asap_xml(with_groups_of(refined, coarse), tmp_path / "o.xml")).getroot()
+    assert [a.get("PartOfGroup") for a in root.iter("Annotation")] == [
+        "_1",
+        "_2",
+        "_2",
+    ]  # most used
+    plain = AnnotationSet([Annotation(box(0, 0, 9, 9), TUMOR)])  # a QuPath input keeps Tumor
+    root = ET.parse(write_asap_xml(with_groups_of(plain, None), tmp_path / "p.xml")).getroot()
+    assert [a.get("PartOfGroup") for a in root.iter("Annotation")] == ["Tumor"]
+    write_geojson(coarse, tmp_path / "q.geojson")  # a GeoJSON export does not carry the group
+    assert "asap_group" not in (tmp_path / "q.geojson").read_text()

@@ -13,12 +13,13 @@ Layout::
 
 CAMELYON16 groups ``_0``, ``_1``, ``Tumor`` and ``metastases`` are tumour; ``_2`` and
 ``Exclusion`` are non-tumour areas drawn inside tumour outlines. ASAP polygons have
-no holes, so the writer puts each hole in the ``Exclusion`` group, which is exactly
-how CAMELYON16 marks them.
+no holes, so the writer puts each hole in the ``Exclusion`` group (``_2`` where its
+outline is in ``_0`` / ``_1``), which is exactly how CAMELYON16 marks them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -185,6 +186,35 @@ def _group_of(ann: Annotation) -> str:
     return ann.classification
 
 
+def _hole_group(group: str) -> str:
+    """The group of a hole cut out of a polygon of ``group``: ``_2`` under CAMELYON16's
+    numbered groups (``_0`` / ``_1``), else ``Exclusion``, so a file keeps one convention."""
+    return "_2" if group in ("_0", "_1") else "Exclusion"
+
+
+def with_groups_of(annset: AnnotationSet, source: AnnotationSet | None) -> AnnotationSet:
+    """``annset`` with the ASAP group ``source`` used most for each class, where an
+    annotation has none: a refined outline exported in its coarse file's convention
+    (CAMELYON16's ``_0`` / ``_2``, or ``Tumor`` / ``Exclusion``)."""
+    used: dict[str, Counter[str]] = {}
+    for ann in source or []:
+        group = ann.properties.get(ASAP_GROUP)
+        if group is not None and group_class(str(group)) == ann.classification:
+            used.setdefault(ann.classification, Counter())[str(group)] += 1
+    chosen = {cls: counts.most_common(1)[0][0] for cls, counts in used.items()}
+    if EXCLUDE not in chosen and chosen.get(TUMOR) in ("_0", "_1"):
+        chosen[EXCLUDE] = "_2"
+    out = []
+    for ann in annset:
+        group = chosen.get(ann.classification)
+        if group is None or ASAP_GROUP in ann.properties:
+            out.append(ann)
+        else:
+            props = {**ann.properties, ASAP_GROUP: group}
+            out.append(dataclasses.replace(ann, properties=props))
+    return AnnotationSet(annotations=out, warnings=list(annset.warnings))
+
+
 def _coordinates(parent: ET.Element, coords: np.ndarray) -> None:
     box = ET.SubElement(parent, "Coordinates")
     pts = np.asarray(coords, dtype=float)[:-1, :2]  # ASAP rings are not closed
@@ -197,7 +227,8 @@ def _fmt(v: float) -> str:
 
 
 def to_asap_bytes(annset: AnnotationSet) -> bytes:
-    """The set as ASAP XML; holes become polygons of the ``Exclusion`` group."""
+    """The set as ASAP XML; holes become polygons of the ``Exclusion`` group (``_2`` where
+    their outline is in CAMELYON16's ``_0`` / ``_1``)."""
     root = ET.Element("ASAP_Annotations")
     box = ET.SubElement(root, "Annotations")
     groups: dict[str, str] = {}
@@ -227,7 +258,7 @@ def to_asap_bytes(annset: AnnotationSet) -> bytes:
                 lost_holes += len(poly.interiors)
                 continue
             for k, hole in enumerate(poly.interiors):
-                add(np.asarray(hole.coords), f"{name} hole {k + 1}", "Exclusion", EXCLUDE)
+                add(np.asarray(hole.coords), f"{name} hole {k + 1}", _hole_group(group), EXCLUDE)
     if lost_holes:
         warnings.warn(
             f"ASAP XML has no holes: {lost_holes} hole(s) of non-tumour annotations were "

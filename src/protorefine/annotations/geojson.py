@@ -258,8 +258,9 @@ def _geometry_json(geom: Polygon | MultiPolygon) -> dict:
     return {"type": "Polygon", "coordinates": poly(geom)}
 
 
-def feature(ann: Annotation) -> dict:
-    """One annotation as a QuPath annotation Feature (fresh UUID when it has none)."""
+def feature(ann: Annotation, *, keep_asap_group: bool = False) -> dict:
+    """One annotation as a QuPath annotation Feature (fresh UUID when it has none);
+    ``keep_asap_group``: with the ASAP group it was read from (project files only)."""
     props: dict[str, Any] = {"objectType": "annotation"}
     if ann.name:
         props["name"] = ann.name
@@ -267,7 +268,7 @@ def feature(ann: Annotation) -> dict:
         color = _rgb(ann.properties.get(CLASS_COLOR)) or list(class_color(ann.classification))
         props["classification"] = {"name": ann.classification, "color": color}
     for k, v in ann.properties.items():
-        if k not in _INTERNAL_KEYS and k not in props:
+        if (k not in _INTERNAL_KEYS or (keep_asap_group and k == ASAP_GROUP)) and k not in props:
             props[k] = v
     props.setdefault("isLocked", False)
     return {
@@ -278,10 +279,12 @@ def feature(ann: Annotation) -> dict:
     }
 
 
-def to_geojson_text(annset: AnnotationSet, writer: dict | None = None) -> str:
+def to_geojson_text(
+    annset: AnnotationSet, writer: dict | None = None, *, keep_asap_group: bool = False
+) -> str:
     """The set as a FeatureCollection text, one feature per line (with ``writer`` as the
-    top-level :data:`WRITER_KEY` member when given)."""
-    feats = [feature(a) for a in annset if not a.geometry.is_empty]
+    top-level :data:`WRITER_KEY` member when given; ``keep_asap_group``: see :func:`feature`)."""
+    feats = [feature(a, keep_asap_group=keep_asap_group) for a in annset if not a.geometry.is_empty]
     body = ",\n".join(json.dumps(f, separators=(",", ":")) for f in feats)
     head = '{"type":"FeatureCollection",'
     if writer is not None:
@@ -290,12 +293,17 @@ def to_geojson_text(annset: AnnotationSet, writer: dict | None = None) -> str:
 
 
 def write_geojson(
-    annset: AnnotationSet, path: str | os.PathLike[str], *, writer: dict | None = None
+    annset: AnnotationSet,
+    path: str | os.PathLike[str],
+    *,
+    writer: dict | None = None,
+    keep_asap_group: bool = False,
 ) -> os.PathLike[str]:
     """Write the set as a QuPath-importable FeatureCollection, atomically; returns the path.
     ``writer`` (e.g. the version and slide) marks the file as protorefine's result
-    (:func:`written_by_protorefine`)."""
-    text = to_geojson_text(annset) if writer is None else to_geojson_text(annset, writer)
+    (:func:`written_by_protorefine`); ``keep_asap_group`` keeps each annotation's ASAP
+    group (the project's coarse file, so an ASAP export keeps the input's groups)."""
+    text = to_geojson_text(annset, writer, keep_asap_group=keep_asap_group)
     return atomic_write_text(path, text)
 
 

@@ -35,6 +35,7 @@ from protorefine.annotations import (
     write_asap_xml,
     write_geojson,
 )
+from protorefine.annotations.asap import with_groups_of
 from protorefine.annotations.classes import polygonal
 from protorefine.annotations.geojson import written_by_protorefine
 from protorefine.annotations.masks import write_mask
@@ -205,8 +206,8 @@ class ReviewMixin(StagesMixin):
         outline = self.accepted_outline(slide_id)
         if mask and downsample is not None:
             write_mask(outline, path, self.slide(slide_id).shape, downsample)
-        elif suffix == ".xml":
-            write_asap_xml(outline, path)
+        elif suffix == ".xml":  # in the coarse file's groups (CAMELYON16's _0 / _2 or Tumor)
+            write_asap_xml(with_groups_of(outline, self.coarse(slide_id)), path)
         else:
             write_geojson(
                 with_measurements(outline, self.slide(slide_id).mpp),

@@ -14,6 +14,7 @@ Layout::
     colour/<id>-f<k>.npy     stain statistics per fine cell for colour prototypes
                              (+ .cells: the grid they were read on)
     stages/<stage>/          each stage's output, moved in atomically with done.json
+    run.lock                 while a run writes to the project: who runs it (``project.lock``)
 
 The stages' files, their fingerprints and the formats of earlier versions are in
 ``project.stages``; the review of the refined outlines and the exports in ``project.review``.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from numpy.typing import ArrayLike
 
 from protorefine._atomic import atomic_path, atomic_write_bytes, atomic_write_text, is_leftover
@@ -40,6 +42,8 @@ from protorefine.annotations.model import AnnotationSet
 from protorefine.errors import ProtorefineError
 from protorefine.features import coarse_labels, make_grid
 from protorefine.features.grid import PatchGrid
+from protorefine.project.lock import LOCK_FILE
+from protorefine.project.pyramid import read_pyramid
 from protorefine.project.review import (
     MEASUREMENTS_CSV,
     MIN_PART_AREA,
@@ -60,6 +64,7 @@ from protorefine.project.stages import (
     PROTOTYPES_FILE,
     PSEUDO_FILE,
     REFINED_GRID_FILE,
+    DamagedFileError,
     FormatV1,
     SlideEntry,
     marks_format,
@@ -113,7 +118,9 @@ class Project(ReviewMixin):
     def create(cls, folder: str | Path, config: RefineConfig | None = None) -> Project:
         """Make a new project folder (it must be empty or absent)."""
         folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if folder.exists() and (
+            not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir())
+        ):
             if (folder / CONFIG_FILE).exists():
                 raise ProtorefineError(f"{folder}: a project already exists here; open it instead")
             raise ProtorefineError(
@@ -339,11 +346,12 @@ class Project(ReviewMixin):
 
     # ---- annotations and corrections -----------------------------------------------
     def set_coarse(self, slide_id: str, annset: AnnotationSet) -> None:
-        """Save the coarse annotation of a slide as ``coarse/<id>.geojson``."""
+        """Save the coarse annotation of a slide as ``coarse/<id>.geojson`` (with the ASAP
+        groups it was read from, which the ASAP export of the refined outline keeps)."""
         self.slide(slide_id)
         target = self.coarse_path(slide_id)
         target.parent.mkdir(exist_ok=True)
-        write_geojson(annset, target)
+        write_geojson(annset, target, keep_asap_group=True)
 
     def coarse(self, slide_id: str) -> AnnotationSet | None:
         """The coarse annotation of a slide, or None when it has none."""
@@ -552,20 +560,35 @@ class Project(ReviewMixin):
         """Loss and agreement per round of the last classifier run."""
         return json.loads(self.stage_file("classifier", HISTORY_FILE).read_text())
 
-    def pixel_probability(
+    def pixel_pyramid(
         self, slide_id: str, *, pseudo: bool = False
-    ) -> tuple[np.ndarray, float] | None:
-        """The pixel stage's tumour probability of a slide (rows, cols) (``pseudo``: the first
-        pass it was self-trained from) and the level-0 pixels per cell; None when the stage
-        has not run (or is off)."""
+    ) -> tuple[list[zarr.Array], float] | None:
+        """The pixel stage's tumour probability of a slide as its stored pyramid (lazy levels,
+        finest first: (rows, cols) cells, then halves; ``pseudo``: the first pass it was
+        self-trained from) and the level-0 pixels per cell; None when the stage has not run
+        (or is off). A damaged pyramid makes the stage not done (a rerun recomputes it)."""
         if not (self.config.pixel_level and self.stage_done("pixels")):
             return None
         if not self.stage_dir("pixels").joinpath(slide_file(PIXEL_GRID_FILE, slide_id)).exists():
             return None
         info = json.loads(self.stage_file("pixels", PIXEL_GRID_FILE, slide_id).read_text())
-        name = PIXEL_PSEUDO_FILE if pseudo else PIXEL_PROB_FILE
-        prob = self.stage_array("pixels", name, slide_id).astype(np.float32)
-        return prob, float(info["cell0"])
+        path = self.stage_file("pixels", PIXEL_PSEUDO_FILE if pseudo else PIXEL_PROB_FILE, slide_id)
+        try:
+            levels = read_pyramid(path)
+        except ProtorefineError as err:
+            self.forget_stage("pixels")
+            raise DamagedFileError(f"{err}; {self._rerun_remedy('pixels')}") from None
+        return levels, float(info["cell0"])
+
+    def pixel_probability(
+        self, slide_id: str, *, pseudo: bool = False
+    ) -> tuple[np.ndarray, float] | None:
+        """The finest level of :meth:`pixel_pyramid` in memory (rows, cols) float32."""
+        stored = self.pixel_pyramid(slide_id, pseudo=pseudo)
+        if stored is None:
+            return None
+        levels, cell0 = stored
+        return np.asarray(levels[0][:], np.float32), cell0
 
     def refined_annotations(self, slide_id: str) -> AnnotationSet:
         """The refined tumour polygons of a slide (level-0 pixels)."""
