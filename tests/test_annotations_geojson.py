@@ -7,7 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from shapely.geometry import MultiPolygon, Polygon, box
+import shapely
+from shapely.geometry import LinearRing, MultiPolygon, Polygon, box
 
 from protorefine.annotations import (
     EXCLUDE,
@@ -286,3 +287,23 @@ def test_non_finite_coordinates_are_refused_naming_file_and_feature(
     msg = str(info.value)
     assert str(p) in msg and "annotation 2" in msg and "'bad one'" in msg
     assert "not finite" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rings_follow_rfc_7946_winding_as_a_geojson_consumer_reads_them(
+    tmp_path: Path, reverse: bool
+) -> None:
+    """Exteriors counter-clockwise and holes clockwise in the written numbers (RFC 7946
+    3.1.6), whatever winding the annotation had; on screen (y down) exteriors run clockwise."""
+    outer = [(0, 0), (100, 0), (100, 100), (0, 100)]
+    hole = [(10, 10), (10, 20), (20, 20), (20, 10)]
+    poly = Polygon(outer[::-1] if reverse else outer, [hole[::-1] if reverse else hole])
+    multi = MultiPolygon([poly, Polygon([(200, 0), (200, 50), (250, 50)])])
+    path = tmp_path / "w.geojson"
+    write_geojson(AnnotationSet([Annotation(poly, TUMOR), Annotation(multi, TUMOR)]), path)
+    feats = json.loads(path.read_text())["features"]
+    polygons = [feats[0]["geometry"]["coordinates"], *feats[1]["geometry"]["coordinates"]]
+    for rings in polygons:
+        assert shapely.is_ccw(LinearRing(rings[0]))
+        assert not any(shapely.is_ccw(LinearRing(r)) for r in rings[1:])
+    assert read_geojson(path).union().equals(poly.union(multi))

@@ -28,6 +28,7 @@ import shapely.geometry
 from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
 
 from protorefine._atomic import atomic_write_text
 from protorefine.annotations._files import read_input_text
@@ -248,9 +249,19 @@ def _ring_coords(coords: Any) -> list:
 
 
 def _geometry_json(geom: Polygon | MultiPolygon) -> dict:
-    """GeoJSON geometry with plain lists (integers where the coordinates are whole)."""
+    """GeoJSON geometry with plain lists (integers where the coordinates are whole), rings
+    wound as RFC 7946 section 3.1.6 asks: exteriors counter-clockwise, holes clockwise.
+
+    The winding is that of the numbers as written (positive shoelace area for an exterior),
+    which is what GeoJSON consumers compute (shapely's ``is_ccw``, turf, geojson-rewind);
+    with the image's y axis pointing down an exterior therefore runs clockwise on screen.
+    QuPath reads either winding and writes its rings as its JTS geometry holds them, without
+    reorienting (``ROITypeAdapters.writeCoordinates`` in qupath-core), so following the RFC
+    costs QuPath nothing.
+    """
 
     def poly(p: Polygon) -> list:
+        p = orient(p, sign=1.0)
         return [_ring_coords(p.exterior.coords)] + [_ring_coords(r.coords) for r in p.interiors]
 
     if isinstance(geom, MultiPolygon):
