@@ -202,8 +202,8 @@ BAD_INPUTS = {
     ),
     "not_xml": ("<ASAP_Annotations><Annotations>", r"not valid XML \(line 1"),
     "not_asap": (
-        '<?xml version="1.0"?><Annotations><Annotation/></Annotations>',
-        "not an ASAP annotation file",
+        '<?xml version="1.0"?><Regions><Annotation/></Regions>',
+        "not an ASAP or Aperio ImageScope annotation file",
     ),
     "asap_empty": ("<ASAP_Annotations><Annotations/></ASAP_Annotations>", "no <Annotation>"),
     "asap_dots_only": (

@@ -1,9 +1,10 @@
 """Annotations: one internal form (shapely polygons in level-0 pixels) and every way in and out.
 
-GeoJSON (QuPath), ASAP XML (CAMELYON16), mask images at any downsample, napari
+GeoJSON (QuPath), ASAP XML (CAMELYON16), Aperio ImageScope XML, mask images at any downsample, napari
 Shapes data; exact rasterise / vectorise; the tumour region of a set.
 """
 
+from protorefine.annotations.aperio import read_aperio_xml
 from protorefine.annotations.asap import read_asap_xml, write_asap_xml
 from protorefine.annotations.classes import (
     is_exclusion_class,
@@ -45,6 +46,7 @@ __all__ = [
     "mask_shape",
     "rasterize",
     "read_annotations",
+    "read_aperio_xml",
     "read_asap_xml",
     "read_geojson",
     "read_mask",

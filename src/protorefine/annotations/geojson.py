@@ -314,7 +314,10 @@ def write_geojson(
     ``writer`` (e.g. the version and slide) marks the file as protorefine's result
     (:func:`written_by_protorefine`); ``keep_asap_group`` keeps each annotation's ASAP
     group (the project's coarse file, so an ASAP export keeps the input's groups)."""
-    text = to_geojson_text(annset, writer, keep_asap_group=keep_asap_group)
+    if writer is None and not keep_asap_group:
+        text = to_geojson_text(annset)
+    else:
+        text = to_geojson_text(annset, writer, keep_asap_group=keep_asap_group)
     return atomic_write_text(path, text)
 
 

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protorefine.annotations._files import check_input_file
+from protorefine.annotations.aperio import APERIO_ROOT, parse_aperio, parse_xml_file
 from protorefine.annotations.asap import read_asap_xml, write_asap_xml
 from protorefine.annotations.geojson import read_geojson, write_geojson
 from protorefine.annotations.masks import MASK_SUFFIXES, read_mask, write_mask
 from protorefine.annotations.model import AnnotationSet
+from protorefine.annotations.validate import clean
 from protorefine.errors import ProtorefineError
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
@@ -38,7 +40,8 @@ def read_annotations(
     slide_shape: Sequence[int] | None = None,
     allow_empty: bool = False,
 ) -> AnnotationSet:
-    """Read GeoJSON (.geojson/.json), ASAP XML (.xml) or a mask image (.png/.tif/.jpg).
+    """Read GeoJSON (.geojson/.json), ASAP or Aperio ImageScope XML (.xml) or a mask image
+    (.png/.tif/.jpg).
 
     ``slide_shape`` ``(H, W)`` clips polygons to the slide (with a warning) and gives a
     mask its downsample. Bad input raises a one-line ProtorefineError naming the file;
@@ -50,8 +53,23 @@ def read_annotations(
     if kind == "geojson":
         return read_geojson(p, slide_shape=slide_shape, allow_empty=allow_empty)
     if kind == "xml":
-        return read_asap_xml(p, slide_shape=slide_shape, allow_empty=allow_empty)
+        return _read_xml(p, slide_shape=slide_shape, allow_empty=allow_empty)
     return read_mask(p, slide_shape, allow_empty=allow_empty)
+
+
+def _read_xml(path: Path, *, slide_shape: Sequence[int] | None, allow_empty: bool) -> AnnotationSet:
+    """ASAP XML or Aperio ImageScope XML, told apart by the root element."""
+    tree = parse_xml_file(path)
+    root = tree.tag
+    if root == APERIO_ROOT:
+        annset = parse_aperio(tree, str(path), allow_empty=allow_empty)
+        return clean(annset, str(path), slide_shape=slide_shape, allow_empty=allow_empty)
+    if root != "ASAP_Annotations":
+        raise ProtorefineError(
+            f"{path}: not an ASAP or Aperio ImageScope annotation file (root element "
+            f"<{root}>, expected <ASAP_Annotations> or <{APERIO_ROOT}>)"
+        )
+    return read_asap_xml(path, slide_shape=slide_shape, allow_empty=allow_empty)
 
 
 def write_annotations(
