@@ -28,6 +28,7 @@ from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
 from protorefine.project import Project, checked_mpp, slide_stem
 from protorefine.project.labels_export import export_refined_labels
+from protorefine.project.lock import project_lock
 from protorefine.project.pipeline import Pipeline, prepare_project
 from protorefine.project.review import MEASUREMENTS_CSV, changes_report, refuse_foreign_outline
 from protorefine.refine.config import RefineConfig
@@ -187,12 +188,24 @@ def refine_command(args: argparse.Namespace) -> int:
         )
     out = _output_folder(args)
     folder = given if given is not None else out / "project"
+    with project_lock(folder, note=_say):  # another run on it: refused here, at once
+        return _refine_locked(args, pairs, folder, out, slide_mpp)
+
+
+def _refine_locked(
+    args: argparse.Namespace,
+    pairs: list[tuple[Path, Path]],
+    folder: Path,
+    out: Path,
+    slide_mpp: float | None,
+) -> int:
+    """The part of ``refine`` that changes the project, holding its lock."""
     project, ids = prepare_project(
         folder,
         pairs,
         lambda base: config_from_args(args, base),
         slide_mpp=slide_mpp,
-        warn=lambda note: print(note, file=sys.stderr),
+        warn=_say,
     )
     _check_masks(project, ids, args)  # before a long run, not after it
     bars = StageBars()
@@ -214,6 +227,13 @@ def refine_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     """Run ``protorefine export``: write a project's accepted outlines (hand edits included)
     as ``refine`` does, without running anything; slides not refined yet are named and left out."""
+    Project.open(args.project)  # a project at all, before its lock is looked at
+    with project_lock(args.project, note=_say):  # a run writing to it: refused at once
+        return _export_locked(args)
+
+
+def _export_locked(args: argparse.Namespace) -> int:
+    """``export`` holding the project's lock."""
     project = Project.open(args.project)
     with project.reading():
         ids = [s.id for s in project.slides if project.has_results(s.id)]
@@ -245,6 +265,11 @@ def export_command(args: argparse.Namespace) -> int:
     say_results(project, ids)
     print(f"exported {len(ids)} slide(s) to {out}")
     return 0
+
+
+def _say(note: str) -> None:
+    """A note for the user (a reading note, a stale lock taken over): one line on stderr."""
+    print(note, file=sys.stderr)
 
 
 def _output_folder(args: argparse.Namespace) -> Path:

@@ -35,6 +35,7 @@ from protorefine.features.dense import (
 )
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import efficientnet_lite0_weights, file_sha256
+from protorefine.project.lock import holds_project_lock
 from protorefine.project.stages import (
     CACHE_FILE,
     COHORT_FILE,
@@ -119,6 +120,7 @@ class Pipeline:
         return self.project.config
 
     # ---- running ----------------------------------------------------------------------
+    @holds_project_lock  # one run at a time on a project (another process is refused)
     def run(
         self,
         until: str | None = None,
@@ -144,6 +146,7 @@ class Pipeline:
         for name in self.STAGES[self._index(from_stage) :]:
             self.project.clear_stage(name)
 
+    @holds_project_lock
     def update_pseudo_labels(
         self, *, progress: Progress | None = None, cancel: Cancel | None = None
     ) -> None:

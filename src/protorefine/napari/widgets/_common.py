@@ -148,10 +148,17 @@ def _warm() -> None:
 
 def runnable_project(state: ProtorefineState) -> Project | None:
     """The open project when at least one slide has a coarse tumour outline (a run refines
-    those and says which it leaves out); else say what to do and return None."""
+    those and says which it leaves out) and no other process runs on it; else say what to
+    do and return None."""
     project = state.project
     if project is None:
         notify("warning", "Open or create a project first ('Project and slides').")
+        return None
+    from protorefine.project.lock import busy_message
+
+    busy = busy_message(project.folder)  # a CLI run on it: two runs would interleave
+    if busy is not None:
+        notify("warning", f"{busy}. Nothing was changed.")
         return None
     if not project.slides:
         notify("warning", "The project has no slides: add one in 'Project and slides'.")

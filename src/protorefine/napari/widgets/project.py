@@ -57,6 +57,8 @@ REVIEWED_COLUMN = COLUMNS.index("reviewed")
 STATUS_COLUMNS = (TUMOUR_COLUMN, UNSURE_COLUMN, REVIEWED_COLUMN)
 #: The tumour column of a slide without a coarse outline (a run leaves it out).
 NO_OUTLINE = "no outline yet"
+#: How often (ms) the pane looks whether another process runs on the open project.
+BUSY_CHECK_MS = 3000
 #: Keys that step through the slide list from anywhere in napari's window.
 NEXT_SLIDE_KEYS = "PgDown"
 PREVIOUS_SLIDE_KEYS = "PgUp"
@@ -124,6 +126,9 @@ class ProjectWidget(QWidget):
         self.status.setWordWrap(True)
         self.batch = QLabel("")
         self.batch.setWordWrap(True)
+        self.busy = QLabel("")  # another process runs on the project (its lock)
+        self.busy.setWordWrap(True)
+        self.busy.setVisible(False)
 
         row1 = QHBoxLayout()
         row1.addWidget(self.new_button)
@@ -139,6 +144,7 @@ class ProjectWidget(QWidget):
         layout.addWidget(self.table)
         layout.addWidget(self.status)
         layout.addWidget(self.batch)
+        layout.addWidget(self.busy)
         for button in self.findChildren(QPushButton):
             button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
 
@@ -162,6 +168,11 @@ class ProjectWidget(QWidget):
         self._camera_timer.timeout.connect(self.save_view)
         self.viewer.scene.camera.events.center.connect(self._camera_moved)
         self.viewer.scene.camera.events.zoom.connect(self._camera_moved)
+
+        self._busy_timer = QTimer(self)
+        self._busy_timer.setInterval(BUSY_CHECK_MS)
+        self._busy_timer.timeout.connect(self.show_busy)
+        self._busy_timer.start()
 
         self._filling = False
         prefer_protorefine_reader()
@@ -371,6 +382,16 @@ class ProjectWidget(QWidget):
                 if cell is not None:
                     cell.setText(text)
 
+    def show_busy(self) -> None:
+        """One line under the list while another process (a ``protorefine refine``) runs on
+        the open project; hidden otherwise."""
+        from protorefine.project.lock import busy_message
+
+        project = self.state.project
+        text = busy_message(project.folder) if project is not None else None
+        self.busy.setText(text or "")
+        self.busy.setVisible(text is not None)
+
     def save_view(self) -> None:
         """Save the current slide, its camera and the visible grid layers into the project."""
         project, sid = self.state.project, self.state.slide_id
@@ -409,6 +430,7 @@ class ProjectWidget(QWidget):
     def _on_project_changed(self, project: Project | None) -> None:
         self.folder_label.setText(f"Project: {project.folder}" if project else "No project open")
         self.refresh()
+        self.show_busy()
 
     def _on_slide_changed(self, slide_id: str | None) -> None:
         self._select_row(slide_id)
