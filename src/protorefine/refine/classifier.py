@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from protorefine._atomic import atomic_path
+from protorefine._atomic import atomic_write_bytes
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.prototypes import check_blocks
@@ -323,11 +324,14 @@ def train_classifier(
 
 
 def save_checkpoint(model: PatchHead, path: str | Path) -> None:
-    """Save the head's state dict (with its dimensions) atomically."""
+    """Save the head's state dict (with its dimensions) atomically. Serialised in memory
+    first (a few hundred kB): torch's own file writer turns a full disk into a RuntimeError
+    that names no file; written by ``atomic_write_bytes``, it is an OSError naming ``path``."""
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> PatchHead:
