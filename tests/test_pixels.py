@@ -200,3 +200,54 @@ def test_cancelling_the_pixel_stage_keeps_the_patch_outline(refined, tmp_path):
     assert not p.stage_done("pixels") and p.pixel_probability("s1") is None
     patch = read_geojson(p.stage_file("output", "{slide}.geojson", "s1"))
     assert p.refined_annotations("s1").union().equals(patch.union())
+
+
+def test_probability_pyramid_levels_halve_and_read_back(tmp_path):
+    from protorefine.project.pyramid import CHUNK, read_pyramid, write_pyramid
+
+    rng = np.random.default_rng(0)
+    values = rng.random((2 * CHUNK + 77, CHUNK + 9)).astype(np.float32)
+    n = write_pyramid(values, tmp_path / "p.zarr")
+    levels = read_pyramid(tmp_path / "p.zarr")
+    assert n == len(levels) == 3  # 1101x521 -> 551x261 -> 276x131 (fits one chunk)
+    assert [lv.shape for lv in levels] == [(1101, 521), (551, 261), (276, 131)]
+    np.testing.assert_allclose(levels[0][:], values, atol=1e-3)  # float16
+    half = values[:1100, :520].reshape(550, 2, 260, 2).mean((1, 3))
+    np.testing.assert_allclose(levels[1][:550, :260], half, atol=2e-3)
+    np.testing.assert_allclose(levels[1][550, 260], values[1100, 520], atol=1e-3)  # edge cell
+    (tmp_path / "p.zarr" / "zarr.json").write_text("{not json")
+    with pytest.raises(ProtorefineError, match="p.zarr: the map pyramid does not read back"):
+        read_pyramid(tmp_path / "p.zarr")
+
+
+@pytest.mark.slow
+def test_a_damaged_probability_pyramid_makes_the_stage_run_again(refined, tmp_path):
+    import shutil
+
+    from protorefine.project import Project
+    from protorefine.project.stages import DamagedFileError
+
+    project, _, _ = refined
+    levels, cell0 = project.pixel_pyramid("s1")
+    assert len(levels) == 1 and levels[0].shape == (64, 64) and cell0 == 16
+    copy = tmp_path / "p"
+    shutil.copytree(project.folder, copy)
+    p = Project.open(copy)
+    shutil.rmtree(p.stage_file("pixels", "{slide}_pixels.zarr", "s1") / "0")
+    with pytest.raises(DamagedFileError, match="s1_pixels.zarr.*run refine again"):
+        p.pixel_probability("s1")
+    assert not p.stage_done("pixels") and p.stage_done("output")
+
+
+def test_a_large_probability_map_is_shown_as_a_multiscale_layer(tmp_path):
+    from protorefine.napari.layers import pixel_layer
+    from protorefine.project.pyramid import read_pyramid, write_pyramid
+
+    write_pyramid(np.full((1200, 900), 0.25, np.float32), tmp_path / "big.zarr")
+    levels = read_pyramid(tmp_path / "big.zarr")
+    layer = pixel_layer("pixel tumour probability", levels, cell0=32.0, s=0.25)
+    assert layer.multiscale and len(layer.data) == 3
+    assert tuple(layer.scale) == (8.0, 8.0)  # 8 µm cells at 0.25 µm/px, shown in µm
+    assert layer.data[1].shape == (600, 450) and not layer.visible
+    small = pixel_layer("pixel tumour probability", [np.zeros((40, 40), np.float32)], 32.0, 1.0)
+    assert not small.multiscale and small.data.shape == (40, 40)

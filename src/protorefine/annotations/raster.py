@@ -183,24 +183,47 @@ def _mask_polygons(mask: np.ndarray) -> list[Polygon]:
     return [p for p in shapely.get_parts(geom) if not p.is_empty]
 
 
+def _tiled_polygons(mask: np.ndarray, tile: int) -> list[Polygon]:
+    """:func:`_mask_polygons` traced tile by tile (memory bounded by a tile), the parts
+    that reach a tile's edge merged with their neighbours' afterwards."""
+    rows, cols = mask.shape
+    done: list[Polygon] = []
+    open_parts: list[Polygon] = []
+    for r0 in range(0, rows, tile):
+        for c0 in range(0, cols, tile):
+            part = mask[r0 : r0 + tile, c0 : c0 + tile]
+            h, w = part.shape
+            for p in _mask_polygons(part):
+                x0, y0, x1, y1 = p.bounds
+                inner = (x0 > 0 or c0 == 0) and (y0 > 0 or r0 == 0)
+                inner &= (x1 < w or c0 + w == cols) and (y1 < h or r0 + h == rows)
+                p = shapely.affinity.translate(p, c0, r0)
+                (done if inner else open_parts).append(p)
+    if open_parts:
+        done += [p for p in shapely.get_parts(polygonal(unary_union(open_parts)))]
+    return done
+
+
 def vectorize(
     mask: np.ndarray,
     downsample: float = 1.0,
     *,
     classification: str = TUMOR,
     min_area: float = 0.0,
+    tile: int | None = None,
 ) -> AnnotationSet:
     """Polygons (with holes) around a mask's set pixels, in level-0 pixel coordinates.
 
     One annotation per connected region (4-connected). ``min_area`` (level-0 pixels²)
     drops smaller regions and fills smaller holes. Exact: with ``min_area=0``,
-    ``rasterize(vectorize(m, d), shape, d)`` returns ``m``.
+    ``rasterize(vectorize(m, d), shape, d)`` returns ``m``. ``tile`` (mask pixels): trace
+    tiles of that side and merge the parts that cross their edges (a whole slide's mask).
     """
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ProtorefineError(f"mask of shape {m.shape}: expected a 2-D array")
     m = m.astype(bool, copy=False)
-    polys = _mask_polygons(m)
+    polys = _mask_polygons(m) if tile is None or max(m.shape) <= tile else _tiled_polygons(m, tile)
     scale = float(downsample)
     out: list[Annotation] = []
     for p in polys:

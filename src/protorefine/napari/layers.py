@@ -431,13 +431,15 @@ def pixel_layer_geometry(cell0: float, s: float) -> tuple[tuple[float, float], t
     return (step, step), (t, t)
 
 
-def pixel_layer(name: str, prob: np.ndarray, cell0: float, s: float) -> Layer:
-    """A pixel-stage map (``PIXEL_LAYERS``) as a hidden Image layer over the slide."""
+def pixel_layer(name: str, levels: Sequence[Any], cell0: float, s: float) -> Layer:
+    """A pixel-stage map (``PIXEL_LAYERS``) as a hidden Image layer over the slide: one array,
+    or its stored pyramid (finest first) as a multiscale layer."""
     from napari.layers import Image
 
     scale, translate = pixel_layer_geometry(cell0, s)
     return Image(
-        np.asarray(prob, np.float32),
+        list(levels) if len(levels) > 1 else levels[0],
+        multiscale=len(levels) > 1,
         name=name,
         scale=scale,
         translate=translate,
@@ -450,17 +452,22 @@ def pixel_layer(name: str, prob: np.ndarray, cell0: float, s: float) -> Layer:
     )
 
 
-def pixel_maps(project: Project, slide_id: str) -> dict[str, tuple[np.ndarray, float]]:
-    """The pixel stage's stored maps of a slide by layer name (``PIXEL_LAYERS``), each with
-    its level-0 pixels per cell; empty when the stage has not run."""
-    maps = {}
+def pixel_maps(project: Project, slide_id: str) -> dict[str, tuple[list[Any], float]]:
+    """The pixel stage's stored maps of a slide by layer name (``PIXEL_LAYERS``), each as its
+    levels (one in memory when the map is small, else the lazy pyramid: napari reads what it
+    shows) with its level-0 pixels per cell; empty when the stage has not run."""
+    maps: dict[str, tuple[list[Any], float]] = {}
     for name in PIXEL_LAYERS:
         try:
-            stored = project.pixel_probability(slide_id, pseudo=name == PIXEL_PSEUDO)
+            stored = project.pixel_pyramid(slide_id, pseudo=name == PIXEL_PSEUDO)
         except ProtorefineError:
             stored = None
         if stored is not None:
-            maps[name] = stored
+            levels, cell0 = stored
+            shown: list[Any] = list(levels)
+            if len(levels) == 1:
+                shown = [np.asarray(levels[0][:], np.float32)]
+            maps[name] = (shown, cell0)
     return maps
 
 

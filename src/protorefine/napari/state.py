@@ -257,7 +257,7 @@ class ProtorefineState:
             pass
 
     def pixel_layer_steps(
-        self, maps: dict[str, tuple[np.ndarray, float]] | None = None
+        self, maps: dict[str, tuple[list[Any], float]] | None = None
     ) -> Iterator[None]:
         """:meth:`show_pixel_probability` one layer per event-loop turn (each add repaints),
         from ``maps`` read in a worker (by layer name), else read here."""
@@ -272,11 +272,15 @@ class ProtorefineState:
                     self.viewer.layers.remove(layer)
                     yield
                 continue
-            prob, cell0 = maps[name]
+            levels, cell0 = maps[name]
+            if layer is not None and layer.multiscale != (len(levels) > 1):
+                self.viewer.layers.remove(layer)  # a single array cannot become a pyramid
+                layer = None
+                yield
             if layer is None:
-                self._add_below_outline(L.pixel_layer(name, prob, cell0, self.pixel_scale))
+                self._add_below_outline(L.pixel_layer(name, levels, cell0, self.pixel_scale))
             else:
-                layer.data = prob
+                layer.data = list(levels) if layer.multiscale else levels[0]
                 layer.scale, layer.translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
             yield
 

@@ -35,7 +35,9 @@ from protorefine.features.dense import (
 )
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import efficientnet_lite0_weights, file_sha256
+from protorefine.features.grid import PatchGrid
 from protorefine.project.lock import holds_project_lock
+from protorefine.project.pyramid import write_pyramid
 from protorefine.project.stages import (
     CACHE_FILE,
     COHORT_FILE,
@@ -108,6 +110,8 @@ class Pipeline:
             project.set_config(config)
         self._features: dict[str, np.ndarray] = {}
         self.times: dict[str, float] = {}
+        #: Patch grids laid elsewhere (a cluster's workers) that the grid stage stores as its own.
+        self.ready_grids: dict[str, PatchGrid] = {}
 
     @property
     def slides(self) -> list:
@@ -225,7 +229,9 @@ class Pipeline:
             if check():
                 raise CancelledError("grid stage cancelled")
             prog(i, n, s.id)
-            grid = self.project.compute_grid(s.id)
+            grid = self.ready_grids.pop(s.id, None)
+            if grid is None:
+                grid = self.project.compute_grid(s.id)
             if not grid.tissue.any():
                 raise ProtorefineError(f"slide {s.id!r} ({s.path}): no tissue found")
             write_npz(out / slide_file(GRID_FILE, s.id), **grid.to_dict())
@@ -243,32 +249,12 @@ class Pipeline:
         n = len(self.slides)
         reused = 0
         for i, s in enumerate(self.slides):
-            grid = self.project.grid(s.id)
-            path, cells = feature_cache_files(cache, s.id)  # cells: which cells the rows are
-            if cached_features_fit(path, grid):
-                reused += 1
-                continue
-            slide = self.project.open_slide(s.id)
 
             def sub(done: int, total: int, msg: str = "", i=i, sid=s.id) -> None:
                 prog(done, total, f"slide {i + 1}/{n} {sid} {msg}".rstrip())
 
-            feats = extract_features(
-                slide,
-                grid,
-                encoder,
-                batch_size=self.config.batch_size,
-                loader=self.loader,
-                progress=sub,
-                cancel=check,
-            )
-            feats = np.asarray(feats, dtype=np.float32)
-            if feats.shape[0] == grid.n:
-                feats = feats[grid.tissue_index]
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, feats)
-            atomic_write_text(cells, grid.signature())
+            if not self.slide_features(s.id, encoder, cache, progress=sub, cancel=check):
+                reused += 1
         stored = cache.relative_to(self.project.folder).as_posix()  # the project may move
         (out / CACHE_FILE).write_text(stored)
         return {
@@ -278,6 +264,40 @@ class Pipeline:
             "reused_slides": reused,
             "cache": stored,
         }
+
+    def slide_features(
+        self,
+        slide_id: str,
+        encoder,
+        cache: Path,
+        *,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> bool:
+        """Extract a slide's tissue-patch features into the feature cache ``cache`` (atomic,
+        one file a slide) unless they are there already; True when they were extracted.
+        The features stage calls it per slide, and so does a cluster's worker."""
+        grid = self.project.grid(slide_id)
+        path, cells = feature_cache_files(cache, slide_id)  # cells: which cells the rows are
+        if cached_features_fit(path, grid):
+            return False
+        feats = extract_features(
+            self.project.open_slide(slide_id),
+            grid,
+            encoder,
+            batch_size=self.config.batch_size,
+            loader=self.loader,
+            progress=progress,
+            cancel=cancel,
+        )
+        feats = np.asarray(feats, dtype=np.float32)
+        if feats.shape[0] == grid.n:
+            feats = feats[grid.tissue_index]
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, feats)
+        atomic_write_text(cells, grid.signature())
+        return True
 
     def features(self, slide_id: str) -> np.ndarray:
         """Tissue-patch features of a slide (from the cache of the finished features stage)."""
@@ -526,8 +546,8 @@ class Pipeline:
                 classification=tumour_class_name(self.project.coarse(s.id)),
                 smoothing=cfg.outline_smoothing,
             )
-            np.save(out / slide_file(PIXEL_PROB_FILE, s.id), prob.astype(np.float16))
-            np.save(out / slide_file(PIXEL_PSEUDO_FILE, s.id), res.pseudo.astype(np.float16))
+            write_pyramid(prob, out / slide_file(PIXEL_PROB_FILE, s.id))
+            write_pyramid(res.pseudo, out / slide_file(PIXEL_PSEUDO_FILE, s.id))
             (out / slide_file(PIXEL_GRID_FILE, s.id)).write_text(json.dumps(grid.__dict__))
             write_geojson(outline, out / slide_file(OUTLINE_FILE, s.id))
             counts[s.id] = {
@@ -536,6 +556,25 @@ class Pipeline:
                 "tumour_share": round(float(mask.mean()), 4),
             }
         return {"slides": counts, "assumed_mpp": assumed}
+
+    def dense_slide(self, slide_id: str, *, cancel: Cancel | None = None) -> bool:
+        """Fill the project's dense-feature cache of one slide as the pixel stage does (same
+        grid, same signature) unless it is there already; True when computed. A cluster's
+        worker calls it per slide before the pixel stage runs, which then finds it cached."""
+        cfg = self.config
+        slide = self.project.open_slide(slide_id)
+        grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
+        path, cells = dense_cache_files(self.project.folder, slide_id)
+        weights = file_sha256(efficientnet_lite0_weights())
+        signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0", weights])
+        if path.exists() and cells.exists() and cells.read_text() == signature:
+            with contextlib.suppress(ValueError, OSError):
+                if np.load(path, mmap_mode="r").shape[:2] == (grid.rows, grid.cols):
+                    return False
+        encoder = DenseEncoder(resolve_device(cfg.device))
+        check = cancel or (lambda: False)
+        self._dense(slide, grid, encoder, path, cells, signature, 0, 1, lambda *_: None, check)
+        return True
 
     def _dense(self, slide, grid: DenseGrid, encoder, path, cells, signature, i, n, prog, check):
         """Dense features of one slide written to the project's cache as a memory map."""

@@ -69,10 +69,10 @@ HISTORY_FILE = "history.json"
 REFINED_GRID_FILE = "{slide}_refined.npy"
 #: output: a slide's refined outline (level-0 pixels).
 OUTLINE_FILE = "{slide}.geojson"
-#: pixels: a slide's tumour probability per dense cell (rows, cols) float16.
-PIXEL_PROB_FILE = "{slide}_pixels.npy"
-#: pixels: a slide's first pass per dense cell (the pixel pseudo-mask) float16.
-PIXEL_PSEUDO_FILE = "{slide}_pseudo.npy"
+#: pixels: a slide's tumour probability per dense cell, a zarr pyramid (``project.pyramid``).
+PIXEL_PROB_FILE = "{slide}_pixels.zarr"
+#: pixels: a slide's first pass per dense cell (the pixel pseudo-mask), a zarr pyramid.
+PIXEL_PSEUDO_FILE = "{slide}_pseudo.zarr"
 #: pixels: where a slide's dense cells lie (level-0 pixels per cell, rows, cols, µm per pixel).
 PIXEL_GRID_FILE = "{slide}_cells.json"
 

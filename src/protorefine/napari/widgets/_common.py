@@ -6,7 +6,7 @@ import importlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -206,8 +206,8 @@ class SlideResults:
     slide_id: str | None
     values: dict[str, np.ndarray] = field(default_factory=dict)
     outline: AnnotationSet | None = None
-    #: The pixel stage's maps by layer name: (values per cell, level-0 pixels per cell).
-    pixel: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+    #: The pixel stage's maps by layer name: (levels of values per cell, level-0 pixels per cell).
+    pixel: dict[str, tuple[list[Any], float]] = field(default_factory=dict)
     #: Slides whose hand edits of the outline the run that made these results superseded.
     superseded_edits: list[str] = field(default_factory=list)
 
