@@ -46,6 +46,9 @@ from protorefine.errors import ProtorefineError
 
 #: Property key holding the ASAP group an annotation was read from.
 ASAP_GROUP = "asap_group"
+#: Attribute of the root element of ASAP XML that protorefine exported (its version): files
+#: carrying it may be replaced by a later export, others are the user's.
+WRITER_ATTR = "protorefine"
 _TUMOUR_GROUPS = {"_0", "_1", "tumor", "tumour", "metastases", "metastasis"}
 _EXCLUSION_GROUPS = {"_2", "exclusion"}
 _POLYGON_TYPES = {"polygon", "spline", "rectangle"}
@@ -226,10 +229,11 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def to_asap_bytes(annset: AnnotationSet) -> bytes:
+def to_asap_bytes(annset: AnnotationSet, writer: str | None = None) -> bytes:
     """The set as ASAP XML; holes become polygons of the ``Exclusion`` group (``_2`` where
-    their outline is in CAMELYON16's ``_0`` / ``_1``)."""
-    root = ET.Element("ASAP_Annotations")
+    their outline is in CAMELYON16's ``_0`` / ``_1``). ``writer`` (protorefine's version, for
+    exports): the root's :data:`WRITER_ATTR` attribute, which ASAP ignores and drops on saving."""
+    root = ET.Element("ASAP_Annotations", {WRITER_ATTR: writer} if writer is not None else {})
     box = ET.SubElement(root, "Annotations")
     groups: dict[str, str] = {}
     lost_holes = 0
@@ -275,6 +279,19 @@ def to_asap_bytes(annset: AnnotationSet) -> bytes:
     return ('<?xml version="1.0"?>\n' + text + "\n").encode("utf-8")
 
 
-def write_asap_xml(annset: AnnotationSet, path: str | os.PathLike[str]) -> os.PathLike[str]:
-    """Write the set as ASAP XML (CAMELYON16 layout), atomically; returns the path."""
-    return atomic_write_bytes(path, to_asap_bytes(annset))
+def write_asap_xml(
+    annset: AnnotationSet, path: str | os.PathLike[str], *, writer: str | None = None
+) -> os.PathLike[str]:
+    """Write the set as ASAP XML (CAMELYON16 layout), atomically; returns the path
+    (``writer``: see :func:`to_asap_bytes`)."""
+    return atomic_write_bytes(path, to_asap_bytes(annset, writer))
+
+
+def written_by_protorefine(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is ASAP XML that protorefine exported (its root carries
+    :data:`WRITER_ATTR`; ASAP and other tools drop it when they save the file)."""
+    try:
+        root = defused_et.fromstring(read_input_bytes(path))
+    except (ProtorefineError, OSError, ValueError, DefusedXmlException, ET.ParseError):
+        return False
+    return root.tag == "ASAP_Annotations" and WRITER_ATTR in root.attrib

@@ -36,6 +36,7 @@ from protorefine.annotations import (
     write_geojson,
 )
 from protorefine.annotations.asap import with_groups_of
+from protorefine.annotations.asap import written_by_protorefine as asap_written_by_protorefine
 from protorefine.annotations.classes import polygonal
 from protorefine.annotations.geojson import written_by_protorefine
 from protorefine.annotations.masks import write_mask
@@ -207,7 +208,8 @@ class ReviewMixin(StagesMixin):
         if mask and downsample is not None:
             write_mask(outline, path, self.slide(slide_id).shape, downsample)
         elif suffix == ".xml":  # in the coarse file's groups (CAMELYON16's _0 / _2 or Tumor)
-            write_asap_xml(with_groups_of(outline, self.coarse(slide_id)), path)
+            asap = with_groups_of(outline, self.coarse(slide_id))
+            write_asap_xml(asap, path, writer=__version__)  # ours, replaceable
         else:
             write_geojson(
                 with_measurements(outline, self.slide(slide_id).mpp),
@@ -264,13 +266,14 @@ class ReviewMixin(StagesMixin):
         """Refuse an export into the folder of the coarse files: a ``<slide><suffix>`` there
         that holds that slide's coarse outline is the pathologist's work, not an earlier
         export (which may be overwritten). A target that is a folder is refused too, and so is
-        a GeoJSON target that protorefine did not write (:func:`refuse_foreign_outline`)."""
+        an outline or mask file that protorefine did not write (:func:`refuse_foreign_outline`)."""
         refuse_folder(Path(folder) / MEASUREMENTS_CSV)
         for sid in slides:
             for suffix in suffixes:
                 target = Path(folder) / f"{sid}{suffix}"
                 refuse_folder(target)
                 if target.suffix.lower() not in (".geojson", ".json", ".xml"):
+                    refuse_foreign_outline(target)  # a mask of the user's
                     continue
                 if not target.is_file():
                     continue
@@ -325,18 +328,29 @@ class ReviewMixin(StagesMixin):
         return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
 
 
+#: How protorefine knows its own exports, by file ending: GeoJSON's top-level member, ASAP
+#: XML's root attribute, the description a mask carries.
+OWN_FILE_CHECKS: dict[str, Callable[[Path], bool]] = {
+    ".geojson": written_by_protorefine,
+    ".json": written_by_protorefine,
+    ".xml": asap_written_by_protorefine,
+}
+
+
 def refuse_foreign_outline(target: str | os.PathLike[str]) -> None:
-    """One-line error when ``target``, where an outline is to be exported, is a GeoJSON file
-    that protorefine did not write (e.g. a ground truth with the slide's name): the user's
-    work. An earlier export or refine result carries protorefine's mark and may be replaced."""
+    """One-line error when ``target``, where an outline is to be exported, is a GeoJSON, ASAP
+    XML or mask file that protorefine did not write (e.g. a ground truth with the slide's
+    name): the user's work. An earlier export or refine result carries protorefine's mark
+    (:data:`OWN_FILE_CHECKS`) and may be replaced."""
     target = Path(target)
-    if target.suffix.lower() not in (".geojson", ".json") or not target.is_file():
+    ours = OWN_FILE_CHECKS.get(target.suffix.lower())
+    if ours is None or not target.is_file():
         return
-    if not written_by_protorefine(target):
+    if not ours(target):
         raise ProtorefineError(
-            f"{target}: protorefine did not write this file (an outline of the user's, e.g. a "
-            "ground truth?) and the refined outline would overwrite it; move it or choose "
-            "another output folder"
+            f"{target}: protorefine did not write this file (the user's, e.g. a ground "
+            "truth?) and the refined outline would overwrite it; move it or choose another "
+            "output folder"
         )
 
 
