@@ -290,12 +290,16 @@ def write_mask(
     downsample: float = 1.0,
     *,
     classes: Sequence[str] | None = None,
+    mpp: float | None = None,
 ) -> Path:
     """Write a 0/255 mask (PNG or TIFF) of the tumour region at ``downsample``, atomically.
 
     ``shape`` is the slide's level-0 ``(H, W)``; the file gets ``(ceil(H/d), ceil(W/d))``
     pixels and records ``downsample`` and ``shape`` so :func:`read_mask` puts it back in
-    place. A bool array of that size is written as is.
+    place. A bool array of that size is written as is. With the slide's ``mpp`` the file
+    also carries its pixel size (``mpp * downsample``) where other tools look: TIFF
+    XResolution / YResolution in pixels per centimetre (tiffslide's and QuPath's mpp), PNG
+    pHYs. TIFFs are always tiled, as slide readers expect.
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -315,23 +319,59 @@ def write_mask(
                 f"downsample {downsample:g} (expected {want})"
             )
     img = mask.astype(np.uint8) * 255
-    meta = {"downsample": float(downsample), "slide_shape": [int(shape[0]), int(shape[1])]}
+    meta: dict = {"downsample": float(downsample), "slide_shape": [int(shape[0]), int(shape[1])]}
+    um = None
+    if mpp:
+        um = float(mpp) * float(downsample)  # the mask's own pixel size
+        meta["slide_mpp"] = float(mpp)
     with atomic_path(p) as tmp:
         if suffix == ".png":
             from PIL import Image, PngImagePlugin
 
             info = PngImagePlugin.PngInfo()
             info.add_text(_META_KEY, json.dumps(meta))
-            Image.fromarray(img).save(tmp, format="PNG", pnginfo=info, optimize=False)
+            extra = {"dpi": (25400.0 / um, 25400.0 / um)} if um else {}
+            Image.fromarray(img).save(tmp, format="PNG", pnginfo=info, optimize=False, **extra)
         else:
             import tifffile
 
+            # tiles of 16..256 pixels (a multiple of 16, as TIFF asks), whatever the size
+            tile = tuple(min(256, -(-max(n, 1) // 16) * 16) for n in img.shape)
             tifffile.imwrite(
                 tmp,
                 img,
                 compression="zlib",
-                tile=(256, 256) if min(img.shape) >= 256 else None,
+                tile=tile,
                 description=json.dumps({_META_KEY: meta}),
                 metadata=None,
+                resolution=(1e4 / um, 1e4 / um) if um else None,
+                resolutionunit="CENTIMETER" if um else None,
             )
     return p
+
+
+def mask_metadata(path: str | os.PathLike[str]) -> dict | None:
+    """What :func:`write_mask` recorded in a mask file (``downsample``, ``slide_shape``,
+    ``slide_mpp``), or None when the file is not a mask protorefine wrote. Reads only the
+    file's header."""
+    p = Path(path)
+    try:
+        if _suffix(p) in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                desc = tif.pages[0].description or ""  # type: ignore[union-attr]
+            meta = json.loads(desc).get(_META_KEY) if desc.startswith("{") else None
+        elif _suffix(p) == ".png":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                text = getattr(im, "text", {}).get(_META_KEY)
+            meta = json.loads(text) if text else None
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not our mask
+        return None
+    if not isinstance(meta, dict) or "downsample" not in meta or "slide_shape" not in meta:
+        return None
+    return meta

@@ -1,4 +1,5 @@
-"""napari reader: slides open as one lazy multiscale RGB layer, annotations as a Shapes layer.
+"""napari reader: slides open as one lazy multiscale RGB layer, annotations as a Shapes layer,
+the masks protorefine writes (``--mask-downsample``) as a Labels layer over their slide.
 
 Thin: the library opens the file (``protorefine.slides.open_slide``,
 ``protorefine.annotations.read_annotations``); this module only turns the result
@@ -13,16 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protorefine.annotations import read_annotations
+from protorefine.annotations import read_annotations, read_mask_array
+from protorefine.annotations.masks import mask_metadata
 from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import (
+    CLASS_COLORS,
     META_MPP,
     META_PIXEL_SCALE,
+    TUMOUR_LABEL,
     LayerData,
     edge_width_for,
     image_layer_data,
+    pixel_layer_geometry,
     pixel_scale,
     shapes_layer_data,
+    world_units,
 )
 from protorefine.slides import open_slide
 from protorefine.slides.omezarr import read_ngff_labels
@@ -50,10 +56,13 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     out: list[LayerData] = []
     for item in paths:
         p = Path(item)
-        if _kind(p) == "slide":
+        kind = _kind(p)
+        if kind == "slide":
             out.append(read_slide(p))
             if p.is_dir():
                 out.extend(read_labels_layers(p, out[-1][1]))
+        elif kind == "mask":
+            out.append(read_mask_layer(p))
         else:
             out.append(read_annotation_layer(p))
     return out
@@ -106,13 +115,44 @@ def read_annotation_layer(path: str | Path, s: float | None = None) -> LayerData
     return shapes_layer_data(annset, s, name=f"{_stem(path)} annotation", mpp=mpp, edge_width=width)
 
 
+def read_mask_layer(path: str | Path) -> LayerData:
+    """A mask protorefine wrote (e.g. ``refine --mask-downsample``) as a Labels layer laid
+    over its slide: each mask pixel covers its ``downsample`` level-0 pixels, in the world
+    units of the slide open in the viewer, else of the slide pixel size the mask records."""
+    path = Path(path)
+    meta = mask_metadata(path) or {}
+    mask, d, _ = read_mask_array(path)
+    layer = _viewer_slide_layer(_stem(path).removesuffix("_mask"))
+    if layer is not None:
+        s, mpp = float(layer.metadata.get(META_PIXEL_SCALE) or 1.0), layer.metadata.get(META_MPP)
+    else:
+        mpp = meta.get("slide_mpp")
+        s = pixel_scale(mpp)
+    scale, translate = pixel_layer_geometry(d, s)
+    labels = mask.astype("uint8") * TUMOUR_LABEL
+    opts = {
+        "name": _stem(path),
+        "scale": scale,
+        "translate": translate,
+        "units": world_units(mpp),
+        "opacity": 0.5,
+        "colormap": dict(CLASS_COLORS),
+        "metadata": {"protorefine_mask": meta},
+    }
+    return (labels, opts, "labels")
+
+
 def _kind(path: Path) -> str | None:
-    """ "slide", "annotation" or None for a path this reader does not handle."""
+    """ "slide", "mask", "annotation" or None for a path this reader does not handle."""
     name = path.name.lower()
     if name.endswith(".zarr"):
         return "slide" if path.is_dir() or not path.exists() else None
     if name.endswith(SLIDE_SUFFIXES):
-        return "slide" if not path.is_dir() else None
+        if path.is_dir():
+            return None
+        if name.endswith((".tif", ".tiff", ".png")) and mask_metadata(path) is not None:
+            return "mask"
+        return "slide"
     if name.endswith(ANNOTATION_SUFFIXES):
         if not path.is_file():
             return None

@@ -206,7 +206,8 @@ class ReviewMixin(StagesMixin):
             raise ProtorefineError(f"{path}: a mask needs a downsample of level 0 (e.g. 16)")
         outline = self.accepted_outline(slide_id)
         if mask and downsample is not None:
-            write_mask(outline, path, self.slide(slide_id).shape, downsample)
+            entry = self.slide(slide_id)
+            write_mask(outline, path, entry.shape, downsample, mpp=entry.mpp)
         elif suffix == ".xml":  # in the coarse file's groups (CAMELYON16's _0 / _2 or Tumor)
             asap = with_groups_of(outline, self.coarse(slide_id))
             write_asap_xml(asap, path, writer=__version__)  # ours, replaceable
