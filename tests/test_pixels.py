@@ -251,3 +251,20 @@ def test_a_large_probability_map_is_shown_as_a_multiscale_layer(tmp_path):
     assert layer.data[1].shape == (600, 450) and not layer.visible
     small = pixel_layer("pixel tumour probability", [np.zeros((40, 40), np.float32)], 32.0, 1.0)
     assert not small.multiscale and small.data.shape == (40, 40)
+
+
+def test_dense_features_skip_tiles_without_tissue(monkeypatch):
+    img, _ = _he_image(512)
+    slide = Slide.from_array(img, name="glass", mpp=0.5)
+    grid = dense_grid(slide, mpp=0.5, cell=16)
+    monkeypatch.setattr(dense, "TILE", 256)  # four tiles of 16x16 cells
+    enc = DenseEncoder("cpu")
+    tissue = np.zeros((grid.rows, grid.cols), bool)
+    tissue[3, 20] = True  # one cell, in the top-right tile
+    encoded = []
+    monkeypatch.setattr(enc, "maps", lambda rgb, f=enc.maps: encoded.append(1) or f(rgb))
+    some = dense_features(slide, grid, enc, tissue=tissue).astype(np.float32)
+    assert len(encoded) == 1
+    every = dense_features(slide, grid, enc).astype(np.float32)
+    np.testing.assert_array_equal(some[:16, 16:], every[:16, 16:])
+    assert not some[16:].any() and not some[:, :16].any()

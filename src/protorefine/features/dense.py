@@ -165,11 +165,14 @@ def dense_features(
     encoder: DenseEncoder,
     *,
     out: np.ndarray | None = None,
+    tissue: np.ndarray | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> np.ndarray:
     """(rows, cols, sum(BLOCK_WIDTHS)) float16 dense features of ``slide`` on ``grid``, tile by
-    tile (``out``: an array, e.g. a memory map on disk, to fill instead of a new one)."""
+    tile (``out``: an array, e.g. a memory map on disk, to fill instead of a new one).
+    ``tissue`` (rows, cols) bool: tiles holding no tissue cell are not read or encoded (their
+    features stay 0; a whole slide is mostly glass)."""
     d = sum(BLOCK_WIDTHS)
     if out is None:
         out = np.zeros((grid.rows, grid.cols, d), dtype=np.float16)
@@ -188,13 +191,17 @@ def dense_features(
         if cancel is not None and cancel():
             raise CancelledError("dense features cancelled")
         i, j = divmod(k, tx)
+        r0, c0 = i * tc, j * tc
+        r1, c1 = min(grid.rows, r0 + tc), min(grid.cols, c0 + tc)
+        if tissue is not None and not tissue[r0:r1, c0:c1].any():
+            if progress is not None:
+                progress(k + 1, total, f"tile {k + 1}/{total}")
+            continue
         rgb = _read_working(slide, grid, i * tile - halo, j * tile - halo, tile + 2 * halo)
         parts = [_to_cells(m, n_all)[0, :, hc : hc + tc, hc : hc + tc] for m in encoder.maps(rgb)]
         feats = torch.cat(parts, 0).permute(1, 2, 0).float().cpu().numpy()
         stain = stain_statistics(rgb, cell)[hc : hc + tc, hc : hc + tc]
         block = np.concatenate([feats, stain], -1)
-        r0, c0 = i * tc, j * tc
-        r1, c1 = min(grid.rows, r0 + tc), min(grid.cols, c0 + tc)
         out[r0:r1, c0:c1] = block[: r1 - r0, : c1 - c0].astype(np.float16)
         if progress is not None:
             progress(k + 1, total, f"tile {k + 1}/{total}")

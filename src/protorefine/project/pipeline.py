@@ -85,6 +85,14 @@ from protorefine.slides import tissue_mask
 _FEATURES_REMEDY = "run refine again: the features are recomputed"
 
 
+def cell_tissue(slide, grid: DenseGrid) -> np.ndarray:
+    """(rows, cols) bool: the dense cells whose centre lies on the slide's tissue."""
+    mask, ds = tissue_mask(slide)
+    ty = np.minimum(((np.arange(grid.rows) + 0.5) * grid.cell0 / ds).astype(int), mask.shape[0] - 1)
+    tx = np.minimum(((np.arange(grid.cols) + 0.5) * grid.cell0 / ds).astype(int), mask.shape[1] - 1)
+    return mask[ty[:, None], tx[None, :]]
+
+
 class Pipeline:
     """The stages grid -> features -> prototypes -> pseudo_labels -> classifier -> output
     -> pixels."""
@@ -586,9 +594,10 @@ class Pipeline:
             prog(done, total, f"dense features, slide {i + 1}/{n} {msg}".rstrip())
 
         shape = (grid.rows, grid.cols, sum(BLOCK_WIDTHS))
+        tissue = cell_tissue(slide, grid)  # tiles with no tissue cell are skipped
         with atomic_path(path) as tmp:
             mm = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-            dense_features(slide, grid, encoder, out=mm, progress=sub, cancel=check)
+            dense_features(slide, grid, encoder, out=mm, tissue=tissue, progress=sub, cancel=check)
             mm.flush()
             del mm
         atomic_write_text(cells, signature)
@@ -603,10 +612,7 @@ class Pipeline:
             (np.arange(grid.rows) + 0.5) * grid.cell0,
             (np.arange(grid.cols) + 0.5) * grid.cell0,
         )
-        mask, ds = tissue_mask(slide)
-        ty = np.minimum((centre[0] / ds).astype(int), mask.shape[0] - 1)
-        tx = np.minimum((centre[1] / ds).astype(int), mask.shape[1] - 1)
-        tissue = mask[ty[:, None], tx[None, :]]
+        tissue = cell_tissue(slide, grid)
         coarse = rasterize(self.project.coarse(slide_id), slide.shape, grid.cell0)
         coarse = coarse[: grid.rows, : grid.cols]
         cell_um = grid.cell_um or self.config.pixel_cell * self.config.pixel_mpp
