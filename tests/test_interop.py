@@ -110,3 +110,46 @@ def test_refine_exports_keep_camelyon_groups_and_the_mask_pixel_size(tmp_path: P
         x = tif.pages[0].tags["XResolution"].value
         assert tif.pages[0].is_tiled
     assert x[0] / x[1] == pytest.approx(1e4 / 2.0)
+
+
+def test_manifest_patterns_cover_every_slide_file_the_library_opens() -> None:
+    """napari offers protorefine for NDPI, MRXS, SCN, BIF, QPTIFF... as for SVS."""
+    import yaml
+
+    from protorefine.slides.dispatch import SUPPORTED
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "napari.yaml").read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    patterns = set(reader["filename_patterns"])
+    assert {f"*{s}" for s in SUPPORTED} <= patterns
+    assert {"*.ndpi", "*.mrxs", "*.scn", "*.bif", "*.qptiff"} <= patterns
+
+
+@pytest.mark.parametrize("suffix", [".mrxs", ".scn", ".bif"])
+def test_openslide_formats_without_openslide_name_the_extra(tmp_path, monkeypatch, suffix) -> None:
+    """The reader takes an OpenSlide format and, with OpenSlide absent, says in one line
+    which extra to install instead of napari's 'no reader found'."""
+    from protorefine.errors import ProtorefineError
+    from protorefine.slides import openslide as openslide_backend
+
+    monkeypatch.setattr(openslide_backend, "available", lambda: False)
+    path = tmp_path / f"slide{suffix}"
+    path.write_bytes(b"II*\x00" + bytes(64))
+    reader = get_reader(str(path))
+    assert reader is not None
+    with pytest.raises(ProtorefineError) as e:
+        reader(str(path))
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg
+    assert "protorefine[openslide]" in msg
+
+
+def test_tiff_family_slides_open_in_napari_without_openslide(tmp_path) -> None:
+    """QPTIFF (like NDPI) is a TIFF that tifffile reads: it opens with no extra."""
+    path = tmp_path / "slide.qptiff"
+    tifffile.imwrite(path, np.full((64, 80, 3), 200, np.uint8))
+    assert get_reader(str(tmp_path / "other.ndpi")) is not None
+    reader = get_reader(str(path))
+    assert reader is not None
+    ((data, meta, kind),) = reader(str(path))
+    assert kind == "image" and data.shape[:2] == (64, 80) and meta["name"] == "slide"

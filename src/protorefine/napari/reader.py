@@ -31,9 +31,12 @@ from protorefine.napari.layers import (
     world_units,
 )
 from protorefine.slides import open_slide
+from protorefine.slides.dispatch import SUPPORTED
 from protorefine.slides.omezarr import read_ngff_labels
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Every slide file the library opens: TIFF family (SVS, NDPI, QPTIFF...) through tifffile,
+#: MRXS, SCN, BIF... through OpenSlide when installed (else one line naming the extra).
+SLIDE_SUFFIXES = tuple(s for s in SUPPORTED if s != ".zarr")
 ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
 _SNIFF_BYTES = 4096
 #: Strings that mark a ``.json`` file as GeoJSON (other JSON files are left to other readers).
