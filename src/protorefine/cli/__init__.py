@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from protorefine.cli.progress import tqdm_progress
+from protorefine.cli.progress import set_quiet, tqdm_progress
 from protorefine.errors import CancelledError, ProtorefineError
 
 __all__ = ["build_parser", "main", "tqdm_progress"]
@@ -105,15 +107,73 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: What each subcommand does, in a line (its --help's description), and how it is called.
+DESCRIPTIONS = {
+    "convert": "Convert slides to OME-Zarr pyramids, one OUT/<stem>.zarr per slide.",
+    "refine": "Refine coarse tumour outlines: slides and coarse annotations paired by file "
+    "stem; a rerun resumes.",
+    "export": "Write a project's accepted outlines (napari hand edits included) to OUT "
+    "without rerunning.",
+    "evaluate": "Score predictions against ground truth paired by file stem: Dice, IoU, "
+    "precision, recall.",
+    "demo": "Open napari on a sample cohort; without a display, convert it and write an "
+    "overlay PNG.",
+}
+EXAMPLES = {
+    "convert": ["protorefine convert slides/*.svs --out zarr/"],
+    "refine": [
+        "protorefine refine slides/*.svs --coarse coarse/*.geojson --out results/",
+        "protorefine refine a.tif b.tif --coarse a.xml b.xml --out results/ --asap-xml "
+        "--mask-downsample 16",
+    ],
+    "export": ["protorefine export results/project --out reviewed/ --reviewed-only"],
+    "evaluate": [
+        "protorefine evaluate --pred results/ --gt truth/ --slides slides/ --json scores.json"
+    ],
+    "demo": ["protorefine demo", "protorefine demo --headless --out demo/"],
+}
+
+
+def _version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    try:
+        return version("protorefine")
+    except PackageNotFoundError:
+        from protorefine import __version__
+
+        return __version__
+
+
+def _subcommand(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line description, examples and ``--quiet``."""
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[name])
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=DESCRIPTIONS[name],
+        epilog=f"example{'s' if len(EXAMPLES[name]) > 1 else ''}:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress and no notes: only errors and the closing summary",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(
         prog="protorefine",
         description="Refine coarse tumour outlines on whole-slide images.",
+        epilog="'protorefine COMMAND --help' describes a command, with an example.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert slides to OME-Zarr pyramids")
+    p = _subcommand(sub, "convert", "convert slides to OME-Zarr pyramids")
     p.add_argument(
         "slides", nargs="+", help="slide files (SVS, TIFF, OME-TIFF, PNG, JPEG, OME-Zarr)"
     )
@@ -121,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=1024, help="chunk size in pixels (default 1024)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("refine", help="refine coarse annotations")
+    p = _subcommand(sub, "refine", "refine coarse annotations")
     p.add_argument("slides", nargs="+", help="slide files")
     p.add_argument(
         "--coarse",
@@ -195,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     p.set_defaults(func=_cmd_refine)
 
-    p = sub.add_parser(
+    p = _subcommand(
+        sub,
         "export",
-        help="write a project's accepted outlines (with napari hand edits) without rerunning",
+        "write a project's accepted outlines (with napari hand edits) without rerunning",
     )
     p.add_argument("project", help="project folder (refine's --project, or one made in napari)")
     p.add_argument("--out", required=True, help="output folder")
@@ -209,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser(
-        "evaluate", help="Dice/IoU/precision/recall of predictions against ground truth"
+    p = _subcommand(
+        sub, "evaluate", "Dice/IoU/precision/recall of predictions against ground truth"
     )
     p.add_argument(
         "--pred", required=True, help="folder of predictions (GeoJSON or mask PNG), by stem"
@@ -223,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser(
-        "demo", help="open napari with a sample cohort (headless: convert + overlay PNG)"
+    p = _subcommand(
+        sub, "demo", "open napari with a sample cohort (headless: convert + overlay PNG)"
     )
     p.add_argument(
         "--screenshot",
@@ -246,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``protorefine`` console script."""
     args = build_parser().parse_args(argv)
+    set_quiet(getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except CancelledError as exc:

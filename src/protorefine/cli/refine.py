@@ -22,7 +22,7 @@ import protorefine
 from protorefine._atomic import atomic_write_bytes, atomic_write_text, refuse_folder
 from protorefine._types import Progress
 from protorefine.annotations.masks import check_mask_size
-from protorefine.cli.progress import tqdm_progress
+from protorefine.cli.progress import is_quiet, tqdm_progress
 from protorefine.errors import ProtorefineError
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
@@ -147,7 +147,9 @@ def config_from_args(args: argparse.Namespace, base: RefineConfig | None = None)
 
 
 class StageBars:
-    """A tqdm bar on stderr per stage, fed by the pipeline's ``"<stage>: msg"`` progress."""
+    """Progress on stderr per stage (a tqdm bar, or plain lines in a log:
+    :func:`~protorefine.cli.progress.tqdm_progress`), fed by the pipeline's
+    ``"<stage>: msg"`` progress."""
 
     def __init__(self, factory: Callable | None = None) -> None:
         self.factory = factory if factory is not None else tqdm_progress
@@ -268,8 +270,10 @@ def _export_locked(args: argparse.Namespace) -> int:
 
 
 def _say(note: str) -> None:
-    """A note for the user (a reading note, a stale lock taken over): one line on stderr."""
-    print(note, file=sys.stderr)
+    """A note for the user (a reading note, a stale lock taken over): one line on stderr
+    (none with ``--quiet``)."""
+    if not is_quiet():
+        print(note, file=sys.stderr)
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
