@@ -252,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
         "patch (default 32; 0: off, the outline then interpolates between patch centres)",
     )
     p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run each slide's reading and feature extraction on a dask.distributed cluster: "
+        "tcp://host:port, a scheduler file, or local:N for N worker processes on this machine "
+        "(workers need the project folder and slides at the same paths; docs/cluster.md)",
+    )
     _output_options(p)
     p.set_defaults(func=_cmd_refine)
 

@@ -27,6 +27,7 @@ from protorefine.errors import ProtorefineError
 from protorefine.features.device import resolve_device
 from protorefine.features.encoders import parse_encoder_name
 from protorefine.project import Project, checked_mpp, slide_stem
+from protorefine.project.cluster import Cluster, ClusterPipeline, maybe_cluster
 from protorefine.project.labels_export import export_refined_labels
 from protorefine.project.lock import project_lock
 from protorefine.project.pipeline import Pipeline, prepare_project
@@ -190,8 +191,10 @@ def refine_command(args: argparse.Namespace) -> int:
         )
     out = _output_folder(args)
     folder = given if given is not None else out / "project"
-    with project_lock(folder, note=_say):  # another run on it: refused here, at once
-        return _refine_locked(args, pairs, folder, out, slide_mpp)
+    # a bad --scheduler is refused before the project is touched
+    with maybe_cluster(getattr(args, "scheduler", None), say=_say) as cluster:
+        with project_lock(folder, note=_say):  # another run on it: refused here, at once
+            return _refine_locked(args, pairs, folder, out, slide_mpp, cluster)
 
 
 def _refine_locked(
@@ -200,8 +203,10 @@ def _refine_locked(
     folder: Path,
     out: Path,
     slide_mpp: float | None,
+    cluster: Cluster | None = None,
 ) -> int:
-    """The part of ``refine`` that changes the project, holding its lock."""
+    """The part of ``refine`` that changes the project, holding its lock; ``cluster``
+    (``--scheduler``) runs the per-slide work on its workers."""
     project, ids = prepare_project(
         folder,
         pairs,
@@ -212,7 +217,7 @@ def _refine_locked(
     _check_masks(project, ids, args)  # before a long run, not after it
     bars = StageBars()
     t0 = time.perf_counter()
-    pipe = Pipeline(project)
+    pipe = Pipeline(project) if cluster is None else ClusterPipeline(project, cluster)
     try:
         pipe.run(progress=bars)
     finally:
@@ -395,7 +400,11 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
             "changes": changes_report(project, s.id),
             "unsure": round(unsure[s.id], 4) if s.id in unsure else None,
         }
+    if isinstance(pipe, ClusterPipeline):  # which worker ran each slide's work, how long
+        for sid, row in slides.items():
+            row["workers"] = {st: runs[sid] for st, runs in pipe.slide_runs.items() if sid in runs}
     return {
+        "scheduler": _scheduler_report(pipe),
         "config": project.config.to_dict(),
         "encoder": project.encoder_info,
         "device": str(resolve_device(project.config.device)),
@@ -407,4 +416,16 @@ def make_report(project: Project, pipe: Pipeline, total: float) -> dict:
         "history": project.stage_info("classifier").get("history", []),
         "prototypes": {k: project.stage_info("prototypes").get(k) for k in ("local", "global")},
         "project": str(project.folder),
+    }
+
+
+def _scheduler_report(pipe: Pipeline) -> dict | None:
+    """The dask scheduler a ``--scheduler`` run used and its workers (None: this machine)."""
+    if not isinstance(pipe, ClusterPipeline):
+        return None
+    cluster = pipe.cluster
+    return {
+        "address": cluster.address,
+        "scheduler": cluster.scheduler,
+        "workers": cluster.workers(),
     }

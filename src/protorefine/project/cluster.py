@@ -1,0 +1,348 @@
+"""Refine on a dask.distributed cluster (``protorefine refine --scheduler``).
+
+The per-slide work of a stage (patch grid, patch features, stain statistics, dense
+features) runs as one task a slide on the cluster's workers; each worker writes its slide's
+result into the project's own caches (``features/``, ``colour/``, ``dense/``) with the same
+atomic writes a local run uses, or, for the grid, returns it to the client. The stages
+themselves then run on the client exactly as in a local run, find those caches filled and
+write their stage folders, so the project stays the single source of truth: a killed run
+resumes like a local one, and a stage is never half-written. The cross-slide stages
+(prototypes, pseudo-labels, classifier, the pixel stage's training) run on the client.
+
+Workers must see the project folder and the slides at the same paths as the client (a
+shared file system). A worker lost mid-task is replaced by the scheduler, which runs its
+task again elsewhere; a task that raises is retried :data:`RETRIES` times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import multiprocessing
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from protorefine._types import Cancel, Progress
+from protorefine.errors import CancelledError, ProtorefineError
+from protorefine.features import get_encoder
+from protorefine.features.grid import PatchGrid
+from protorefine.project.pipeline import Pipeline
+from protorefine.project.store import Project
+from protorefine.refine.config import RefineConfig
+
+#: Seconds to wait for a scheduler to answer before the address is refused.
+CONNECT_TIMEOUT_S = 10
+#: Seconds to wait for the first worker to join a scheduler that has none.
+WORKER_WAIT_S = 300
+#: Times a slide's task is run again after it raised (a lost worker is handled by the
+#: scheduler itself, up to its ``distributed.scheduler.allowed-failures``).
+RETRIES = 2
+#: The stages whose per-slide work runs on the workers, before the stage itself runs.
+SLIDE_STAGES = ("grid", "features", "output", "pixels")
+#: What ``local:N`` looks like.
+_LOCAL = re.compile(r"local:(?P<n>\d+)")
+#: A scheduler address without a protocol (``host:port``) is a TCP one.
+_HOST_PORT = re.compile(r"[\w.\-]+:\d+")
+
+
+class Cluster:
+    """A connection to a dask scheduler (and the LocalCluster behind ``local:N``).
+
+    Open it with :func:`connect`; close it (or use it as a context manager) when the run ends.
+    """
+
+    def __init__(self, address: str, client: Any, local: Any = None) -> None:
+        self.address = address
+        self.client = client
+        self._local = local
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler's own address (``tcp://host:port``)."""
+        return str(self.client.scheduler.address)
+
+    def workers(self) -> list[str]:
+        """Addresses of the workers that are connected now."""
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def close(self) -> None:
+        """Disconnect (and stop the LocalCluster of ``local:N``)."""
+        self.client.close()
+        if self._local is not None:
+            # a worker that has imported torch can take over the nanny's 4 s to exit; it is
+            # then killed, as intended here, so that warning is not shown
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(logging.ERROR)
+            try:
+                self._local.close()
+            finally:
+                nanny.setLevel(level)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    address: str,
+    *,
+    timeout: float | None = None,
+    worker_wait: float | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Cluster:
+    """Connect to the dask scheduler at ``address``: ``tcp://host:port`` (or ``host:port``,
+    any dask protocol), a scheduler file (``dask scheduler --scheduler-file``), or
+    ``local:N`` for a LocalCluster of N worker processes on this machine. An address that
+    is none of these, or where no scheduler answers within ``timeout`` seconds, is a
+    one-line :class:`ProtorefineError` naming it; so is a scheduler no worker joins within
+    ``worker_wait`` seconds (``say`` gets a line while it waits). The waits default to
+    :data:`CONNECT_TIMEOUT_S` and :data:`WORKER_WAIT_S`."""
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    worker_wait = WORKER_WAIT_S if worker_wait is None else worker_wait
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a dependency; a broken install only
+        raise ProtorefineError(
+            f"--scheduler {address}: dask.distributed is not installed ({exc})"
+        ) from None
+    text = str(address).strip()
+    local = _LOCAL.fullmatch(text)
+    if local is not None:
+        n = int(local["n"])
+        if n < 1:
+            raise ProtorefineError(f"--scheduler {text}: a LocalCluster needs at least 1 worker")
+        lc = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+        return Cluster(text, Client(lc), lc)
+    if "://" in text or (_HOST_PORT.fullmatch(text) and not Path(text).is_file()):
+        kwargs: dict[str, Any] = {"address": text}
+    elif Path(text).is_file():
+        kwargs = {"address": _scheduler_file_address(Path(text))}
+    else:
+        raise ProtorefineError(
+            f"--scheduler {text}: not a scheduler address (tcp://host:port), a scheduler file "
+            "that exists, or local:N"
+        )
+    try:
+        client = Client(**kwargs, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProtorefineError(
+            f"--scheduler {text}: no dask scheduler answers there ({reason}); start one with "
+            "`dask scheduler` or give local:N"
+        ) from None
+    cluster = Cluster(text, client)
+    if not cluster.workers():
+        if say is not None:
+            say(f"waiting for workers to join the scheduler at {text}")
+        try:
+            client.wait_for_workers(1, timeout=worker_wait)
+        except (OSError, TimeoutError) as exc:
+            cluster.close()
+            raise ProtorefineError(
+                f"--scheduler {text}: no worker joined in {worker_wait:g} s; start some with "
+                f"`dask worker {cluster.scheduler}`"
+            ) from exc
+    return cluster
+
+
+def _scheduler_file_address(path: Path) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file``), or a one-line
+    error naming the file."""
+    try:
+        address = json.loads(path.read_text()).get("address")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProtorefineError(
+            f"--scheduler {path}: not a dask scheduler file (unreadable JSON: {reason})"
+        ) from None
+    if not isinstance(address, str) or not address:
+        raise ProtorefineError(f"--scheduler {path}: not a dask scheduler file (no address in it)")
+    return address
+
+
+class ClusterPipeline(Pipeline):
+    """A :class:`Pipeline` whose per-slide work runs on a dask cluster's workers.
+
+    ``slide_runs[stage][slide]`` records, for each slide task of this run, the worker that
+    ran it, its seconds and whether it found the result cached.
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        cluster: Cluster,
+        config: RefineConfig | None = None,
+        *,
+        partial: bool = False,
+        loader: str | None = None,
+    ) -> None:
+        super().__init__(project, config, partial=partial, loader=loader)
+        self.cluster = cluster
+        self.slide_runs: dict[str, dict[str, dict]] = {}
+
+    def _run_stage(
+        self,
+        name: str,
+        progress: Progress | None,
+        cancel: Cancel | None,
+        on_round=None,
+        on_epoch=None,
+    ) -> None:
+        if name in SLIDE_STAGES and self._has_slide_work(name):
+            self._on_workers(name, progress, cancel)
+        super()._run_stage(name, progress, cancel, on_round, on_epoch)
+
+    def _has_slide_work(self, name: str) -> bool:
+        cfg = self.config
+        if name == "output":
+            return cfg.colour_prototypes > 0 and cfg.colour_weight > 0 and cfg.output_upsample > 1
+        if name == "pixels":
+            return bool(cfg.pixel_level)
+        return True
+
+    def _on_workers(self, name: str, progress: Progress | None, cancel: Cancel | None) -> None:
+        """One task a slide of stage ``name`` on the workers; progress counts slides done."""
+        from distributed import wait
+
+        client = self.cluster.client
+        folder = str(self.project.folder.resolve())
+        config = self.config.to_dict()
+        ids = [s.id for s in self.slides]
+        run = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(
+                slide_task,
+                name,
+                folder,
+                config,
+                sid,
+                self.partial,
+                key=f"protorefine-{name}-{sid}-{run}",
+                retries=RETRIES,
+                pure=False,
+            ): sid
+            for sid in ids
+        }
+        n = len(ids)
+        done_n = 0
+        runs: dict[str, dict] = {}
+        say = progress or (lambda *_: None)
+        say(0, n, f"{name}: {n} slide(s) on {len(self.cluster.workers())} worker(s)")
+        pending = set(futures)
+        try:
+            while pending:
+                if cancel is not None and cancel():
+                    raise CancelledError(
+                        f"run cancelled in stage {name!r}; finished slides are kept"
+                    )
+                try:
+                    finished, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                for fut in finished:
+                    result = _result(fut, futures[fut], name)
+                    sid = futures[fut]
+                    grid = result.pop("grid", None)
+                    if grid is not None:
+                        self.ready_grids[sid] = PatchGrid.from_dict(grid)
+                    runs[sid] = result
+                    done_n += 1
+                    say(done_n, n, f"{name}: {sid} on {result['worker']}")
+        finally:
+            if pending:
+                client.cancel(list(pending))  # running tasks finish; their writes are atomic
+        self.slide_runs[name] = {sid: runs[sid] for sid in ids}
+
+
+def _result(future: Any, slide_id: str, stage: str) -> dict:
+    """A slide task's result; its ProtorefineError as one; a slide that kept killing its
+    workers named."""
+    from distributed import KilledWorker
+
+    try:
+        result = future.result()
+    except KilledWorker as exc:
+        raise ProtorefineError(
+            f"slide {slide_id!r}: its {stage} task was lost with its worker too often ({exc}); "
+            "the worker may run out of memory on this slide"
+        ) from None
+    if "error" in result:
+        raise ProtorefineError(result["error"])
+    return dict(result)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(name: str, device: str):
+    """A worker's encoder, built once per process and reused for its next slides."""
+    return get_encoder(name, device=device)
+
+
+def slide_task(stage: str, folder: str, config: dict, slide_id: str, partial: bool) -> dict:
+    """Run on a worker: stage ``stage``'s work for one slide of the project at ``folder``
+    with the client's ``config``. Returns the worker's address, seconds, whether the
+    result was cached (and the grid for the grid stage); a ProtorefineError comes back as
+    ``{"error": message}`` (a user's error is not retried)."""
+    from distributed import get_worker
+
+    t0 = time.perf_counter()
+    worker = get_worker().address
+    try:
+        out = _slide_work(stage, folder, config, slide_id, partial)
+    except ProtorefineError as exc:
+        return {"error": f"worker {worker}: {exc}"}
+    out.update(worker=worker, seconds=round(time.perf_counter() - t0, 3))
+    return out
+
+
+def _slide_work(stage: str, folder: str, config: dict, slide_id: str, partial: bool) -> dict:
+    if not (Path(folder) / "config.json").is_file():
+        raise ProtorefineError(
+            f"{folder}: this worker cannot see the project folder; workers need the client's "
+            "file system at the same paths"
+        )
+    project = Project.open(folder)
+    project.config = RefineConfig.from_dict(config)  # the client's, in memory only
+    # a worker process is a daemon: it cannot start the patch reader's worker processes
+    loader = "thread" if multiprocessing.current_process().daemon else None
+    pipe = Pipeline(project, partial=partial, loader=loader)
+    cfg = pipe.config
+    if stage == "grid":
+        grid = project.compute_grid(slide_id)
+        return {"grid": grid.to_dict(), "cached": False}
+    if stage == "features":
+        encoder = _encoder(cfg.encoder, cfg.device)
+        cache = project.feature_cache(encoder.name, encoder.weight_hash)
+        return {"cached": not pipe.slide_features(slide_id, encoder, cache)}
+    if stage == "output":
+        grid, factor = project.grid(slide_id), max(1, int(cfg.output_upsample))
+        path, cells = project.colour_cache(slide_id, factor)
+        had = path.exists() and cells.exists() and cells.read_text() == grid.signature()
+        pipe.stain_features(slide_id, grid, factor)
+        return {"cached": had}
+    if stage == "pixels":
+        return {"cached": not pipe.dense_slide(slide_id)}
+    raise ProtorefineError(f"stage {stage!r} has no per-slide work")
+
+
+@contextlib.contextmanager
+def maybe_cluster(address: str | None, **kwargs: Any) -> Iterator[Cluster | None]:
+    """The cluster at ``address`` for the duration (None when no address is given)."""
+    if not address:
+        yield None
+        return
+    with connect(address, **kwargs) as cluster:
+        yield cluster

@@ -1,0 +1,243 @@
+"""Refining on a dask.distributed cluster (``--scheduler``): same outlines as one machine,
+a worker killed mid-run survived, progress and report per slide, bad addresses refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import LocalCluster  # noqa: E402
+from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
+
+import protorefine.project.cluster as cluster_mod  # noqa: E402
+import protorefine.project.pipeline as pipeline_mod  # noqa: E402
+from protorefine.annotations import rasterize, read_geojson  # noqa: E402
+from protorefine.cli import main  # noqa: E402
+from protorefine.errors import ProtorefineError  # noqa: E402
+from protorefine.project import Project  # noqa: E402
+from protorefine.project.cluster import ClusterPipeline, connect  # noqa: E402
+from protorefine.project.pipeline import Pipeline  # noqa: E402
+from protorefine.project.stages import OUTLINE_FILE  # noqa: E402
+from protorefine.refine import RefineConfig  # noqa: E402
+from refine_synth import dice, write_slide_case  # noqa: E402
+
+SIZE = 512
+CFG = RefineConfig(
+    patch_size=64, encoder="colour-texture", device="cpu", epochs=4, rounds=2, pixel_level=False
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> list[dict]:
+    """Three small synthetic slides with their coarse outlines."""
+    root = tmp_path_factory.mktemp("cohort")
+    cases = []
+    for i, seed in enumerate((3, 4, 5)):
+        case = write_slide_case(root / f"c{i}", size=SIZE, seed=seed)
+        slide = case["slide"].with_name(f"s{i}.png")
+        coarse = case["coarse"].with_name(f"s{i}.geojson")
+        case["slide"].rename(slide)
+        case["coarse"].rename(coarse)
+        case["slide"], case["coarse"], case["id"] = slide, coarse, f"s{i}"
+        cases.append(case)
+    return cases
+
+
+def new_project(folder: Path, cohort, config: RefineConfig = CFG) -> Project:
+    project = Project.create(folder, config)
+    for case in cohort:
+        project.add_slide(case["slide"])
+        project.set_coarse(case["id"], read_geojson(case["coarse"]))
+    return project
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes (1 thread each), connected as an address."""
+    lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with connect(lc.scheduler_address) as c:
+            yield c
+    finally:
+        lc.close()
+
+
+@pytest.fixture(scope="module")
+def one_machine(tmp_path_factory, cohort) -> Project:
+    project = new_project(tmp_path_factory.mktemp("local") / "p", cohort)
+    Pipeline(project).run()
+    return project
+
+
+def outline_masks(project: Project, stage: str) -> dict[str, np.ndarray]:
+    """Each slide's outline of ``stage`` as a full-resolution mask."""
+    return {
+        s.id: rasterize(
+            read_geojson(project.stage_file(stage, OUTLINE_FILE, s.id), allow_empty=True),
+            (SIZE, SIZE),
+            1,
+        )
+        for s in project.slides
+    }
+
+
+def assert_same_outlines(a: Project, b: Project, stage: str = "output") -> None:
+    ma, mb = outline_masks(a, stage), outline_masks(b, stage)
+    assert set(ma) == set(mb) == {"s0", "s1", "s2"}
+    for sid in ma:
+        assert ma[sid].any(), sid
+        assert dice(ma[sid], mb[sid]) == 1.0, sid
+
+
+def no_local_work(monkeypatch) -> None:
+    """Reading patches or stain statistics on the client fails: that work is the workers'
+    (the workers are other processes, which this does not reach)."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("per-slide work ran on the client")
+
+    monkeypatch.setattr(pipeline_mod, "extract_features", refuse)
+    monkeypatch.setattr(pipeline_mod, "cell_sums", refuse)
+    monkeypatch.setattr(pipeline_mod, "dense_features", refuse)
+    monkeypatch.setattr(Project, "compute_grid", refuse)
+
+
+def test_cluster_run_equals_one_machine(cluster, one_machine, cohort, tmp_path, monkeypatch):
+    project = new_project(tmp_path / "p", cohort)
+    no_local_work(monkeypatch)
+    seen = []
+    pipe = ClusterPipeline(project, cluster)
+    pipe.run(progress=lambda done, total, msg: seen.append((done, total, msg)))
+    assert_same_outlines(one_machine, project)
+    workers = set(cluster.workers())
+    for stage in ("grid", "features", "output"):
+        runs = pipe.slide_runs[stage]
+        assert set(runs) == {"s0", "s1", "s2"}
+        assert all(r["worker"] in workers and r["seconds"] >= 0 for r in runs.values())
+    # progress counts slides done across the workers
+    done = [d for d, total, msg in seen if msg.startswith("features: s") and total == 3]
+    assert done == [1, 2, 3]
+    # a second run finds every stage done: nothing is sent to the workers
+    again = ClusterPipeline(Project.open(project.folder), cluster)
+    again.run()
+    assert again.slide_runs == {}
+
+
+class KillOnFirstFeatures(WorkerPlugin):
+    """Kills its worker process (as the OOM killer would) when the first slide's features
+    task starts executing anywhere; a flag file makes it happen once."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if finish == "executing" and str(key).startswith("protorefine-features-"):
+            try:
+                fd = os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, str(key).encode())
+            os.close(fd)
+            os._exit(1)
+
+
+def test_a_worker_killed_mid_run_is_survived(cluster, one_machine, cohort, tmp_path):
+    flag = tmp_path / "killed"
+    cluster.client.register_plugin(KillOnFirstFeatures(str(flag)), name="kill-once")
+    try:
+        project = new_project(tmp_path / "p", cohort)
+        pipe = ClusterPipeline(project, cluster)
+        pipe.run()
+    finally:
+        cluster.client.unregister_worker_plugin("kill-once")
+    assert flag.exists(), "no worker was killed"
+    killed = flag.read_text()  # the task that was running when its worker died
+    assert killed.startswith("protorefine-features-")
+    assert_same_outlines(one_machine, project)
+    assert set(pipe.slide_runs["features"]) == {"s0", "s1", "s2"}
+    # no half-written file was left in the project
+    leftovers = [p for p in project.folder.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_cli_refine_on_a_scheduler_address(cluster, cohort, one_machine, tmp_path):
+    out = tmp_path / "out"
+    args = ["refine", *(str(c["slide"]) for c in cohort), "--coarse"]
+    args += [str(c["coarse"]) for c in cohort]
+    args += ["--out", str(out), "--patch-size", "64", "--encoder", "colour-texture"]
+    args += ["--device", "cpu", "--no-pixel-stage", "--scheduler", cluster.scheduler]
+    # the one-machine run's training settings, so the outlines can be compared
+    project = new_project(out / "project", cohort)
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["scheduler"]["address"] == cluster.scheduler
+    assert set(report["scheduler"]["workers"]) == set(cluster.workers())
+    for sid in ("s0", "s1", "s2"):
+        features = report["slides"][sid]["workers"]["features"]
+        assert features["worker"] in report["scheduler"]["workers"]
+        assert features["seconds"] > 0
+    assert_same_outlines(one_machine, Project.open(project.folder))
+
+
+def test_without_a_scheduler_the_report_says_so(one_machine, cohort, tmp_path):
+    out = tmp_path / "out"
+    new_project(out / "project", cohort)
+    args = ["refine", str(cohort[0]["slide"]), "--coarse", str(cohort[0]["coarse"])]
+    args += ["--out", str(out), "--patch-size", "64", "--encoder", "colour-texture"]
+    args += ["--device", "cpu", "--no-pixel-stage"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["scheduler"] is None and "workers" not in report["slides"]["s0"]
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("tcp://127.0.0.1:1", "no dask scheduler answers there"),
+        ("no-such-scheduler.json", "not a scheduler address"),
+        ("local:0", "a LocalCluster needs at least 1 worker"),
+    ],
+)
+def test_a_bad_scheduler_address_is_one_line(address, says, cohort, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1)
+    out = tmp_path / "out"
+    args = ["refine", str(cohort[0]["slide"]), "--coarse", str(cohort[0]["coarse"])]
+    args += ["--out", str(out), "--scheduler", address]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("protorefine: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err)
+    assert f"--scheduler {address}: {says}" in errors[0]
+    assert not (out / "project").exists()  # refused before the project was made
+
+
+def test_a_scheduler_file_is_read_and_a_damaged_one_is_one_line(cluster, tmp_path):
+    good = tmp_path / "scheduler.json"
+    good.write_text(json.dumps({"type": "Scheduler", "address": cluster.scheduler}))
+    with connect(str(good)) as c:
+        assert c.workers() == cluster.workers()
+    bad = tmp_path / "damaged.json"
+    bad.write_text("{not json")
+    with pytest.raises(ProtorefineError, match=r"damaged\.json: not a dask scheduler file"):
+        connect(str(bad), timeout=1)
+    bad.write_text("{}")
+    with pytest.raises(ProtorefineError, match=r"damaged\.json: not a dask scheduler file"):
+        connect(str(bad), timeout=1)
+
+
+@pytest.mark.slow
+def test_cluster_run_with_the_pixel_stage_equals_one_machine(cluster, cohort, tmp_path):
+    cfg = CFG.replace(pixel_level=True)
+    local = new_project(tmp_path / "local", cohort, cfg)
+    Pipeline(local).run()
+    project = new_project(tmp_path / "cluster", cohort, cfg)
+    pipe = ClusterPipeline(project, cluster)
+    pipe.run()
+    assert set(pipe.slide_runs["pixels"]) == {"s0", "s1", "s2"}
+    assert_same_outlines(local, project, "pixels")
