@@ -4,7 +4,11 @@ name; files protorefine wrote carry its mark and are replaced as before."""
 
 from __future__ import annotations
 
+import shutil
+
+import numpy as np
 import pytest
+import tifffile
 
 from protorefine.annotations import read_annotations, read_geojson, write_asap_xml
 from protorefine.annotations.asap import WRITER_ATTR, to_asap_bytes, written_by_protorefine
@@ -77,3 +81,30 @@ def test_a_same_stem_asap_xml_protorefine_did_not_write_is_never_overwritten(
     assert written_by_protorefine(refined / "s1.xml")
     assert main(["export", str(refined / "project"), "--out", str(refined), "--asap-xml"]) == 0
     assert main(["export", str(refined / "project"), "--out", str(refined), "--asap-xml"]) == 0
+
+
+@pytest.mark.slow
+def test_a_same_stem_mask_protorefine_did_not_write_is_never_overwritten(
+    refined, case, tmp_path, capsys
+) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    theirs = out / "s1_mask.tif"
+    tifffile.imwrite(theirs, np.zeros((128, 128), np.uint8))  # a mask of the user's
+    before = theirs.read_bytes()
+    args = ["refine", str(case["slide"]), "--coarse", str(case["coarse"]), "--out", str(out)]
+    args += [*FAST, "--mask-downsample", "8", "--project", str(tmp_path / "p")]
+    assert main(args) == 2
+    assert "o/s1_mask.tif: protorefine did not write this file" in _error(capsys)
+    assert theirs.read_bytes() == before and not (tmp_path / "p").exists()
+
+    export = ["export", str(refined / "project"), "--out", str(out), "--mask-downsample", "8"]
+    assert main(export) == 2
+    assert "o/s1_mask.tif: protorefine did not write this file" in _error(capsys)
+    assert theirs.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["s1_mask.tif"]
+
+    again = tmp_path / "again"  # protorefine's own masks are replaced
+    shutil.copytree(refined, again)
+    export = ["export", str(refined / "project"), "--out", str(again), "--mask-downsample", "8"]
+    assert main(export) == 0 and main(export) == 0

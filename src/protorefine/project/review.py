@@ -39,7 +39,7 @@ from protorefine.annotations.asap import with_groups_of
 from protorefine.annotations.asap import written_by_protorefine as asap_written_by_protorefine
 from protorefine.annotations.classes import polygonal
 from protorefine.annotations.geojson import written_by_protorefine
-from protorefine.annotations.masks import write_mask
+from protorefine.annotations.masks import mask_metadata, write_mask
 from protorefine.annotations.model import TUMOR, AnnotationSet
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.measure import (
@@ -329,12 +329,21 @@ class ReviewMixin(StagesMixin):
         return sorted(todo, key=lambda sid: -unsure.get(sid, 0.0))
 
 
+def _own_mask(path: Path) -> bool:
+    """True when ``path`` is a mask protorefine wrote (its TIFF description or PNG text
+    records the downsample and slide shape, :func:`mask_metadata`)."""
+    return mask_metadata(path) is not None
+
+
 #: How protorefine knows its own exports, by file ending: GeoJSON's top-level member, ASAP
 #: XML's root attribute, the description a mask carries.
 OWN_FILE_CHECKS: dict[str, Callable[[Path], bool]] = {
     ".geojson": written_by_protorefine,
     ".json": written_by_protorefine,
     ".xml": asap_written_by_protorefine,
+    ".tif": _own_mask,
+    ".tiff": _own_mask,
+    ".png": _own_mask,
 }
 
 
