@@ -226,3 +226,16 @@ def test_a_run_holds_the_lock_and_releases_it_after_success_error_and_ctrl_c(
         assert main([*args, "--threshold", "0.5"]) == rc  # the output stage must rerun
         assert "Traceback" not in capsys.readouterr().err
         assert not (project / LOCK_FILE).exists()
+
+
+def test_a_running_writes_temp_folders_are_not_taken_for_leftovers(tmp_path, holder):
+    """What a killed run leaves (``stages/.grid.<8>.tmp/grid``) looks like what a running
+    one is writing: only removed when no other process holds the lock."""
+    folder = tmp_path / "proj"
+    project = Project.create(folder)
+    writing = folder / "stages" / ".grid.abcd1234.tmp" / "grid"
+    writing.mkdir(parents=True)
+    proc = holder(folder)
+    assert project.remove_leftovers() == [] and writing.is_dir()
+    proc.communicate(timeout=60)
+    assert project.remove_leftovers() == [writing.parent] and not writing.parent.exists()

@@ -42,7 +42,7 @@ from protorefine.annotations.model import AnnotationSet
 from protorefine.errors import ProtorefineError
 from protorefine.features import coarse_labels, make_grid
 from protorefine.features.grid import PatchGrid
-from protorefine.project.lock import LOCK_FILE
+from protorefine.project.lock import LOCK_FILE, lock_holder
 from protorefine.project.pyramid import read_pyramid
 from protorefine.project.review import (
     MEASUREMENTS_CSV,
@@ -192,7 +192,10 @@ class Project(ReviewMixin):
     def remove_leftovers(self) -> list[Path]:
         """Remove the temporary folders that runs killed mid-write left in the project (only
         folders ``protorefine._atomic`` makes, :func:`~protorefine._atomic.is_leftover`); return
-        them. Call it only where no other run writes to the project at the same time."""
+        them. Nothing while another process holds the project's lock: its run's temp folders
+        look the same while it writes them."""
+        if lock_holder(self.folder) is not None:
+            return []
         removed = []
         for root, dirs, _files in os.walk(self.folder):
             for name in list(dirs):
