@@ -37,11 +37,20 @@ def test_labels_are_listed_scaled_and_read_back(slide_zarr):
     assert attrs["image-label"]["colors"][0]["label-value"] == 1
     ms = attrs["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
-    tfs = {t["type"]: t for t in ms["datasets"][0]["coordinateTransformations"]}
-    assert tfs["scale"]["scale"] == [1.0, 16.0, 16.0]  # 32 level-0 pixels of 0.5 um
-    assert tfs["translation"]["translation"] == pytest.approx([0.0, 7.75, 7.75])
+    # the image's pyramid, scale only: placed as the image is by every NGFF reader
+    image = dict(zarr.open_group(slide_zarr, mode="r").attrs)["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"] for d in ms["datasets"]] == [
+        d["coordinateTransformations"] for d in image
+    ]
+    assert ms["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 0.5, 0.5]}
+    ]
     data = np.asarray(zarr.open_array(out / ms["datasets"][0]["path"], mode="r"))
-    assert data.shape == (1, 10, 13) and np.array_equal(data[0], grid)
+    # level-0 pixel (y, x) holds the 32-pixel cell it lies in
+    assert data.shape == (1, 300, 400)
+    assert np.array_equal(data[0], np.kron(grid, np.ones((32, 32), np.uint8))[:300, :400])
+    half = np.asarray(zarr.open_array(out / ms["datasets"][1]["path"], mode="r"))
+    assert half.shape == (1, 150, 200) and np.array_equal(half[0], data[0, ::2, ::2])
     # the slide itself still opens, pixels untouched
     assert open_slide(slide_zarr).shape == (300, 400)
 
@@ -55,7 +64,7 @@ def test_rewriting_replaces_and_keeps_one_listing(slide_zarr):
     labels = slide_zarr / "labels" / "refined"
     path = dict(zarr.open_group(labels, mode="r").attrs)["multiscales"][0]["datasets"][0]["path"]
     data = np.asarray(zarr.open_array(labels / path, mode="r"))
-    assert (data == 2).all()
+    assert (data[0, :, :300] == 2).all() and (data[0, :, 300:] == 0).all()  # 3 cells of 100
     leftovers = [p.name for p in slide_zarr.iterdir() if p.name.startswith(".") and p.is_dir()]
     assert leftovers == []
 
@@ -68,3 +77,31 @@ def test_bad_targets_name_the_problem(tmp_path, slide_zarr):
     with pytest.raises(ProtorefineError, match="plain folder name"):
         write_grid_labels(slide_zarr, "../x", np.zeros((2, 2), np.uint8), 8.0)
     assert not (slide_zarr / "labels").exists()
+
+
+def test_napari_ome_zarr_places_the_labels_on_the_tissue(slide_zarr):
+    """napari-ome-zarr (which applies only a dataset's first transformation) puts each label
+    pixel where the image pixel it covers is: same world transform, same level-0 grid."""
+    reader_module = pytest.importorskip("napari_ome_zarr._reader")
+    grid = np.zeros((10, 13), np.uint8)
+    grid[2:5, 3:7] = 1
+    write_grid_labels(slide_zarr, "refined", grid, 32.0)
+    layers = reader_module.napari_get_reader(str(slide_zarr))()
+    kinds = [kind for _, _, kind in layers]
+    assert "labels" in kinds and "image" in kinds
+    image_data, image_meta, _ = layers[kinds.index("image")]
+    labels_data, labels_meta, _ = layers[kinds.index("labels")]
+
+    def world(meta, index):
+        """World (y, x) of a level-0 pixel index (napari: affine after scale)."""
+        scale = np.asarray(meta["scale"], dtype=float)[-2:]
+        affine = meta.get("affine")
+        shift = np.asarray(affine.translate, dtype=float)[-2:] if affine is not None else 0.0
+        return np.asarray(index, dtype=float) * scale + shift
+
+    # the cell (2, 3) covers level-0 pixels y 64..96, x 96..128; pixel (70, 100) is in it
+    level0 = np.asarray(labels_data[0])
+    assert level0[..., 70, 100].item() == 1 and level0[..., 63, 100].item() == 0
+    assert np.allclose(world(labels_meta, (70, 100)), world(image_meta, (70, 100)))
+    assert np.allclose(world(labels_meta, (70, 100)), (35.0, 50.0))  # 0.5 um per pixel
+    assert labels_data[0].shape[-2:] == image_data[0].shape[-2:]

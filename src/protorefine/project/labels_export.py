@@ -1,11 +1,16 @@
 """Write refined outlines as NGFF labels in OME-Zarr, so napari and other NGFF viewers show them.
 
-A labels image keeps one pixel per cell of a grid over the slide (small, whatever
-the slide size) and carries a scale and translation that lay each cell over its
-level-0 pixels in the parent image's physical units. It is written in a
-temporary folder inside the image and moved into ``<image>.zarr/labels/<name>``
-only when complete; the ``labels`` listing is then updated atomically. Slides that
-are not OME-Zarr get an OME-Zarr copy to hold them (:func:`export_refined_labels`).
+The labels image mirrors the parent image's pyramid: one labels level per image level,
+of the same shape and with the same coordinate transformations (scale only, as the image
+has), each pixel set from the grid cell its centre falls in. So every NGFF reader lays
+the labels over the tissue exactly as it lays the image, including readers that apply
+only the first transformation of a dataset (napari-ome-zarr drops a translation, which
+put labels kept one pixel per cell half a cell off). The levels are computed chunk by
+chunk from the small cell grid and compress to almost nothing (a few runs of 0 and 1).
+They are written in a temporary folder inside the image and moved into
+``<image>.zarr/labels/<name>`` only when complete; the ``labels`` listing is then updated
+atomically. Slides that are not OME-Zarr get an OME-Zarr copy to hold them
+(:func:`export_refined_labels`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dask.array as da
 import numpy as np
 import zarr
 
@@ -35,19 +41,56 @@ REFINED_COLORS = [{"label-value": 1, "rgba": [239, 68, 68, 255]}]
 REFINED_PROPERTIES = [{"label-value": 1, "class": "Tumor"}]
 
 
-def _image_frame(root: zarr.Group, path: Path) -> tuple[list[dict], float]:
-    """The parent image's axes and its level-0 physical size of one pixel along x."""
+#: Side of the chunks the labels levels are computed and stored in (pixels).
+LABELS_CHUNK = 2048
+
+
+def _image_levels(root: zarr.Group, path: Path) -> tuple[list[dict], list[dict]]:
+    """The parent image's axes and its datasets (path, coordinate transformations)."""
     attrs = ngff_attrs(root)
     multiscales = attrs.get("multiscales")
-    if not multiscales:
+    if not multiscales or not multiscales[0].get("datasets"):
         raise ProtorefineError(f"{path}: not an OME-Zarr image (no multiscales metadata)")
     ms = multiscales[0]
     axes = ms.get("axes") or [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    unit = 1.0
-    for tf in ms["datasets"][0].get("coordinateTransformations", []):
+    return list(axes), list(ms["datasets"])
+
+
+def _yx_scale(dataset: dict) -> tuple[float, float] | None:
+    """The (y, x) scale of a dataset's transformations, None when it has none."""
+    for tf in dataset.get("coordinateTransformations", []):
         if tf.get("type") == "scale":
-            unit = float(tf["scale"][-1])
-    return list(axes), unit
+            return float(tf["scale"][-2]), float(tf["scale"][-1])
+    return None
+
+
+def _cell_index(n: int, step: float, origin: float, cell: float, count: int) -> np.ndarray:
+    """For each of ``n`` pixels of ``step`` level-0 pixels, the grid cell its centre falls
+    in (``count``: outside the grid)."""
+    centre = (np.arange(n, dtype=np.float64) + 0.5) * step
+    index = np.floor((centre - origin) / cell).astype(np.int64)
+    return np.where((index >= 0) & (index < count), index, count)
+
+
+def _labels_level(
+    grid: np.ndarray,
+    shape: tuple[int, int],
+    step: tuple[float, float],
+    cell: float,
+    origin: tuple[float, float],
+) -> da.Array:
+    """A lazy ``shape`` labels level whose pixels cover ``step`` level-0 pixels each."""
+    padded = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), grid.dtype)  # last: outside
+    padded[:-1, :-1] = grid
+    rows = _cell_index(shape[0], step[0], origin[0], cell, grid.shape[0])
+    cols = _cell_index(shape[1], step[1], origin[1], cell, grid.shape[1])
+
+    def block(block_info=None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        return padded[np.ix_(rows[y0:y1], cols[x0:x1])]
+
+    chunks = da.core.normalize_chunks((LABELS_CHUNK, LABELS_CHUNK), shape)
+    return da.map_blocks(block, dtype=grid.dtype, chunks=chunks, meta=np.empty((0, 0), grid.dtype))
 
 
 def write_grid_labels(
@@ -63,8 +106,9 @@ def write_grid_labels(
     """Write a (rows, cols) integer grid as NGFF labels ``name`` in the OME-Zarr at ``zarr_path``.
 
     ``cell`` is the side of one grid cell in level-0 pixels and ``origin`` the
-    level-0 ``(y, x)`` of cell (0, 0). Returns the labels folder. An existing
-    labels image of the same name is replaced.
+    level-0 ``(y, x)`` of cell (0, 0). The labels take the image's pyramid (shapes and
+    transformations), so they are placed as the image is. Returns the labels folder. An
+    existing labels image of the same name is replaced.
     """
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_multiscale_labels
@@ -85,29 +129,42 @@ def write_grid_labels(
         raise ProtorefineError(
             f"{zarr_path}: NGFF 0.5 (zarr v3) labels are not supported; convert with protorefine"
         )
-    axes, unit = _image_frame(root, zarr_path)
+    axes, datasets = _image_levels(root, zarr_path)
     names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
     if names[-2:] != ["y", "x"]:
         raise ProtorefineError(f"{zarr_path}: image axes {names} do not end in y, x")
-    data = labels.astype(
-        np.uint8 if labels.max(initial=0) < 256 and labels.min(initial=0) >= 0 else np.int32
-    )
-    data = data.reshape((1,) * (len(names) - 2) + data.shape)
-    step = float(cell) * unit
-    # a label pixel's centre sits at index * scale + translation (as in napari): cell r
-    # covers level-0 [origin + r cell, origin + (r + 1) cell).
-    shift = [(float(o) + (float(cell) - 1.0) / 2.0) * unit for o in origin]
-    scale = [1.0] * (len(names) - 2) + [step, step]
-    translation = [0.0] * (len(names) - 2) + shift
-    transforms = [
-        [{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]
-    ]
+    dtype = np.uint8 if labels.max(initial=0) < 256 and labels.min(initial=0) >= 0 else np.int32
+    grid = labels.astype(dtype)
+    shapes = []
+    for ds in datasets:
+        try:
+            node = root[ds["path"]]
+        except Exception as exc:
+            raise ProtorefineError(f"{zarr_path}: cannot read its image levels ({exc})") from exc
+        if not isinstance(node, zarr.Array):
+            raise ProtorefineError(f"{zarr_path}: image level {ds['path']!r} is not an array")
+        shapes.append((int(node.shape[-2]), int(node.shape[-1])))
+    base = _yx_scale(datasets[0])
+    lead = (1,) * (len(names) - 2)
+    pyramid, transforms = [], []
+    for ds, shape in zip(datasets, shapes, strict=True):
+        scale = _yx_scale(ds)
+        if base and scale and base[0] > 0 and base[1] > 0:
+            step = (scale[0] / base[0], scale[1] / base[1])  # level-0 pixels per pixel
+        else:
+            step = (shapes[0][0] / shape[0], shapes[0][1] / shape[1])
+        level = _labels_level(grid, (shape[0], shape[1]), step, float(cell), origin)
+        pyramid.append(level.reshape(lead + level.shape))
+        transforms.append(
+            [dict(tf) for tf in ds.get("coordinateTransformations", [])]
+            or [{"type": "scale", "scale": [1.0] * len(lead) + [step[0], step[1]]}]
+        )
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".labels", dir=zarr_path))
     try:
         group = zarr.open_group(staging, mode="w", zarr_format=2)
         write_multiscale_labels(
-            [data],
+            pyramid,
             group,
             name,
             fmt=FormatV04(),
