@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+import psutil
+
 from protorefine.errors import ProtorefineError
 
 __all__ = [
@@ -90,46 +92,16 @@ class LockHolder:
 
 
 def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch); None when it is not running
-    or this system cannot tell."""
-    try:
-        import psutil
-    except ImportError:
-        return _proc_start(pid)
+    """When process ``pid`` started (seconds since the epoch); None when it is not running."""
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
 
 
-def _proc_start(pid: int) -> float | None:
-    """Linux without psutil: ``/proc/<pid>/stat``'s start time in clock ticks after boot."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _alive(pid: int) -> bool:
     """True when a process ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    except OSError:
-        return False
-    return True
+    return pid > 0 and psutil.pid_exists(pid)
 
 
 def _read(path: Path) -> LockHolder | None:
