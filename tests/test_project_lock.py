@@ -3,6 +3,7 @@ run killed) is taken over, and the lock goes when a run ends, also on an error o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -239,3 +240,18 @@ def test_a_running_writes_temp_folders_are_not_taken_for_leftovers(tmp_path, hol
     assert project.remove_leftovers() == [] and writing.is_dir()
     proc.communicate(timeout=60)
     assert project.remove_leftovers() == [writing.parent] and not writing.parent.exists()
+
+
+def test_a_project_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    folder = tmp_path / "proj"
+    folder.mkdir()
+
+    def read_only(_fd: int) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(os, "fsync", read_only)
+    with pytest.raises(ProtorefineError, match=r"proj: cannot write the project's lock"):
+        with project_lock(folder):
+            pass
+    monkeypatch.undo()
+    assert list(folder.iterdir()) == []  # no temp file left behind

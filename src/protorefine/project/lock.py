@@ -291,7 +291,14 @@ def _acquire(folder: Path, path: Path, token: str, note: Callable[[str], None]) 
         "token": token,
     }
     for _ in range(5):
-        if _create(path, record):
+        try:
+            made = _create(path, record)
+        except OSError as exc:  # a read-only folder, a full disk: the project is named
+            raise ProtorefineError(
+                f"{folder}: cannot write the project's lock file {LOCK_FILE} "
+                f"({exc.strerror or exc}); a run needs to write to the project folder"
+            ) from None
+        if made:
             return
         holder = _read(path)
         if holder is None:
