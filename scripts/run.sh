@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, then open napari with the plugin docked and a sample cohort
-# loaded. With no display it says so and runs the headless demo instead.
+# loaded. With no display it says so and runs the headless demo instead (refines the
+# real H&E sample and writes the before/after picture to out/demo/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

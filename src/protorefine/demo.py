@@ -1,22 +1,32 @@
-"""The demo's sample cohort: synthetic slides (OME-Zarr), their true outlines and a project
-with coarse outlines; an overlay PNG of a slide's outlines; the headless demo.
+"""The demo's samples and the headless demo.
 
-``protorefine demo`` (:mod:`protorefine.cli.demo`) runs it; the napari window is built
-in :mod:`protorefine.napari.demo`. Nothing here imports Qt or napari.
+Two samples: the synthetic cohort (slides written as OME-Zarr, their true outlines and a
+project with simulated coarse outlines) and the real H&E sample shipped in
+``protorefine/data`` (a canvas of CAMELYON tissue with its coarse outline and truth).
+The headless demo refines one of them with the product's pipeline at default settings
+and writes the before/after picture (coarse and refined outlines, Dice of each against
+the truth) and ``result.json``. ``protorefine demo`` (:mod:`protorefine.cli.demo`) runs
+it; the napari window is built in :mod:`protorefine.napari.demo`. Nothing here imports
+Qt or napari.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from protorefine._atomic import atomic_path
-from protorefine.annotations import rasterize, vectorize, write_geojson
+from protorefine._atomic import atomic_path, atomic_write_text
+from protorefine._types import Progress
+from protorefine.annotations import rasterize, read_annotations, vectorize, write_geojson
 from protorefine.errors import ProtorefineError
+from protorefine.evaluate import score_slide
 from protorefine.project import Project
+from protorefine.project.pipeline import Pipeline
 from protorefine.refine.config import RefineConfig
 from protorefine.slides import convert_to_ome_zarr, open_slide
 from protorefine.slides.base import compute
@@ -28,6 +38,16 @@ from protorefine.synthetic import simulate_coarse, synthetic_slide
 DEMO_PATCH_SIZE = 64
 #: Sizes (height, width) of the demo cohort's synthetic slides, in level-0 pixels.
 COHORT_SHAPES: tuple[tuple[int, int], ...] = ((3072, 3072), (2560, 3072), (3072, 2560))
+#: Size of the synthetic slide the headless demo refines (one slide: about a minute on 2 cores).
+HEADLESS_SHAPES: tuple[tuple[int, int], ...] = ((1536, 1536),)
+#: The samples ``protorefine demo --sample`` offers; the real one is the headless default.
+SAMPLES = ("real", "synthetic")
+#: Where the real sample lies in the package, and its name (see ``data/README.md``).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+REAL_SAMPLE = "camelyon_sample"
+#: Outline colours of the pictures, as napari shows them: coarse yellow, refined red.
+COARSE_COLOUR = (255, 212, 0)
+REFINED_COLOUR = (255, 26, 26)
 
 
 @dataclass
@@ -99,6 +119,45 @@ def make_sample_cohort(
     return project, SampleCohort(project_folder, slide_paths, truth_paths)
 
 
+@dataclass(frozen=True)
+class RealSample:
+    """The real H&E sample's files: the slide (tiled JPEG TIFF), its coarse outline and truth."""
+
+    slide: Path
+    coarse: Path
+    truth: Path
+
+
+def real_sample() -> RealSample:
+    """The packaged real sample; one-line error naming the file if the install lacks it."""
+    sample = RealSample(
+        DATA_DIR / f"{REAL_SAMPLE}.tif",
+        DATA_DIR / f"{REAL_SAMPLE}_coarse.geojson",
+        DATA_DIR / f"{REAL_SAMPLE}_truth.geojson",
+    )
+    for path in (sample.slide, sample.coarse, sample.truth):
+        if not path.is_file():
+            raise ProtorefineError(f"{path}: the real sample is missing from this install")
+    return sample
+
+
+def make_real_project(folder: str | os.PathLike[str]) -> tuple[Project, SampleCohort]:
+    """A project on the real sample (default settings) in ``folder/project`` (reopened when
+    it exists); the slide is read where the package keeps it, nothing is copied."""
+    sample = real_sample()
+    project_folder = Path(folder) / "project"
+    if project_folder.exists():
+        project = Project.open(project_folder)
+    else:
+        project = Project.create(project_folder)
+        entry = project.add_slide(sample.slide)
+        project.set_coarse(entry.id, read_annotations(sample.coarse, slide_shape=entry.shape))
+        project.ui_state["truth"] = {entry.id: str(sample.truth)}
+        project.ui_state["current_slide"] = entry.id
+        project.save_ui_state()
+    return project, SampleCohort(project_folder, [sample.slide], [sample.truth])
+
+
 def _usable(path: Path, shape: tuple[int, int]) -> bool:
     """True when ``path`` is an OME-Zarr slide of ``shape`` left by an earlier run."""
     if not path.is_dir():
@@ -109,16 +168,12 @@ def _usable(path: Path, shape: tuple[int, int]) -> bool:
         return False
 
 
-def overlay_png(
-    project, slide_id: str, path: str | os.PathLike[str], *, max_size: int = 1024
-) -> Path:
-    """Write a PNG of the slide thumbnail with its coarse outline (yellow) and refined outline (red)."""
-    from skimage.io import imsave
-    from skimage.segmentation import find_boundaries
+def thumbnail(project, slide_id: str, max_size: int = 1024) -> tuple[np.ndarray, float]:
+    """The slide as an RGB array at most ``max_size`` px on its longer side, and its
+    downsample (level-0 pixels per thumbnail pixel)."""
     from skimage.transform import resize
 
     slide = project.open_slide(slide_id)
-    h0, w0 = slide.shape
     level = len(slide.levels) - 1
     for i, lvl in enumerate(slide.levels):
         if max(lvl.shape[:2]) <= max_size:
@@ -129,35 +184,132 @@ def overlay_png(
         f = max_size / max(thumb.shape[:2])
         size = (round(thumb.shape[0] * f), round(thumb.shape[1] * f))
         thumb = (resize(thumb, size, anti_aliasing=True, preserve_range=True)).astype(np.uint8)
-    ds = w0 / thumb.shape[1]
-    out = thumb.copy()
-    outlines = [(project.coarse(slide_id), (255, 212, 0))]
-    if project.has_results(slide_id):
-        outlines.append((project.refined_annotations(slide_id), (230, 30, 30)))
-    width = max(1, round(max(thumb.shape[:2]) / 400))
-    for annset, colour in outlines:
-        if annset is None or not len(annset):
-            continue
-        mask = rasterize(annset, (h0, w0), ds)
-        mask = mask[: out.shape[0], : out.shape[1]]
-        edge = find_boundaries(mask, mode="inner")
-        if width > 1:
-            from scipy.ndimage import binary_dilation
+    return thumb, slide.shape[1] / thumb.shape[1]
 
-            edge = binary_dilation(edge, iterations=width - 1)
-        pad = np.zeros(out.shape[:2], bool)
-        pad[: edge.shape[0], : edge.shape[1]] = edge
-        out[pad] = colour
+
+def draw_outline(
+    image: np.ndarray, annset, slide_shape: tuple[int, int], ds: float, colour, width: int
+) -> None:
+    """Draw the border of ``annset`` (level-0 pixels) on ``image`` (at downsample ``ds``)."""
+    from scipy.ndimage import binary_dilation
+    from skimage.segmentation import find_boundaries
+
+    if annset is None or not len(annset):
+        return
+    mask = rasterize(annset, slide_shape, ds)[: image.shape[0], : image.shape[1]]
+    edge = find_boundaries(mask, mode="inner")
+    if width > 1:
+        edge = binary_dilation(edge, iterations=width - 1)
+    pad = np.zeros(image.shape[:2], bool)
+    pad[: edge.shape[0], : edge.shape[1]] = edge
+    image[pad] = colour
+
+
+def _write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    from skimage.io import imsave
+
     with atomic_path(path) as tmp:
-        imsave(tmp, out, check_contrast=False)
+        imsave(tmp, image, check_contrast=False)
     return Path(path)
 
 
-def headless_demo(out: Path, slides_dir: Path | None = None) -> int:
-    """Build the sample cohort (slides converted to OME-Zarr) and write an overlay PNG."""
-    project, cohort = make_sample_cohort(out, COHORT_SHAPES[:1], slides_dir=slides_dir)
+def overlay_png(
+    project, slide_id: str, path: str | os.PathLike[str], *, max_size: int = 1024
+) -> Path:
+    """Write a PNG of the slide thumbnail with its coarse outline (yellow) and refined outline (red)."""
+    thumb, ds = thumbnail(project, slide_id, max_size)
+    shape = project.slide(slide_id).shape
+    out = thumb.copy()
+    width = max(1, round(max(thumb.shape[:2]) / 400))
+    draw_outline(out, project.coarse(slide_id), shape, ds, COARSE_COLOUR, width)
+    if project.has_results(slide_id):
+        draw_outline(out, project.refined_annotations(slide_id), shape, ds, REFINED_COLOUR, width)
+    return _write_png(path, out)
+
+
+def before_after_png(
+    project,
+    slide_id: str,
+    path: str | os.PathLike[str],
+    dice: dict[str, float],
+    *,
+    title: str = "",
+    max_size: int = 1024,
+) -> Path:
+    """The slide thumbnail with the coarse (yellow) and refined (red) outlines, under a
+    legend that gives each outline's Dice against the truth."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    thumb, ds = thumbnail(project, slide_id, max_size)
+    shape = project.slide(slide_id).shape
+    picture = thumb.copy()
+    width = max(2, round(max(thumb.shape[:2]) / 300))
+    draw_outline(picture, project.coarse(slide_id), shape, ds, COARSE_COLOUR, width)
+    draw_outline(picture, project.accepted_outline(slide_id), shape, ds, REFINED_COLOUR, width)
+    size = max(14, round(picture.shape[1] / 45))
+    font = ImageFont.load_default(size=size)
+    lines = [
+        (None, title or slide_id),
+        (COARSE_COLOUR, f"coarse outline: Dice {dice['coarse']:.3f} against the truth"),
+        (REFINED_COLOUR, f"refined outline: Dice {dice['refined']:.3f} against the truth"),
+    ]
+    step = round(size * 1.5)
+    band = step * len(lines) + size // 2
+    canvas = Image.new("RGB", (picture.shape[1], picture.shape[0] + band), "white")
+    canvas.paste(Image.fromarray(picture), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, (colour, text) in enumerate(lines):
+        y = size // 4 + i * step
+        x = size // 2
+        if colour is not None:
+            draw.rectangle((x, y + size // 4, x + 2 * size, y + size // 4 + width * 2), fill=colour)
+            x += 3 * size
+        draw.text((x, y), text, fill="black", font=font)
+    return _write_png(path, np.asarray(canvas))
+
+
+def headless_demo(
+    out: Path,
+    slides_dir: Path | None = None,
+    sample: str = "real",
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Refine a sample with the pipeline at default settings, then write the before/after
+    picture and ``result.json`` (Dice of the coarse and refined outlines against the truth,
+    seconds taken) to ``out``; print where they are."""
+    if sample == "real":
+        project, cohort = make_real_project(out)
+        title = "real H&E (CAMELYON tiles, CC0): coarse outline refined by protorefine"
+    elif sample == "synthetic":
+        project, cohort = make_sample_cohort(out, HEADLESS_SHAPES, slides_dir=slides_dir)
+        title = "synthetic slide: coarse outline refined by protorefine"
+    else:
+        raise ProtorefineError(f"--sample {sample}: unknown sample (one of {', '.join(SAMPLES)})")
     sid = project.slides[0].id
-    png = overlay_png(project, sid, out / f"{sid}_overlay.png")
-    print(f"OME-Zarr: {cohort.slide_paths[0]}")
-    print(f"overlay:  {png}")
+    truth = Path(project.ui_state["truth"][sid])
+    t0 = time.perf_counter()
+    Pipeline(project).run(progress=progress)
+    seconds = time.perf_counter() - t0
+    scores = score_slide(project, sid, truth)
+    dice = {kind: scores[kind]["dice"] for kind in ("coarse", "refined")}
+    png = before_after_png(project, sid, out / f"{sid}_before_after.png", dice, title=title)
+    result = {
+        "sample": sample,
+        "slide": sid,
+        "slide_path": str(cohort.slide_paths[0]),
+        "truth": str(truth),
+        "project": str(project.folder),
+        "picture": str(png),
+        "seconds": round(seconds, 1),
+        "config": project.config.to_dict(),
+        "scores": scores,
+    }
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print(
+        f"{sid}: Dice against the truth {dice['coarse']:.3f} (coarse) -> "
+        f"{dice['refined']:.3f} (refined), refined in {seconds:.0f} s"
+    )
+    print(f"picture: {png}")
+    print(f"result:  {out / 'result.json'}")
     return 0

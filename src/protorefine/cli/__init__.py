@@ -116,8 +116,8 @@ DESCRIPTIONS = {
     "without rerunning.",
     "evaluate": "Score predictions against ground truth paired by file stem: Dice, IoU, "
     "precision, recall.",
-    "demo": "Open napari on a sample cohort; without a display, convert it and write an "
-    "overlay PNG.",
+    "demo": "Open napari on a sample; without a display, refine it and write a before/after "
+    "picture (coarse and refined outlines, Dice of each against the sample's truth).",
 }
 EXAMPLES = {
     "convert": ["protorefine convert slides/*.svs --out zarr/"],
@@ -130,7 +130,11 @@ EXAMPLES = {
     "evaluate": [
         "protorefine evaluate --pred results/ --gt truth/ --slides slides/ --json scores.json"
     ],
-    "demo": ["protorefine demo", "protorefine demo --headless --out demo/"],
+    "demo": [
+        "protorefine demo",
+        "protorefine demo --headless --out demo/",
+        "protorefine demo --headless --sample synthetic",
+    ],
 }
 
 
@@ -293,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = _subcommand(
-        sub, "demo", "open napari with a sample cohort (headless: convert + overlay PNG)"
+        sub, "demo", "open napari with a sample (headless: refine it, before/after picture)"
     )
     p.add_argument(
         "--screenshot",
@@ -303,7 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--headless",
         action="store_true",
-        help="do not open a window: convert the sample and write an overlay PNG",
+        help="do not open a window: refine the sample and write the before/after picture",
+    )
+    p.add_argument(
+        "--sample",
+        choices=["real", "synthetic"],
+        default=None,
+        help="real: a canvas of CAMELYON H&E tissue (the headless default); synthetic: the "
+        "cartoon cohort (napari's default)",
     )
     p.add_argument(
         "--out", default=None, help="folder for the demo project (default: a new temporary folder)"

@@ -1,8 +1,9 @@
 """``protorefine demo``: a sample cohort in a fresh project, opened in napari (or headless).
 
 With a display it opens napari with the five dock widgets and the first slide.
-Without one (or with ``--headless``) it says so in one line, converts the sample
-slide to OME-Zarr and writes an overlay PNG. ``--screenshot PNG`` runs the whole
+Without one (or with ``--headless``) it says so in one line, refines the sample (the
+real H&E one unless ``--sample synthetic``) with the pipeline at default settings and
+writes the before/after picture and ``result.json``. ``--screenshot PNG`` runs the whole
 flow through the widgets unattended and saves a screenshot of the window.
 Qt and napari are imported (through :mod:`protorefine.napari.demo`) only when a
 window is wanted.
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from protorefine.cli.refine import StageBars
 from protorefine.demo import cache_dir, headless_demo
 from protorefine.errors import ProtorefineError
 
@@ -40,15 +42,22 @@ def demo_command(args: argparse.Namespace) -> int:
         from protorefine.napari.demo import screenshot_demo  # Qt and napari: only for a window
 
         return screenshot_demo(out, Path(args.screenshot), slides_dir)
+    sample = getattr(args, "sample", None)
     if args.headless or not has_display():
         reason = "--headless" if args.headless else "no display (DISPLAY/WAYLAND_DISPLAY unset)"
+        sample = sample or "real"
         print(
-            f"protorefine demo: {reason}: converting the sample slide and writing an overlay PNG instead of opening napari"
+            f"protorefine demo: {reason}: refining the {sample} sample and writing a "
+            "before/after picture instead of opening napari"
         )
-        return headless_demo(out, slides_dir)
+        bars = StageBars()
+        try:
+            return headless_demo(out, slides_dir, sample, progress=bars)
+        finally:
+            bars.close()
     from protorefine.napari.demo import run_demo_window  # Qt and napari: only for a window
 
-    return run_demo_window(out, slides_dir)
+    return run_demo_window(out, slides_dir, sample or "synthetic")
 
 
 def _rerun_under_xvfb(args: argparse.Namespace) -> int:

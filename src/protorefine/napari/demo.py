@@ -11,7 +11,7 @@ import napari
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QDockWidget
 
-from protorefine.demo import make_sample_cohort
+from protorefine.demo import make_real_project, make_sample_cohort
 from protorefine.napari.state import get_state
 from protorefine.napari.widgets.unattended import run_unattended
 
@@ -25,9 +25,15 @@ WIDGETS = (
 )
 
 
-def open_demo_viewer(out: Path, *, show: bool = True, slides_dir: Path | None = None):
-    """A napari viewer with the sample cohort's project open and all dock widgets docked."""
-    project, _ = make_sample_cohort(out, slides_dir=slides_dir)
+def open_demo_viewer(
+    out: Path, *, show: bool = True, slides_dir: Path | None = None, sample: str = "synthetic"
+):
+    """A napari viewer with a sample's project open (the synthetic cohort, or the real H&E
+    sample with ``sample="real"``) and all dock widgets docked."""
+    if sample == "real":
+        project, _ = make_real_project(out)
+    else:
+        project, _ = make_sample_cohort(out, slides_dir=slides_dir)
     viewer = napari.Viewer(title="protorefine demo", show=show)
     _fit_window(viewer)
     docked = dock_widgets(viewer)
@@ -90,9 +96,9 @@ def screenshot_demo(out: Path, screenshot: Path, slides_dir: Path | None = None)
     return 0
 
 
-def run_demo_window(out: Path, slides_dir: Path | None = None) -> int:
-    """Open the demo window and run napari until it is closed."""
-    open_demo_viewer(out, slides_dir=slides_dir)
+def run_demo_window(out: Path, slides_dir: Path | None = None, sample: str = "synthetic") -> int:
+    """Open the demo window on ``sample`` and run napari until it is closed."""
+    open_demo_viewer(out, slides_dir=slides_dir, sample=sample)
     print(f"protorefine demo: project in {out / 'project'}")
     napari.run()
     return 0
