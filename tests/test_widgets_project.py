@@ -304,6 +304,39 @@ def test_coarse_import_export_geojson_and_xml(widgets, slides, tmp_path: Path) -
         assert back.annotations[0].geometry.bounds == pytest.approx((100, 50, 500, 700))
 
 
+def test_coarse_asap_export_keeps_camelyon_groups(widgets, slides, tmp_path: Path) -> None:
+    """A CAMELYON16 file (tumour in ``_0``, a hole in ``_2``) imported in napari exports
+    back as ``_0`` / ``_2``, not ``Tumor`` / ``Exclusion``."""
+    import xml.etree.ElementTree as ET
+
+    from protorefine.annotations import read_annotations, tumour_geometry
+
+    def coords(points):
+        return "".join(
+            f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (x, y) in enumerate(points)
+        )
+
+    src = tmp_path / "tumor_001.xml"
+    src.write_text(
+        "<ASAP_Annotations><Annotations>"
+        '<Annotation Name="a" Type="Polygon" PartOfGroup="_0">'
+        f"<Coordinates>{coords([(100, 50), (500, 50), (500, 700), (100, 700)])}</Coordinates>"
+        "</Annotation>"
+        '<Annotation Name="b" Type="Polygon" PartOfGroup="_2">'
+        f"<Coordinates>{coords([(200, 200), (300, 200), (300, 300), (200, 300)])}</Coordinates>"
+        "</Annotation></Annotations></ASAP_Annotations>"
+    )
+    viewer, pw, cw = widgets
+    pw.create_project(tmp_path / "proj")
+    pw.add_slides(slides[:1])
+    assert cw.import_file(src)
+    out = cw.export_file(tmp_path / "out.xml")
+    assert out is not None
+    groups = [a.get("PartOfGroup") for a in ET.parse(out).getroot().iter("Annotation")]
+    assert sorted(groups) == ["_0", "_2"]
+    assert tumour_geometry(read_annotations(out)).equals(tumour_geometry(read_annotations(src)))
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_coarse_import_mask_at_a_downsample(widgets, slides, tmp_path: Path, notes, suffix) -> None:
     """A plain mask from another tool (no metadata), 1/8 of the slide, lands where it belongs."""

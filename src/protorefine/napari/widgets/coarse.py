@@ -28,8 +28,9 @@ from protorefine.annotations import (
     write_asap_xml,
     write_geojson,
 )
+from protorefine.annotations.asap import with_groups_of
 from protorefine.annotations.masks import MASK_SUFFIXES
-from protorefine.annotations.model import EXCLUDE
+from protorefine.annotations.model import EXCLUDE, AnnotationSet
 from protorefine.errors import ProtorefineError
 from protorefine.napari.layers import CLASS_EDGE_COLORS, FINISHED_ACTIONS, replace_shapes
 from protorefine.napari.state import get_state
@@ -142,13 +143,17 @@ class CoarseWidget(QWidget):
             layer.current_edge_color = CLASS_EDGE_COLORS.get(classification, "#ffd400")
         layer.mode = mode
 
-    def save(self) -> bool:
-        """Save the layer's outlines into the project now; returns True when saved."""
+    def save(self, groups_from: AnnotationSet | None = None) -> bool:
+        """Save the layer's outlines into the project now; returns True when saved. The
+        ASAP groups of ``groups_from`` (else of the outline saved before) are kept, so an
+        ASAP export keeps a CAMELYON16 file's ``_0`` / ``_2``."""
         if self._layer is None or self.state.project is None or self.state.slide_id is None:
             return False
         try:
+            project, sid = self.state.project, self.state.slide_id
             annset = self.state.coarse_annotations()
-            self.state.project.set_coarse(self.state.slide_id, annset)
+            annset = with_groups_of(annset, groups_from or project.coarse(sid))
+            project.set_coarse(sid, annset)
             self.state.coarse_changed.emit(self.state.slide_id)
         except ProtorefineError as exc:
             show_error(f"coarse outline not saved: {exc}")
@@ -187,7 +192,7 @@ class CoarseWidget(QWidget):
         for warning in annset.warnings:
             show_warning(warning if path.name in warning else f"{path.name}: {warning}")
         replace_shapes(self._layer, annset, slide)
-        if self.save():
+        if self.save(groups_from=annset):
             show_info(f"imported {len(annset)} outline(s) from {path.name}")
         return True
 
@@ -203,6 +208,9 @@ class CoarseWidget(QWidget):
             annset = self.state.coarse_annotations()
             if not len(annset):
                 raise ProtorefineError(f"{path.name}: the coarse outline is empty; draw one first")
+            if fmt == "xml" and self.state.project is not None and self.state.slide_id:
+                # in the groups of the file the outline came from (CAMELYON16's _0 / _2)
+                annset = with_groups_of(annset, self.state.project.coarse(self.state.slide_id))
             (write_asap_xml if fmt == "xml" else write_geojson)(annset, path)
         except ProtorefineError as exc:
             show_error(str(exc))
