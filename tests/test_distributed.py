@@ -65,6 +65,7 @@ def cluster():
         with connect(lc.scheduler_address) as c:
             yield c
     finally:
+        cluster_mod.close_shared()  # napari's connections to it
         lc.close()
 
 
@@ -241,3 +242,50 @@ def test_cluster_run_with_the_pixel_stage_equals_one_machine(cluster, cohort, tm
     pipe.run()
     assert set(pipe.slide_runs["pixels"]) == {"s0", "s1", "s2"}
     assert_same_outlines(local, project, "pixels")
+
+
+@pytest.mark.gui
+def test_napari_runs_on_the_scheduler_set_in_the_project_pane(
+    make_napari_viewer, qtbot, cluster, cohort, tmp_path, monkeypatch
+):
+    from protorefine.napari.state import get_state
+    from protorefine.napari.widgets.project import ProjectWidget
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+
+    viewer = make_napari_viewer()
+    pane, protos = ProjectWidget(viewer), PrototypesWidget(viewer)
+    state = get_state(viewer)
+    project = new_project(tmp_path / "p", cohort)
+    state.set_project(project)
+    pane.scheduler.setText(f"  {cluster.scheduler} ")  # typed, then Enter
+    pane.scheduler.editingFinished.emit()
+    assert state.scheduler == cluster.scheduler
+    no_local_work(monkeypatch)  # the run succeeds only if the workers did the slides' work
+    with qtbot.waitSignal(protos.runner.finished, timeout=120_000):
+        assert protos.run() is True
+    assert protos.runner.last_outcome == "done", protos.runner.last_message
+    assert project.stage_done("pseudo_labels")
+    # back to this machine: the field cleared, the next run is a plain one
+    pane.set_scheduler("")
+    assert state.scheduler == "" and pane.scheduler.text() == ""
+
+
+@pytest.mark.gui
+def test_napari_a_bad_scheduler_is_the_runs_one_line_error(
+    make_napari_viewer, qtbot, cohort, tmp_path, monkeypatch
+):
+    from protorefine.napari.state import get_state
+    from protorefine.napari.widgets.project import ProjectWidget
+    from protorefine.napari.widgets.prototypes import PrototypesWidget
+
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1)
+    viewer = make_napari_viewer()
+    pane, protos = ProjectWidget(viewer), PrototypesWidget(viewer)
+    get_state(viewer).set_project(new_project(tmp_path / "p", cohort))
+    pane.set_scheduler("tcp://127.0.0.1:1")
+    with qtbot.waitSignal(protos.runner.finished, timeout=60_000):
+        assert protos.run() is True
+    assert protos.runner.last_outcome != "done"
+    assert "--scheduler tcp://127.0.0.1:1: no dask scheduler answers there" in (
+        protos.runner.last_message
+    )

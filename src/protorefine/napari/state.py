@@ -97,6 +97,9 @@ class ProtorefineState:
         self.outline_filling = False
         #: Global prototype ids the prototype gallery holds (kept by the Prototypes pane).
         self.gallery_ids: frozenset[int] = frozenset()
+        #: A dask scheduler the runs send their per-slide work to ("": this machine; set in
+        #: the Project pane; ``protorefine.project.cluster``).
+        self.scheduler = ""
 
     @property
     def viewer(self) -> napari.Viewer:

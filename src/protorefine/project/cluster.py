@@ -16,14 +16,18 @@ task again elsewhere; a task that raises is retried :data:`RETRIES` times.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
 import logging
 import multiprocessing
+import os
 import re
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,13 @@ class Cluster:
         """Addresses of the workers that are connected now."""
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
+    def hosts(self) -> dict[str, int]:
+        """Per host, the task threads of all its workers together (to share out its cores)."""
+        out: dict[str, int] = {}
+        for info in self.client.scheduler_info(n_workers=-1)["workers"].values():
+            out[info["host"]] = out.get(info["host"], 0) + int(info.get("nthreads", 1))
+        return out
+
     def close(self) -> None:
         """Disconnect (and stop the LocalCluster of ``local:N``)."""
         self.client.close()
@@ -109,6 +120,7 @@ def connect(
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     worker_wait = WORKER_WAIT_S if worker_wait is None else worker_wait
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError as exc:  # pragma: no cover - a dependency; a broken install only
         raise ProtorefineError(
@@ -120,12 +132,20 @@ def connect(
         n = int(local["n"])
         if n < 1:
             raise ProtorefineError(f"--scheduler {text}: a LocalCluster needs at least 1 worker")
-        lc = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
+        # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
+        # glibc's adaptive mmap threshold: every large tensor is mapped and unmapped, and the
+        # encoders ran about 1.5x slower in such a worker here; local workers go without it
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+            warnings.catch_warnings(),  # its HTTP server takes another port when 8787 is taken
+        ):
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            lc = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
         return Cluster(text, Client(lc), lc)
     if "://" in text or (_HOST_PORT.fullmatch(text) and not Path(text).is_file()):
         kwargs: dict[str, Any] = {"address": text}
@@ -184,15 +204,25 @@ class ClusterPipeline(Pipeline):
     def __init__(
         self,
         project: Project,
-        cluster: Cluster,
+        cluster: Cluster | str,
         config: RefineConfig | None = None,
         *,
         partial: bool = False,
         loader: str | None = None,
     ) -> None:
+        """``cluster``: a connected :class:`Cluster`, or an address that is connected (through
+        :func:`shared_cluster`) when the first stage with per-slide work runs, in the thread
+        that runs the pipeline (napari: not the event loop)."""
         super().__init__(project, config, partial=partial, loader=loader)
-        self.cluster = cluster
+        self._cluster = cluster
         self.slide_runs: dict[str, dict[str, dict]] = {}
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster the per-slide work runs on (connected now when given as an address)."""
+        if isinstance(self._cluster, str):
+            self._cluster = shared_cluster(self._cluster)
+        return self._cluster
 
     def _run_stage(
         self,
@@ -223,6 +253,7 @@ class ClusterPipeline(Pipeline):
         config = self.config.to_dict()
         ids = [s.id for s in self.slides]
         run = uuid.uuid4().hex[:8]
+        hosts = self.cluster.hosts()
         futures = {
             client.submit(
                 slide_task,
@@ -231,6 +262,7 @@ class ClusterPipeline(Pipeline):
                 config,
                 sid,
                 self.partial,
+                hosts,
                 key=f"protorefine-{name}-{sid}-{run}",
                 retries=RETRIES,
                 pure=False,
@@ -291,21 +323,43 @@ def _encoder(name: str, device: str):
     return get_encoder(name, device=device)
 
 
-def slide_task(stage: str, folder: str, config: dict, slide_id: str, partial: bool) -> dict:
+def slide_task(
+    stage: str,
+    folder: str,
+    config: dict,
+    slide_id: str,
+    partial: bool,
+    hosts: dict[str, int] | None = None,
+) -> dict:
     """Run on a worker: stage ``stage``'s work for one slide of the project at ``folder``
     with the client's ``config``. Returns the worker's address, seconds, whether the
     result was cached (and the grid for the grid stage); a ProtorefineError comes back as
-    ``{"error": message}`` (a user's error is not retried)."""
+    ``{"error": message}`` (a user's error is not retried). ``hosts``
+    (:meth:`Cluster.hosts`) shares each machine's cores among its workers' task threads."""
     from distributed import get_worker
 
     t0 = time.perf_counter()
-    worker = get_worker().address
+    me = get_worker()
+    worker = me.address
+    _share_cores((hosts or {}).get(me.ip, 0))
     try:
         out = _slide_work(stage, folder, config, slide_id, partial)
     except ProtorefineError as exc:
         return {"error": f"worker {worker}: {exc}"}
     out.update(worker=worker, seconds=round(time.perf_counter() - t0, 3))
     return out
+
+
+def _share_cores(threads_on_host: int) -> None:
+    """Give the encoders of this worker's task its share of the machine's cores: a dask
+    worker process starts with one OpenMP thread (the nanny sets OMP_NUM_THREADS=1), which
+    leaves the other cores of a machine with fewer workers than cores idle."""
+    if threads_on_host < 1:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // threads_on_host))
 
 
 def _slide_work(stage: str, folder: str, config: dict, slide_id: str, partial: bool) -> dict:
@@ -336,6 +390,32 @@ def _slide_work(stage: str, folder: str, config: dict, slide_id: str, partial: b
     if stage == "pixels":
         return {"cached": not pipe.dense_slide(slide_id)}
     raise ProtorefineError(f"stage {stage!r} has no per-slide work")
+
+
+_shared: dict[str, Cluster] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_cluster(address: str) -> Cluster:
+    """A connection to ``address`` kept for the process and reused by the next runs (napari
+    runs one after another; ``local:N`` starts its workers once); reconnected when it was
+    lost. Closed when the process exits."""
+    with _shared_lock:
+        cluster = _shared.get(address)
+        if cluster is None or cluster.client.status != "running":
+            if not _shared:
+                atexit.register(close_shared)
+            cluster = _shared[address] = connect(address)
+        return cluster
+
+
+def close_shared() -> None:
+    """Close the connections :func:`shared_cluster` kept (and their ``local:N`` workers)."""
+    with _shared_lock:
+        while _shared:
+            _, cluster = _shared.popitem()
+            with contextlib.suppress(Exception):  # already gone with its scheduler
+                cluster.close()
 
 
 @contextlib.contextmanager

@@ -188,12 +188,18 @@ def edited_outlines(project) -> set[str]:
         return {s.id for s in project.slides if project.outline_edited(s.id)}
 
 
-def pipeline_for(project, config=None):
-    """The library pipeline over ``project`` (with ``config`` when the widget changed a setting).
+def pipeline_for(project, config=None, *, scheduler: str = ""):
+    """The library pipeline over ``project`` (with ``config`` when the widget changed a setting);
+    with a ``scheduler`` address (the Project pane's), the one whose per-slide work runs on
+    that dask cluster, connected when the run starts (in the run's thread).
 
     Patches are read by threads on a GPU too: forking worker processes out of a running
     GUI (Qt and Python threads holding locks) can hang them.
     """
+    if scheduler.strip():
+        from protorefine.project.cluster import ClusterPipeline
+
+        return ClusterPipeline(project, scheduler.strip(), config, partial=True, loader="thread")
     from protorefine.project.pipeline import Pipeline
 
     return Pipeline(project, config, partial=True, loader="thread")

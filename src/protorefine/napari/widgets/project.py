@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSizePolicy,
     QTableWidget,
@@ -127,6 +128,13 @@ class ProjectWidget(QWidget):
         self.batch = QLabel("")
         self.batch.setWordWrap(True)
         self.busy = QLabel("")  # another process runs on the project (its lock)
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("this machine (or tcp://host:8786, local:4)")
+        self.scheduler.setToolTip(
+            "Run each slide's reading and feature extraction on a dask cluster: a scheduler "
+            "address (tcp://host:port), a scheduler file, or local:N for N worker processes "
+            "here. Workers need the project and slides at the same paths (docs/cluster.md)."
+        )
         self.busy.setWordWrap(True)
         self.busy.setVisible(False)
 
@@ -141,6 +149,10 @@ class ProjectWidget(QWidget):
         layout.addWidget(self.folder_label)
         layout.addLayout(row1)
         layout.addLayout(row2)
+        row3 = QHBoxLayout()
+        row3.addWidget(QLabel("Cluster:"))
+        row3.addWidget(self.scheduler)
+        layout.addLayout(row3)
         layout.addWidget(self.table)
         layout.addWidget(self.status)
         layout.addWidget(self.batch)
@@ -153,6 +165,7 @@ class ProjectWidget(QWidget):
         self.add_button.clicked.connect(self._on_add)
         self.add_layers_button.clicked.connect(self.add_open_layers)
         self.remove_button.clicked.connect(self._on_remove)
+        self.scheduler.editingFinished.connect(lambda: self.set_scheduler(self.scheduler.text()))
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.cellDoubleClicked.connect(self._on_double_click)
         self.table.setToolTip(
@@ -187,6 +200,14 @@ class ProjectWidget(QWidget):
             self._on_project_changed(self.state.project)
 
     # ---- actions (also the API tests and the demo drive) -------------------------------
+
+    def set_scheduler(self, address: str) -> None:
+        """Send the next runs' per-slide work to the dask scheduler at ``address`` ("": run
+        on this machine); it is connected when a run starts, and a bad one is that run's
+        one-line error."""
+        self.state.scheduler = address.strip()
+        if self.scheduler.text() != self.state.scheduler:
+            self.scheduler.setText(self.state.scheduler)
 
     def create_project(self, folder: str | Path) -> Project | None:
         """Create a new project in ``folder`` and make it the open one."""

@@ -193,7 +193,7 @@ class PrototypesWidget(WorkflowWidget):
         except ProtorefineError as exc:
             notify("warning", str(exc))
             return False
-        pipeline = pipeline_for(project, config)
+        pipeline = pipeline_for(project, config, scheduler=self.state.scheduler)
 
         slide_id = self.state.slide_id
 

@@ -147,7 +147,7 @@ class RefineWidget(WorkflowWidget):
         config = self._config(project)
         redraw_only = not invalidate and self._redraw_only(project, config)
         edited = edited_outlines(project)  # before pipeline_for puts the new config in place
-        pipeline = pipeline_for(project, config)
+        pipeline = pipeline_for(project, config, scheduler=self.state.scheduler)
         if not redraw_only:  # the plot keeps the training it shows when nothing retrains
             self.history = []
             self.epochs = []

@@ -179,7 +179,7 @@ class CorrectionsPanel(QWidget):
             return False
         edited = edited_outlines(project)  # before new corrections make the outline stale
         self.save_corrections()
-        pipeline = pipeline_for(project)
+        pipeline = pipeline_for(project, scheduler=self.state.scheduler)
 
         slide_id = self.state.slide_id
 
