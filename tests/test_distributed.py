@@ -289,3 +289,27 @@ def test_napari_a_bad_scheduler_is_the_runs_one_line_error(
     assert "--scheduler tcp://127.0.0.1:1: no dask scheduler answers there" in (
         protos.runner.last_message
     )
+
+
+def test_cancel_stops_the_run_and_a_rerun_resumes_from_the_written_slides(
+    cluster, one_machine, cohort, tmp_path
+):
+    from protorefine.errors import CancelledError
+
+    project = new_project(tmp_path / "p", cohort)
+    done: list[str] = []
+
+    def progress(_done: int, _total: int, msg: str) -> None:
+        if msg.startswith("features: s"):
+            done.append(msg)
+
+    with pytest.raises(CancelledError, match="cancelled in stage 'features'"):
+        ClusterPipeline(project, cluster).run(progress=progress, cancel=lambda: bool(done))
+    assert project.stage_done("grid") and not project.stage_done("features")
+    # the rerun (a new client, as after a killed run) finds the slides the workers wrote
+    again = ClusterPipeline(Project.open(project.folder), cluster)
+    again.run()
+    cached = [sid for sid, run in again.slide_runs["features"].items() if run["cached"]]
+    assert len(cached) >= 1
+    assert "grid" not in again.slide_runs  # a finished stage is not sent again
+    assert_same_outlines(one_machine, project)
