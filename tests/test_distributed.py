@@ -233,11 +233,15 @@ def test_a_scheduler_file_is_read_and_a_damaged_one_is_one_line(cluster, tmp_pat
 
 
 @pytest.mark.slow
-def test_cluster_run_with_the_pixel_stage_equals_one_machine(cluster, cohort, tmp_path):
+def test_cluster_run_with_the_pixel_stage_equals_one_machine(
+    cluster, cohort, tmp_path, monkeypatch
+):
     cfg = CFG.replace(pixel_level=True)
     local = new_project(tmp_path / "local", cohort, cfg)
     Pipeline(local).run()
     project = new_project(tmp_path / "cluster", cohort, cfg)
+    # the pixel stage on the client finds every slide's dense features the workers cached
+    no_local_work(monkeypatch)
     pipe = ClusterPipeline(project, cluster)
     pipe.run()
     assert set(pipe.slide_runs["pixels"]) == {"s0", "s1", "s2"}

@@ -293,7 +293,8 @@ class ClusterPipeline(Pipeline):
                         self.ready_grids[sid] = PatchGrid.from_dict(grid)
                     runs[sid] = result
                     done_n += 1
-                    say(done_n, n, f"{name}: {sid} on {result['worker']}")
+                    took = f"{result['seconds']:.1f} s" + (", cached" if result["cached"] else "")
+                    say(done_n, n, f"{name}: {sid} on {result['worker']} ({took})")
         finally:
             if pending:
                 client.cancel(list(pending))  # running tasks finish; their writes are atomic
