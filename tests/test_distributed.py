@@ -317,3 +317,25 @@ def test_cancel_stops_the_run_and_a_rerun_resumes_from_the_written_slides(
     assert len(cached) >= 1
     assert "grid" not in again.slide_runs  # a finished stage is not sent again
     assert_same_outlines(one_machine, project)
+
+
+def test_a_slides_error_on_a_worker_is_one_line_naming_the_worker(cluster, cohort, tmp_path):
+    import shutil
+
+    moved = tmp_path / "s9.png"
+    shutil.copy(cohort[0]["slide"], moved)
+    project = new_project(tmp_path / "p", cohort[1:])
+    entry = project.add_slide(moved)
+    project.set_coarse(entry.id, read_geojson(cohort[0]["coarse"]))
+    moved.unlink()  # the slide file is gone by the time the workers read it
+    with pytest.raises(ProtorefineError) as err:
+        ClusterPipeline(project, cluster).run()
+    message = str(err.value)
+    assert "\n" not in message and "s9.png" in message
+    assert any(message.startswith(f"worker {w}: ") for w in cluster.workers())
+    assert not project.stage_done("grid")
+
+
+def test_a_worker_that_cannot_see_the_project_says_so(tmp_path):
+    with pytest.raises(ProtorefineError, match="cannot see the project folder"):
+        cluster_mod._slide_work("grid", str(tmp_path / "elsewhere"), CFG.to_dict(), "s0", False)
