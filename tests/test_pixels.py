@@ -268,3 +268,23 @@ def test_dense_features_skip_tiles_without_tissue(monkeypatch):
     every = dense_features(slide, grid, enc).astype(np.float32)
     np.testing.assert_array_equal(some[:16, 16:], every[:16, 16:])
     assert not some[16:].any() and not some[:, :16].any()
+
+
+def test_dense_features_written_to_a_memory_map_give_back_their_pages(monkeypatch, tmp_path):
+    from numpy.lib.format import open_memmap
+
+    img, _ = _he_image(512)
+    slide = Slide.from_array(img, name="mm", mpp=0.5)
+    grid = dense_grid(slide, mpp=0.5, cell=16)
+    monkeypatch.setattr(dense, "TILE", 256)  # two tile rows: pages dropped after each
+    enc = DenseEncoder("cpu")
+    shape = (grid.rows, grid.cols, sum(BLOCK_WIDTHS))
+    mm = open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=shape)
+    dense_features(slide, grid, enc, out=mm)
+    mm.flush()
+    del mm
+    back = np.load(tmp_path / "f.npy", mmap_mode="r")
+    in_memory = dense_features(slide, grid, enc)
+    np.testing.assert_array_equal(np.asarray(back), in_memory)  # nothing lost by dropping
+    dense.drop_pages(back[:3])  # a view of a memory map, read back after its pages went
+    np.testing.assert_array_equal(np.asarray(back[:3]), in_memory[:3])

@@ -10,6 +10,7 @@ statistics beside them. A finer grid then costs little more than a coarse one.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,18 @@ def _read_working(slide: Slide, grid: DenseGrid, y0: int, x0: int, size: int) ->
     return region
 
 
+def drop_pages(arr: np.ndarray) -> None:
+    """Give back the pages of a memory-mapped array that this process has touched (they stay
+    in the file and the page cache): a whole slide's features then occupy the resident memory
+    of one tile row or chunk, not of the slide. Arrays in memory are left alone."""
+    if isinstance(arr, np.memmap):
+        handle = getattr(arr, "_mmap", None)
+        if handle is not None and hasattr(handle, "madvise"):
+            handle.madvise(mmap.MADV_DONTNEED)
+    elif isinstance(arr.base, np.memmap):
+        drop_pages(arr.base)
+
+
 def dense_features(
     slide: Slide,
     grid: DenseGrid,
@@ -193,16 +206,16 @@ def dense_features(
         i, j = divmod(k, tx)
         r0, c0 = i * tc, j * tc
         r1, c1 = min(grid.rows, r0 + tc), min(grid.cols, c0 + tc)
-        if tissue is not None and not tissue[r0:r1, c0:c1].any():
-            if progress is not None:
-                progress(k + 1, total, f"tile {k + 1}/{total}")
-            continue
-        rgb = _read_working(slide, grid, i * tile - halo, j * tile - halo, tile + 2 * halo)
-        parts = [_to_cells(m, n_all)[0, :, hc : hc + tc, hc : hc + tc] for m in encoder.maps(rgb)]
-        feats = torch.cat(parts, 0).permute(1, 2, 0).float().cpu().numpy()
-        stain = stain_statistics(rgb, cell)[hc : hc + tc, hc : hc + tc]
-        block = np.concatenate([feats, stain], -1)
-        out[r0:r1, c0:c1] = block[: r1 - r0, : c1 - c0].astype(np.float16)
+        if tissue is None or tissue[r0:r1, c0:c1].any():  # glass is not read or encoded
+            rgb = _read_working(slide, grid, i * tile - halo, j * tile - halo, tile + 2 * halo)
+            maps = encoder.maps(rgb)
+            parts = [_to_cells(m, n_all)[0, :, hc : hc + tc, hc : hc + tc] for m in maps]
+            feats = torch.cat(parts, 0).permute(1, 2, 0).float().cpu().numpy()
+            stain = stain_statistics(rgb, cell)[hc : hc + tc, hc : hc + tc]
+            block = np.concatenate([feats, stain], -1)
+            out[r0:r1, c0:c1] = block[: r1 - r0, : c1 - c0].astype(np.float16)
+        if j == tx - 1:
+            drop_pages(out)  # a finished tile row: on disk, not needed in memory
         if progress is not None:
             progress(k + 1, total, f"tile {k + 1}/{total}")
     return out

@@ -28,7 +28,7 @@ from protorefine._types import Cancel, Progress
 from protorefine.annotations import AnnotationSet, smooth_outline, vectorize
 from protorefine.annotations.classes import polygonal
 from protorefine.errors import CancelledError, ProtorefineError
-from protorefine.features.dense import BLOCK_WIDTHS
+from protorefine.features.dense import BLOCK_WIDTHS, drop_pages
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import clean_mask
 
@@ -82,7 +82,9 @@ class _Standardiser:
     @staticmethod
     def _rows(slide: PixelSlide, flat: np.ndarray) -> np.ndarray:
         feats = slide.features.reshape(-1, slide.features.shape[-1])
-        return np.asarray(feats[flat], dtype=np.float32)
+        rows = np.asarray(feats[flat], dtype=np.float32)
+        drop_pages(slide.features)  # a whole slide's memory-mapped features: one chunk resident
+        return rows
 
     def __call__(self, slide: PixelSlide, flat: np.ndarray) -> np.ndarray:
         return ((self._rows(slide, flat) - self.mean) / self.std * self.weight).astype(np.float32)
