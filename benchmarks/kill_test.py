@@ -1,0 +1,52 @@
+"""kill -9 a real ``protorefine refine`` run at 20 random points (fixed seed) and check the
+project after each kill; prints the result as JSON (recorded in docs/reliability.md).
+
+    python benchmarks/kill_test.py [--kills 20] [--seed 19] [--size 512] [--work /tmp/kill-test]
+
+The checks are those of tests/test_kill.py (which kills 3 times): after each kill the
+project opens and what it says is finished loads, the next run resumes (no finished stage
+is lost), no temp folder is left once a run finishes, and every finished run's outline
+equals the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from kill_run import SETTINGS, kill_run  # noqa: E402
+from refine_synth import write_slide_case  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the kill test and print its result."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--size", type=int, default=512, help="side of the synthetic slide in px")
+    ap.add_argument("--work", default="/tmp/kill-test", help="folder for the runs (emptied)")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    t0 = time.perf_counter()
+    case = write_slide_case(work / "case", size=args.size)
+    result = kill_run(
+        case["slide"], case["coarse"], work / "runs", kills=args.kills, seed=args.seed
+    )
+    result["settings"] = " ".join(SETTINGS)
+    result["slide_px"] = args.size
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result, indent=2))
+    return 0 if result["corrupt"] == 0 and result["same_outline"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
