@@ -528,16 +528,10 @@ class Pipeline:
             grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
             if grid.mpp is None:
                 assumed.append(s.id)
-            path, cells = dense_cache_files(self.project.folder, s.id)
-            weights = file_sha256(efficientnet_lite0_weights())
-            signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0", weights])
-            feats = None
-            if path.exists() and cells.exists() and cells.read_text() == signature:
-                with contextlib.suppress(ValueError, OSError):
-                    feats = np.load(path, mmap_mode="r")
-            if feats is None or feats.shape[:2] != (grid.rows, grid.cols):
+            feats, key = self._cached_dense(s.id, grid)
+            if feats is None:
                 encoder = encoder or DenseEncoder(resolve_device(cfg.device))
-                feats = self._dense(slide, grid, encoder, path, cells, signature, i, n, prog, check)
+                feats = self._dense(slide, grid, encoder, key, i, n, prog, check)
             slides.append(self._pixel_slide(s.id, slide, grid, feats))
             grids.append(grid)
         results = pixel_probability(slides, cfg, progress=prog, cancel=check)
@@ -572,20 +566,33 @@ class Pipeline:
         cfg = self.config
         slide = self.project.open_slide(slide_id)
         grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
+        feats, key = self._cached_dense(slide_id, grid)
+        if feats is not None:
+            return False
+        encoder = DenseEncoder(resolve_device(cfg.device))
+        check = cancel or (lambda: False)
+        self._dense(slide, grid, encoder, key, 0, 1, lambda *_: None, check)
+        return True
+
+    def _cached_dense(self, slide_id: str, grid: DenseGrid):
+        """A slide's cached dense features (a memory map) when they were computed on ``grid``
+        with the shipped trunk's weights, else None; and the cache's (file, cells file,
+        signature) to write them to."""
         path, cells = dense_cache_files(self.project.folder, slide_id)
         weights = file_sha256(efficientnet_lite0_weights())
         signature = json.dumps([grid.__dict__, BLOCK_WIDTHS, "efficientnet-lite0", weights])
+        feats = None
         if path.exists() and cells.exists() and cells.read_text() == signature:
             with contextlib.suppress(ValueError, OSError):
-                if np.load(path, mmap_mode="r").shape[:2] == (grid.rows, grid.cols):
-                    return False
-        encoder = DenseEncoder(resolve_device(cfg.device))
-        check = cancel or (lambda: False)
-        self._dense(slide, grid, encoder, path, cells, signature, 0, 1, lambda *_: None, check)
-        return True
+                feats = np.load(path, mmap_mode="r")
+        if feats is not None and feats.shape[:2] != (grid.rows, grid.cols):
+            feats = None
+        return feats, (path, cells, signature)
 
-    def _dense(self, slide, grid: DenseGrid, encoder, path, cells, signature, i, n, prog, check):
-        """Dense features of one slide written to the project's cache as a memory map."""
+    def _dense(self, slide, grid: DenseGrid, encoder, key, i, n, prog, check):
+        """Dense features of one slide written to the project's cache (``key``: file, cells
+        file, signature) as a memory map."""
+        path, cells, signature = key
         from numpy.lib.format import open_memmap
 
         path.parent.mkdir(exist_ok=True)
