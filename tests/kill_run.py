@@ -26,23 +26,42 @@ def refine_cmd(slide: Path, coarse: Path, out: Path) -> list[str]:
     return [*cli, "--coarse", str(coarse), "--out", str(out), *SETTINGS]
 
 
-def _run(cmd: list[str], log: Path, timeout: float | None = None) -> tuple[int, str]:
-    """Run ``cmd`` to its end (or SIGKILL it after ``timeout`` s); its exit status and what
-    it was doing last (the stage of its last progress line, "starting" before any)."""
+#: A progress line of a pipeline stage (the run has started its work).
+STAGE_LINE = re.compile(rf"^({'|'.join(STAGE_ORDER)}): ", re.M)
+
+
+def _run(
+    cmd: list[str], log: Path, kill_at: float | None = None, *, after_start: bool = False
+) -> tuple[int, str, float | None]:
+    """Run ``cmd``; SIGKILL it ``kill_at`` s after it began (or, with ``after_start``, after
+    its first stage progress line). Returns its exit status, the stage of its last progress
+    line ("starting" before any) and when its first stage line came (s after the start)."""
     this = log.with_suffix(".last")
+    t0 = time.perf_counter()
+    first: float | None = None
+    deadline = None if kill_at is None or after_start else t0 + kill_at
     with this.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=fh, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
-    text = this.read_text(errors="replace")
+        while (rc := proc.poll()) is None:
+            now = time.perf_counter()
+            if first is None and STAGE_LINE.search(_text(this)):
+                first = now - t0
+                if after_start and kill_at is not None:
+                    deadline = now + kill_at
+            if deadline is not None and now >= deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+                break
+            time.sleep(0.05)
+    text = _text(this)
     with log.open("a") as fh:
         fh.write(text + f"[exit {rc}]\n")
-    stages = [m.group(1) for m in re.finditer(r"^(\w+): ", text.replace("\r", "\n"), re.M)]
-    known = [s for s in stages if s in STAGE_ORDER]
-    return rc, known[-1] if known else "starting"
+    stages = STAGE_LINE.findall(text)
+    return rc, stages[-1] if stages else "starting", first
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace").replace("\r", "\n")
 
 
 def check_project(folder: Path) -> tuple[set[str], list[str]]:
@@ -83,16 +102,18 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def kill_run(slide: Path, coarse: Path, work: Path, *, kills: int = 20, seed: int = 19) -> dict:
-    """An uninterrupted run, then runs killed at random delays (``seed``) and resumed until
-    ``kills`` kills landed; a run that finishes before its kill starts the next one afresh,
-    so the kills fall all along a run. After each kill the project is checked; each
-    finished run's outline is compared with the uninterrupted run's."""
+    """An uninterrupted run, then runs killed at random points (``seed``) and resumed until
+    ``kills`` kills landed: a quarter at a random moment of start-up (Python, torch, the
+    project), the rest at a random moment of the stages' work. A run that finishes before
+    its kill starts the next one afresh, so the kills fall all along a run. After each kill
+    the project is checked; each finished run's outline is compared with the uninterrupted
+    run's."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "runs.log"
     t0 = time.perf_counter()
-    rc, _ = _run(refine_cmd(slide, coarse, work / "reference"), log)
+    rc, _, startup = _run(refine_cmd(slide, coarse, work / "reference"), log)
     full = time.perf_counter() - t0
-    if rc != 0:
+    if rc != 0 or startup is None:
         raise RuntimeError(f"the uninterrupted run failed ({rc}); see {log}")
     reference = outline(work / "reference" / f"{slide.stem}.geojson")
     rng = random.Random(seed)
@@ -103,8 +124,10 @@ def kill_run(slide: Path, coarse: Path, work: Path, *, kills: int = 20, seed: in
     previous: set[str] = set()
     left: list[str] = []
     while len(records) < kills:
-        delay = rng.uniform(0.2, full)
-        rc, doing = _run(refine_cmd(slide, coarse, out), log, timeout=delay)
+        in_startup = rng.random() < 0.25
+        delay = rng.uniform(0.2, startup) if in_startup else rng.uniform(0.0, full - startup)
+        cmd = refine_cmd(slide, coarse, out)
+        rc, doing, _ = _run(cmd, log, delay, after_start=not in_startup)
         if rc == 0:  # finished before the kill: compare, then start afresh
             finished += 1
             different += outline(out / f"{slide.stem}.geojson") != reference
@@ -116,12 +139,11 @@ def kill_run(slide: Path, coarse: Path, work: Path, *, kills: int = 20, seed: in
         if not done >= previous:
             found.append(f"finished stages lost: {sorted(previous - done)}")
         corrupt += bool(found)
-        problems += [f"kill {len(records) + 1} after {delay:.1f} s: {p}" for p in found]
-        records.append(
-            {"delay_s": round(delay, 2), "killed_in": doing, "stages_done": sorted(done)}
-        )
+        when = f"{delay:.1f} s after {'the start' if in_startup else 'its first stage line'}"
+        problems += [f"kill {len(records) + 1}, {when}: {p}" for p in found]
+        records.append({"when": when, "killed_in": doing, "stages_done": sorted(done)})
         previous = done if not found else previous
-    rc, _ = _run(refine_cmd(slide, coarse, out), log)
+    rc, _, _ = _run(refine_cmd(slide, coarse, out), log)
     if rc != 0:
         problems.append(f"the last rerun failed ({rc}); see {log}")
         corrupt += 1
@@ -133,6 +155,7 @@ def kill_run(slide: Path, coarse: Path, work: Path, *, kills: int = 20, seed: in
         "kills": len(records),
         "seed": seed,
         "uninterrupted_s": round(full, 1),
+        "startup_s": round(startup, 1),
         "corrupt": corrupt,
         "problems": problems,
         "finished_runs": finished,
