@@ -247,7 +247,10 @@ def before_after_png(
     draw_outline(picture, project.coarse(slide_id), shape, ds, COARSE_COLOUR, width)
     draw_outline(picture, project.accepted_outline(slide_id), shape, ds, REFINED_COLOUR, width)
     size = max(14, round(picture.shape[1] / 45))
-    font = ImageFont.load_default(size=size)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: the small bitmap font only
+        font = ImageFont.load_default()
     lines = [
         (None, title or slide_id),
         (COARSE_COLOUR, f"coarse outline: Dice {dice['coarse']:.3f} against the truth"),
