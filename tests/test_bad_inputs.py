@@ -717,7 +717,6 @@ case(
     "option--mask-downsample=inf",
     lambda e: option(e, "--mask-downsample", "inf"),
     ["inf"],
-    known="IndexError after the run: inf passes the `d >= 1` check of cli/refine.py",
 )
 case("encoder-missing-file", lambda e: option(e, "--encoder", str(e.user / "enc.pt")), ["enc.pt"])
 case("encoder-junk-file", lambda e: option(e, "--encoder", str(e.file("enc.pt", JUNK))), ["enc.pt"])
@@ -817,7 +816,6 @@ case(
     "config-not-json",
     lambda e: damage(e, "config.json", "junk"),
     ["config.json"],
-    known="UnicodeDecodeError traceback: Project.open reads config.json as UTF-8 unguarded",
     **P,
 )
 case(
@@ -835,7 +833,6 @@ case(
     "config-epochs-negative",
     lambda e: set_config(e, "epochs", -3),
     ["config.json"],
-    known="accepted: a config.json field out of range (epochs -3) is not checked when the project opens",
     slow=True,
     **P,
 )
@@ -849,7 +846,6 @@ case(
     "slides-json-junk",
     lambda e: damage(e, "slides.json", "junk", "export"),
     ["slides.json"],
-    known="UnicodeDecodeError traceback: Project.open reads slides.json as UTF-8 unguarded",
     **P,
 )
 case(
@@ -943,7 +939,6 @@ case(
     "coarse-in-project-junk-export",
     lambda e: damage(e, "coarse/s1.geojson", "junk", "export"),
     ["s1.geojson"],
-    known="misleading: 'no slide has a refined outline yet', the damaged coarse file is not named",
     **P,
 )
 case(
@@ -954,7 +949,6 @@ case(
         ["export", str(p), "--out", str(e.out)],
     )[-1],
     ok=True,
-    known="UnicodeDecodeError traceback: Project.open reads ui_state.json as UTF-8 unguarded",
     **P,
 )
 

@@ -118,6 +118,54 @@ def test_config_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expe
         RefineConfig.from_dict({field: value})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("epochs", -3, ">= 1"),
+        ("epochs", 0, ">= 1"),
+        ("output_upsample", 0, ">= 1"),
+        ("finetune_epochs", -1, ">= 0"),
+        ("min_area", -2, ">= 0"),
+        ("oof_folds", 1, ">= 2"),
+        ("seed", -1, "from 0 to 4294967295"),
+        ("seed", 2**40, "from 0 to 4294967295"),
+    ],
+)
+def test_config_count_out_of_range_is_refused_on_open(tmp_path, field, value, allowed):
+    """``"epochs": -3`` in config.json ran without a word: refused naming file, field, range."""
+    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    cfg = tmp_path / "proj" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["refine"][field] = value
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(ProtorefineError) as exc:
+        Project.open(tmp_path / "proj")
+    msg = str(exc.value)
+    assert "config.json" in msg and f"{field}={value}" in msg and allowed in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["config.json", "slides.json"])
+@pytest.mark.parametrize("content", [bytes(range(256)), b"", b"{not json"])
+def test_a_damaged_project_json_file_is_named(tmp_path, name, content):
+    """Binary junk gave a UnicodeDecodeError traceback, an empty file named only the folder."""
+    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    (tmp_path / "proj" / name).write_bytes(content)
+    with pytest.raises(ProtorefineError) as exc:
+        Project.open(tmp_path / "proj")
+    msg = str(exc.value)
+    assert msg.startswith(str(tmp_path / "proj" / name)) and "not valid JSON" in msg
+    assert "\n" not in msg
+    assert (tmp_path / "proj" / name).read_bytes() == content
+
+
+def test_damaged_ui_state_opens_with_no_saved_widget_state(tmp_path):
+    """ui_state.json only restores how the widgets looked: junk in it must not stop the project."""
+    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    (tmp_path / "proj" / "ui_state.json").write_bytes(bytes(range(256)))
+    assert Project.open(tmp_path / "proj").ui_state == {}
+
+
 def test_config_validate_names_a_non_number():
     cfg = RefineConfig(patch_size=64)
     cfg.epochs = "ten"  # type: ignore[assignment]

@@ -23,6 +23,8 @@ __all__ = ["build_parser", "main", "tqdm_progress"]
 _MPP_RANGE = (0.01, 100.0)
 #: Seeds every generator the method uses accepts (scikit-learn's k-means takes 0..2**32-1).
 _SEED_MAX = 2**32 - 1
+#: Mask downsamples the options accept: full resolution up to a mask of a few pixels.
+_DOWNSAMPLE_RANGE = (1.0, 65536.0)
 
 
 def _mpp_arg(text: str) -> float:
@@ -49,6 +51,20 @@ def _seed_arg(text: str) -> int:
     if not 0 <= value <= _SEED_MAX:
         raise argparse.ArgumentTypeError(
             f"{text}: the seed must be a whole number from 0 to {_SEED_MAX}"
+        )
+    return value
+
+
+def _downsample_arg(text: str) -> float:
+    """A mask downsample within :data:`_DOWNSAMPLE_RANGE`, or argparse's one-line error."""
+    lo, hi = _DOWNSAMPLE_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(
+            f"{text}: the mask downsample must be a number from {lo:g} (full resolution) to {hi:g}"
         )
     return value
 
@@ -94,7 +110,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mask-downsample",
-        type=float,
+        type=_downsample_arg,
         default=None,
         metavar="D",
         help="also write OUT/<stem>_mask.tif: the refined outline as a 0/255 mask at 1/D of "

@@ -245,6 +245,14 @@ def _export_locked(args: argparse.Namespace) -> int:
     with project.reading():
         ids = [s.id for s in project.slides if project.has_results(s.id)]
         left_out = [s.id for s in project.slides if s.id not in ids]
+        for sid in left_out:  # a damaged copy of a coarse outline is why, not "not refined"
+            try:
+                project.coarse(sid)
+            except ProtorefineError as exc:
+                raise ProtorefineError(
+                    f"{exc} (the project's copy of the coarse outline of {sid!r}; run "
+                    "`protorefine refine` with its coarse file again to replace it)"
+                ) from None
         if not ids:
             raise ProtorefineError(
                 f"{args.project}: no slide has a refined outline yet; run `protorefine refine` "

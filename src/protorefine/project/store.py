@@ -107,8 +107,7 @@ class Project(ReviewMixin):
         self.config = config
         self.slides = slides
         self.encoder_info: dict[str, Any] = {}
-        ui = self.folder / "ui_state.json"
-        self.ui_state: dict = json.loads(ui.read_text()) if ui.exists() else {}
+        self.ui_state: dict = _ui_state(self.folder / "ui_state.json")
         self._grids: dict[tuple[str, str], PatchGrid] = {}
         self._outlined: dict[str, tuple[tuple[int, int, int], bool]] = {}
         self._reading = threading.local()  # fingerprints remembered by :meth:`reading`
@@ -140,7 +139,7 @@ class Project(ReviewMixin):
         if not cfg_path.is_file():
             raise ProtorefineError(f"{folder}: not a protorefine project (no config.json)")
         try:
-            data = json.loads(cfg_path.read_text())
+            data = _read_json(cfg_path)
             if data.get("format") != FORMAT:
                 raise ProtorefineError(f"{cfg_path}: not a protorefine project config")
             try:
@@ -156,7 +155,7 @@ class Project(ReviewMixin):
                     mpp=s.get("mpp"),
                     mpp_by_user=bool(s.get("mpp_by_user", False)),
                 )
-                for s in json.loads((folder / "slides.json").read_text())
+                for s in _read_json(folder / "slides.json")
             ]
         except (
             json.JSONDecodeError,
@@ -602,6 +601,29 @@ class Project(ReviewMixin):
         if self.config.pixel_level and self.stage_done("pixels"):
             return self.stage_file("pixels", OUTLINE_FILE, slide_id)
         return self.stage_file("output", OUTLINE_FILE, slide_id)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in one of the project's own files; a file that is empty, not text or not
+    JSON is a one-line error naming it (a missing one raises FileNotFoundError)."""
+    data = path.read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = "the file is empty" if not data.strip() else str(exc).splitlines()[0]
+        raise ProtorefineError(
+            f"{path}: damaged project files (not valid JSON: {reason})"
+        ) from None
+
+
+def _ui_state(path: Path) -> dict:
+    """The widgets' saved state, {} when absent or damaged: it only restores how the
+    widgets looked, so a damaged file must not keep the project from opening."""
+    try:
+        state = _read_json(path)
+    except (FileNotFoundError, ProtorefineError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def checked_mpp(mpp: float) -> float:

@@ -76,6 +76,9 @@ STAGE_OF: dict[str, str] = {
     "device": "",
 }
 
+#: The largest seed every generator the method uses accepts (scikit-learn's k-means: 2**32-1).
+SEED_MAX = 2**32 - 1
+
 #: How a field's type is named in an error ("null" where None is allowed too).
 _TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
@@ -211,9 +214,21 @@ class RefineConfig:
                 )
         positive: tuple[str, ...] = ("patch_size", "batch_size", "local_k_max", "kmeans_iters")
         positive += ("global_k_max", "hidden", "train_batch", "rounds", "samples_per_epoch")
+        positive += ("epochs", "output_upsample")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 1")
+        for name in ("finetune_epochs", "min_area", "max_hole"):
+            if int(getattr(self, name)) < 0:
+                raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be >= 0")
+        if int(self.oof_folds) < 2:
+            raise ProtorefineError(f"config oof_folds={self.oof_folds!r}: must be >= 2")
+        if self.level is not None and int(self.level) < 0:
+            raise ProtorefineError(
+                f"config level={self.level!r}: must be >= 0 (0: full resolution)"
+            )
+        if not 0 <= int(self.seed) <= SEED_MAX:
+            raise ProtorefineError(f"config seed={self.seed!r}: must be from 0 to {SEED_MAX}")
         for name in ("temperature", "local_k_div", "boundary_width", "lr"):
             if float(getattr(self, name)) <= 0:
                 raise ProtorefineError(f"config {name}={getattr(self, name)!r}: must be > 0")
