@@ -16,6 +16,7 @@ class layers (pseudo-labels, refined, corrections) use :data:`NORMAL_LABEL` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from protorefine.napari.layer_names import (
     PSEUDO_LABELS,
     REFINED,
 )
+from protorefine.slides.color import srgb_levels
 
 if TYPE_CHECKING:
     from napari.layers import Image, Layer, Shapes
@@ -79,6 +81,12 @@ FINISHED_ACTIONS = frozenset({"added", "removed", "changed"})
 META_PATH = "protorefine_path"
 META_MPP = "protorefine_mpp"
 META_PIXEL_SCALE = "protorefine_pixel_scale"
+#: What a slide layer shows: one of the three COLOR_ values below.
+META_COLOR = "protorefine_color"
+COLOR_SRGB = "sRGB from the embedded ICC profile"
+COLOR_RAW = "raw (embedded ICC profile not applied)"
+COLOR_NO_PROFILE = "raw (no embedded ICC profile)"
+DISPLAY_COLOR_ENV = "PROTOREFINE_DISPLAY_COLOR"
 
 
 def pixel_scale(mpp: float | None) -> float:
@@ -91,10 +99,32 @@ def world_units(mpp: float | bool | None) -> tuple[str, str]:
     return ("micrometer", "micrometer") if mpp else ("pixel", "pixel")
 
 
-def image_layer_data(slide: Slide) -> LayerData:
-    """The slide as one lazy multiscale RGB image layer (levels from ``open_slide``)."""
+def display_srgb() -> bool:
+    """Whether slide layers show sRGB converted from the embedded ICC profile (the default)
+    or the raw pixels: environment setting ``PROTOREFINE_DISPLAY_COLOR=srgb`` or ``raw``."""
+    value = os.environ.get(DISPLAY_COLOR_ENV, "srgb").strip().lower() or "srgb"
+    if value not in ("srgb", "raw"):
+        raise ProtorefineError(f"{DISPLAY_COLOR_ENV}={value!r}: expected 'srgb' or 'raw'")
+    return value == "srgb"
+
+
+def image_layer_data(slide: Slide, srgb: bool | None = None) -> LayerData:
+    """The slide as one lazy multiscale RGB image layer (levels from ``open_slide``).
+
+    A slide with an embedded ICC profile is shown converted to sRGB chunk by chunk when
+    ``srgb`` (default: ``display_srgb()``); ``srgb=False`` shows the raw pixels. Only the
+    display changes: features and exports read the slide's raw levels. The layer's
+    metadata ``protorefine_color`` says which is shown.
+    """
     s = pixel_scale(slide.mpp)
-    levels = list(slide.levels)
+    if srgb is None:
+        srgb = display_srgb()
+    if slide.icc_profile is None:
+        levels, color = list(slide.levels), COLOR_NO_PROFILE
+    elif srgb:
+        levels, color = srgb_levels(slide), COLOR_SRGB
+    else:
+        levels, color = list(slide.levels), COLOR_RAW
     meta = {
         "rgb": True,
         "multiscale": len(levels) > 1,
@@ -102,7 +132,12 @@ def image_layer_data(slide: Slide) -> LayerData:
         "units": world_units(slide.mpp),
         "name": slide.name,
         "contrast_limits": (0, 255),
-        "metadata": {META_PATH: str(slide.path), META_MPP: slide.mpp, META_PIXEL_SCALE: s},
+        "metadata": {
+            META_PATH: str(slide.path),
+            META_MPP: slide.mpp,
+            META_PIXEL_SCALE: s,
+            META_COLOR: color,
+        },
     }
     return (levels if len(levels) > 1 else levels[0], meta, "image")
 

@@ -71,9 +71,11 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     return out
 
 
-def read_slide(path: str | Path) -> LayerData:
-    """One multiscale RGB image layer for a slide file or OME-Zarr folder, lazily."""
-    return image_layer_data(open_slide(path))
+def read_slide(path: str | Path, srgb: bool | None = None) -> LayerData:
+    """One multiscale RGB image layer for a slide file or OME-Zarr folder, lazily; a slide
+    with an embedded ICC profile is shown in sRGB unless ``srgb=False`` (or
+    ``PROTOREFINE_DISPLAY_COLOR=raw``): see ``layers.image_layer_data``."""
+    return image_layer_data(open_slide(path), srgb=srgb)
 
 
 def read_labels_layers(path: str | Path, image_meta: dict) -> list[LayerData]:

@@ -31,7 +31,8 @@ class Slide:
     ``associated`` holds small extra images (``label``, ``macro``, ``thumbnail``).
     ``region_reader`` is an optional backend fast path ``(level, y, x, h, w) ->
     (h, w, 3) uint8 or None`` for in-bounds regions; it must give the same pixels
-    as ``levels`` (None means "use the lazy level").
+    as ``levels`` (None means "use the lazy level"). ``icc_profile`` is the colour profile
+    the file embeds (ICC bytes, ``None`` when absent); ``levels`` stay the raw pixels.
     """
 
     path: Path
@@ -43,6 +44,7 @@ class Slide:
     region_reader: Callable[[int, int, int, int, int], np.ndarray | None] | None = field(
         default=None, repr=False, compare=False
     )
+    icc_profile: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(

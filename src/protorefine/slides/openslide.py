@@ -71,6 +71,15 @@ def open_openslide(path: Path, name: str) -> Slide:
     for key in ("label", "macro", "thumbnail"):
         if key in osr.associated_images:
             associated[key] = np.asarray(osr.associated_images[key].convert("RGB"))
+    # OpenSlide >= 4 / openslide-python >= 1.4 expose the embedded profile; older ones do not
+    profile = getattr(osr, "color_profile", None)
+    icc = profile.tobytes() if profile is not None else None
     return Slide(
-        path=path, name=name, levels=levels, mpp=mpp, associated=associated, backend="openslide"
+        path=path,
+        name=name,
+        levels=levels,
+        mpp=mpp,
+        associated=associated,
+        backend="openslide",
+        icc_profile=icc or None,
     )

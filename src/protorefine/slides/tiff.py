@@ -157,6 +157,7 @@ def open_tiff(path: Path, name: str) -> Slide:
             lazy = da.from_zarr(arr, chunks=_dask_chunks(arr.chunks, arr.shape))
             levels.append(to_rgb(lazy, series.axes, path))
         mpp = read_mpp(tf)
+        icc = series.keyframe.tags.valueof(34675)  # InterColorProfile
         associated = _associated(tf, path)
         reader = TiffRegionReader(tf, series)
     except ProtorefineError:
@@ -173,4 +174,5 @@ def open_tiff(path: Path, name: str) -> Slide:
         associated=associated,
         backend="tifffile",
         region_reader=reader,
+        icc_profile=bytes(icc) if isinstance(icc, bytes | bytearray) and icc else None,
     )
