@@ -125,6 +125,12 @@ def test_tcga_layer_converted_when_on_raw_when_off(slides_dir: Path) -> None:
     profile = icc_profile(slide)
     assert profile is not None
     assert np.array_equal(compute(on[-1]), _pillow_srgb(raw, profile))
+    from napari.layers import Layer
+
+    layer = Layer.create(on, meta_on, "image")  # what napari makes of the reader's data
+    assert layer.rgb and layer.multiscale
+    assert layer.metadata[L.META_COLOR] == L.COLOR_SRGB
+    assert np.array_equal(compute(layer.data[-1][:64, :64]), _pillow_srgb(raw[:64, :64], profile))
 
 
 def test_layer_pixels_change_with_a_non_srgb_profile(
@@ -150,3 +156,13 @@ def test_layer_pixels_change_with_a_non_srgb_profile(
     monkeypatch.setenv(L.DISPLAY_COLOR_ENV, "sometimes")
     with pytest.raises(ProtorefineError, match="PROTOREFINE_DISPLAY_COLOR='sometimes'"):
         read_slide(path)
+
+
+def test_openslide_backend_reads_the_same_profile(slides_dir: Path) -> None:
+    pytest.importorskip("openslide")
+    from protorefine.slides.openslide import open_openslide
+
+    via_openslide = open_openslide(slides_dir / TCGA, "tcga")
+    assert icc_profile(via_openslide) == icc_profile(open_slide(slides_dir / TCGA))
+    no_profile = open_openslide(slides_dir / "CMU-1-Small-Region.svs", "cmu")
+    assert icc_profile(no_profile) is None
