@@ -130,6 +130,19 @@ def test_cluster_run_equals_one_machine(cluster, one_machine, cohort, tmp_path, 
     assert again.slide_runs == {}
 
 
+def test_a_cluster_connection_leaves_dask_elsewhere_alone(cluster):
+    # napari shows slides as dask arrays: they must not be computed on (or, once it has
+    # closed, fail for want of) the cluster a run connected to
+    import dask
+    import dask.array as da
+
+    assert dask.config.get("scheduler", None) != "dask.distributed"
+    with connect("local:1") as other:
+        assert other.client is not None
+        assert int(da.ones((8, 8), chunks=4).sum().compute()) == 64
+    assert int(da.ones((8, 8), chunks=4).sum().compute()) == 64
+
+
 class KillOnFirstFeatures(WorkerPlugin):
     """Kills its worker process (as the OOM killer would) when the first slide's features
     task starts executing anywhere; a flag file makes it happen once."""

@@ -146,7 +146,7 @@ def connect(
                 processes=True,
                 dashboard_address=None,
             )
-        return Cluster(text, Client(lc), lc)
+        return Cluster(text, Client(lc, set_as_default=False), lc)
     if "://" in text or (_HOST_PORT.fullmatch(text) and not Path(text).is_file()):
         kwargs: dict[str, Any] = {"address": text}
     elif Path(text).is_file():
@@ -157,7 +157,7 @@ def connect(
             "that exists, or local:N"
         )
     try:
-        client = Client(**kwargs, timeout=timeout)
+        client = Client(**kwargs, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ProtorefineError(
@@ -282,7 +282,10 @@ class ClusterPipeline(Pipeline):
                         f"run cancelled in stage {name!r}; finished slides are kept"
                     )
                 try:
-                    finished, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                    with client.as_current():  # this client, not a dask-wide default
+                        finished, pending = wait(
+                            pending, timeout=0.5, return_when="FIRST_COMPLETED"
+                        )
                 except TimeoutError:
                     continue
                 for fut in finished:
