@@ -650,8 +650,11 @@ def test_export_geojson_and_ngff_labels_and_dice(qtbot, gui, tmp_path):
     ms = dict(zarr.open_group(labels_dir, mode="r").attrs)["multiscales"][0]
     arr = np.asarray(zarr.open_array(labels_dir / ms["datasets"][0]["path"], mode="r"))[0]
     f = state.project.config.output_upsample
-    assert arr.shape == (grid.rows * f, grid.cols * f)
-    assert np.array_equal(arr.astype(bool), rasterize(back, grid.shape, grid.downsample / f))
+    step = int(grid.downsample // f)
+    assert arr.shape == grid.shape  # on the image's own level-0 pixels, like the image
+    traced = rasterize(back, grid.shape, grid.downsample / f)  # the outline's tracing step
+    expected = np.kron(traced, np.ones((step, step), bool))[: arr.shape[0], : arr.shape[1]]
+    assert np.array_equal(arr.astype(bool), expected)
     # Dice against the cohort's ground truth (loaded from the project's ui_state)
     assert review.truth.truth_path is not None
     # scoring starts by itself when the refined layer arrives; wait for it, then ask again
@@ -736,8 +739,8 @@ def test_hand_edits_of_the_refined_outline_are_kept_exported_and_discardable(
     ms = dict(zarr.open_group(review.exports.labels_path, mode="r").attrs)["multiscales"][0]
     labels = np.asarray(zarr.open_array(review.exports.labels_path / ms["datasets"][0]["path"]))[0]
     grid = project.grid(sid)
-    f = project.config.output_upsample
-    assert labels.astype(bool).sum() < rasterize(refined, grid.shape, grid.downsample / f).sum()
+    assert labels.shape == grid.shape  # level-0 pixels: the edit made the labelled area smaller
+    assert labels.astype(bool).sum() < rasterize(refined, grid.shape, 1).sum()
     # the Dice line scores the outline as edited
     qtbot.waitUntil(lambda: not review.truth.score_runner.running, timeout=60_000)
     with qtbot.waitSignal(review.truth.score_runner.finished, timeout=60_000):
