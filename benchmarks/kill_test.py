@@ -24,6 +24,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from kill_run import SETTINGS, kill_run  # noqa: E402
 from refine_synth import write_slide_case  # noqa: E402
 
+#: File this script leaves in its --work folder: only such a folder is emptied on the next run.
+MARK = ".protorefine-kill-test"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the kill test and print its result."""
@@ -31,11 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=19)
     ap.add_argument("--size", type=int, default=512, help="side of the synthetic slide in px")
-    ap.add_argument("--work", default="/tmp/kill-test", help="folder for the runs (emptied)")
+    ap.add_argument(
+        "--work",
+        default="/tmp/kill-test",
+        help="folder for the runs (emptied when this script made it)",
+    )
     args = ap.parse_args(argv)
     work = Path(args.work)
+    mark = work / MARK
+    if work.exists() and any(work.iterdir()) and not mark.exists():
+        raise SystemExit(
+            f"--work {work}: not empty and not made by this script; give another folder"
+        )
     if work.exists():
-        shutil.rmtree(work)
+        shutil.rmtree(work)  # only a folder this script made (it holds MARK)
+    work.mkdir(parents=True)
+    mark.touch()
     t0 = time.perf_counter()
     case = write_slide_case(work / "case", size=args.size)
     result = kill_run(

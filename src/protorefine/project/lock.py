@@ -212,15 +212,15 @@ def _create(path: Path, record: dict) -> bool:
 
 
 def _take_over(path: Path, stale: LockHolder) -> bool:
-    """Move a stale lock aside; False when what was moved turned out to be a fresh lock
-    (another process took over first), which is put back."""
+    """Move a stale lock aside and delete it; False when what was moved turned out not to be
+    that lock (another process took over first, or it no longer reads), which is put back."""
     aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.stale")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return True  # gone meanwhile: try to create it
     moved = _read(aside)
-    if moved is not None and moved.token != stale.token:
+    if moved is None or moved.token != stale.token:  # not the stale lock read: put it back
         with contextlib.suppress(OSError):
             os.link(aside, path)
         aside.unlink(missing_ok=True)
