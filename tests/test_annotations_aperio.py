@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
-from shapely.geometry import Polygon, box
+from shapely.geometry import Point, Polygon, box
 
 from protorefine.annotations import (
     TUMOR,
@@ -76,6 +77,20 @@ def test_reads_layers_and_negative_regions_as_holes(tmp_path: Path) -> None:
     assert s.annotations[0].geometry.equals(Polygon(SQUARE, [HOLE]))  # a hole, not a cut-out class
     assert s.annotations[2].geometry.equals(Polygon(STROMA))  # other layers keep their area
     assert read_aperio_xml(path).union().equals(s.union())
+
+
+def test_an_ellipse_region_is_the_ellipse_in_its_two_corners(tmp_path: Path) -> None:
+    """ImageScope saves an ellipse (Type 2) as two vertices, its bounding box's corners."""
+    path = tmp_path / "ellipse.xml"
+    ellipse = _region(1, [(3000.0, 1000.0), (1000.0, 2000.0)], kind=2)  # any two opposite corners
+    arrow = _region(2, [(100.0, 100.0), (900.0, 900.0)], kind=3)
+    path.write_text("<Annotations>" + _layer(1, "Tumor", ellipse + arrow) + "</Annotations>")
+    s = read_annotations(path, slide_shape=(8000, 8000))
+    assert len(s) == 1 and any("1 region(s) with fewer than 3" in w for w in s.warnings)
+    geom = s.annotations[0].geometry
+    assert geom.bounds == pytest.approx((1000, 1000, 3000, 2000))
+    assert geom.area == pytest.approx(math.pi * 1000 * 500, rel=2e-3)  # not the box's 2e6
+    assert geom.contains(Point(2000, 1500)) and not geom.contains(Point(1100, 1100))
 
 
 def test_unnamed_layer_is_unclassified_and_counts_as_tumour(tmp_path: Path) -> None:

@@ -372,10 +372,15 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui, tmp_path):
         meter = run_and_measure(qtbot, refine.runner, refine.run)
     assert refine.runner.last_outcome == "done", refine.runner.last_message
     meter.check()
-    # refined, confidence and the outline filled their placeholders; the pixel stage's
-    # probability (its own cell grid) is added once, hidden, within the stall budget above
-    assert added.names == [PIXEL_PROBABILITY, PIXEL_PSEUDO]
-    assert not viewer.layers[PIXEL_PROBABILITY].visible
+    # every result filled its placeholder (adding a layer stalls the window): refined,
+    # confidence, the outline, and the pixel stage's maps on their own cell grid, hidden
+    assert added.names == []
+    probability, _ = state.project.pixel_probability(state.slide_id)
+    for name in (PIXEL_PROBABILITY, PIXEL_PSEUDO):
+        layer = viewer.layers[name]
+        assert not layer.visible and not state.is_placeholder(layer)
+        assert layer.data.shape == probability.shape
+    assert np.allclose(viewer.layers[PIXEL_PROBABILITY].data, probability, atol=1e-3)
     assert "CPU" in refine.device_label.text()
     # the live plot got one loss point per epoch as the epochs ran (before the worker ended),
     # held-out loss and agreement in the first round, agreement after each round
@@ -975,6 +980,7 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
     first, second = (s.id for s in state.project.slides)
     rr, cc = np.nonzero(viewer.layers[REFINED].data == TUMOUR_LABEL)
     viewer.layers[CONFIDENCE].visible = False  # the user hid it: stays hidden on the next slide
+    viewer.layers[PIXEL_PROBABILITY].visible = True  # the user showed it: stays shown
     before = list(viewer.layers)
     coarse_file = state.project.coarse_path(second).read_bytes()
     state.show_slide(second)
@@ -990,6 +996,17 @@ def test_switching_slides_keeps_each_slides_results_and_corrections(qtbot, gui, 
     assert viewer.layers.index(outline) == len(viewer.layers) - 1  # drawn over the new slide
     stored = state.project.result_grid(second, "refined")
     assert np.array_equal(viewer.layers[REFINED].data == TUMOUR_LABEL, stored)
+    pixel = viewer.layers[PIXEL_PROBABILITY]
+    assert pixel.visible and not viewer.layers[PIXEL_PSEUDO].visible
+    assert np.allclose(pixel.data, state.project.pixel_probability(second)[0], atol=1e-3)
+    # a slide with no pixel maps: the layers become placeholders (hidden), then refill in place
+    for _ in state.pixel_layer_steps({}):
+        pass
+    assert state.is_placeholder(pixel) and not pixel.visible
+    assert state.layer(PIXEL_PROBABILITY) is None and pixel.data.shape == (1, 1)
+    state.show_pixel_probability()
+    assert list(viewer.layers) == before and pixel.name == PIXEL_PROBABILITY and pixel.visible
+    assert np.allclose(pixel.data, state.project.pixel_probability(second)[0], atol=1e-3)
     state.show_slide(first)
     review.corrections.paint_cells(rr[:3], cc[:3], NORMAL_LABEL)
     state.show_slide(second)

@@ -16,8 +16,10 @@ Each Annotation is a layer; its ``Name`` is the class of its regions (an unnamed
 unclassified, which counts as tumour). Vertices are level-0 pixels. A region with
 ``NegativeROA="1"`` is a negative region: a hole cut out of its own layer's regions.
 Regions with three or more vertices are read as polygons whatever their ``Type``
-(freehand, polygon, rectangle); arrows, rulers and other regions of fewer vertices are
-left out with a warning.
+(0 freehand or polygon, 1 rectangle). An ellipse (``Type="2"``) is stored as the two
+corners of its bounding box and is read as the ellipse inscribed in it (a polygon of
+:data:`ELLIPSE_VERTICES` vertices). Arrows (3), rulers and other regions of fewer
+vertices are left out with a warning.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ from protorefine.errors import ProtorefineError
 APERIO_ROOT = "Annotations"
 #: Property key holding the ImageScope layer (Annotation ``Id``) a region was read from.
 APERIO_LAYER = "aperio_layer"
+#: ImageScope's ``Region Type`` of an ellipse (stored as its bounding box's two corners).
+ELLIPSE_TYPE = "2"
+#: Vertices of the polygon an ImageScope ellipse is read as (chord error under 0.1 % of its radius).
+ELLIPSE_VERTICES = 72
+
+
+def ellipse_polygon(corners: Sequence[tuple[float, float]]) -> Polygon:
+    """The ellipse inscribed in the box with opposite ``corners`` ((x0, y0), (x1, y1))."""
+    (x0, y0), (x1, y1) = corners
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, abs(x1 - x0) / 2, abs(y1 - y0) / 2
+    angles = [2 * math.pi * k / ELLIPSE_VERTICES for k in range(ELLIPSE_VERTICES)]
+    return Polygon([(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles])
 
 
 def parse_xml_file(path: str | os.PathLike[str]) -> ET.Element:
@@ -99,10 +113,11 @@ def parse_aperio(root: ET.Element, source: str, *, allow_empty: bool = False) ->
         for j, region in enumerate(layer.iter("Region")):
             what = f"{source}: layer {layer_id} ({name or 'unnamed'}) region {region.get('Id') or j + 1}"
             points = _vertices(region, what)
-            if len(points) < 3:
+            ellipse = (region.get("Type") or "").strip() == ELLIPSE_TYPE and len(points) == 2
+            if len(points) < 3 and not ellipse:
                 too_few += 1
                 continue
-            poly = Polygon(points)
+            poly = ellipse_polygon(points) if ellipse else Polygon(points)
             if (region.get("NegativeROA") or "0").strip() == "1":
                 negative.append(poly)
             else:
@@ -122,7 +137,7 @@ def parse_aperio(root: ET.Element, source: str, *, allow_empty: bool = False) ->
     if too_few:
         warnings.append(
             f"{source}: left out {too_few} region(s) with fewer than 3 vertices "
-            "(arrows, rulers): only areas are read"
+            "(arrows, rulers): only areas (polygons, rectangles, ellipses) are read"
         )
     if not anns and not allow_empty:
         if not layers:

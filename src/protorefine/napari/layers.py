@@ -487,6 +487,18 @@ def pixel_layer(name: str, levels: Sequence[Any], cell0: float, s: float) -> Lay
     )
 
 
+def empty_pixel_map() -> np.ndarray:
+    """What a pixel-stage layer holds while its slide has no map (one transparent cell)."""
+    return np.zeros((1, 1), np.float32)
+
+
+def retarget_pixel_layer(layer: Layer, levels: Sequence[Any], cell0: float, s: float) -> None:
+    """Give a :func:`pixel_layer` another map of the same kind (pyramid or one array) in place:
+    swapping data costs a repaint, a new layer several times that."""
+    layer.data = list(levels) if layer.multiscale else levels[0]
+    layer.scale, layer.translate = pixel_layer_geometry(cell0, s)
+
+
 def pixel_maps(project: Project, slide_id: str) -> dict[str, tuple[list[Any], float]]:
     """The pixel stage's stored maps of a slide by layer name (``PIXEL_LAYERS``), each as its
     levels (one in memory when the map is small, else the lazy pyramid: napari reads what it

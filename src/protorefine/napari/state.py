@@ -223,6 +223,8 @@ class ProtorefineState:
         assert self.project is not None and self.slide_id is not None and self.slide is not None
         grid = self._current_grid()
         for name in PLACEHOLDER_LAYERS:
+            if name in PIXEL_LAYERS:  # their own cell grid: :meth:`show_pixel_probability`
+                continue
             values = None
             if name in self.grid_layer_names and grid is not None:
                 values = L.stored_grid_values(self.project, self.slide_id, name)
@@ -262,8 +264,13 @@ class ProtorefineState:
     def pixel_layer_steps(
         self, maps: dict[str, tuple[list[Any], float]] | None = None
     ) -> Iterator[None]:
-        """:meth:`show_pixel_probability` one layer per event-loop turn (each add repaints),
-        from ``maps`` read in a worker (by layer name), else read here."""
+        """:meth:`show_pixel_probability` one layer per event-loop turn (each change repaints),
+        from ``maps`` read in a worker (by layer name), else read here.
+
+        A map fills its layer, or the layer's placeholder, in place; a layer whose slide has
+        no map becomes the placeholder again. Only a map whose pyramid-ness differs from its
+        layer's (a single array cannot become a pyramid) costs a new layer.
+        """
         if maps is None:
             maps = {}
             if self.project is not None and self.slide_id is not None:
@@ -272,19 +279,27 @@ class ProtorefineState:
             layer = self.layer(name)
             if name not in maps:
                 if layer is not None:
-                    self.viewer.layers.remove(layer)
+                    self._visible[name] = layer.visible
+                    layer.visible = False
+                    L.retarget_pixel_layer(layer, [L.empty_pixel_map()], 1.0, self.pixel_scale)
+                    layer.name = name + PLACEHOLDER_SUFFIX
+                    self._placeholders[name] = layer
                     yield
                 continue
             levels, cell0 = maps[name]
-            if layer is not None and layer.multiscale != (len(levels) > 1):
-                self.viewer.layers.remove(layer)  # a single array cannot become a pyramid
-                layer = None
+            target = layer if layer is not None else self._placeholders.get(name)
+            if target is not None and target.multiscale != (len(levels) > 1):
+                self._placeholders.pop(name, None)
+                self.viewer.layers.remove(target)
+                target = layer = None
                 yield
-            if layer is None:
+            if target is None or target not in self.viewer.layers:
+                self._placeholders.pop(name, None)
                 self._add_below_outline(L.pixel_layer(name, levels, cell0, self.pixel_scale))
             else:
-                layer.data = list(levels) if layer.multiscale else levels[0]
-                layer.scale, layer.translate = L.pixel_layer_geometry(cell0, self.pixel_scale)
+                L.retarget_pixel_layer(target, levels, cell0, self.pixel_scale)
+                if layer is None:
+                    self.take_placeholder(name)
             yield
 
     def set_grid_layer(self, name: str, values: np.ndarray, **kwargs: Any) -> Layer:
@@ -397,6 +412,8 @@ class ProtorefineState:
             )
             # visible but empty: draws nothing, and showing the outline later costs no shader build
             return Layer.create(data, meta, kind)
+        if name in PIXEL_LAYERS:
+            return L.pixel_layer(title, [L.empty_pixel_map()], 1.0, self.pixel_scale)
         grid = self._current_grid()
         style: dict[str, Any] = {}
         if name in IMAGE_GRID_LAYERS:  # styled up front: restyling a shown layer is slow
