@@ -253,12 +253,31 @@ def test_cluster_run_with_the_pixel_stage_equals_one_machine(
     local = new_project(tmp_path / "local", cohort, cfg)
     Pipeline(local).run()
     project = new_project(tmp_path / "cluster", cohort, cfg)
-    # the pixel stage on the client finds every slide's dense features the workers cached
+    # dense features, known cells, self-training and tracing run on the workers; the client
+    # fits the cohort model from their summaries and stores what they send back
     no_local_work(monkeypatch)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the pixel stage's per-slide work ran on the client")
+
+    for name in ("prepare_slide", "refine_slide", "pixel_outline"):
+        monkeypatch.setattr(pipeline_mod, name, refuse)
+    seen = []
     pipe = ClusterPipeline(project, cluster)
-    pipe.run()
-    assert set(pipe.slide_runs["pixels"]) == {"s0", "s1", "s2"}
+    pipe.run(progress=lambda done, total, msg: seen.append((done, total, msg)))
+    workers = set(cluster.workers())
+    for record in ("pixels", "pixels-outline"):
+        runs = pipe.slide_runs[record]
+        assert set(runs) == {"s0", "s1", "s2"}
+        assert all(r["worker"] in workers for r in runs.values())
+    assert [d for d, t, m in seen if m.startswith("pixels: s") and t == 3] == [1, 2, 3] * 2
     assert_same_outlines(local, project, "pixels")
+    # the stored maps are the one-machine run's, to one float16 step (the workers' thread
+    # counts change the order of floating-point sums)
+    for sid in ("s0", "s1", "s2"):
+        a, b = local.pixel_probability(sid), project.pixel_probability(sid)
+        assert a is not None and b is not None, sid
+        assert np.allclose(a[0], b[0], atol=1e-3), sid
 
 
 @pytest.mark.gui

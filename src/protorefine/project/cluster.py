@@ -1,13 +1,16 @@
 """Refine on a dask.distributed cluster (``protorefine refine --scheduler``).
 
-The per-slide work of a stage (patch grid, patch features, stain statistics, dense
-features) runs as one task a slide on the cluster's workers; each worker writes its slide's
-result into the project's own caches (``features/``, ``colour/``, ``dense/``) with the same
-atomic writes a local run uses, or, for the grid, returns it to the client. The stages
-themselves then run on the client exactly as in a local run, find those caches filled and
-write their stage folders, so the project stays the single source of truth: a killed run
-resumes like a local one, and a stage is never half-written. The cross-slide stages
-(prototypes, pseudo-labels, classifier, the pixel stage's training) run on the client.
+The per-slide work of a stage (patch grid, patch features, stain statistics) runs as one
+task a slide on the cluster's workers; each worker writes its slide's result into the
+project's own caches (``features/``, ``colour/``) with the same atomic writes a local run
+uses, or, for the grid, returns it to the client. The stages themselves then run on the
+client exactly as in a local run, find those caches filled and write their stage folders,
+so the project stays the single source of truth: a killed run resumes like a local one, and
+a stage is never half-written. The pixel stage sends its two per-slide steps itself: dense
+features (cached in ``dense/``) and known cells, whose small summaries come back for the
+cohort model; then self-training, probability and outline tracing, whose maps and polygons
+come back for the client to store. The cross-slide stages (prototypes, pseudo-labels,
+classifier, the pixel stage's cohort model) run on the client.
 
 Workers must see the project folder and the slides at the same paths as the client (a
 shared file system). A worker lost mid-task is replaced by the scheduler, which runs its
@@ -29,16 +32,21 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features import get_encoder
+from protorefine.features.dense import dense_grid
 from protorefine.features.grid import PatchGrid
-from protorefine.project.pipeline import Pipeline
+from protorefine.project.pipeline import Pipeline, PixelOutput
 from protorefine.project.store import Project
 from protorefine.refine.config import RefineConfig
+from protorefine.refine.pixels import PixelPrep
 
 #: Seconds to wait for a scheduler to answer before the address is refused.
 CONNECT_TIMEOUT_S = 10
@@ -47,8 +55,11 @@ WORKER_WAIT_S = 300
 #: Times a slide's task is run again after it raised (a lost worker is handled by the
 #: scheduler itself, up to its ``distributed.scheduler.allowed-failures``).
 RETRIES = 2
-#: The stages whose per-slide work runs on the workers, before the stage itself runs.
-SLIDE_STAGES = ("grid", "features", "output", "pixels")
+#: The stages whose per-slide work runs on the workers, before the stage itself runs (the
+#: pixel stage sends its per-slide steps from within).
+SLIDE_STAGES = ("grid", "features", "output")
+#: The cohort model's share of a slide's cells, which its own steps on a worker do not need.
+_NO_SAMPLE = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0))
 #: What ``local:N`` looks like.
 _LOCAL = re.compile(r"local:(?P<n>\d+)")
 #: A scheduler address without a protocol (``host:port``) is a TCP one.
@@ -240,12 +251,47 @@ class ClusterPipeline(Pipeline):
         cfg = self.config
         if name == "output":
             return cfg.colour_prototypes > 0 and cfg.colour_weight > 0 and cfg.output_upsample > 1
-        if name == "pixels":
-            return bool(cfg.pixel_level)
         return True
 
     def _on_workers(self, name: str, progress: Progress | None, cancel: Cancel | None) -> None:
         """One task a slide of stage ``name`` on the workers; progress counts slides done."""
+        say = progress or (lambda *_: None)
+        results = self._slide_tasks(
+            name, name, {}, lambda d, n, m: say(d, n, f"{name}: {m}"), cancel
+        )
+        for sid, result in results.items():
+            grid = result.pop("grid", None)
+            if grid is not None:
+                self.ready_grids[sid] = PatchGrid.from_dict(grid)
+
+    def _pixel_prepares(self, ids: list[str], prog, check) -> list[PixelPrep]:
+        """Each slide's dense features and known cells on the workers; their small
+        summaries (:class:`PixelPrep`) come back for the cohort model."""
+        args = {sid: (i, len(ids)) for i, sid in enumerate(ids)}
+        results = self._slide_tasks("pixel-prepare", "pixels", args, prog, check)
+        return [results[sid].pop("prep") for sid in ids]
+
+    def _pixel_finishes(
+        self, ids: list[str], preps: list[PixelPrep], cohort, prog, check
+    ) -> list[PixelOutput]:
+        """Each slide's self-training, probability and traced outline on the workers."""
+        args = {
+            sid: (i, replace(prep, sample=_NO_SAMPLE), cohort)  # the cohort's share stays here
+            for i, (sid, prep) in enumerate(zip(ids, preps, strict=True))
+        }
+        results = self._slide_tasks("pixel-finish", "pixels-outline", args, prog, check)
+        return [results[sid].pop("output") for sid in ids]
+
+    def _slide_tasks(
+        self,
+        task: str,
+        record: str,
+        args: dict[str, tuple],
+        say: Progress,
+        cancel: Cancel | None,
+    ) -> dict[str, dict]:
+        """One ``task`` a slide (with its ``args``) on the workers, their results by slide;
+        each slide's worker and seconds kept in ``slide_runs[record]``."""
         from distributed import wait
 
         client = self.cluster.client
@@ -257,29 +303,28 @@ class ClusterPipeline(Pipeline):
         futures = {
             client.submit(
                 slide_task,
-                name,
+                task,
                 folder,
                 config,
                 sid,
                 self.partial,
                 hosts,
-                key=f"protorefine-{name}-{sid}-{run}",
+                args.get(sid, ()),
+                key=f"protorefine-{task}-{sid}-{run}",
                 retries=RETRIES,
                 pure=False,
             ): sid
             for sid in ids
         }
         n = len(ids)
-        done_n = 0
         runs: dict[str, dict] = {}
-        say = progress or (lambda *_: None)
-        say(0, n, f"{name}: {n} slide(s) on {len(self.cluster.workers())} worker(s)")
+        say(0, n, f"{n} slide(s) on {len(self.cluster.workers())} worker(s)")
         pending = set(futures)
         try:
             while pending:
                 if cancel is not None and cancel():
                     raise CancelledError(
-                        f"run cancelled in stage {name!r}; finished slides are kept"
+                        f"run cancelled in stage {record!r}; finished slides are kept"
                     )
                 try:
                     with client.as_current():  # this client, not a dask-wide default
@@ -289,19 +334,17 @@ class ClusterPipeline(Pipeline):
                 except TimeoutError:
                     continue
                 for fut in finished:
-                    result = _result(fut, futures[fut], name)
                     sid = futures[fut]
-                    grid = result.pop("grid", None)
-                    if grid is not None:
-                        self.ready_grids[sid] = PatchGrid.from_dict(grid)
-                    runs[sid] = result
-                    done_n += 1
+                    runs[sid] = result = _result(fut, sid, record)
                     took = f"{result['seconds']:.1f} s" + (", cached" if result["cached"] else "")
-                    say(done_n, n, f"{name}: {sid} on {result['worker']} ({took})")
+                    say(len(runs), n, f"{sid} on {result['worker']} ({took})")
         finally:
             if pending:
                 client.cancel(list(pending))  # running tasks finish; their writes are atomic
-        self.slide_runs[name] = {sid: runs[sid] for sid in ids}
+        self.slide_runs[record] = {
+            sid: {k: runs[sid][k] for k in ("worker", "seconds", "cached")} for sid in ids
+        }
+        return runs
 
 
 def _result(future: Any, slide_id: str, stage: str) -> dict:
@@ -334,10 +377,12 @@ def slide_task(
     slide_id: str,
     partial: bool,
     hosts: dict[str, int] | None = None,
+    args: tuple = (),
 ) -> dict:
     """Run on a worker: stage ``stage``'s work for one slide of the project at ``folder``
-    with the client's ``config``. Returns the worker's address, seconds, whether the
-    result was cached (and the grid for the grid stage); a ProtorefineError comes back as
+    with the client's ``config`` (and the step's ``args``). Returns the worker's address,
+    seconds, whether the result was cached, and what the step gives back (the grid of the
+    grid stage, the pixel stage's summary or output); a ProtorefineError comes back as
     ``{"error": message}`` (a user's error is not retried). ``hosts``
     (:meth:`Cluster.hosts`) shares each machine's cores among its workers' task threads."""
     from distributed import get_worker
@@ -347,7 +392,7 @@ def slide_task(
     worker = me.address
     _share_cores((hosts or {}).get(me.ip, 0))
     try:
-        out = _slide_work(stage, folder, config, slide_id, partial)
+        out = _slide_work(stage, folder, config, slide_id, partial, args)
     except ProtorefineError as exc:
         return {"error": f"worker {worker}: {exc}"}
     out.update(worker=worker, seconds=round(time.perf_counter() - t0, 3))
@@ -366,7 +411,9 @@ def _share_cores(threads_on_host: int) -> None:
     torch.set_num_threads(max(1, (cores or 1) // threads_on_host))
 
 
-def _slide_work(stage: str, folder: str, config: dict, slide_id: str, partial: bool) -> dict:
+def _slide_work(
+    stage: str, folder: str, config: dict, slide_id: str, partial: bool, args: tuple = ()
+) -> dict:
     if not (Path(folder) / "config.json").is_file():
         raise ProtorefineError(
             f"{folder}: this worker cannot see the project folder; workers need the client's "
@@ -391,8 +438,14 @@ def _slide_work(stage: str, folder: str, config: dict, slide_id: str, partial: b
         had = path.exists() and cells.exists() and cells.read_text() == grid.signature()
         pipe.stain_features(slide_id, grid, factor)
         return {"cached": had}
-    if stage == "pixels":
-        return {"cached": not pipe.dense_slide(slide_id)}
+    if stage == "pixel-prepare":
+        index, n_slides = args
+        dgrid = dense_grid(project.open_slide(slide_id), mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
+        had = pipe._cached_dense(slide_id, dgrid)[0] is not None
+        return {"prep": pipe.pixel_prepare(slide_id, index, n_slides), "cached": had}
+    if stage == "pixel-finish":
+        index, prep, cohort = args
+        return {"output": pipe.pixel_finish(slide_id, index, prep, cohort), "cached": False}
     raise ProtorefineError(f"stage {stage!r} has no per-slide work")
 
 

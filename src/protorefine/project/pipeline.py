@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from scipy import ndimage as ndi
 from protorefine._atomic import atomic_path, atomic_write_text
 from protorefine._types import Cancel, Progress
 from protorefine.annotations import (
+    AnnotationSet,
     rasterize,
     read_annotations,
     read_geojson,
@@ -67,7 +69,16 @@ from protorefine.project.stages import (
 from protorefine.project.store import Project, same_annotations, write_npz
 from protorefine.refine.classifier import load_checkpoint, save_checkpoint
 from protorefine.refine.config import STAGE_ORDER, RefineConfig
-from protorefine.refine.pixels import PixelSlide, pixel_mask, pixel_outline, pixel_probability
+from protorefine.refine.pixels import (
+    PixelPrep,
+    PixelResult,
+    PixelSlide,
+    cohort_model,
+    pixel_mask,
+    pixel_outline,
+    prepare_slide,
+    refine_slide,
+)
 from protorefine.refine.prototypes import Prototypes, carry_marks
 from protorefine.refine.pseudolabels import PseudoLabels
 from protorefine.refine.stain_clusters import cell_features, cell_sums
@@ -91,6 +102,17 @@ def cell_tissue(slide, grid: DenseGrid) -> np.ndarray:
     ty = np.minimum(((np.arange(grid.rows) + 0.5) * grid.cell0 / ds).astype(int), mask.shape[0] - 1)
     tx = np.minimum(((np.arange(grid.cols) + 0.5) * grid.cell0 / ds).astype(int), mask.shape[1] - 1)
     return mask[ty[:, None], tx[None, :]]
+
+
+@dataclass
+class PixelOutput:
+    """One slide's pixel-stage output as the stage stores it: the probability and pseudo-mask
+    (``result``), the traced ``outline``, the dense ``grid`` and the report's ``counts``."""
+
+    result: PixelResult
+    outline: AnnotationSet
+    grid: DenseGrid
+    counts: dict
 
 
 class Pipeline:
@@ -120,6 +142,8 @@ class Pipeline:
         self.times: dict[str, float] = {}
         #: Patch grids laid elsewhere (a cluster's workers) that the grid stage stores as its own.
         self.ready_grids: dict[str, PatchGrid] = {}
+        self._pixel_inputs: dict[str, tuple[PixelSlide, DenseGrid]] = {}
+        self._dense_encoder: DenseEncoder | None = None
 
     @property
     def slides(self) -> list:
@@ -520,59 +544,105 @@ class Pipeline:
         cfg = self.config
         if not cfg.pixel_level:
             return {"off": True}
-        encoder: DenseEncoder | None = None
-        slides, grids, assumed = [], [], []
-        n = len(self.slides)
-        for i, s in enumerate(self.slides):
-            slide = self.project.open_slide(s.id)
-            grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
-            if grid.mpp is None:
-                assumed.append(s.id)
-            feats, key = self._cached_dense(s.id, grid)
-            if feats is None:
-                encoder = encoder or DenseEncoder(resolve_device(cfg.device))
-                feats = self._dense(slide, grid, encoder, key, i, n, prog, check)
-            slides.append(self._pixel_slide(s.id, slide, grid, feats))
-            grids.append(grid)
-        results = pixel_probability(slides, cfg, progress=prog, cancel=check)
-        counts = {}
-        for s, grid, ps, res in zip(self.slides, grids, slides, results, strict=True):
-            prob = res.prob
-            cell_um = grid.cell_um or cfg.pixel_cell * cfg.pixel_mpp
-            mask = pixel_mask(prob, ps.tissue, cfg, cell_um)
-            f = max(1, int(cfg.pixel_upsample))
-            outline = pixel_outline(
-                mask,
-                grid.cell0 / f,
-                self.project.slide(s.id).shape,
-                classification=tumour_class_name(self.project.coarse(s.id)),
-                smoothing=cfg.outline_smoothing,
-            )
-            write_pyramid(prob, out / slide_file(PIXEL_PROB_FILE, s.id))
-            write_pyramid(res.pseudo, out / slide_file(PIXEL_PSEUDO_FILE, s.id))
-            (out / slide_file(PIXEL_GRID_FILE, s.id)).write_text(json.dumps(grid.__dict__))
-            write_geojson(outline, out / slide_file(OUTLINE_FILE, s.id))
-            counts[s.id] = {
-                "cells": [grid.rows, grid.cols],
-                "cell_um": cell_um,
-                "tumour_share": round(float(mask.mean()), 4),
-            }
-        return {"slides": counts, "assumed_mpp": assumed}
+        ids = [s.id for s in self.slides]
+        preps = self._pixel_prepares(ids, prog, check)
+        if check():
+            raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
+        cohort = cohort_model(preps, cfg)
+        outputs = self._pixel_finishes(ids, preps, cohort, prog, check)
+        for sid, o in zip(ids, outputs, strict=True):
+            write_pyramid(o.result.prob, out / slide_file(PIXEL_PROB_FILE, sid))
+            write_pyramid(o.result.pseudo, out / slide_file(PIXEL_PSEUDO_FILE, sid))
+            (out / slide_file(PIXEL_GRID_FILE, sid)).write_text(json.dumps(o.grid.__dict__))
+            write_geojson(o.outline, out / slide_file(OUTLINE_FILE, sid))
+        return {
+            "slides": {sid: o.counts for sid, o in zip(ids, outputs, strict=True)},
+            "assumed_mpp": [sid for sid, o in zip(ids, outputs, strict=True) if o.grid.mpp is None],
+        }
 
-    def dense_slide(self, slide_id: str, *, cancel: Cancel | None = None) -> bool:
-        """Fill the project's dense-feature cache of one slide as the pixel stage does (same
-        grid, same signature) unless it is there already; True when computed. A cluster's
-        worker calls it per slide before the pixel stage runs, which then finds it cached."""
+    def _pixel_prepares(self, ids: list[str], prog, check) -> list[PixelPrep]:
+        """:meth:`pixel_prepare` for each slide, here (a cluster sends them to its workers)."""
+        preps = []
+        for i, sid in enumerate(ids):
+            if check():
+                raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
+            preps.append(self.pixel_prepare(sid, i, len(ids), prog, check))
+            prog(i + 1, len(ids), f"slide {i + 1}/{len(ids)}: known cells")
+        return preps
+
+    def _pixel_finishes(
+        self, ids: list[str], preps: list[PixelPrep], cohort, prog, check
+    ) -> list[PixelOutput]:
+        """:meth:`pixel_finish` for each slide, here (a cluster sends them to its workers)."""
+        outputs = []
+        for i, (sid, prep) in enumerate(zip(ids, preps, strict=True)):
+            if check():
+                raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
+            outputs.append(self.pixel_finish(sid, i, prep, cohort))
+            prog(i + 1, len(ids), f"slide {i + 1}/{len(ids)}: self-training and outline")
+        return outputs
+
+    def pixel_prepare(
+        self, slide_id: str, index: int, n_slides: int, prog=None, check=None
+    ) -> PixelPrep:
+        """Slide ``index`` of ``n_slides`` for the cohort model (:func:`prepare_slide`), its
+        dense features computed first unless cached. One machine or a cluster's worker."""
+        ps, _ = self._pixel_input(slide_id, index, n_slides, prog, check)
+        return prepare_slide(ps, self.config, index, n_slides)
+
+    def pixel_finish(self, slide_id: str, index: int, prep: PixelPrep, cohort) -> PixelOutput:
+        """Slide ``index``'s probability (:func:`refine_slide`), mask and traced outline."""
+        cfg = self.config
+        ps, grid = self._pixel_input(slide_id, index, 1)
+        res = refine_slide(ps, prep, cohort, cfg, index)
+        cell_um = grid.cell_um or cfg.pixel_cell * cfg.pixel_mpp
+        mask = pixel_mask(res.prob, ps.tissue, cfg, cell_um)
+        outline = pixel_outline(
+            mask,
+            grid.cell0 / max(1, int(cfg.pixel_upsample)),
+            self.project.slide(slide_id).shape,
+            classification=tumour_class_name(self.project.coarse(slide_id)),
+            smoothing=cfg.outline_smoothing,
+        )
+        counts = {
+            "cells": [grid.rows, grid.cols],
+            "cell_um": cell_um,
+            "tumour_share": round(float(mask.mean()), 4),
+        }
+        self._pixel_inputs.pop(slide_id, None)  # its maps are not needed any more
+        return PixelOutput(res, outline, grid, counts)
+
+    def _pixel_input(
+        self, slide_id: str, index: int, n_slides: int, prog=None, check=None
+    ) -> tuple[PixelSlide, DenseGrid]:
+        """A slide's dense cells (:meth:`_pixel_slide`) and grid, its dense features computed
+        and cached first unless they are; kept from :meth:`pixel_prepare` to
+        :meth:`pixel_finish`."""
+        kept = self._pixel_inputs.get(slide_id)
+        if kept is not None:
+            return kept
         cfg = self.config
         slide = self.project.open_slide(slide_id)
         grid = dense_grid(slide, mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)
         feats, key = self._cached_dense(slide_id, grid)
-        if feats is not None:
-            return False
-        encoder = DenseEncoder(resolve_device(cfg.device))
-        check = cancel or (lambda: False)
-        self._dense(slide, grid, encoder, key, 0, 1, lambda *_: None, check)
-        return True
+        if feats is None:
+            if self._dense_encoder is None:
+                self._dense_encoder = DenseEncoder(resolve_device(cfg.device))
+            feats = self._dense(
+                slide,
+                grid,
+                self._dense_encoder,
+                key,
+                index,
+                n_slides,
+                prog or (lambda *_: None),
+                check or (lambda: False),
+            )
+        kept = self._pixel_inputs[slide_id] = (
+            self._pixel_slide(slide_id, slide, grid, feats),
+            grid,
+        )
+        return kept
 
     def _cached_dense(self, slide_id: str, grid: DenseGrid):
         """A slide's cached dense features (a memory map) when they were computed on ``grid``

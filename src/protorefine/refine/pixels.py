@@ -167,6 +167,93 @@ class PixelResult:
     pseudo: np.ndarray
 
 
+@dataclass
+class PixelPrep:
+    """What one slide gives the cohort model, and keeps for its own: its z-scoring, its
+    known cells (flat indices, labels) and its share of the cohort model's training cells
+    (standardised features, labels, weights). Small: a cluster's worker sends it back."""
+
+    norm: _Standardiser
+    known: tuple[np.ndarray, np.ndarray]
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _slide_rng(config: RefineConfig, index: int, step: int) -> np.random.Generator:
+    """The random draws of slide ``index``'s step: the same wherever the slide is computed
+    (one machine or a cluster's worker), whatever order the slides run in."""
+    return np.random.default_rng([int(config.seed), index, step])
+
+
+def prepare_slide(slide: PixelSlide, config: RefineConfig, index: int, n_slides: int) -> PixelPrep:
+    """Slide ``index`` of ``n_slides``: its z-scoring, known cells and cohort-model share."""
+    rng = _slide_rng(config, index, 0)
+    norm = _Standardiser(slide, rng)
+    idx, y = _reliable(slide, config)
+    if not (y == 0).any():
+        raise ProtorefineError(
+            f"pixel stage: the coarse outline of {slide.name!r} leaves no tissue outside it, "
+            "nothing to learn normal tissue from; draw the outline around the tumour, "
+            "not the whole slide"
+        )
+    pick = np.searchsorted(idx, _sample(idx, max(200, MAX_TRAIN // max(1, n_slides)), rng))
+    sample = (norm(slide, idx[pick]), y[pick], _weights(slide, idx[pick], config))
+    return PixelPrep(norm, (idx, y), sample)
+
+
+def cohort_model(preps: Sequence[PixelPrep], config: RefineConfig):
+    """The model of what tumour looks like across the cohort: every slide's share of known
+    cells together (None for a single slide, whose own model says it all)."""
+    if len(preps) < 2:
+        return None
+    x, y, w = (np.concatenate(part) for part in zip(*(p.sample for p in preps), strict=True))
+    return _fit(x, y, w, float(config.pixel_c), config.seed)
+
+
+def refine_slide(
+    slide: PixelSlide, prep: PixelPrep, cohort, config: RefineConfig, index: int
+) -> PixelResult:
+    """Slide ``index``'s probability per cell: its own model and ``cohort`` (with the patch
+    stage's outline) give the first pass; self-training on its confident cells the result."""
+    rng = _slide_rng(config, index, 1)
+    norm, (idx, y) = prep.norm, prep.known
+    c_first, c_self = float(config.pixel_c), 10.0 * float(config.pixel_c)
+    pick = np.searchsorted(idx, _sample(idx, MAX_TRAIN, rng))
+    own = _fit(
+        norm(slide, idx[pick]), y[pick], _weights(slide, idx[pick], config), c_first, config.seed
+    )
+    preds = [_predict(m, slide, norm) for m in (cohort, own) if m is not None]
+    if not preds:  # one class only among the known cells: keep the coarse outline
+        keep = ((slide.distance > 0) & slide.tissue).astype(np.float32)
+        return PixelResult(keep, keep)
+    first = np.mean(preds, axis=0)
+    if slide.prior is not None:  # the patch stage's outline: the evidence of its head
+        first = 0.5 * (first + slide.prior)
+    # self-training: the slide's confident cells decide the band near the outline
+    tissue = slide.tissue.ravel()
+    q = smooth_on_tissue(first, slide.tissue, config.pixel_smooth).ravel()
+    conf = np.abs(2 * q - 1) >= config.pixel_confidence
+    label = (q >= 0.5).astype(np.int64)
+    far_out = slide.distance.ravel() <= -config.pixel_reliable_um
+    label[far_out] = 0
+    use = (conf | far_out) & tissue
+    if slide.labels is not None:
+        corr = slide.labels.ravel()
+        label[corr >= 0] = corr[corr >= 0]
+        use |= (corr >= 0) & tissue
+    sel = _sample(np.flatnonzero(use), MAX_TRAIN, rng)
+    again = _fit(norm(slide, sel), label[sel], _weights(slide, sel, config), c_self, config.seed)
+    prob = _predict(again, slide, norm) if again is not None else first
+    # coarse outlines miss tumour next to them, not far away: beyond pixel_outside_um
+    # outside (where the benchmark cohorts hold no tumour) the probability is 0
+    prob = np.where(slide.distance < -config.pixel_outside_um, 0.0, prob)
+    if slide.labels is not None:
+        prob = np.where(slide.labels >= 0, slide.labels, prob)
+    return PixelResult(
+        np.where(slide.tissue, prob, 0).astype(np.float32),
+        np.where(slide.tissue, first, 0).astype(np.float32),
+    )
+
+
 def pixel_probability(
     slides: Sequence[PixelSlide],
     config: RefineConfig,
@@ -175,12 +262,12 @@ def pixel_probability(
     cancel: Cancel | None = None,
 ) -> list[PixelResult]:
     """Tumour probability per dense cell of every slide, corrections forced, with the first
-    pass it was self-trained from."""
+    pass it was self-trained from: :func:`prepare_slide` each, :func:`cohort_model`, then
+    :func:`refine_slide` each (what a cluster runs on its workers, slide by slide)."""
     if not slides:
         raise ProtorefineError("pixel stage: no slides")
-    rng = np.random.default_rng(config.seed)
-    total = 2 * len(slides) + 1
-    done = 0
+    n = len(slides)
+    total, done = 2 * n + 1, 0
 
     def step(msg: str) -> None:
         nonlocal done
@@ -190,73 +277,16 @@ def pixel_probability(
         if progress is not None:
             progress(done, total, msg)
 
-    norms = [_Standardiser(s, rng) for s in slides]
-    known = [_reliable(s, config) for s in slides]
-    for s, (_, y) in zip(slides, known, strict=True):
-        if not (y == 0).any():
-            raise ProtorefineError(
-                f"pixel stage: the coarse outline of {s.name!r} leaves no tissue outside it, "
-                "nothing to learn normal tissue from; draw the outline around the tumour, "
-                "not the whole slide"
-            )
-    c_first, c_self = float(config.pixel_c), 10.0 * float(config.pixel_c)
-    # the cohort model: every slide's known cells together (a share of MAX_TRAIN each)
-    per = max(200, MAX_TRAIN // len(slides))
-    xs, ys, ws = [], [], []
-    for s, norm, (idx, y) in zip(slides, norms, known, strict=True):
-        pick = np.searchsorted(idx, _sample(idx, per, rng))
-        xs.append(norm(s, idx[pick]))
-        ys.append(y[pick])
-        ws.append(_weights(s, idx[pick], config))
-    cohort = (
-        _fit(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), c_first, config.seed)
-        if len(slides) > 1
-        else None
-    )
+    preps = []
+    for k, s in enumerate(slides):
+        preps.append(prepare_slide(s, config, k, n))
+        step(f"slide {k + 1}/{n}: known cells")
+    cohort = cohort_model(preps, config)
     step("cohort model")
     out = []
-    for k, (s, norm, (idx, y)) in enumerate(zip(slides, norms, known, strict=True)):
-        pick = np.searchsorted(idx, _sample(idx, MAX_TRAIN, rng))
-        own = _fit(
-            norm(s, idx[pick]), y[pick], _weights(s, idx[pick], config), c_first, config.seed
-        )
-        preds = [_predict(m, s, norm) for m in (cohort, own) if m is not None]
-        if not preds:  # one class only among the known cells: keep the coarse outline
-            keep = ((s.distance > 0) & s.tissue).astype(np.float32)
-            out.append(PixelResult(keep, keep))
-            step(f"slide {k + 1}/{len(slides)}")
-            step(f"slide {k + 1}/{len(slides)}")
-            continue
-        first = np.mean(preds, axis=0)
-        if s.prior is not None:  # the patch stage's outline: the evidence of its head
-            first = 0.5 * (first + s.prior)
-        step(f"slide {k + 1}/{len(slides)}: first pass")
-        # self-training: the slide's confident cells decide the band near the outline
-        q = smooth_on_tissue(first, s.tissue, config.pixel_smooth).ravel()
-        conf = np.abs(2 * q - 1) >= config.pixel_confidence
-        label = (q >= 0.5).astype(np.int64)
-        far_out = s.distance.ravel() <= -config.pixel_reliable_um
-        label[far_out] = 0
-        use = (conf | far_out) & s.tissue.ravel()
-        if s.labels is not None:
-            corr = s.labels.ravel()
-            label[corr >= 0] = corr[corr >= 0]
-            use |= (corr >= 0) & s.tissue.ravel()
-        sel = _sample(np.flatnonzero(use), MAX_TRAIN, rng)
-        again = _fit(norm(s, sel), label[sel], _weights(s, sel, config), c_self, config.seed)
-        prob = _predict(again, s, norm) if again is not None else first
-        # coarse outlines miss tumour next to them, not far away: beyond pixel_outside_um
-        # outside (where the benchmark cohorts hold no tumour) the probability is 0
-        prob = np.where(s.distance < -config.pixel_outside_um, 0.0, prob)
-        if s.labels is not None:
-            prob = np.where(s.labels >= 0, s.labels, prob)
-        out.append(
-            PixelResult(
-                np.where(s.tissue, prob, 0).astype(np.float32),
-                np.where(s.tissue, first, 0).astype(np.float32),
-            )
-        )
-        step(f"slide {k + 1}/{len(slides)}: self-training")
+    for k, (s, prep) in enumerate(zip(slides, preps, strict=True)):
+        out.append(refine_slide(s, prep, cohort, config, k))
+        step(f"slide {k + 1}/{n}: self-training")
     return out
 
 
