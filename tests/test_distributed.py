@@ -112,11 +112,19 @@ def no_local_work(monkeypatch) -> None:
 def test_cluster_run_equals_one_machine(cluster, one_machine, cohort, tmp_path, monkeypatch):
     project = new_project(tmp_path / "p", cohort)
     no_local_work(monkeypatch)
-    seen = []
+    seen, tasks = [], []
     pipe = ClusterPipeline(project, cluster)
+    pipe.on_task = tasks.append
     pipe.run(progress=lambda done, total, msg: seen.append((done, total, msg)))
     assert_same_outlines(one_machine, project)
     workers = set(cluster.workers())
+    # each slide task's state, as napari's slide list shows it: queued, (on a worker), done
+    for sid in ("s0", "s1", "s2"):
+        states = [t for t in tasks if t.step == "features" and t.slide_id == sid]
+        assert states[0].state == "queued" and states[-1].state == "done"
+        assert {t.state for t in states[1:-1]} <= {"running"}
+        assert states[-1].worker in workers and states[-1].seconds >= 0
+        assert states[-1].describe().startswith("features: ") and " s on " in states[-1].describe()
     for stage in ("grid", "features", "output"):
         runs = pipe.slide_runs[stage]
         assert set(runs) == {"s0", "s1", "s2"}
@@ -285,7 +293,7 @@ def test_napari_runs_on_the_scheduler_set_in_the_project_pane(
     make_napari_viewer, qtbot, cluster, cohort, tmp_path, monkeypatch
 ):
     from protorefine.napari.state import get_state
-    from protorefine.napari.widgets.project import ProjectWidget
+    from protorefine.napari.widgets.project import TASK_COLUMN, ProjectWidget
     from protorefine.napari.widgets.prototypes import PrototypesWidget
 
     viewer = make_napari_viewer()
@@ -293,17 +301,31 @@ def test_napari_runs_on_the_scheduler_set_in_the_project_pane(
     state = get_state(viewer)
     project = new_project(tmp_path / "p", cohort)
     state.set_project(project)
+    assert pane.table.isColumnHidden(TASK_COLUMN)  # no cluster, no cluster column
     pane.scheduler.setText(f"  {cluster.scheduler} ")  # typed, then Enter
     pane.scheduler.editingFinished.emit()
     assert state.scheduler == cluster.scheduler
+    assert not pane.table.isColumnHidden(TASK_COLUMN)
     no_local_work(monkeypatch)  # the run succeeds only if the workers did the slides' work
+    shown: dict[str, list[str]] = {}
+    state.slide_task.connect(lambda t: shown.setdefault(t.slide_id, []).append(t.describe()))
     with qtbot.waitSignal(protos.runner.finished, timeout=120_000):
         assert protos.run() is True
     assert protos.runner.last_outcome == "done", protos.runner.last_message
     assert project.stage_done("pseudo_labels")
+    # each slide's row followed its tasks: queued, then done on a worker, stage by stage
+    workers = [w.removeprefix("tcp://") for w in cluster.workers()]
+    rows = {pane.table.item(r, 0).text(): r for r in range(pane.table.rowCount())}
+    assert set(shown) == set(rows) == {"s0", "s1", "s2"}
+    for sid, row in rows.items():
+        assert shown[sid][0] == "grid: queued" and "features: queued" in shown[sid]
+        last = pane.table.item(row, TASK_COLUMN).text()
+        assert last == shown[sid][-1] and last.startswith("features: ")
+        assert any(last.endswith(f" on {w}") for w in workers), last
     # back to this machine: the field cleared, the next run is a plain one
     pane.set_scheduler("")
     assert state.scheduler == "" and pane.scheduler.text() == ""
+    assert pane.table.isColumnHidden(TASK_COLUMN)
 
 
 @pytest.mark.gui
@@ -339,9 +361,16 @@ def test_cancel_stops_the_run_and_a_rerun_resumes_from_the_written_slides(
         if msg.startswith("features: s"):
             done.append(msg)
 
+    tasks = []
+    pipe = ClusterPipeline(project, cluster)
+    pipe.on_task = tasks.append
     with pytest.raises(CancelledError, match="cancelled in stage 'features'"):
-        ClusterPipeline(project, cluster).run(progress=progress, cancel=lambda: bool(done))
+        pipe.run(progress=progress, cancel=lambda: bool(done))
     assert project.stage_done("grid") and not project.stage_done("features")
+    # the slides not done yet had their futures cancelled, and napari's list says so
+    final = {t.slide_id: t.state for t in tasks if t.step == "features"}
+    assert "done" in final.values() and "cancelled" in final.values()
+    assert set(final.values()) <= {"done", "cancelled"}
     # the rerun (a new client, as after a killed run) finds the slides the workers wrote
     again = ClusterPipeline(Project.open(project.folder), cluster)
     again.run()

@@ -106,10 +106,11 @@ def test_create_add_list_and_show(widgets, slides, tmp_path: Path) -> None:
         [pw.table.item(r, c).text() for c in range(pw.table.columnCount())]
         for r in range(pw.table.rowCount())
     ]
-    assert rows == [  # nothing refined yet: no tumour area, nothing reviewed
-        ["case_a", "0.250", "", "", ""],
-        ["case_b", "0.250", "", "", ""],
+    assert rows == [  # nothing refined yet: no tumour area, nothing reviewed, no cluster task
+        ["case_a", "0.250", "", "", "", ""],
+        ["case_b", "0.250", "", "", "", ""],
     ]
+    assert pw.table.isColumnHidden(pw.table.columnCount() - 1)  # no cluster set: not shown
     assert "768 × 1024 px, 2 level(s)" in pw.table.item(0, 0).toolTip()  # size on hovering
     assert "768 × 1024 px, 2 level(s)" in pw.status.text()  # and under the list
     # the first slide is on screen, as one multiscale image with its coarse layer over it

@@ -61,7 +61,8 @@ class ProtorefineState:
     outline's word; ``outline_changed`` follows), ``slide_requested(slide_id)`` when a
     pane asks for a slide as if it were clicked in the slide list (see
     :meth:`request_slide`), ``prototype_requested(global_id)`` when a pane asks the
-    prototype gallery to select one and come forward (see :meth:`request_prototype`).
+    prototype gallery to select one and come forward (see :meth:`request_prototype`),
+    ``slide_task(SlideTask)`` when a slide's task of a cluster run changes state.
 
     Placeholders: adding a napari layer costs 0.1-0.6 s of the event loop (vispy
     visual, overlays, layer controls), updating one's data ~0.05 s. So once a slide
@@ -80,6 +81,7 @@ class ProtorefineState:
     outline_edited = Signal(object)
     slide_requested = Signal(object)
     prototype_requested = Signal(int)
+    slide_task = Signal(object)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)

@@ -30,7 +30,7 @@ from protorefine.napari.layers import (
     stored_grid_values,
 )
 from protorefine.napari.state import ProtorefineState, get_state
-from protorefine.napari.widgets._worker import notify
+from protorefine.napari.widgets._worker import TaskContext, notify
 
 if TYPE_CHECKING:
     import napari
@@ -203,6 +203,31 @@ def pipeline_for(project, config=None, *, scheduler: str = ""):
     from protorefine.project.pipeline import Pipeline
 
     return Pipeline(project, config, partial=True, loader="thread")
+
+
+def relay_slide_tasks(pipeline, ctx: TaskContext) -> None:
+    """Send a cluster run's slide-task states (:class:`~protorefine.project.cluster.SlideTask`)
+    through ``ctx`` to the Qt thread, where :func:`slide_task_events` shows them."""
+    from protorefine.project.cluster import ClusterPipeline
+
+    if isinstance(pipeline, ClusterPipeline):
+        pipeline.on_task = ctx.send
+
+
+def slide_task_events(
+    state: ProtorefineState, handler: Callable[[object], None] | None = None
+) -> Callable[[object], None]:
+    """A runner's ``on_event``: slide-task states go to ``state.slide_task`` (the Project
+    pane's slide list), anything else to ``handler``."""
+    from protorefine.project.cluster import SlideTask
+
+    def on_event(obj: object) -> None:
+        if isinstance(obj, SlideTask):
+            state.slide_task.emit(obj)
+        elif handler is not None:
+            handler(obj)
+
+    return on_event
 
 
 @dataclass

@@ -43,14 +43,17 @@ if TYPE_CHECKING:
     import napari
 
     from protorefine.project import Project
+    from protorefine.project.cluster import SlideTask
 
 SLIDE_FILTER = "Slides (*.svs *.tif *.tiff *.ome.tif *.ome.tiff *.png *.jpg *.jpeg);;All files (*)"
 #: Text colour of a slide whose file is not where the project says.
 MISSING_COLOUR = "#ef4444"
 #: The slide list: the batch at a glance (size and levels: the name's tooltip and the line
 #: under the list, so long slide names keep their room in a narrow pane).
-COLUMNS = ("slide", "mpp", "tumour", "unsure", "reviewed")
+COLUMNS = ("slide", "mpp", "tumour", "unsure", "reviewed", "cluster task")
 MPP_COLUMN = COLUMNS.index("mpp")
+#: Where each slide's task of a cluster run stands (shown while a scheduler is set).
+TASK_COLUMN = COLUMNS.index("cluster task")
 TUMOUR_COLUMN = COLUMNS.index("tumour")
 UNSURE_COLUMN = COLUMNS.index("unsure")
 REVIEWED_COLUMN = COLUMNS.index("reviewed")
@@ -81,6 +84,10 @@ STATUS_TIPS = {
         "'Next slide to review' goes to the least sure slide first"
     ),
     "reviewed": "ticked as reviewed in 'Review and export' (changed: the outline changed since)",
+    "cluster task": (
+        "the slide's last task on the cluster: queued, on a worker, its seconds when done "
+        "(cached: found done), failed or cancelled"
+    ),
 }
 #: File patterns dropped on the viewer that should open with the protorefine reader
 #: (napari asks which reader to use otherwise); a choice the user made is kept.
@@ -98,6 +105,7 @@ class ProjectWidget(QWidget):
         self.state = get_state(napari_viewer)
         # reading every slide's outline takes a while on big projects: never in the event loop
         self._status = LatestOnly(self._show_status, "status", self)
+        self._tasks: dict[str, str] = {}  # each slide's last cluster task, as shown
 
         self.folder_label = QLabel("No project open")
         self.folder_label.setWordWrap(True)
@@ -195,6 +203,8 @@ class ProjectWidget(QWidget):
         self.state.outline_changed.connect(self.update_status)
         self.state.coarse_changed.connect(self.update_status)
         self.state.slide_requested.connect(self.select_slide)
+        self.state.slide_task.connect(self.show_task)
+        self.table.setColumnHidden(TASK_COLUMN, not self.state.scheduler)
         self._update_enabled()
         if self.state.project is not None:
             self._on_project_changed(self.state.project)
@@ -208,6 +218,16 @@ class ProjectWidget(QWidget):
         self.state.scheduler = address.strip()
         if self.scheduler.text() != self.state.scheduler:
             self.scheduler.setText(self.state.scheduler)
+        self.table.setColumnHidden(TASK_COLUMN, not self.state.scheduler)
+
+    def show_task(self, task: SlideTask) -> None:
+        """Show where a slide's task of a cluster run stands in its row (``state.slide_task``)."""
+        self._tasks[task.slide_id] = text = task.describe()
+        for row in range(self.table.rowCount()):
+            item = self.table.item(row, 0)
+            cell = self.table.item(row, TASK_COLUMN)
+            if item is not None and cell is not None and item.text() == task.slide_id:
+                cell.setText(text)
 
     def create_project(self, folder: str | Path) -> Project | None:
         """Create a new project in ``folder`` and make it the open one."""
@@ -367,7 +387,7 @@ class ProjectWidget(QWidget):
                 h, w = entry.shape[:2]
                 mpp = f"{entry.mpp:.3f}" if entry.mpp else "unknown"
                 mpp += " (set)" if entry.mpp_by_user else ""
-                values = (entry.id, mpp, "", "", "")
+                values = (entry.id, mpp, "", "", "", self._tasks.get(entry.id, ""))
                 missing = project.slide_missing(entry.id)
                 about = f"{entry.path}: {w} × {h} px, {entry.levels} level(s)"
                 for col, text in enumerate(values):
@@ -450,6 +470,7 @@ class ProjectWidget(QWidget):
 
     def _on_project_changed(self, project: Project | None) -> None:
         self.folder_label.setText(f"Project: {project.folder}" if project else "No project open")
+        self._tasks.clear()  # another project's slides
         self.refresh()
         self.show_busy()
 

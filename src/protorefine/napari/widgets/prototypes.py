@@ -43,8 +43,10 @@ from protorefine.napari.widgets._common import (
     WorkflowWidget,
     load_results,
     pipeline_for,
+    relay_slide_tasks,
     runnable_project,
     show_results,
+    slide_task_events,
     table_headers,
 )
 from protorefine.napari.widgets._grid import GridControls
@@ -198,12 +200,15 @@ class PrototypesWidget(WorkflowWidget):
         slide_id = self.state.slide_id
 
         def task(ctx: TaskContext) -> tuple[list[PrototypeCard], SlideResults]:
+            relay_slide_tasks(pipeline, ctx)
             pipeline.run(until="pseudo_labels", progress=ctx.progress, cancel=ctx.cancel)
             ctx.progress(0, 1, "reading example patches")
             cards = gallery_cards(project, ctx.cancel)
             return cards, load_results(project, slide_id)
 
-        return self.runner.start("Prototypes", task, on_done=self._on_cards)
+        return self.runner.start(
+            "Prototypes", task, on_done=self._on_cards, on_event=slide_task_events(self.state)
+        )
 
     def mark_selected(self, label: str | None) -> bool:
         """Mark the selected prototype tumour / normal / ignore (None clears) and update pseudo-labels."""

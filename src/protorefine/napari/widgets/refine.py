@@ -29,9 +29,11 @@ from protorefine.napari.widgets._common import (
     edited_outlines,
     load_results,
     pipeline_for,
+    relay_slide_tasks,
     runnable_project,
     show_outline,
     show_results,
+    slide_task_events,
     style_result_layers,
 )
 from protorefine.napari.widgets._plot import LinePlot
@@ -156,6 +158,7 @@ class RefineWidget(WorkflowWidget):
         slide_id = self.state.slide_id
 
         def task(ctx: TaskContext) -> SlideResults:
+            relay_slide_tasks(pipeline, ctx)
             if invalidate:
                 pipeline.invalidate(invalidate)
             # every epoch reaches the plot (progress updates are thinned out)
@@ -165,7 +168,10 @@ class RefineWidget(WorkflowWidget):
             return load_results(project, slide_id, edited_before=edited)
 
         return self.runner.start(
-            "Refine and train", task, on_done=self._on_done, on_event=self._on_round
+            "Refine and train",
+            task,
+            on_done=self._on_done,
+            on_event=slide_task_events(self.state, self._on_round),
         )
 
     def _config(self, project):
