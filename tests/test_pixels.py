@@ -96,6 +96,37 @@ def test_pixel_stage_recovers_the_tissue_the_coarse_outline_blurs():
         assert _dice(mask, truth_f) > _dice(coarse_f, truth_f) + 0.1
 
 
+def test_self_training_reports_its_curve_without_changing_the_fit():
+    """The Refine pane's pixel plot: per L-BFGS iteration, the loss falls, the agreement with
+    the pseudo-labels (and, on a large slide, with confident cells kept out of training) is
+    measured; the fit is the same without it."""
+    import protorefine.refine.pixels as px
+
+    cfg = RefineConfig()
+    ps, _, _ = _cells(0)
+    res = pixel_probability([ps], cfg)[0]
+    curve = res.curve
+    assert len(curve) >= 3 and [p["iteration"] for p in curve] == list(range(1, len(curve) + 1))
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    assert all(0.0 <= p["agreement"] <= 1.0 for p in curve) and curve[-1]["agreement"] > 0.9
+    assert all("held_out_agreement" not in p for p in curve)  # it trained on every candidate
+    # a slide with more confident cells than a fit takes: the others are held out
+    big, _, _ = _cells(0)
+    big.features = np.tile(big.features, (6, 6, 1))
+    big.distance, big.tissue = np.tile(big.distance, (6, 6)), np.tile(big.tissue, (6, 6))
+    assert big.tissue.sum() > px.MAX_TRAIN
+    held = pixel_probability([big], cfg)[0].curve
+    assert all(0.0 <= p["held_out_agreement"] <= 1.0 for p in held)
+    assert held[-1]["held_out_agreement"] > 0.9  # the confident cells it did not see
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8))
+    y = (x[:, 0] > 0).astype(np.int64)
+    w = np.ones(500)
+    watched = px._Curve((x[:100], y[:100]), None)
+    a, b = px._fit(x, y, w, 1.0, 0, watched), px._fit(x, y, w, 1.0, 0)
+    assert np.array_equal(a.coef_, b.coef_) and len(watched.points) == a.n_iter_[0]
+
+
 def test_corrections_win_and_are_learned_from():
     cfg = RefineConfig()
     ps, truth, _ = _cells(0)

@@ -364,7 +364,16 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui, tmp_path):
     # what reached the widget from the worker, in order: True for an epoch, False for a round
     arrivals: list[bool] = []
     on_round = refine._on_round
-    refine._on_round = lambda info: (arrivals.append("epoch" in info), on_round(info))
+    curves: list[dict] = []  # the pixel stage's, one a slide
+
+    def watch(info):
+        if "pixel_curve" in info:
+            curves.append(info)
+        else:
+            arrivals.append("epoch" in info)
+        on_round(info)
+
+    refine._on_round = watch
     points_at_end = []
     refine.runner.computed.connect(lambda *_: points_at_end.append(refine.plot.count("loss")))
     assert REFINED not in viewer.layers
@@ -401,6 +410,16 @@ def test_refine_trains_with_live_plot_without_blocking(qtbot, gui, tmp_path):
     assert [len(h["epochs"]) for h in refine.history] == per_round
     losses = [v for _, v in plot.series["loss"]]
     assert losses == pytest.approx([e["loss"] for h in refine.history for e in h["epochs"]])
+    # the pixel stage's self-training curve, slide after slide, in a plot of its own
+    slides = [s.id for s in state.project.run_slides()]
+    assert [c["pixel_curve"] for c in curves] == slides and all(c["points"] for c in curves)
+    pixel_plot = refine.pixel_plot
+    assert not pixel_plot.isHidden() and not refine.pixel_title.isHidden()
+    n_points = sum(len(c["points"]) for c in curves)
+    assert pixel_plot.count("loss") == pixel_plot.count("agreement") == n_points
+    assert len(pixel_plot.marks) == len(slides) - 1
+    for c in curves:
+        assert c["points"][-1]["loss"] < c["points"][0]["loss"]
     assert all(0.0 <= v <= 1.0 for _, v in plot.series["held-out agreement"])
     # and it is drawn: the loss curve's orange is on the widget's picture
     refine.resize(420, refine.sizeHint().height())

@@ -298,7 +298,13 @@ class ClusterPipeline(Pipeline):
         return [results[sid].pop("prep") for sid in ids]
 
     def _pixel_finishes(
-        self, ids: list[str], preps: list[PixelPrep], cohort, prog, check
+        self,
+        ids: list[str],
+        preps: list[PixelPrep],
+        cohort,
+        prog,
+        check,
+        on_output: Callable[[int, PixelOutput], None],
     ) -> list[PixelOutput]:
         """Each slide's self-training, probability and traced outline on the workers."""
         args = {
@@ -306,7 +312,10 @@ class ClusterPipeline(Pipeline):
             for i, (sid, prep) in enumerate(zip(ids, preps, strict=True))
         }
         results = self._slide_tasks("pixel-finish", "pixels-outline", args, prog, check)
-        return [results[sid].pop("output") for sid in ids]
+        outputs = [results[sid].pop("output") for sid in ids]
+        for i, output in enumerate(outputs):
+            on_output(i, output)
+        return outputs
 
     def _slide_tasks(
         self,

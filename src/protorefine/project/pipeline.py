@@ -549,7 +549,15 @@ class Pipeline:
         if check():
             raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
         cohort = cohort_model(preps, cfg)
-        outputs = self._pixel_finishes(ids, preps, cohort, prog, check)
+
+        def on_curve(i: int, output: PixelOutput) -> None:  # the Refine pane's pixel plot
+            if on_epoch is not None:
+                curve = output.result.curve
+                on_epoch(
+                    {"pixel_curve": ids[i], "slide": i + 1, "slides": len(ids), "points": curve}
+                )
+
+        outputs = self._pixel_finishes(ids, preps, cohort, prog, check, on_curve)
         for sid, o in zip(ids, outputs, strict=True):
             write_pyramid(o.result.prob, out / slide_file(PIXEL_PROB_FILE, sid))
             write_pyramid(o.result.pseudo, out / slide_file(PIXEL_PSEUDO_FILE, sid))
@@ -571,14 +579,22 @@ class Pipeline:
         return preps
 
     def _pixel_finishes(
-        self, ids: list[str], preps: list[PixelPrep], cohort, prog, check
+        self,
+        ids: list[str],
+        preps: list[PixelPrep],
+        cohort,
+        prog,
+        check,
+        on_output: Callable[[int, PixelOutput], None],
     ) -> list[PixelOutput]:
-        """:meth:`pixel_finish` for each slide, here (a cluster sends them to its workers)."""
+        """:meth:`pixel_finish` for each slide, here (a cluster sends them to its workers);
+        ``on_output(i, output)`` as each slide's is done."""
         outputs = []
         for i, (sid, prep) in enumerate(zip(ids, preps, strict=True)):
             if check():
                 raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
             outputs.append(self.pixel_finish(sid, i, prep, cohort))
+            on_output(i, outputs[-1])
             prog(i + 1, len(ids), f"slide {i + 1}/{len(ids)}: self-training and outline")
         return outputs
 
@@ -608,6 +624,10 @@ class Pipeline:
             "cells": [grid.rows, grid.cols],
             "cell_um": cell_um,
             "tumour_share": round(float(mask.mean()), 4),
+            "self_training": [
+                {k: round(v, 5) if isinstance(v, float) else v for k, v in point.items()}
+                for point in res.curve
+            ],
         }
         self._pixel_inputs.pop(slide_id, None)  # its maps are not needed any more
         return PixelOutput(res, outline, grid, counts)

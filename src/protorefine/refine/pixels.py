@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -90,17 +90,65 @@ class _Standardiser:
         return ((self._rows(slide, flat) - self.mean) / self.std * self.weight).astype(np.float32)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int):
-    """A class-balanced L2 logistic regression (None when the labels hold one class only)."""
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int, curve=None):
+    """A class-balanced L2 logistic regression (None when the labels hold one class only);
+    ``curve`` (a :class:`_Curve`) is shown the model after each L-BFGS iteration."""
     from sklearn.linear_model import LogisticRegression
 
     if len(y) < 4 or y.min() == y.max():
         return None
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300, random_state=seed)
+    if curve is not None and hasattr(clf, "set_callbacks"):  # scikit-learn >= 1.9
+        clf.set_callbacks(curve)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence notes: the fit is still usable
         clf.fit(x, y, sample_weight=w)
     return clf
+
+
+#: Cells the self-training curve is measured on (training cells; as many held out).
+CURVE_CELLS = 4000
+
+
+class _Curve:
+    """The self-training fit's curve: after each L-BFGS iteration, the log-loss on a sample
+    of its training cells and the agreement with their labels, and with confident cells it
+    was not trained on when the slide has more than it takes (a scikit-learn fit callback;
+    it does not change the fit)."""
+
+    def __init__(
+        self,
+        train: tuple[np.ndarray, np.ndarray],
+        held_out: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        self.train, self.held_out = train, held_out
+        self.points: list[dict] = []
+
+    def setup(self, estimator, context) -> None:
+        """Part of scikit-learn's callback protocol: nothing to set up."""
+
+    def teardown(self, estimator, context) -> None:
+        """Part of scikit-learn's callback protocol: nothing to tear down."""
+
+    def on_fit_task_begin(self, estimator, context, **_kwargs) -> None:
+        """Part of scikit-learn's callback protocol: the curve is read at each task's end."""
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **_kwargs) -> bool:
+        """One point after each L-BFGS iteration; never stops the fit."""
+        if fitted_estimator is None or getattr(context, "task_name", "") != "lbfgs-iter":
+            return False
+        x, y = self.train
+        p = np.clip(fitted_estimator.predict_proba(x)[:, 1], 1e-7, 1 - 1e-7)
+        point = {
+            "iteration": len(self.points) + 1,
+            "loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))),
+            "agreement": float(((p >= 0.5) == (y == 1)).mean()),
+        }
+        if self.held_out is not None:
+            hx, hy = self.held_out
+            point["held_out_agreement"] = float((fitted_estimator.predict(hx) == hy).mean())
+        self.points.append(point)
+        return False
 
 
 def _reliable(slide: PixelSlide, config: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +213,10 @@ class PixelResult:
 
     prob: np.ndarray
     pseudo: np.ndarray
+    #: The self-training fit's curve: per L-BFGS iteration, ``loss`` and ``agreement`` on its
+    #: training cells, ``held_out_agreement`` with confident cells it left out (slides with
+    #: more than :data:`MAX_TRAIN`); empty when not measured.
+    curve: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -240,8 +292,13 @@ def refine_slide(
         corr = slide.labels.ravel()
         label[corr >= 0] = corr[corr >= 0]
         use |= (corr >= 0) & tissue
-    sel = _sample(np.flatnonzero(use), MAX_TRAIN, rng)
-    again = _fit(norm(slide, sel), label[sel], _weights(slide, sel, config), c_self, config.seed)
+    candidates = np.flatnonzero(use)
+    sel = _sample(candidates, MAX_TRAIN, rng)
+    x_sel = norm(slide, sel)
+    curve = _self_training_curve(
+        slide, norm, candidates, sel, x_sel, label, _slide_rng(config, index, 2)
+    )
+    again = _fit(x_sel, label[sel], _weights(slide, sel, config), c_self, config.seed, curve)
     prob = _predict(again, slide, norm) if again is not None else first
     # coarse outlines miss tumour next to them, not far away: beyond pixel_outside_um
     # outside (where the benchmark cohorts hold no tumour) the probability is 0
@@ -251,7 +308,30 @@ def refine_slide(
     return PixelResult(
         np.where(slide.tissue, prob, 0).astype(np.float32),
         np.where(slide.tissue, first, 0).astype(np.float32),
+        curve.points,
     )
+
+
+def _self_training_curve(
+    slide: PixelSlide,
+    norm: _Standardiser,
+    candidates: np.ndarray,
+    sel: np.ndarray,
+    x_sel: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+) -> _Curve:
+    """The curve of a self-training fit on ``sel`` (standardised ``x_sel``) of the confident
+    ``candidates``: measured on up to :data:`CURVE_CELLS` of its training cells and as many
+    candidates it leaves out, drawn with ``rng`` (its own: the fit's draws are unchanged)."""
+    at = np.sort(rng.choice(len(sel), min(CURVE_CELLS, len(sel)), replace=False))
+    train = (x_sel[at], label[sel[at]])
+    rest = np.setdiff1d(candidates, sel, assume_unique=True)
+    held_out = None
+    if len(rest):
+        out = np.sort(rng.choice(rest, min(CURVE_CELLS, len(rest)), replace=False))
+        held_out = (norm(slide, out), label[out])
+    return _Curve(train, held_out)
 
 
 def pixel_probability(

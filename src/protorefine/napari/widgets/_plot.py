@@ -11,6 +11,8 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 #: Colours of the series, in the order they are added.
 SERIES_COLOURS = ("#ff7f0e", "#1f9bde", "#2ca02c", "#d62728")
+#: A series name keeps its colour in every plot (the classifier's and the pixel stage's).
+NAMED_COLOURS = {"loss": 0, "held-out loss": 1, "agreement": 2, "held-out agreement": 3}
 #: Pen styles per series: held-out curves dashed so they read apart from the training ones.
 _DASHED = ("held-out",)
 
@@ -120,7 +122,7 @@ class LinePlot(QWidget):
         group_names = list(dict.fromkeys(self.groups))
         for side, group in zip(("left", "right"), group_names[:2], strict=False):
             lo, hi = ranges[group]
-            colour = QColor(SERIES_COLOURS[self.groups.index(group) % len(SERIES_COLOURS)])
+            colour = self._colour(self.groups.index(group))
             p.setPen(QPen(colour, 1))
             x0 = 0.0 if side == "left" else rect.right() + 3
             align = Qt.AlignmentFlag.AlignRight if side == "left" else Qt.AlignmentFlag.AlignLeft
@@ -143,7 +145,7 @@ class LinePlot(QWidget):
             values = self.series[name]
             if not values:
                 continue
-            colour = QColor(SERIES_COLOURS[i % len(SERIES_COLOURS)])
+            colour = self._colour(i)
             lo, hi = ranges[self.groups[i]]
             span = hi - lo if hi > lo else 1.0
             path = QPainterPath()
@@ -191,11 +193,15 @@ class LinePlot(QWidget):
             out.setdefault(group, (0.0, 1.0))
         return out
 
+    def _colour(self, i: int) -> QColor:
+        """Series ``i``'s colour: its name's (:data:`NAMED_COLOURS`), else by position."""
+        return QColor(SERIES_COLOURS[NAMED_COLOURS.get(self.names[i], i) % len(SERIES_COLOURS)])
+
     def _draw_legend(self, p: QPainter, fg: QColor, height: int) -> None:
         """Two columns of ``[line] name latest-value`` above the plot."""
         col_w = (self.width() - 16) / 2
         for i, name in enumerate(self.names):
-            colour = QColor(SERIES_COLOURS[i % len(SERIES_COLOURS)])
+            colour = self._colour(i)
             x = 8 + (i % 2) * col_w
             y = 2 + (i // 2) * 16
             style = Qt.PenStyle.DashLine if name.startswith(_DASHED) else Qt.PenStyle.SolidLine

@@ -43,6 +43,9 @@ from protorefine.napari.widgets._worker import TaskContext, TaskRunner
 #: patches are held out), agreement with the pseudo-labels after each round.
 PLOT_SERIES = ("loss", "held-out loss", "agreement", "held-out agreement")
 PLOT_GROUPS = ("loss", "loss", "agreement", "agreement")
+#: The pixel stage's plot: its self-training fit per L-BFGS iteration, slide after slide.
+PIXEL_SERIES = ("loss", "agreement", "held-out agreement")
+PIXEL_GROUPS = ("loss", "agreement", "agreement")
 
 
 def device_text(name: str) -> str:
@@ -102,6 +105,18 @@ class RefineWidget(WorkflowWidget):
         #: Epoch records of the current run in order, each with its ``round`` (the plot's points).
         self.epochs: list[dict] = []
         self.plot = LinePlot(PLOT_SERIES, PLOT_GROUPS, x_label="epoch")
+        #: The pixel stage's self-training curves of the current run, one record a slide.
+        self.pixel_curves: list[dict] = []
+        self.pixel_plot = LinePlot(PIXEL_SERIES, PIXEL_GROUPS, x_label="L-BFGS iteration")
+        self.pixel_plot.setToolTip(
+            "The pixel stage's self-training, slide after slide: log-loss and agreement on "
+            "its training cells, and agreement with confident cells kept out of training "
+            "(slides with more than it takes), per L-BFGS iteration; vertical lines start "
+            "the next slide"
+        )
+        self.pixel_title = QLabel(
+            "Pixel stage: self-training per iteration (dashed: held-out cells)"
+        )
 
         form = QFormLayout()
         form.addRow("Device", self.device_label)
@@ -114,7 +129,10 @@ class RefineWidget(WorkflowWidget):
         lay.addWidget(self.runner)
         lay.addWidget(QLabel("Training per epoch (dashed: held-out patches)"))
         lay.addWidget(self.plot)
+        lay.addWidget(self.pixel_title)
+        lay.addWidget(self.pixel_plot)
         lay.addStretch(1)
+        self._clear_pixel_plot()
 
         self.state.project_changed.connect(self._on_project)
         self.state.results_changed.connect(self._name_button)
@@ -132,6 +150,7 @@ class RefineWidget(WorkflowWidget):
 
     def _on_project(self, project) -> None:
         self.plot.clear()
+        self._clear_pixel_plot()
         show_outline(self.state, None)
         if project is None:
             self.rounds.setValue(3)
@@ -154,6 +173,7 @@ class RefineWidget(WorkflowWidget):
             self.history = []
             self.epochs = []
             self.plot.clear()
+            self._clear_pixel_plot()
 
         slide_id = self.state.slide_id
 
@@ -198,8 +218,13 @@ class RefineWidget(WorkflowWidget):
         self.run_button.setText("Redraw outline" if redraw else "Refine and train")
 
     def _on_round(self, info: object) -> None:
-        """An epoch record (``epoch`` key) or a round record from the worker: update the plot."""
+        """An epoch record (``epoch`` key), a round record or a slide's pixel-stage curve
+        (``pixel_curve`` key) from the worker: update its plot."""
         if not isinstance(info, dict):
+            return
+        if "pixel_curve" in info:
+            self.pixel_curves.append(dict(info))
+            self.draw_pixel_plot()
             return
         # both arrive in order through one queued signal: every epoch, then its round
         (self.epochs if "epoch" in info else self.history).append(dict(info))
@@ -229,6 +254,30 @@ class RefineWidget(WorkflowWidget):
             at = last_of_round.get(rec.get("round"))
             if at is not None:
                 plot.add_point(at, agreement=rec.get("agreement"))
+
+    def draw_pixel_plot(self) -> None:
+        """Plot :attr:`pixel_curves`: each slide's iterations in turn, slides marked."""
+        plot = self.pixel_plot
+        plot.clear()
+        x = 0
+        for k, rec in enumerate(self.pixel_curves):
+            if k and rec["points"]:
+                plot.add_mark(x + 0.5, f"slide {rec['slide']}")
+            for point in rec["points"]:
+                x += 1
+                plot.add_point(
+                    x,
+                    loss=point.get("loss"),
+                    agreement=point.get("agreement"),
+                    **{"held-out agreement": point.get("held_out_agreement")},
+                )
+        shown = x > 0
+        self.pixel_title.setVisible(shown)
+        plot.setVisible(shown)
+
+    def _clear_pixel_plot(self) -> None:
+        self.pixel_curves = []
+        self.draw_pixel_plot()
 
     def _on_done(self, results: SlideResults) -> Iterator[None]:
         self._name_button()
