@@ -36,8 +36,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from protorefine._types import Cancel, Progress
 from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features import get_encoder
@@ -46,7 +44,7 @@ from protorefine.features.grid import PatchGrid
 from protorefine.project.pipeline import Pipeline, PixelOutput
 from protorefine.project.store import Project
 from protorefine.refine.config import RefineConfig
-from protorefine.refine.pixels import PixelPrep
+from protorefine.refine.pixels import NO_SAMPLE, PixelPrep
 
 #: Seconds to wait for a scheduler to answer before the address is refused.
 CONNECT_TIMEOUT_S = 10
@@ -58,8 +56,6 @@ RETRIES = 2
 #: The stages whose per-slide work runs on the workers, before the stage itself runs (the
 #: pixel stage sends its per-slide steps from within).
 SLIDE_STAGES = ("grid", "features", "output")
-#: The cohort model's share of a slide's cells, which its own steps on a worker do not need.
-_NO_SAMPLE = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0))
 #: What ``local:N`` looks like.
 _LOCAL = re.compile(r"local:(?P<n>\d+)")
 #: A scheduler address without a protocol (``host:port``) is a TCP one.
@@ -308,7 +304,7 @@ class ClusterPipeline(Pipeline):
     ) -> list[PixelOutput]:
         """Each slide's self-training, probability and traced outline on the workers."""
         args = {
-            sid: (i, replace(prep, sample=_NO_SAMPLE), cohort)  # the cohort's share stays here
+            sid: (i, replace(prep, sample=NO_SAMPLE), cohort)  # the cohort's share stays here
             for i, (sid, prep) in enumerate(zip(ids, preps, strict=True))
         }
         results = self._slide_tasks("pixel-finish", "pixels-outline", args, prog, check)

@@ -230,6 +230,11 @@ class PixelPrep:
     sample: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+#: A :class:`PixelPrep` without a share of the cohort model's cells (a cohort of one slide;
+#: a cluster's worker, which does not need it).
+NO_SAMPLE = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0))
+
+
 def _slide_rng(config: RefineConfig, index: int, step: int) -> np.random.Generator:
     """The random draws of slide ``index``'s step: the same wherever the slide is computed
     (one machine or a cluster's worker), whatever order the slides run in."""
@@ -247,7 +252,9 @@ def prepare_slide(slide: PixelSlide, config: RefineConfig, index: int, n_slides:
             "nothing to learn normal tissue from; draw the outline around the tumour, "
             "not the whole slide"
         )
-    pick = np.searchsorted(idx, _sample(idx, max(200, MAX_TRAIN // max(1, n_slides)), rng))
+    if n_slides < 2:  # no cohort model to share in
+        return PixelPrep(norm, (idx, y), NO_SAMPLE)
+    pick = np.searchsorted(idx, _sample(idx, max(200, MAX_TRAIN // n_slides), rng))
     sample = (norm(slide, idx[pick]), y[pick], _weights(slide, idx[pick], config))
     return PixelPrep(norm, (idx, y), sample)
 
