@@ -278,6 +278,8 @@ def test_cluster_run_with_the_pixel_stage_equals_one_machine(
         runs = pipe.slide_runs[record]
         assert set(runs) == {"s0", "s1", "s2"}
         assert all(r["worker"] in workers for r in runs.values())
+        # the client's wait on the workers, within the stage's time (the central share)
+        assert 0 < pipe.task_seconds[record] < pipe.times["pixels"]
     assert [d for d, t, m in seen if m.startswith("pixels: s") and t == 3] == [1, 2, 3] * 2
     assert_same_outlines(local, project, "pixels")
     # the stored maps are the one-machine run's, to one float16 step (the workers' thread

@@ -248,6 +248,8 @@ class ClusterPipeline(Pipeline):
         super().__init__(project, config, partial=partial, loader=loader)
         self._cluster = cluster
         self.slide_runs: dict[str, dict[str, dict]] = {}
+        #: Wall seconds this run waited on the workers, per step (``slide_runs``' keys).
+        self.task_seconds: dict[str, float] = {}
         self.on_task: Callable[[SlideTask], None] | None = None
 
     @property
@@ -325,6 +327,7 @@ class ClusterPipeline(Pipeline):
         each slide's worker and seconds kept in ``slide_runs[record]``."""
         from distributed import wait
 
+        t0 = time.perf_counter()
         client = self.cluster.client
         folder = str(self.project.folder.resolve())
         config = self.config.to_dict()
@@ -390,6 +393,7 @@ class ClusterPipeline(Pipeline):
         self.slide_runs[record] = {
             sid: {k: runs[sid][k] for k in ("worker", "seconds", "cached")} for sid in ids
         }
+        self.task_seconds[record] = round(time.perf_counter() - t0, 3)
         return runs
 
     def _tell_running(
