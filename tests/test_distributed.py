@@ -207,6 +207,78 @@ def test_cli_refine_on_a_scheduler_address(cluster, cohort, one_machine, tmp_pat
     assert_same_outlines(one_machine, Project.open(project.folder))
 
 
+@pytest.mark.slow
+def test_cli_refine_on_a_scheduler_and_workers_started_with_dasks_own_cli(
+    cohort, one_machine, tmp_path
+):
+    """`dask scheduler` and `dask worker` as a site starts them (other processes, a
+    scheduler file), then `protorefine refine --scheduler FILE`: the one-machine outlines."""
+    import subprocess
+    import sys
+    import time
+
+    dask_cli = Path(sys.executable).with_name("dask")
+    if not dask_cli.exists():
+        pytest.skip("no dask command beside this Python")
+    file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
+    started = [
+        subprocess.Popen(
+            [
+                str(dask_cli),
+                "scheduler",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(file),
+            ],
+            stdout=logs[0],
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert file.exists(), (tmp_path / "scheduler.log").read_text()
+        started.append(
+            subprocess.Popen(
+                [str(dask_cli), "worker", "--scheduler-file", str(file), "--nworkers", "2"]
+                + ["--nthreads", "1", "--no-dashboard"],
+                stdout=logs[1],
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+        out = tmp_path / "out"
+        args = ["refine", *(str(c["slide"]) for c in cohort), "--coarse"]
+        args += [str(c["coarse"]) for c in cohort]
+        args += ["--out", str(out), "--patch-size", "64", "--encoder", "colour-texture"]
+        args += ["--device", "cpu", "--no-pixel-stage", "--scheduler", str(file)]
+        project = new_project(out / "project", cohort)
+        assert main(args) == 0  # waits for the workers to join
+        report = json.loads((out / "report.json").read_text())
+        workers = report["scheduler"]["workers"]
+        assert 1 <= len(workers) <= 2  # the run starts once the first worker has joined
+        ran = {report["slides"][sid]["workers"]["features"]["worker"] for sid in ("s0", "s1", "s2")}
+        assert ran <= set(workers)
+        assert_same_outlines(one_machine, Project.open(project.folder))
+    finally:
+        cluster_mod.close_shared()
+        for proc in reversed(started):
+            proc.terminate()
+        for proc in reversed(started):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+
 def test_without_a_scheduler_the_report_says_so(one_machine, cohort, tmp_path):
     out = tmp_path / "out"
     new_project(out / "project", cohort)
