@@ -75,10 +75,15 @@ def run(project: Project, workers: int | None) -> dict:
     """Refine ``project`` on ``workers`` worker processes (None: this process alone)."""
     t0 = time.perf_counter()
     if workers is None:
-        pipe = Pipeline(project)
-        pipe.run()
+        local = Pipeline(project)
+        local.run()
         wall = time.perf_counter() - t0
-        return {"workers": 0, "wall_s": round(wall, 2), "central_s": round(wall, 2)}
+        return {
+            "workers": 0,
+            "wall_s": round(wall, 2),
+            "central_s": round(wall, 2),
+            "stages_s": {k: round(v, 2) for k, v in local.times.items()},
+        }
     with connect(f"local:{workers}") as cluster:
         started = time.perf_counter() - t0  # the LocalCluster's start, not counted below
         t1 = time.perf_counter()
@@ -95,6 +100,8 @@ def run(project: Project, workers: int | None) -> dict:
         "on_workers_s": round(wall - central, 2),
         "central_share": round(central / wall, 3),
         "features_task_median_s": round(statistics.median(features), 2) if features else None,
+        "stages_s": {k: round(v, 2) for k, v in pipe.times.items()},
+        "waits_on_workers_s": pipe.task_seconds,
     }
 
 
