@@ -545,6 +545,7 @@ class Pipeline:
         if not cfg.pixel_level:
             return {"off": True}
         ids = [s.id for s in self.slides]
+        self._pixel_inputs.clear()  # built from this run's outline stage, not an earlier one
         preps = self._pixel_prepares(ids, prog, check)
         if check():
             raise CancelledError("pixel stage cancelled; the patch-level outline is kept")
