@@ -103,7 +103,11 @@ class ProductRun:
         config = self.config.replace(**(changes or {}))
         t = time.perf_counter()
         self.project, self.ids = prepare_project(self.folder, self.pairs, lambda _base: config)
-        Pipeline(self.project).run()
+        # every stage after the (cached) features is computed by the code under test: a
+        # stage stored by an earlier run with the same settings may come from other code
+        pipe = Pipeline(self.project)
+        pipe.invalidate("prototypes")
+        pipe.run()
         seconds = time.perf_counter() - t
         masks = [
             outline_raster(self.project.refined_annotations(sid), self.project, sid, s)
