@@ -198,12 +198,16 @@ class LinePlot(QWidget):
         return QColor(SERIES_COLOURS[NAMED_COLOURS.get(self.names[i], i) % len(SERIES_COLOURS)])
 
     def _draw_legend(self, p: QPainter, fg: QColor, height: int) -> None:
-        """Two columns of ``[line] name latest-value`` above the plot."""
+        """Two columns of ``[line] name latest-value`` above the plot: the series that have
+        points (a series a run never fills, e.g. a held-out one, is not listed), or all of
+        them while the plot is empty."""
         col_w = (self.width() - 16) / 2
-        for i, name in enumerate(self.names):
+        listed = [i for i, name in enumerate(self.names) if self.series[name]]
+        for slot, i in enumerate(listed or range(len(self.names))):
+            name = self.names[i]
             colour = self._colour(i)
-            x = 8 + (i % 2) * col_w
-            y = 2 + (i // 2) * 16
+            x = 8 + (slot % 2) * col_w
+            y = 2 + (slot // 2) * 16
             style = Qt.PenStyle.DashLine if name.startswith(_DASHED) else Qt.PenStyle.SolidLine
             p.setPen(QPen(colour, 2, style))
             p.drawLine(QPointF(x, y + 8), QPointF(x + 18, y + 8))
