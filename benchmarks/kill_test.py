@@ -24,8 +24,32 @@ sys.path.insert(0, str(REPO / "tests"))
 from kill_run import SETTINGS, kill_run  # noqa: E402
 from refine_synth import write_slide_case  # noqa: E402
 
-#: File this script leaves in its --work folder: only such a folder is emptied on the next run.
+#: File this script leaves in its --work folder: only in such a folder are the script's
+#: own subfolders (:data:`MADE`) removed by the next run.
 MARK = ".protorefine-kill-test"
+#: What a run makes in its --work folder (and the next run removes): the slide case, the runs.
+MADE = ("case", "runs")
+
+
+def prepare_work(work: Path) -> None:
+    """Make ``work`` ready for a run: a new or empty folder gets :data:`MARK`; in a marked
+    one, only the subfolders an earlier run made (:data:`MADE`) are removed; any other
+    folder (not empty, not marked) is refused in one line. Nothing else is deleted."""
+    if work.exists() and not work.is_dir():
+        raise SystemExit(f"--work {work}: not a folder; give a folder")
+    mark = work / MARK
+    if work.exists() and any(work.iterdir()) and not mark.exists():
+        raise SystemExit(
+            f"--work {work}: not empty and not made by this script; give another folder"
+        )
+    for name in MADE:
+        made = work / name
+        if made.is_symlink():  # this script never makes links: not its own to remove
+            raise SystemExit(f"--work {work}: {name} is a link, not a folder this script made")
+        if made.is_dir():
+            shutil.rmtree(made)
+    work.mkdir(parents=True, exist_ok=True)
+    mark.touch()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     work = Path(args.work)
-    mark = work / MARK
-    if work.exists() and any(work.iterdir()) and not mark.exists():
-        raise SystemExit(
-            f"--work {work}: not empty and not made by this script; give another folder"
-        )
-    if work.exists():
-        shutil.rmtree(work)  # only a folder this script made (it holds MARK)
-    work.mkdir(parents=True)
-    mark.touch()
+    prepare_work(work)
     t0 = time.perf_counter()
     case = write_slide_case(work / "case", size=args.size)
     result = kill_run(
