@@ -92,6 +92,18 @@ def test_erased_coarse_outline_reads_back_empty(tmp_path, case):
     assert again is not None and len(again) == 0
 
 
+def _open_with_config_field(tmp_path, field, value) -> str:
+    """The error opening a project whose config.json has ``field`` set to ``value`` by hand."""
+    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
+    cfg = tmp_path / "proj" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["refine"][field] = value
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(ProtorefineError) as exc:
+        Project.open(tmp_path / "proj")
+    return str(exc.value)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
@@ -105,14 +117,7 @@ def test_erased_coarse_outline_reads_back_empty(tmp_path, case):
     ],
 )
 def test_config_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expected):
-    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
-    cfg = tmp_path / "proj" / "config.json"
-    data = json.loads(cfg.read_text())
-    data["refine"][field] = value
-    cfg.write_text(json.dumps(data))
-    with pytest.raises(ProtorefineError) as exc:
-        Project.open(tmp_path / "proj")
-    msg = str(exc.value)
+    msg = _open_with_config_field(tmp_path, field, value)
     assert "config.json" in msg and field in msg and expected in msg and "\n" not in msg
     with pytest.raises(ProtorefineError, match=field):
         RefineConfig.from_dict({field: value})
@@ -133,14 +138,7 @@ def test_config_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expe
 )
 def test_config_count_out_of_range_is_refused_on_open(tmp_path, field, value, allowed):
     """``"epochs": -3`` in config.json ran without a word: refused naming file, field, range."""
-    Project.create(tmp_path / "proj", RefineConfig(patch_size=64))
-    cfg = tmp_path / "proj" / "config.json"
-    data = json.loads(cfg.read_text())
-    data["refine"][field] = value
-    cfg.write_text(json.dumps(data))
-    with pytest.raises(ProtorefineError) as exc:
-        Project.open(tmp_path / "proj")
-    msg = str(exc.value)
+    msg = _open_with_config_field(tmp_path, field, value)
     assert "config.json" in msg and f"{field}={value}" in msg and allowed in msg
     assert "\n" not in msg
 

@@ -27,19 +27,26 @@ _SEED_MAX = 2**32 - 1
 _DOWNSAMPLE_RANGE = (1.0, 65536.0)
 
 
-def _mpp_arg(text: str) -> float:
-    """A pixel size in microns within :data:`_MPP_RANGE`, or argparse's one-line error."""
-    lo, hi = _MPP_RANGE
+def _number_in(text: str, lo: float, hi: float, says: str) -> float:
+    """``text`` as a number from ``lo`` to ``hi``, or argparse's one-line error ``text: says``."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not lo <= value <= hi:  # NaN fails too
-        raise argparse.ArgumentTypeError(
-            f"{text}: microns per pixel must be between {lo} and {hi} "
-            "(a 40x scan is about 0.25, 20x about 0.5)"
-        )
+    if not lo <= value <= hi:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"{text}: {says}")
     return value
+
+
+def _mpp_arg(text: str) -> float:
+    """A pixel size in microns within :data:`_MPP_RANGE`, or argparse's one-line error."""
+    lo, hi = _MPP_RANGE
+    return _number_in(
+        text,
+        lo,
+        hi,
+        f"microns per pixel must be between {lo} and {hi} (a 40x scan is about 0.25, 20x about 0.5)",
+    )
 
 
 def _seed_arg(text: str) -> int:
@@ -58,15 +65,12 @@ def _seed_arg(text: str) -> int:
 def _downsample_arg(text: str) -> float:
     """A mask downsample within :data:`_DOWNSAMPLE_RANGE`, or argparse's one-line error."""
     lo, hi = _DOWNSAMPLE_RANGE
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not lo <= value <= hi:  # NaN and inf fail too
-        raise argparse.ArgumentTypeError(
-            f"{text}: the mask downsample must be a number from {lo:g} (full resolution) to {hi:g}"
-        )
-    return value
+    return _number_in(
+        text,
+        lo,
+        hi,
+        f"the mask downsample must be a number from {lo:g} (full resolution) to {hi:g}",
+    )
 
 
 # The subcommands import their modules when run: the library pulls in torch, and
