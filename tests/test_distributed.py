@@ -17,6 +17,7 @@ from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
 import protorefine.project.cluster as cluster_mod  # noqa: E402
 import protorefine.project.pipeline as pipeline_mod  # noqa: E402
+import protorefine.refine.steps as steps_mod  # noqa: E402
 from protorefine.annotations import rasterize, read_geojson  # noqa: E402
 from protorefine.cli import main  # noqa: E402
 from protorefine.errors import ProtorefineError  # noqa: E402
@@ -97,8 +98,8 @@ def assert_same_outlines(a: Project, b: Project, stage: str = "output") -> None:
 
 
 def no_local_work(monkeypatch) -> None:
-    """Reading patches or stain statistics on the client fails: that work is the workers'
-    (the workers are other processes, which this does not reach)."""
+    """Reading patches, stain statistics or a slide's local prototypes on the client fails:
+    that work is the workers' (the workers are other processes, which this does not reach)."""
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("per-slide work ran on the client")
@@ -107,6 +108,8 @@ def no_local_work(monkeypatch) -> None:
     monkeypatch.setattr(pipeline_mod, "cell_sums", refuse)
     monkeypatch.setattr(pipeline_mod, "dense_features", refuse)
     monkeypatch.setattr(Project, "compute_grid", refuse)
+    monkeypatch.setattr(pipeline_mod, "slide_prototypes_step", refuse)
+    monkeypatch.setattr(steps_mod, "slide_prototypes_step", refuse)
 
 
 def test_cluster_run_equals_one_machine(cluster, one_machine, cohort, tmp_path, monkeypatch):
@@ -125,7 +128,7 @@ def test_cluster_run_equals_one_machine(cluster, one_machine, cohort, tmp_path, 
         assert {t.state for t in states[1:-1]} <= {"running"}
         assert states[-1].worker in workers and states[-1].seconds >= 0
         assert states[-1].describe().startswith("features: ") and " s on " in states[-1].describe()
-    for stage in ("grid", "features", "output"):
+    for stage in ("grid", "features", "prototypes", "output"):
         runs = pipe.slide_runs[stage]
         assert set(runs) == {"s0", "s1", "s2"}
         assert all(r["worker"] in workers and r["seconds"] >= 0 for r in runs.values())
@@ -393,8 +396,9 @@ def test_napari_runs_on_the_scheduler_set_in_the_project_pane(
     assert set(shown) == set(rows) == {"s0", "s1", "s2"}
     for sid, row in rows.items():
         assert shown[sid][0] == "grid: queued" and "features: queued" in shown[sid]
+        assert "prototypes: queued" in shown[sid]
         last = pane.table.item(row, TASK_COLUMN).text()
-        assert last == shown[sid][-1] and last.startswith("features: ")
+        assert last == shown[sid][-1] and last.startswith("prototypes: ")
         assert any(last.endswith(f" on {w}") for w in workers), last
     # back to this machine: the field cleared, the next run is a plain one
     pane.set_scheduler("")

@@ -6,10 +6,12 @@ project's own caches (``features/``, ``colour/``) with the same atomic writes a 
 uses, or, for the grid, returns it to the client. The stages themselves then run on the
 client exactly as in a local run, find those caches filled and write their stage folders,
 so the project stays the single source of truth: a killed run resumes like a local one, and
-a stage is never half-written. The pixel stage sends its two per-slide steps itself: dense
+a stage is never half-written. The prototypes stage sends each slide's local prototypes (k-means
+of its cells, in the cosine space the client fitted on the cohort), and clusters what comes
+back into global ones. The pixel stage sends its two per-slide steps itself: dense
 features (cached in ``dense/``) and known cells, whose small summaries come back for the
 cohort model; then self-training, probability and outline tracing, whose maps and polygons
-come back for the client to store. The cross-slide stages (prototypes, pseudo-labels,
+come back for the client to store. The cross-slide steps (global prototypes, pseudo-labels,
 classifier, the pixel stage's cohort model) run on the client.
 
 Workers must see the project folder and the slides at the same paths as the client (a
@@ -45,6 +47,8 @@ from protorefine.project.pipeline import Pipeline, PixelOutput
 from protorefine.project.store import Project
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.pixels import NO_SAMPLE, PixelPrep
+from protorefine.refine.prototypes import LocalPrototypes
+from protorefine.refine.steps import Cohort
 
 #: Seconds to wait for a scheduler to answer before the address is refused.
 CONNECT_TIMEOUT_S = 10
@@ -54,7 +58,7 @@ WORKER_WAIT_S = 300
 #: scheduler itself, up to its ``distributed.scheduler.allowed-failures``).
 RETRIES = 2
 #: The stages whose per-slide work runs on the workers, before the stage itself runs (the
-#: pixel stage sends its per-slide steps from within).
+#: prototypes and pixel stages send their per-slide steps from within).
 SLIDE_STAGES = ("grid", "features", "output")
 #: What ``local:N`` looks like.
 _LOCAL = re.compile(r"local:(?P<n>\d+)")
@@ -288,6 +292,19 @@ class ClusterPipeline(Pipeline):
             if grid is not None:
                 self.ready_grids[sid] = PatchGrid.from_dict(grid)
 
+    def _local_prototypes(self, coh: Cohort, prog, check) -> list[LocalPrototypes]:
+        """Each slide's local prototypes on the workers, in the cosine space the client
+        fitted on the cohort; the client clusters them into global ones."""
+        space = coh.cosine_space(self.config)
+        assert coh.coarse is not None
+        args = {}
+        for i, sid in enumerate(coh.slide_ids):
+            rows = coh.slide_rows(sid)
+            dist = None if coh.distance is None else coh.distance[rows]
+            args[sid] = (i, space, coh.coarse[rows], dist)
+        results = self._slide_tasks("prototypes", "prototypes", args, prog, check)
+        return [results[sid].pop("local") for sid in coh.slide_ids]
+
     def _pixel_prepares(self, ids: list[str], prog, check) -> list[PixelPrep]:
         """Each slide's dense features and known cells on the workers; their small
         summaries (:class:`PixelPrep`) come back for the cohort model."""
@@ -448,7 +465,7 @@ def slide_task(
     """Run on a worker: stage ``stage``'s work for one slide of the project at ``folder``
     with the client's ``config`` (and the step's ``args``). Returns the worker's address,
     seconds, whether the result was cached, and what the step gives back (the grid of the
-    grid stage, the pixel stage's summary or output); a ProtorefineError comes back as
+    grid stage, a slide's local prototypes, the pixel stage's summary or output); a ProtorefineError comes back as
     ``{"error": message}`` (a user's error is not retried). ``hosts``
     (:meth:`Cluster.hosts`) shares each machine's cores among its workers' task threads."""
     from distributed import get_worker
@@ -504,6 +521,8 @@ def _slide_work(
         had = path.exists() and cells.exists() and cells.read_text() == grid.signature()
         pipe.stain_features(slide_id, grid, factor)
         return {"cached": had}
+    if stage == "prototypes":
+        return {"local": pipe.slide_prototypes(slide_id, *args), "cached": False}
     if stage == "pixel-prepare":
         index, n_slides = args
         dgrid = dense_grid(project.open_slide(slide_id), mpp=cfg.pixel_mpp, cell=cfg.pixel_cell)

@@ -79,7 +79,7 @@ from protorefine.refine.pixels import (
     prepare_slide,
     refine_slide,
 )
-from protorefine.refine.prototypes import Prototypes, carry_marks
+from protorefine.refine.prototypes import CosineSpace, LocalPrototypes, Prototypes, carry_marks
 from protorefine.refine.pseudolabels import PseudoLabels
 from protorefine.refine.stain_clusters import cell_features, cell_sums
 from protorefine.refine.steps import (
@@ -89,6 +89,7 @@ from protorefine.refine.steps import (
     probability_step,
     prototypes_step,
     pseudo_labels_step,
+    slide_prototypes_step,
 )
 from protorefine.slides import tissue_mask
 
@@ -379,7 +380,8 @@ class Pipeline:
     def _stage_prototypes(self, out: Path, prog, check, on_round, on_epoch) -> dict:
         coh = self.cohort(coarse=False)
         coh.coarse, coh.distance = self.coarse_labels()
-        protos = prototypes_step(coh, self.config, progress=prog, cancel=check)
+        local = self._local_prototypes(coh, prog, check)
+        protos = prototypes_step(coh, self.config, local=local, progress=prog, cancel=check)
         centres, cells = self._patch_centres(coh)
         marks = self.project.marks()  # of the build this one replaces
         carried = self._carry_marks(marks, protos.global_proto, centres, cells, coh.rows)
@@ -403,6 +405,24 @@ class Pipeline:
             "global": int(len(protos.global_centers)),
             "patches": len(coh),
         }
+
+    def _local_prototypes(self, coh: Cohort, prog, check) -> list[LocalPrototypes] | None:
+        """Every slide's local prototypes when computed elsewhere (a cluster's workers);
+        None: :func:`prototypes_step` computes them here."""
+        return None
+
+    def slide_prototypes(
+        self,
+        slide_id: str,
+        index: int,
+        space: CosineSpace,
+        coarse: np.ndarray,
+        distance: np.ndarray,
+    ) -> LocalPrototypes:
+        """Slide ``index``'s local prototypes in the cohort's cosine ``space``
+        (:func:`slide_prototypes_step`) from its stored features. A cluster's worker."""
+        feats = self.features(slide_id)
+        return slide_prototypes_step(feats, coarse, distance, space, self.config, index)
 
     def _load(self, stage: str, name: str) -> dict[str, np.ndarray]:
         return self.project.stage_arrays(stage, name)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from protorefine._types import Cancel, Progress
-from protorefine.errors import CancelledError, ProtorefineError
+from protorefine._types import Progress
+from protorefine.errors import ProtorefineError
 from protorefine.refine.config import RefineConfig
 
 
@@ -33,28 +33,72 @@ def standardize_per_slide(features: np.ndarray, slide_index: np.ndarray) -> np.n
     return out
 
 
+@dataclass
+class CosineSpace:
+    """How features become unit rows for prototype cosines: the cohort's centring and
+    scale per column (``mode``) and, with ``blocks`` (widths of features from separate
+    encoders), each block's scale. Fitted once on the cohort, it embeds any slide's rows
+    alone exactly as it embeds them among the rest (a cluster's worker sees one slide).
+
+    Encoder features are mostly non-negative (ReLU, statistics), so raw cosines all sit
+    near 1; centring (and z-scoring, for features of mixed units) spreads them out. Every
+    block is scaled to the same mean row norm, so a 1280-d block does not drown a 77-d one.
+    """
+
+    mode: str
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    blocks: tuple[int, ...] | None = None
+    block_scale: np.ndarray | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        features: torch.Tensor,
+        mode: str = "standardize",
+        blocks: Sequence[int] | None = None,
+    ) -> CosineSpace:
+        """The space of ``features`` (N, D): their column statistics and block scales."""
+        if mode not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm {mode!r}: must be one of {', '.join(FEATURE_NORMS)}")
+        x = features.float()
+        space = cls(mode)
+        if mode in ("center", "standardize"):
+            space.mean = x.mean(0).cpu().numpy()
+        if mode == "standardize":
+            space.std = x.std(0).clamp_min(1e-6).cpu().numpy()
+        if blocks is not None and len(blocks) > 1:
+            check_blocks(blocks, x.shape[1])
+            parts = torch.split(space._centred(x), [int(b) for b in blocks], dim=1)
+            space.blocks = tuple(int(b) for b in blocks)
+            space.block_scale = np.array(
+                [float(p.norm(dim=1).mean().clamp_min(1e-6)) for p in parts], dtype=np.float32
+            )
+        return space
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is not None:
+            x = x - torch.from_numpy(self.mean).to(x)
+        if self.std is not None:
+            x = x / torch.from_numpy(self.std).to(x)
+        return x
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit rows of ``features`` in this space."""
+        x = self._centred(features.float())
+        if self.blocks is not None and self.block_scale is not None:
+            parts = torch.split(x, list(self.blocks), dim=1)
+            x = torch.cat(
+                [p / float(s) for p, s in zip(parts, self.block_scale, strict=True)], dim=1
+            )
+        return normalize(x)
+
+
 def embed_for_cosine(
     features: torch.Tensor, mode: str = "standardize", blocks: Sequence[int] | None = None
 ) -> torch.Tensor:
-    """Unit rows for cosine comparisons after optional centring or z-scoring over the cohort.
-
-    Encoder features are mostly non-negative (ReLU, statistics), so raw cosines all sit
-    near 1; centring (and z-scoring, for features of mixed units) spreads them out.
-    With ``blocks`` (widths of features from separate encoders) every block is scaled to
-    the same mean row norm first, so a 1280-d block does not drown a 77-d one.
-    """
-    x = features.float()
-    if mode == "center":
-        x = x - x.mean(0, keepdim=True)
-    elif mode == "standardize":
-        x = (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp_min(1e-6)
-    elif mode != "none":
-        raise ValueError(f"feature_norm {mode!r}: must be one of {', '.join(FEATURE_NORMS)}")
-    if blocks is not None and len(blocks) > 1:
-        check_blocks(blocks, x.shape[1])
-        parts = torch.split(x, list(blocks), dim=1)
-        x = torch.cat([p / p.norm(dim=1).mean().clamp_min(1e-6) for p in parts], dim=1)
-    return normalize(x)
+    """Unit rows for cosine comparisons in the space of ``features`` themselves."""
+    return CosineSpace.fit(features, mode, blocks).embed(features)
 
 
 def check_blocks(blocks: Sequence[int], dim: int) -> None:
@@ -188,90 +232,97 @@ def reliability(distance: np.ndarray | None, n: int, width: float) -> np.ndarray
     return (1.0 - np.exp(-d / width)).astype(np.float32)
 
 
-def build_prototypes(
-    features: torch.Tensor,
+@dataclass
+class LocalPrototypes:
+    """One slide's local prototypes: ``centers (m, D)`` unit vectors, ``klass (m,)`` the
+    coarse class each was clustered from, ``counts (m,)`` member cells, ``scores (m,)``
+    reliability-weighted tumour share of its members, and ``assign (n,)`` each cell's
+    prototype."""
+
+    centers: np.ndarray
+    klass: np.ndarray
+    counts: np.ndarray
+    scores: np.ndarray
+    assign: np.ndarray
+
+
+def slide_generator(seed: int, index: int) -> torch.Generator:
+    """The k-means draws of slide ``index``: the same wherever the slide is clustered (one
+    machine or a cluster's worker), whatever order the slides run in."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def local_prototypes(
+    x: torch.Tensor,
     coarse: np.ndarray,
-    slide_index: np.ndarray,
+    distance: np.ndarray | None,
     *,
-    distance: np.ndarray | None = None,
     config: RefineConfig,
     generator: torch.Generator,
-    progress: Progress | None = None,
-    cancel: Cancel | None = None,
-) -> Prototypes:
-    """Local prototypes per slide and coarse class, then global prototypes across slides.
-
-    ``features`` are unit rows on the compute device. A local prototype's score is
-    the share of its member patches (all patches of its slide nearest to it) that
-    lie inside the coarse outline, each weighted by its distance from the outline,
-    with a one-patch prior at 0.5. A global prototype's score averages its members'
-    scores with one vote per slide plus ``global_prior`` votes at 0.5, so a pattern
-    seen on a single slide is not over-trusted.
-    """
-    device = features.device
-    n = features.shape[0]
+) -> LocalPrototypes:
+    """One slide's local prototypes from its unit rows ``x``: spherical k-means inside and
+    outside the coarse outline, near-duplicates merged, each scored by the share of its
+    members (all the slide's cells nearest to it) inside the outline, weighted by their
+    distance from it, with a one-cell prior at 0.5."""
+    device = x.device
     coarse_f = np.asarray(coarse, dtype=np.float32)
-    rel = torch.from_numpy(reliability(distance, n, config.boundary_width) + 1e-3).to(device)
-    cls_t = torch.from_numpy(coarse_f).to(device)
-    slides = np.unique(slide_index)
-    total = len(slides) + 1
-    lc: list[np.ndarray] = []
-    ls: list[np.ndarray] = []
-    lk: list[np.ndarray] = []
-    ln: list[np.ndarray] = []
-    lsc: list[np.ndarray] = []
-    local_proto = np.zeros(n, dtype=np.int64)
-    for si, s in enumerate(slides):
-        if cancel is not None and cancel():
-            raise CancelledError("prototypes stage cancelled")
-        idx = np.flatnonzero(slide_index == s)
-        idx_t = torch.from_numpy(idx).to(device)
-        xs = features[idx_t]
-        centers, klass = [], []
-        for c in (0, 1):
-            sel = torch.from_numpy(np.flatnonzero((coarse_f[idx] >= 0.5) == bool(c))).to(device)
-            k = choose_k(int(sel.numel()), config.local_k_div, config.local_k_max)
-            if k == 0:
-                continue
-            cc, _ = spherical_kmeans(xs[sel], k, iters=config.kmeans_iters, generator=generator)
-            centers.append(cc)
-            klass += [c] * cc.shape[0]
-        cen = torch.cat(centers)
-        klass_t = torch.tensor(klass, dtype=torch.float32)
-        assign = (xs @ cen.T).argmax(dim=1)
-        counts = torch.bincount(assign, minlength=cen.shape[0]).float().cpu()
-        merged, mcounts, target = merge_prototypes(cen.cpu(), counts, config.merge_threshold)
-        merged = merged.to(device)
-        # class of a merged prototype: count-weighted majority of what went into it
-        mclass = torch.zeros(merged.shape[0]).index_add_(0, target, klass_t * counts)
-        mclass = (mclass / mcounts.clamp_min(1e-9) >= 0.5).float()
-        assign = (xs @ merged.T).argmax(dim=1)
-        m = merged.shape[0]
-        cnt = torch.bincount(assign, minlength=m).float()
-        w = rel[idx_t]
-        num = torch.zeros(m, device=device).index_add_(0, assign, w * cls_t[idx_t])
-        den = torch.zeros(m, device=device).index_add_(0, assign, w)
-        score = (num + 0.5) / (den + 1.0)
-        base = sum(len(a) for a in lc)
-        local_proto[idx] = assign.cpu().numpy() + base
-        lc.append(merged.cpu().numpy())
-        ls.append(np.full(m, s, dtype=np.int64))
-        lk.append(mclass.numpy().astype(np.int8))
-        ln.append(cnt.cpu().numpy())
-        lsc.append(score.cpu().numpy())
-        if progress is not None:
-            progress(si + 1, total, f"local prototypes of slide {si + 1}/{len(slides)}")
-    local_centers = np.concatenate(lc).astype(np.float32)
-    local_slide = np.concatenate(ls)
-    local_counts = np.concatenate(ln).astype(np.float32)
-    local_scores = np.concatenate(lsc).astype(np.float32)
-    # global prototypes: count-weighted spherical k-means of all local prototypes
+    rel = torch.from_numpy(reliability(distance, len(coarse_f), config.boundary_width) + 1e-3)
+    centers, klass = [], []
+    for c in (0, 1):
+        sel = torch.from_numpy(np.flatnonzero((coarse_f >= 0.5) == bool(c))).to(device)
+        k = choose_k(int(sel.numel()), config.local_k_div, config.local_k_max)
+        if k == 0:
+            continue
+        cc, _ = spherical_kmeans(x[sel], k, iters=config.kmeans_iters, generator=generator)
+        centers.append(cc)
+        klass += [c] * cc.shape[0]
+    cen = torch.cat(centers)
+    klass_t = torch.tensor(klass, dtype=torch.float32)
+    assign = (x @ cen.T).argmax(dim=1)
+    counts = torch.bincount(assign, minlength=cen.shape[0]).float().cpu()
+    merged, mcounts, target = merge_prototypes(cen.cpu(), counts, config.merge_threshold)
+    # class of a merged prototype: count-weighted majority of what went into it
+    mclass = torch.zeros(merged.shape[0]).index_add_(0, target, klass_t * counts)
+    mclass = (mclass / mcounts.clamp_min(1e-9) >= 0.5).float()
+    assign = (x @ merged.to(device).T).argmax(dim=1).cpu()
+    m = merged.shape[0]
+    num = torch.zeros(m).index_add_(0, assign, rel * torch.from_numpy(coarse_f))
+    den = torch.zeros(m).index_add_(0, assign, rel)
+    return LocalPrototypes(
+        centers=merged.numpy().astype(np.float32),
+        klass=mclass.numpy().astype(np.int8),
+        counts=torch.bincount(assign, minlength=m).float().numpy(),
+        scores=((num + 0.5) / (den + 1.0)).numpy().astype(np.float32),
+        assign=assign.numpy().astype(np.int64),
+    )
+
+
+def global_prototypes(
+    local: Sequence[LocalPrototypes],
+    *,
+    config: RefineConfig,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+    slides: Sequence[int] | None = None,
+) -> Prototypes:
+    """Global prototypes clustered from every slide's local ones (``local`` in slide
+    order; ``slides`` their slide numbers, 0, 1, ... by default): count-weighted spherical k-means. A global prototype's score averages its
+    members' scores with one vote per slide plus ``global_prior`` votes at 0.5, so a
+    pattern seen on a single slide is not over-trusted."""
+    offsets = np.cumsum([0] + [len(lp.centers) for lp in local])
+    local_proto = np.concatenate([lp.assign + o for lp, o in zip(local, offsets, strict=False)])
+    local_centers = np.concatenate([lp.centers for lp in local]).astype(np.float32)
+    numbers = list(range(len(local))) if slides is None else [int(s) for s in slides]
+    local_slide = np.concatenate(
+        [np.full(len(lp.centers), s, dtype=np.int64) for s, lp in zip(numbers, local, strict=True)]
+    )
+    local_counts = np.concatenate([lp.counts for lp in local]).astype(np.float32)
+    local_scores = np.concatenate([lp.scores for lp in local]).astype(np.float32)
     L = local_centers.shape[0]
-    kg = choose_k(L, 1.0, config.global_k_max)
-    kg = max(1, min(kg, L))
-    lct = torch.from_numpy(local_centers).to(device)
+    kg = max(1, min(choose_k(L, 1.0, config.global_k_max), L))
     gcen, l2g = spherical_kmeans(
-        lct,
+        torch.from_numpy(local_centers).to(device),
         kg,
         weights=torch.from_numpy(local_counts).to(device),
         iters=config.kmeans_iters,
@@ -290,24 +341,47 @@ def build_prototypes(
             votes.append(float((local_scores[ms] * wts).sum() / max(wts.sum(), 1e-9)))
         gscore[g] = (sum(votes) + 0.5 * config.global_prior) / (len(votes) + config.global_prior)
         gcount[g] = local_counts[members].sum()
-    # A patch belongs to the global prototype of its local prototype: global prototypes
+    # A cell belongs to the global prototype of its local prototype: global prototypes
     # are clusters of local ones, so both layers, the counts and relabels agree exactly.
-    global_proto = l2g_np[local_proto].astype(np.int64)
-    if progress is not None:
-        progress(total, total, f"{L} local, {K} global prototypes")
     return Prototypes(
         local_centers=local_centers,
         local_slide=local_slide,
-        local_class=np.concatenate(lk),
+        local_class=np.concatenate([lp.klass for lp in local]),
         local_counts=local_counts,
         local_scores=local_scores,
         global_centers=gcen.cpu().numpy().astype(np.float32),
         global_scores=gscore,
         global_counts=gcount,
         local_to_global=l2g_np.astype(np.int64),
-        local_proto=local_proto,
-        global_proto=global_proto,
+        local_proto=local_proto.astype(np.int64),
+        global_proto=l2g_np[local_proto].astype(np.int64),
     )
+
+
+def finish_prototypes(
+    local: Sequence[LocalPrototypes],
+    config: RefineConfig,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    *,
+    slides: Sequence[int] | None = None,
+) -> Prototypes:
+    """The global prototypes of every slide's ``local`` ones, seeded by the run's seed."""
+    protos = global_prototypes(
+        local,
+        config=config,
+        generator=torch.Generator().manual_seed(int(config.seed)),
+        device=device,
+        slides=slides,
+    )
+    if progress is not None:
+        n = len(local) + 1
+        progress(
+            n,
+            n,
+            f"{len(protos.local_centers)} local, {len(protos.global_centers)} global prototypes",
+        )
+    return protos
 
 
 def carry_marks(

@@ -19,15 +19,18 @@ from shapely.geometry.base import BaseGeometry
 
 from protorefine._types import Cancel, Progress
 from protorefine.annotations import AnnotationSet, smooth_outline, vectorize
-from protorefine.errors import ProtorefineError
+from protorefine.errors import CancelledError, ProtorefineError
 from protorefine.features.device import resolve_device
 from protorefine.refine.classifier import ClassifierResult, PatchHead, predict, train_classifier
 from protorefine.refine.config import RefineConfig
 from protorefine.refine.postprocess import context_features, prob_to_fine_mask, prob_to_mask
 from protorefine.refine.prototypes import (
+    CosineSpace,
+    LocalPrototypes,
     Prototypes,
-    build_prototypes,
-    embed_for_cosine,
+    finish_prototypes,
+    local_prototypes,
+    slide_generator,
     standardize_per_slide,
 )
 from protorefine.refine.pseudolabels import PseudoLabels, make_pseudo_labels
@@ -106,10 +109,15 @@ class Cohort:
             return standardize_per_slide(self.features, self.slide_index)
         return self.features
 
+    def cosine_space(self, config: RefineConfig) -> CosineSpace:
+        """The space of prototype cosines, fitted on the cohort's cells."""
+        x = torch.from_numpy(self.refine_features(config))
+        return CosineSpace.fit(x, config.feature_norm, self.blocks)
+
     def cosine_features(self, config: RefineConfig, device: torch.device) -> torch.Tensor:
         """Unit rows for prototype cosines, each encoder's block weighed equally."""
         x = torch.from_numpy(self.refine_features(config)).to(device)
-        return embed_for_cosine(x, config.feature_norm, self.blocks)
+        return self.cosine_space(config).embed(x)
 
     def classifier_input(self, config: RefineConfig, device: torch.device) -> torch.Tensor:
         """What the head sees: the cell's features, plus its grid neighbourhood with ``context``."""
@@ -137,28 +145,64 @@ class Cohort:
         return self.coarse, self.distance
 
 
+def slide_prototypes_step(
+    features: np.ndarray,
+    coarse: np.ndarray,
+    distance: np.ndarray | None,
+    space: CosineSpace,
+    config: RefineConfig,
+    index: int,
+) -> LocalPrototypes:
+    """Local prototypes of one slide (slide ``index`` of the cohort) from its raw cell
+    ``features``, in the cohort's cosine ``space``: the per-slide part of the prototypes
+    step, which a cluster's worker runs with nothing but its own slide."""
+    x = np.asarray(features, dtype=np.float32)
+    if config.slide_norm:
+        x = standardize_per_slide(x, np.zeros(len(x), dtype=np.int64))
+    device = resolve_device(config.device)
+    return local_prototypes(
+        space.embed(torch.from_numpy(x).to(device)),
+        coarse,
+        distance,
+        config=config,
+        generator=slide_generator(config.seed, index),
+    )
+
+
 def prototypes_step(
     cohort: Cohort,
     config: RefineConfig,
     *,
+    local: Sequence[LocalPrototypes] | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> Prototypes:
     """Local prototypes per slide (inside and outside the coarse outline) and global ones
-    clustered from them, with each global prototype's tumour score."""
+    clustered from them, with each global prototype's tumour score. ``local``: every
+    slide's local prototypes when they were computed elsewhere (a cluster's workers)."""
     coarse, distance = cohort.require_coarse()
     device = resolve_device(config.device)
-    gen = torch.Generator().manual_seed(config.seed)
-    return build_prototypes(
-        cohort.cosine_features(config, device),
-        coarse,
-        cohort.slide_index,
-        distance=distance,
-        config=config,
-        generator=gen,
-        progress=progress,
-        cancel=cancel,
-    )
+    if local is None:
+        space = cohort.cosine_space(config)
+        local = []
+        for i, sid in enumerate(cohort.slide_ids):
+            if cancel is not None and cancel():
+                raise CancelledError("prototypes stage cancelled")
+            rows = cohort.slide_rows(sid)
+            local.append(
+                slide_prototypes_step(
+                    cohort.features[rows],
+                    coarse[rows],
+                    None if distance is None else distance[rows],
+                    space,
+                    config,
+                    i,
+                )
+            )
+            if progress is not None:
+                n = len(cohort.slide_ids)
+                progress(i + 1, n + 1, f"local prototypes of slide {i + 1}/{n}")
+    return finish_prototypes(local, config, device, progress)
 
 
 def pseudo_labels_step(
