@@ -310,3 +310,31 @@ def test_a_threshold_that_cannot_draw_an_outline_is_refused(value):
     assert "\n" not in str(exc.value)
     RefineConfig(threshold=0.05)
     RefineConfig(threshold=0.95)
+
+
+def test_a_slide_alone_gets_the_local_prototypes_it_gets_among_the_cohort(cohort):
+    """What a cluster's worker computes from one slide (in the cosine space the client
+    fitted on the cohort) is what one machine computes for it, in any slide order."""
+    from protorefine.refine import Cohort
+    from protorefine.refine.steps import prototypes_step, slide_prototypes_step
+
+    f, c, t, s, rc, d = cohort
+    ids = [str(i) for i in range(int(s.max()) + 1)]
+    coh = Cohort.stack([(sid, f[s == i], rc[s == i]) for i, sid in enumerate(ids)], blocks=(16, 8))
+    coh.coarse, coh.distance = c, d
+    config = RefineConfig()
+    protos = prototypes_step(coh, config)
+    space = coh.cosine_space(config)
+    for i in reversed(range(len(ids))):  # the last slide first, as a worker may
+        rows = coh.slide_rows(ids[i])
+        alone = slide_prototypes_step(f[rows], c[rows], d[rows], space, config, i)
+        mine = protos.local_slide == i
+        np.testing.assert_array_equal(alone.centers, protos.local_centers[mine])
+        np.testing.assert_array_equal(alone.scores, protos.local_scores[mine])
+        offset = int(np.flatnonzero(mine)[0])
+        np.testing.assert_array_equal(alone.assign + offset, protos.local_proto[rows])
+    # another slide's place in the cohort draws other k-means seeds
+    other = slide_prototypes_step(f[rows], c[rows], d[rows], space, config, 1)
+    assert not np.array_equal(other.assign, alone.assign) or not np.array_equal(
+        other.centers, alone.centers
+    )
