@@ -465,9 +465,10 @@ def slide_task(
     """Run on a worker: stage ``stage``'s work for one slide of the project at ``folder``
     with the client's ``config`` (and the step's ``args``). Returns the worker's address,
     seconds, whether the result was cached, and what the step gives back (the grid of the
-    grid stage, a slide's local prototypes, the pixel stage's summary or output); a ProtorefineError comes back as
-    ``{"error": message}`` (a user's error is not retried). ``hosts``
-    (:meth:`Cluster.hosts`) shares each machine's cores among its workers' task threads."""
+    grid stage, a slide's local prototypes, the pixel stage's summary or output); a
+    ProtorefineError comes back as ``{"error": message}`` (a user's error is not retried).
+    ``hosts`` (:meth:`Cluster.hosts`) shares each machine's cores among its workers' task
+    threads."""
     from distributed import get_worker
 
     t0 = time.perf_counter()

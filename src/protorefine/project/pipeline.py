@@ -417,7 +417,7 @@ class Pipeline:
         index: int,
         space: CosineSpace,
         coarse: np.ndarray,
-        distance: np.ndarray,
+        distance: np.ndarray | None,
     ) -> LocalPrototypes:
         """Slide ``index``'s local prototypes in the cohort's cosine ``space``
         (:func:`slide_prototypes_step`) from its stored features. A cluster's worker."""

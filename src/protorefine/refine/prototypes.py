@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from protorefine._types import Progress
 from protorefine.errors import ProtorefineError
 from protorefine.refine.config import RefineConfig
 
@@ -119,21 +118,23 @@ def spherical_kmeans(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted k-means on cosine similarity; returns unit centroids ``(k', D)`` and labels.
 
-    ``x`` must be unit rows. Seeding is k-means++ on ``1 - cos`` from ``generator``,
-    so equal seeds give equal results. Clusters that end up empty are dropped.
+    ``x`` must be unit rows. Seeding is k-means++ on ``1 - cos`` from ``generator`` (a
+    CPU generator: the draws are made on the CPU whatever device ``x`` is on, which a CUDA
+    tensor needs and which keeps the seeds the same on every device), so equal seeds give
+    equal results. Clusters that end up empty are dropped.
     """
     n = x.shape[0]
     k = max(1, min(int(k), n))
     w = torch.ones(n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x)
     # k-means++ seeding on cosine distance
-    first = int(torch.multinomial(w / w.sum(), 1, generator=generator).item())
+    first = int(torch.multinomial((w / w.sum()).cpu(), 1, generator=generator).item())
     centers = [x[first]]
     dist = (1.0 - x @ x[first]).clamp_min(0)
     for _ in range(1, k):
         p = dist * w
         if float(p.sum()) <= 1e-12:
             break
-        idx = int(torch.multinomial(p / p.sum(), 1, generator=generator).item())
+        idx = int(torch.multinomial((p / p.sum()).cpu(), 1, generator=generator).item())
         centers.append(x[idx])
         dist = torch.minimum(dist, (1.0 - x @ x[idx]).clamp_min(0))
     c = torch.stack(centers)
@@ -304,18 +305,16 @@ def global_prototypes(
     config: RefineConfig,
     generator: torch.Generator,
     device: torch.device | None = None,
-    slides: Sequence[int] | None = None,
 ) -> Prototypes:
-    """Global prototypes clustered from every slide's local ones (``local`` in slide
-    order; ``slides`` their slide numbers, 0, 1, ... by default): count-weighted spherical k-means. A global prototype's score averages its
-    members' scores with one vote per slide plus ``global_prior`` votes at 0.5, so a
-    pattern seen on a single slide is not over-trusted."""
+    """Global prototypes clustered from every slide's local ones (``local`` in slide order)
+    by count-weighted spherical k-means. A global prototype's score averages its members'
+    scores with one vote per slide plus ``global_prior`` votes at 0.5, so a pattern seen on
+    a single slide is not over-trusted."""
     offsets = np.cumsum([0] + [len(lp.centers) for lp in local])
     local_proto = np.concatenate([lp.assign + o for lp, o in zip(local, offsets, strict=False)])
     local_centers = np.concatenate([lp.centers for lp in local]).astype(np.float32)
-    numbers = list(range(len(local))) if slides is None else [int(s) for s in slides]
     local_slide = np.concatenate(
-        [np.full(len(lp.centers), s, dtype=np.int64) for s, lp in zip(numbers, local, strict=True)]
+        [np.full(len(lp.centers), i, dtype=np.int64) for i, lp in enumerate(local)]
     )
     local_counts = np.concatenate([lp.counts for lp in local]).astype(np.float32)
     local_scores = np.concatenate([lp.scores for lp in local]).astype(np.float32)
@@ -356,32 +355,6 @@ def global_prototypes(
         local_proto=local_proto.astype(np.int64),
         global_proto=l2g_np[local_proto].astype(np.int64),
     )
-
-
-def finish_prototypes(
-    local: Sequence[LocalPrototypes],
-    config: RefineConfig,
-    device: torch.device | None = None,
-    progress: Progress | None = None,
-    *,
-    slides: Sequence[int] | None = None,
-) -> Prototypes:
-    """The global prototypes of every slide's ``local`` ones, seeded by the run's seed."""
-    protos = global_prototypes(
-        local,
-        config=config,
-        generator=torch.Generator().manual_seed(int(config.seed)),
-        device=device,
-        slides=slides,
-    )
-    if progress is not None:
-        n = len(local) + 1
-        progress(
-            n,
-            n,
-            f"{len(protos.local_centers)} local, {len(protos.global_centers)} global prototypes",
-        )
-    return protos
 
 
 def carry_marks(

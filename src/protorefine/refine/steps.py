@@ -28,7 +28,7 @@ from protorefine.refine.prototypes import (
     CosineSpace,
     LocalPrototypes,
     Prototypes,
-    finish_prototypes,
+    global_prototypes,
     local_prototypes,
     slide_generator,
     standardize_per_slide,
@@ -116,8 +116,8 @@ class Cohort:
 
     def cosine_features(self, config: RefineConfig, device: torch.device) -> torch.Tensor:
         """Unit rows for prototype cosines, each encoder's block weighed equally."""
-        x = torch.from_numpy(self.refine_features(config)).to(device)
-        return self.cosine_space(config).embed(x)
+        x = torch.from_numpy(self.refine_features(config))
+        return CosineSpace.fit(x, config.feature_norm, self.blocks).embed(x.to(device))
 
     def classifier_input(self, config: RefineConfig, device: torch.device) -> torch.Tensor:
         """What the head sees: the cell's features, plus its grid neighbourhood with ``context``."""
@@ -202,7 +202,16 @@ def prototypes_step(
             if progress is not None:
                 n = len(cohort.slide_ids)
                 progress(i + 1, n + 1, f"local prototypes of slide {i + 1}/{n}")
-    return finish_prototypes(local, config, device, progress)
+    protos = global_prototypes(
+        local,
+        config=config,
+        generator=torch.Generator().manual_seed(int(config.seed)),
+        device=device,
+    )
+    if progress is not None:
+        n, g = len(local) + 1, len(protos.global_centers)
+        progress(n, n, f"{len(protos.local_centers)} local, {g} global prototypes")
+    return protos
 
 
 def pseudo_labels_step(
