@@ -189,7 +189,7 @@ class RefineConfig:
     pixel_c: float = 0.01
     pixel_confidence: float = 0.3
     pixel_smooth: float = 1.0
-    pixel_threshold: float = 0.6
+    pixel_threshold: float = 0.55
     pixel_upsample: int = 2
     pixel_min_area_um2: float = 200.0
     # run
